@@ -1,0 +1,197 @@
+"""The Python API, mirroring the CLI: prepare a run from a config, dry-run it, run it, inspect it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from factory import __version__
+from factory.config import RunConfig, load_config, run_id_for
+from factory.errors import ConfigError, FactoryError
+from factory.keys import digest, request_key
+from factory.runner import Budget, Plan, Progress, Result, Runner
+from factory.seeds import Seed, load_seeds, seeds_digest
+from factory.store import Store
+from factory.teachers import build_teacher, parse_spec
+from factory.teachers.base import Teacher
+from factory.types import Completion, Request
+from recipes import get_recipe
+from recipes.base import Recipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Prepared:
+    """Everything a run needs, validated, before the store is touched."""
+
+    config: RunConfig
+    recipe: Recipe
+    params: Any
+    state: Any
+    seeds: list[Seed]
+    run_id: str
+    store_path: Path
+
+    @property
+    def template_version(self) -> str:
+        return str(getattr(self.state, "version", ""))
+
+
+def prepare(config: str | Path | RunConfig, *, store: str | None = None) -> Prepared:
+    cfg = config if isinstance(config, RunConfig) else load_config(config)
+    recipe = get_recipe(cfg.recipe)
+    try:
+        params = recipe.params.model_validate(cfg.params)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "extra_forbidden":
+            fields = ", ".join(recipe.params.model_fields)
+            raise ConfigError(f"params: unknown field {loc!r} for recipe {recipe.slug!r}; its fields are: {fields}") from None
+        raise ConfigError(f"params.{loc}: {err['msg']}") from None
+    state = recipe.prepare(params, cfg.path)
+    seeds = load_seeds(cfg.path(cfg.seeds), recipe.required_fields(params))
+    run_id = run_id_for(cfg, seeds_digest(seeds))
+    return Prepared(cfg, recipe, params, state, seeds, run_id, cfg.store_path(store))
+
+
+def make_teacher(prep: Prepared) -> Teacher:
+    return build_teacher(prep.config.teacher.spec, prep.config.teacher.backend_options())
+
+
+class _DryRunStop(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class DryRunReport:
+    run_id: str
+    seeds: int
+    seeds_done: int
+    requests: int
+    cached: int
+    prompt_tokens_est: int
+    max_output_tokens: int
+    example_prompt: list[dict[str, str]] | None
+    notes: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+def dry_run(prep: Prepared) -> DryRunReport:
+    """Render the first-stage prompts and estimate requests and tokens; no teacher is called."""
+    requests: list[Request] = []
+
+    async def record(req: Request) -> Completion:
+        requests.append(req)
+        raise _DryRunStop
+
+    async def go() -> None:
+        for seed in prep.seeds:
+            with contextlib.suppress(_DryRunStop):
+                await prep.recipe.process(seed, prep.state, record)
+
+    asyncio.run(go())
+    teacher = make_teacher(prep)  # cheap: engines and connections open lazily
+    keys = [request_key(teacher.identity(), r.body()) for r in requests]
+    cached = seeds_done = 0
+    notes: list[str] = []
+    if prep.store_path.exists():
+        try:
+            with Store(prep.store_path, read_only=True) as st:
+                seeds_done = len(st.done_seeds(prep.run_id))
+                cached = len(st.lookup(sorted(set(keys))))
+        except FactoryError as exc:
+            notes.append(f"store not read: {exc}")
+    if prep.recipe.stages[1:]:
+        notes.append(f"only the first stage is counted; later stages ({', '.join(prep.recipe.stages[1:])}) depend on answers")
+    return DryRunReport(
+        run_id=prep.run_id,
+        seeds=len(prep.seeds),
+        seeds_done=seeds_done,
+        requests=len(requests),
+        cached=cached,
+        prompt_tokens_est=sum(sum(len(m["content"]) for m in r.messages) // 4 for r in requests),
+        max_output_tokens=sum(r.sampling.max_tokens for r in requests),
+        example_prompt=list(requests[0].messages) if requests else None,
+        notes=notes,
+    )
+
+
+@contextlib.contextmanager
+def _signals(runner: Runner) -> Iterator[None]:
+    loop = asyncio.get_running_loop()
+    hits = {"n": 0}
+
+    def on_signal(signame: str) -> None:
+        hits["n"] += 1
+        if hits["n"] == 1:
+            log.warning("%s: stopping; everything finished so far is kept (press again to quit at once)", signame)
+            runner.stop("interrupted")
+        else:
+            raise KeyboardInterrupt
+
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_signal, sig.name)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):
+            pass
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+async def run_async(
+    prep: Prepared,
+    *,
+    teacher: Teacher | None = None,
+    store: Store | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    handle_signals: bool = False,
+) -> Result:
+    cfg = prep.config
+    teacher = teacher or make_teacher(prep)
+    own_store = store is None
+    st = store or Store(prep.store_path)
+    try:
+        config_json = cfg.model_dump(mode="json")
+        invocation = st.start_run(
+            run_id=prep.run_id, name=cfg.name, recipe=cfg.recipe, teacher=teacher.name, config=config_json,
+            config_hash=digest("cfg1", cfg.fingerprint(), length=16), version=__version__,
+        )  # fmt: skip
+        plan = Plan(
+            run_id=prep.run_id, recipe=prep.recipe, state=prep.state, seeds=prep.seeds,
+            budget=Budget(cfg.budget.max_requests, cfg.budget.max_output_tokens),
+            commit_interval_s=cfg.runner.commit_interval_s,
+            max_seeds_in_flight=cfg.runner.max_seeds_in_flight or max(16, cfg.teacher.max_in_flight),
+            template_version=prep.template_version,
+        )  # fmt: skip
+        runner = Runner(st, teacher, plan, invocation, on_progress=on_progress)
+        if handle_signals:
+            with _signals(runner):
+                return await runner.run()
+        return await runner.run()
+    finally:
+        await teacher.aclose()
+        if own_store:
+            st.close()
+
+
+def run(config: str | Path | RunConfig, **kwargs: Any) -> Result:
+    """Run (or resume) a config to completion. The notebook entry point."""
+    store = kwargs.pop("store_path", None)
+    return asyncio.run(run_async(prepare(config, store=store), **kwargs))

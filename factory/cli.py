@@ -1,0 +1,252 @@
+"""The `factory` command. Each command parses, calls one library function, and renders.
+
+One error boundary (``main``) turns a FactoryError into its message and exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from factory import __version__
+from factory.errors import ConfigError, FactoryError
+
+EXIT_INTERRUPTED = 130
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _fmt_s(s: float | None) -> str:
+    if s is None:
+        return "?"
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+class ProgressView:
+    """A progress bar with rate, tokens, cache hits, failures and ETA (a plain line when not a TTY)."""
+
+    def __init__(self, total: int, done: int, label: str):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self.console = _console()
+        self.live = self.console.is_terminal
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            console=self.console, disable=not self.live, refresh_per_second=4,
+        )  # fmt: skip
+        self.task = self.progress.add_task(label, total=total, completed=done, info="")
+        self._last_line = 0.0
+
+    def __enter__(self) -> ProgressView:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, p: Any) -> None:
+        rate = p.requests_sent / p.elapsed_s if p.elapsed_s > 0 else 0.0
+        fails = sum(p.failures.values())
+        info = (
+            f"{rate:.1f} req/s · {p.requests_sent} sent · {p.cache_hits} cached · {p.in_flight} in flight · "
+            f"{p.completion_tokens} out tok · {fails} errors · ETA {_fmt_s(p.eta_s)}"
+        )
+        if self.live:
+            self.progress.update(self.task, completed=p.seeds_done + p.seeds_failed, info=info)
+        elif p.elapsed_s - self._last_line >= 10:
+            self._last_line = p.elapsed_s
+            print(f"[{_fmt_s(p.elapsed_s)}] seeds {p.seeds_done}/{p.seeds_total} · {info}", file=sys.stderr, flush=True)
+
+
+# -- commands ----------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from factory import api
+
+    prep = api.prepare(args.config, store=args.store)
+    if args.dry_run:
+        rep = api.dry_run(prep)
+        if args.json:
+            print(json.dumps(rep.as_dict(), indent=2))
+            return 0
+        print(f"run {rep.run_id}: {rep.seeds} seeds ({rep.seeds_done} already done)")
+        print(f"requests: {rep.requests} ({rep.cached} already cached)")
+        print(f"prompt tokens ≈ {rep.prompt_tokens_est}; output tokens ≤ {rep.max_output_tokens}")
+        if rep.example_prompt:
+            print("first prompt:")
+            for m in rep.example_prompt:
+                print(f"  [{m['role']}] " + m["content"].replace("\n", "\n    "))
+        for n in rep.notes:
+            print(f"note: {n}")
+        return 0
+    view = ProgressView(len(prep.seeds), 0, prep.config.name)
+    with view:
+        result = asyncio.run(api.run_async(prep, on_progress=view.update, handle_signals=True))
+    p = result.progress
+    summary = {
+        "run_id": result.run_id, "status": result.status, "store": str(prep.store_path), "seeds_done": p.seeds_done,
+        "seeds_failed": p.seeds_failed, "records_added": p.records, "requests_sent": p.requests_sent,
+        "cache_hits": p.cache_hits, "completion_tokens": p.completion_tokens, "elapsed_s": round(p.elapsed_s, 2),
+    }  # fmt: skip
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for k, v in summary.items():
+            print(f"{k:>18}: {v}")
+    if result.error:
+        print(f"error: {result.error}", file=sys.stderr)
+        return 3
+    if result.status == "interrupted":
+        print("interrupted: re-run the same command to resume; nothing finished was lost", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if result.status == "budget":
+        print("stopped at the budget: raise budget.* in the config and re-run to continue", file=sys.stderr)
+        return 4
+    if result.status == "incomplete":
+        print(f"{p.seeds_failed} seeds failed (see `factory status`); re-run to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _store_for(args: argparse.Namespace) -> Any:
+    from factory.config import DEFAULT_STORE
+    from factory.store import Store
+
+    return Store(args.store or os.environ.get("FACTORY_STORE", DEFAULT_STORE), read_only=True)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _store_for(args) as st:
+        if args.run is None and args.all:
+            runs = st.runs()
+            if args.json:
+                print(json.dumps([{**r, "created_at": str(r["created_at"]), "updated_at": str(r["updated_at"])} for r in runs]))
+            else:
+                for r in runs:
+                    print(f"{r['id']:<40} {r['recipe']:<14} {r['status']:<12} {r['teacher']}")
+            return 0
+        run_id = st.resolve_run(args.run)
+        s = st.run_summary(run_id)
+        drops = st.verdict_counts(run_id)
+    s["dropped"] = [{"filter": f, "reason": r, "records": n} for f, r, n in drops]
+    if args.json:
+        print(json.dumps(s, default=str))
+        return 0
+    width = max(len(k) for k in s)
+    for k, v in s.items():
+        print(f"{k:>{width}}: {v}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from factory.export import export_run
+
+    with _store_for(args) as st:
+        run_id = st.resolve_run(args.run)
+        cfg = st.run_config(run_id)
+        export_cfg = cfg.get("export") or {}
+        out = args.out or export_cfg.get("out")
+        if not out:
+            raise ConfigError("export: no output folder; pass --out DIR (or set export.out in the run config)")
+        res = export_run(
+            st, run_id, Path(out), fmt=args.format or export_cfg.get("format", "hf"),
+            splits=export_cfg.get("splits"), slim=args.slim, include_rejected=args.include_rejected,
+        )  # fmt: skip
+    print(f"exported {res.rows} records of {run_id} ({', '.join(f'{k}: {v}' for k, v in res.splits.items())}) to {res.out}")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from recipes import all_recipes
+
+    for r in all_recipes():
+        print(f"{r.slug:<14} {r.summary}")
+        if args.verbose:
+            print(f"{'':<14} seeds:   {r.seed_format}")
+            print(f"{'':<14} records: {r.record_format}")
+            for name, f in r.params.model_fields.items():
+                print(f"{'':<14}   {name} = {f.get_default(call_default_factory=True)!r}: {f.description or ''}")
+    return 0
+
+
+def cmd_teachers(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from factory.teachers import BACKENDS
+
+    for name, (module, summary) in BACKENDS.items():
+        extra = ""
+        if name == "vllm":
+            extra = " [installed]" if importlib.util.find_spec("vllm") else " [not installed: pip install '.[vllm]']"
+        elif name in ("transformers", "embedded"):
+            extra = " [installed]" if importlib.util.find_spec("transformers") else " [not installed: pip install '.[embedded]']"
+        print(f"{name:<13} {summary}{extra}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="factory", description="Synthetic dataset factory for LLM distillation.")
+    p.add_argument("--version", action="version", version=f"factory {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run (or resume) a config: seeds → teacher → records in the store")
+    r.add_argument("config", help="run config YAML")
+    r.add_argument("--dry-run", action="store_true", help="render prompts and estimate requests/tokens; call no teacher")
+    r.add_argument("--store", help="DuckDB store path (overrides the config)")
+    r.add_argument("--json", action="store_true", help="print the summary as JSON")
+    r.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("status", help="show a run: records, requests, cache hits, failures by kind")
+    s.add_argument("run", nargs="?", help="run id, id prefix or name (default: the latest run)")
+    s.add_argument("--store", help="DuckDB store path")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--all", action="store_true", help="list every run in the store")
+    s.set_defaults(fn=cmd_status)
+
+    e = sub.add_parser("export", help="write the curated records of a run")
+    e.add_argument("run", nargs="?", help="run id, id prefix or name (default: the latest run)")
+    e.add_argument("--out", help="output folder")
+    e.add_argument("--format", choices=["hf", "parquet", "jsonl"], help="default: the config's export.format, else hf")
+    e.add_argument("--store", help="DuckDB store path")
+    e.add_argument("--slim", action="store_true", help="drop lineage columns")
+    e.add_argument("--include-rejected", action="store_true", help="all records, with the reasons they were dropped")
+    e.set_defaults(fn=cmd_export)
+
+    rc = sub.add_parser("recipes", help="list the installed recipes")
+    rc.add_argument("-v", "--verbose", action="store_true", help="also show seed/record formats and params")
+    rc.set_defaults(fn=cmd_recipes)
+
+    t = sub.add_parser("teachers", help="list teacher backends and whether their engines are installed")
+    t.set_defaults(fn=cmd_teachers)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.fn(args))
+    except FactoryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

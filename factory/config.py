@@ -1,0 +1,158 @@
+"""The run config: what users write in YAML, validated strictly (a typo is an error naming the field)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from factory.errors import ConfigError
+from factory.keys import digest
+
+DEFAULT_STORE = "data/factory.duckdb"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TeacherConfig(Strict):
+    spec: str = Field("embedded", description="Backend and model, e.g. 'openai:gpt-4o-mini', 'vllm:/models/qwen', 'embedded'.")
+    base_url: str | None = Field(None, description="Endpoint of an OpenAI-compatible server (or write 'openai:MODEL@URL').")
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable holding the API key. The key itself never goes in a config."
+    )
+    max_in_flight: int = Field(64, ge=1, le=65536, description="Requests in flight at once (API teachers).")
+    max_retries: int = Field(8, ge=0, le=100, description="Retries of a transient failure (429, 5xx, timeout, reset).")
+    request_timeout_s: float = Field(120.0, gt=0, description="Give up on one attempt after this many seconds.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Backend-specific options (engine args ...).")
+
+    @field_validator("spec")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        from factory.teachers import check_spec
+
+        check_spec(v)
+        return v
+
+    def backend_options(self) -> dict[str, Any]:
+        from factory.teachers import parse_spec
+
+        backend, _ = parse_spec(self.spec)
+        opts = dict(self.options)
+        if backend == "openai":
+            opts.setdefault("max_in_flight", self.max_in_flight)
+            opts.setdefault("max_retries", self.max_retries)
+            opts.setdefault("request_timeout_s", self.request_timeout_s)
+            if self.base_url:
+                opts.setdefault("base_url", self.base_url)
+            if self.api_key_env:
+                opts.setdefault("api_key_env", self.api_key_env)
+        elif self.api_key_env or self.base_url:
+            raise ConfigError(f"teacher: base_url and api_key_env apply to the openai backend only, not {backend!r}")
+        return opts
+
+
+class BudgetConfig(Strict):
+    max_requests: int | None = Field(None, ge=0, description="Stop after this many teacher calls (cache hits are free).")
+    max_output_tokens: int | None = Field(None, ge=0, description="Stop before the output tokens paid for exceed this.")
+
+
+class RunnerConfig(Strict):
+    commit_interval_s: float = Field(1.0, gt=0, le=60, description="Commit to the store at least this often.")
+    max_seeds_in_flight: int | None = Field(None, ge=1, description="Seeds processed at once (default: max_in_flight).")
+
+
+class ExportConfig(Strict):
+    out: str | None = Field(None, description="Folder written by `factory export` when --out is not given.")
+    format: str = Field("hf", description="hf | parquet | jsonl")
+    splits: dict[str, float] = Field(default_factory=lambda: {"train": 1.0}, description="Split name → share.")
+
+
+class RunConfig(Strict):
+    name: str = Field(..., min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                      description="Run name; re-running the same config resumes the run.")  # fmt: skip
+    recipe: str = Field(..., description="Recipe slug (`factory recipes` lists them).")
+    seeds: str = Field(..., description="Seed file (.jsonl, .json, .csv, .parquet), relative to the config file.")
+    params: dict[str, Any] = Field(default_factory=dict, description="The recipe's parameters.")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    store: str | None = Field(None, description=f"DuckDB store path (default ./{DEFAULT_STORE}).")
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    license: str | None = Field(None, description="License of the produced dataset (used by export cards).")
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _spec_string(cls, v: Any) -> Any:
+        return {"spec": v} if isinstance(v, str) else v
+
+    # Set by load_config: the folder relative input paths resolve against.
+    _base_dir: Path = Path(".")
+
+    def path(self, value: str) -> Path:
+        p = Path(os.path.expanduser(value))
+        return p if p.is_absolute() else self._base_dir / p
+
+    def store_path(self, override: str | None = None) -> Path:
+        if override:
+            return Path(override)
+        if self.store:
+            return self.path(self.store)
+        return Path(os.environ.get("FACTORY_STORE", DEFAULT_STORE))
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What defines the run's output. Budgets, runner knobs and export settings do not."""
+        return {"recipe": self.recipe, "params": self.params, "teacher": self.teacher.spec}
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(x) for x in loc) or "(top level)"
+
+
+def parse_config(data: Any, *, source: str, base_dir: Path) -> RunConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the config must be a YAML mapping (key: value lines), not {type(data).__name__}")
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = _field_path(err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(f"{source}: unknown field {loc!r}; remove it or check its spelling") from None
+        msg = err["msg"]
+        ctx_err = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, ConfigError):
+            msg = str(ctx_err)
+        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise ConfigError(f"{source}: field {loc!r}: {msg}{more}") from None
+    cfg._base_dir = base_dir
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str]) -> RunConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found: pass the path of a run YAML (see recipes/examples/)")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not valid UTF-8 (byte {exc.start}); save the file as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{p}: malformed YAML{where}: {problem}") from None
+    return parse_config(data, source=str(p), base_dir=p.resolve().parent)
+
+
+def run_id_for(cfg: RunConfig, seeds_digest: str) -> str:
+    """Same name + same recipe/params/teacher + same seeds → same run id, so re-running resumes."""
+    return f"{cfg.name}-{digest('run1', [cfg.fingerprint(), seeds_digest], length=10)}"

@@ -1,0 +1,352 @@
+"""The streaming runner: seeds flow through the recipe, every teacher call through the request cache.
+
+Nothing waits on a whole batch: each seed runs as soon as a slot frees, each answer is journaled the
+moment it arrives (so a crash never loses a paid answer), and rows are committed to the store at least
+every ``commit_interval_s``. Re-running the same config resumes: finished seeds are skipped and every
+request already answered is served from the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from factory.batching import MicroBatcher
+from factory.errors import BudgetExhausted, FactoryError, StoreError, TeacherError, TeacherRejected, TeacherUnavailable
+from factory.keys import record_id, request_key
+from factory.seeds import Seed
+from factory.store import Batch, Store
+from factory.teachers.base import Teacher
+from factory.types import Completion, Request
+from recipes.base import Draft, Recipe
+
+log = logging.getLogger(__name__)
+
+Outcome = Completion | TeacherError
+
+
+@dataclass(slots=True)
+class Budget:
+    max_requests: int | None = None
+    max_output_tokens: int | None = None
+
+
+@dataclass(slots=True)
+class Plan:
+    run_id: str
+    recipe: Recipe
+    state: Any
+    seeds: list[Seed]
+    budget: Budget = field(default_factory=Budget)
+    commit_interval_s: float = 1.0
+    max_seeds_in_flight: int = 64
+    template_version: str = ""
+
+
+@dataclass(slots=True)
+class Progress:
+    seeds_total: int
+    seeds_done: int
+    seeds_failed: int
+    records: int
+    requests_sent: int
+    cache_hits: int
+    in_flight: int
+    prompt_tokens: int
+    completion_tokens: int
+    failures: dict[str, int]
+    elapsed_s: float
+
+    @property
+    def eta_s(self) -> float | None:
+        if self.seeds_done <= 0 or self.elapsed_s <= 0:
+            return None
+        left = self.seeds_total - self.seeds_done - self.seeds_failed
+        return left * self.elapsed_s / self.seeds_done
+
+
+@dataclass(slots=True)
+class Result:
+    run_id: str
+    status: str  # done | interrupted | budget | failed
+    progress: Progress
+    error: str | None = None
+
+
+class Runner:
+    def __init__(self, store: Store, teacher: Teacher, plan: Plan, invocation: int, on_progress: Any = None):
+        self.store = store
+        self.teacher = teacher
+        self.plan = plan
+        self.invocation = invocation
+        self.on_progress = on_progress
+        self._identity = teacher.identity()
+        self._teacher_name = teacher.name
+        self._inflight: dict[str, asyncio.Future[Outcome]] = {}
+        self._uncommitted: list[str] = []
+        self._committed_keys: set[str] = set()
+        self._batch = Batch()
+        self._stopping: str | None = None
+        self._fatal: BaseException | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="factory-store")
+        self._flush_lock = asyncio.Lock()
+        self._journal = store.journal()
+        self._lookup = MicroBatcher(self._lookup_batch, max_batch=2048)
+        self._engine = MicroBatcher(teacher.complete, max_batch=4096) if teacher.native_batch else None
+        # counters of this invocation
+        self.seeds_done = 0
+        self.seeds_failed = 0
+        self.records = 0
+        self.requests_sent = 0
+        self.cache_hits = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.reserved_tokens = 0
+        self.dispatched = 0
+        self.final_failures: Counter[str] = Counter()
+        self._t0 = time.perf_counter()
+        self._seeds_total = len(plan.seeds)
+
+    # -- public ------------------------------------------------------------------------------------
+    def stop(self, reason: str = "interrupted") -> None:
+        """Stop taking new seeds; in-flight work is cancelled, everything finished is committed."""
+        if self._stopping is None:
+            self._stopping = reason
+            for t in list(self._tasks):
+                t.cancel()
+
+    async def run(self) -> Result:
+        loop = asyncio.get_running_loop()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._skip_lookup = await loop.run_in_executor(self._executor, self.store.count_cache, self._teacher_name) == 0
+        done = await loop.run_in_executor(self._executor, self.store.done_seeds, self.plan.run_id)
+        pending = [s for s in self.plan.seeds if s.id not in done]
+        self.seeds_done = len(self.plan.seeds) - len(pending)
+        self._resumed_done = self.seeds_done
+        log.info("run %s: %d seeds, %d already done", self.plan.run_id, len(self.plan.seeds), self.seeds_done)
+        flusher = loop.create_task(self._flush_every())
+        window = asyncio.Semaphore(self.plan.max_seeds_in_flight)
+        try:
+            for seed in pending:
+                await window.acquire()
+                if self._stopping:
+                    window.release()
+                    break
+                task = loop.create_task(self._seed(seed))
+                self._tasks.add(task)
+                task.add_done_callback(lambda t: (self._tasks.discard(t), window.release()))
+            while self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        finally:
+            flusher.cancel()
+            try:
+                await self._flush()
+            except StoreError as exc:
+                self._fatal = self._fatal or exc
+            self._executor.shutdown(wait=True)
+            self._journal.close()
+        if self._fatal is not None:
+            status = "failed"
+        elif self._stopping:
+            status = self._stopping
+        else:
+            status = "done" if self.seeds_failed == 0 else "incomplete"
+        self._write_status(status)
+        return Result(self.plan.run_id, status, self.snapshot(), str(self._fatal) if self._fatal else None)
+
+    def _write_status(self, status: str) -> None:
+        try:
+            self.store.commit(Batch(stats=self.stats(status)))
+            self.store.finish_run(self.plan.run_id, status)
+        except (StoreError, Exception) as exc:  # the store may be the thing that failed
+            log.error("could not record the run status: %s", exc)
+
+    # -- one seed ----------------------------------------------------------------------------------
+    async def _seed(self, seed: Seed) -> None:
+        try:
+            drafts = await self.plan.recipe.process(seed, self.plan.state, self.generate)
+        except asyncio.CancelledError:
+            return
+        except BudgetExhausted:
+            return
+        except TeacherError as exc:
+            self.seeds_failed += 1
+            self._batch.failures.append((self.plan.run_id, getattr(exc, "key", ""), seed.id, exc.kind, str(exc)[:500], 0))
+            self.final_failures[exc.kind] += 1
+            return
+        except FactoryError:
+            raise
+        except Exception as exc:  # a recipe bug must not throw away a paid run; it is recorded and shown
+            log.exception("recipe %s failed on seed %s", self.plan.recipe.slug, seed.id)
+            self.seeds_failed += 1
+            self.final_failures["recipe_error"] += 1
+            self._batch.failures.append((self.plan.run_id, "", seed.id, "recipe_error", repr(exc)[:500], 0))
+            return
+        self._add_records(seed, drafts)
+
+    def _add_records(self, seed: Seed, drafts: list[Draft]) -> None:
+        run_id = self.plan.run_id
+        slug = self.plan.recipe.slug
+        b = self._batch
+        for d in drafts:
+            rid = record_id(run_id, d.stage, seed.id, d.sample_index)
+            b.records.append(
+                {
+                    "id": rid, "run_id": run_id, "recipe": slug, "stage": d.stage, "seed_id": seed.id,
+                    "sample_index": d.sample_index, "text": d.text, "payload": orjson.dumps(d.payload).decode(),
+                    "parent_ids": list(d.parent_ids), "request_keys": list(d.request_keys),
+                    "teacher": self._teacher_name, "template_version": self.plan.template_version,
+                }
+            )  # fmt: skip
+            if d.reject is not None:
+                b.verdicts.append((rid, run_id, f"{slug}.parse", self.plan.template_version, False, d.score, d.reject))
+        b.seeds_done.append((run_id, seed.id, len(drafts)))
+        self.records += len(drafts)
+        self.seeds_done += 1
+
+    # -- requests ----------------------------------------------------------------------------------
+    async def generate(self, req: Request) -> Completion:
+        """The function recipes get: one request in, its completion out, paid for at most once."""
+        key = request_key(self._identity, req.body())
+        fut = self._inflight.get(key)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._inflight[key] = fut
+            try:
+                outcome = await self._resolve(key, req)
+            except BaseException as exc:
+                self._inflight.pop(key, None)
+                fut.cancel()
+                if isinstance(exc, BudgetExhausted):
+                    raise
+                raise
+            fut.set_result(outcome)
+        else:
+            outcome = await asyncio.shield(fut)
+        if isinstance(outcome, TeacherError):
+            outcome.key = key  # type: ignore[attr-defined]
+            raise outcome
+        return outcome
+
+    async def _resolve(self, key: str, req: Request) -> Outcome:
+        if not self._skip_lookup or key in self._committed_keys:
+            row = await self._lookup.submit(key)
+            if row is not None:
+                self.cache_hits += 1
+                self._inflight.pop(key, None)
+                if row["status"] == "ok":
+                    return Completion(
+                        text=row["text"] or "", finish_reason=row["finish_reason"],
+                        prompt_tokens=row["prompt_tokens"] or 0, completion_tokens=row["completion_tokens"] or 0,
+                        latency_ms=row["latency_ms"] or 0.0, key=key, cached=True,
+                    )  # fmt: skip
+                return TeacherRejected(row["error"] or "rejected (cached)", kind="rejected_cached")
+        self._check_budget(req)
+        reserve = req.sampling.max_tokens
+        self.reserved_tokens += reserve
+        self.dispatched += 1
+        try:
+            if self._engine is not None:
+                outcome = await self._engine.submit(req)
+            else:
+                outcome = (await self.teacher.complete([req]))[0]
+        finally:
+            self.reserved_tokens -= reserve
+            self.dispatched -= 1
+        self.requests_sent += 1
+        if isinstance(outcome, Completion):
+            outcome.key = key
+            self.prompt_tokens += outcome.prompt_tokens
+            self.completion_tokens += outcome.completion_tokens
+            self._remember(key, req, "ok", outcome, None)
+        elif isinstance(outcome, TeacherRejected):
+            self._remember(key, req, "rejected", None, str(outcome)[:1000])
+        else:
+            self._inflight.pop(key, None)  # transient: not cached, a later call may try again
+        return outcome
+
+    def _check_budget(self, req: Request) -> None:
+        b = self.plan.budget
+        if b.max_requests is not None and self.requests_sent + self.dispatched >= b.max_requests:
+            self._budget_hit(f"max_requests={b.max_requests} reached")
+        if b.max_output_tokens is not None and (
+            self.completion_tokens + self.reserved_tokens + req.sampling.max_tokens > b.max_output_tokens
+        ):
+            self._budget_hit(f"max_output_tokens={b.max_output_tokens} would be exceeded")
+
+    def _budget_hit(self, why: str) -> None:
+        if self._stopping is None:
+            log.warning("budget: %s; stopping after the requests in flight", why)
+            self._stopping = "budget"
+        raise BudgetExhausted(why)
+
+    def _remember(self, key: str, req: Request, status: str, c: Completion | None, error: str | None) -> None:
+        row = {
+            "key": key, "teacher": self._teacher_name, "status": status,
+            "request": orjson.dumps(req.body()).decode(),
+            "text": c.text if c else None, "finish_reason": c.finish_reason if c else None,
+            "prompt_tokens": c.prompt_tokens if c else None, "completion_tokens": c.completion_tokens if c else None,
+            "latency_ms": c.latency_ms if c else None, "error": error, "run_id": self.plan.run_id,
+        }  # fmt: skip
+        self._journal.append(row)  # durable against SIGKILL before anyone uses the answer
+        self._batch.cache.append(row)
+        self._uncommitted.append(key)
+
+    async def _lookup_batch(self, keys: list[str]) -> list[dict[str, Any] | None]:
+        rows = await asyncio.get_running_loop().run_in_executor(self._executor, self.store.lookup, keys)
+        return [rows.get(k) for k in keys]
+
+    # -- commits -----------------------------------------------------------------------------------
+    async def _flush_every(self) -> None:
+        while True:
+            await asyncio.sleep(self.plan.commit_interval_s)
+            try:
+                await self._flush()
+            except StoreError as exc:
+                self._fatal = exc
+                self.stop("failed")
+                return
+
+    async def _flush(self) -> None:
+        async with self._flush_lock:
+            segment = self._journal.rotate()
+            batch, self._batch = self._batch, Batch()
+            keys, self._uncommitted = self._uncommitted, []
+            batch.stats = self.stats("running")
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.store.commit, batch)
+            if segment is not None:
+                segment.unlink(missing_ok=True)
+            for k in keys:
+                self._inflight.pop(k, None)
+            if self._skip_lookup:
+                self._committed_keys.update(keys)
+            if self.on_progress is not None:
+                self.on_progress(self.snapshot())
+
+    def stats(self, status: str) -> dict[str, Any]:
+        failures = Counter(self.teacher.errors)
+        for kind, n in self.final_failures.items():
+            failures[f"final_{kind}"] += n
+        return {
+            "run_id": self.plan.run_id, "invocation": self.invocation, "requests_sent": self.requests_sent,
+            "attempts": self.teacher.attempts, "cache_hits": self.cache_hits, "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens, "failures": dict(failures), "status": status,
+        }  # fmt: skip
+
+    def snapshot(self) -> Progress:
+        return Progress(
+            seeds_total=self._seeds_total, seeds_done=self.seeds_done, seeds_failed=self.seeds_failed,
+            records=self.records, requests_sent=self.requests_sent, cache_hits=self.cache_hits,
+            in_flight=self.dispatched, prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+            failures=dict(self.teacher.errors), elapsed_s=time.perf_counter() - self._t0,
+        )  # fmt: skip
+
+
+__all__ = ["Budget", "Plan", "Progress", "Result", "Runner", "TeacherUnavailable"]

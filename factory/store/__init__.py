@@ -1,0 +1,365 @@
+"""The store: one DuckDB file that owns runs, the request cache, records and the verdict ledger.
+
+Only this package writes SQL. Values always travel as parameters or Arrow tables, never in f-strings.
+One process opens a store for writing; a second one gets :class:`StoreInUse`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+from factory.errors import StoreError, StoreInUse
+from factory.store.journal import Journal, journal_dir, read_segments
+from factory.store.migrations import migrate
+
+log = logging.getLogger(__name__)
+
+CACHE_COLUMNS = (
+    "key", "teacher", "status", "request", "text", "finish_reason",
+    "prompt_tokens", "completion_tokens", "latency_ms", "error", "run_id",
+)  # fmt: skip
+RECORD_COLUMNS = (
+    "id", "run_id", "recipe", "stage", "seed_id", "sample_index", "text", "payload",
+    "parent_ids", "request_keys", "teacher", "template_version",
+)  # fmt: skip
+
+_CACHE_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()), ("teacher", pa.string()), ("status", pa.string()), ("request", pa.string()),
+        ("text", pa.string()), ("finish_reason", pa.string()), ("prompt_tokens", pa.int32()),
+        ("completion_tokens", pa.int32()), ("latency_ms", pa.float64()), ("error", pa.string()),
+        ("run_id", pa.string()),
+    ]
+)  # fmt: skip
+_RECORD_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()), ("run_id", pa.string()), ("recipe", pa.string()), ("stage", pa.string()),
+        ("seed_id", pa.string()), ("sample_index", pa.int32()), ("text", pa.string()), ("payload", pa.string()),
+        ("parent_ids", pa.list_(pa.string())), ("request_keys", pa.list_(pa.string())),
+        ("teacher", pa.string()), ("template_version", pa.string()),
+    ]
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class Batch:
+    """Rows to commit in one transaction. Cache rows are dicts with CACHE_COLUMNS keys."""
+
+    cache: list[dict[str, Any]] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    seeds_done: list[tuple[str, str, int]] = field(default_factory=list)
+    failures: list[tuple[str, str, str | None, str, str, int]] = field(default_factory=list)
+    verdicts: list[tuple[str, str, str, str, bool, float | None, str | None]] = field(default_factory=list)
+    stats: dict[str, Any] | None = None  # absolute counters of the current invocation
+
+    def __len__(self) -> int:
+        return len(self.cache) + len(self.records) + len(self.seeds_done) + len(self.failures) + len(self.verdicts)
+
+
+def _arrow(cur: duckdb.DuckDBPyConnection) -> pa.Table:
+    """The current result as an Arrow table (DuckDB 2 renamed fetch_arrow_table to to_arrow_table)."""
+    fetch = getattr(cur, "to_arrow_table", None) or cur.fetch_arrow_table
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "extra copy" notice; results here are small
+        return fetch()
+
+
+def _columns(rows: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str, list[Any]]:
+    return {n: [r.get(n) for r in rows] for n in names}
+
+
+class Store:
+    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False):
+        self.path = Path(path)
+        self.read_only = read_only
+        if read_only and not self.path.exists():
+            raise StoreError(f"no store at {self.path}: run `factory run CONFIG.yaml` first, or pass --store PATH")
+        try:
+            if not read_only:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as exc:
+            msg = str(exc)
+            if "lock" in msg.lower():
+                raise StoreInUse(
+                    f"the store {self.path} is in use by another process ({msg.strip()}). "
+                    "Wait for that run to finish or stop it, then run again."
+                ) from exc
+            raise StoreError(f"cannot open the store {self.path}: {msg}") from exc
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot open the store {self.path}: {exc}. Is it a DuckDB file?") from exc
+        if not read_only:
+            try:
+                applied = migrate(self.con)
+            except duckdb.Error as exc:
+                self.con.close()
+                raise StoreError(f"cannot migrate the store {self.path}: {exc}") from exc
+            if applied:
+                log.info("store %s: applied migrations %s", self.path, ", ".join(applied))
+            self.replay_journal()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def journal(self) -> Journal:
+        return Journal(journal_dir(self.path))
+
+    def replay_journal(self) -> int:
+        """Commit answers a crashed process journaled but never committed. Returns rows recovered."""
+        paths, rows = read_segments(journal_dir(self.path))
+        if not paths:
+            return 0
+        n_before = self.count_cache()
+        self.commit(Batch(cache=rows))
+        for p in paths:
+            p.unlink(missing_ok=True)
+        recovered = self.count_cache() - n_before
+        if recovered:
+            log.warning("recovered %d answers from the journal of an interrupted run", recovered)
+        return recovered
+
+    # -- writes ------------------------------------------------------------------------------------
+    def commit(self, batch: Batch) -> None:
+        """Write a batch in one transaction. Idempotent: rows already present are left alone."""
+        con = self.con
+        try:
+            con.execute("BEGIN TRANSACTION")
+            if batch.cache:
+                t = pa.table(_columns(batch.cache, CACHE_COLUMNS), schema=_CACHE_SCHEMA)
+                con.register("_batch_cache", t)
+                con.execute(
+                    "INSERT INTO cache (key, teacher, status, request, text, finish_reason, prompt_tokens, "
+                    "completion_tokens, latency_ms, error, run_id) "
+                    "SELECT DISTINCT ON (key) * FROM _batch_cache ON CONFLICT DO NOTHING"
+                )
+                con.unregister("_batch_cache")
+            if batch.records:
+                t = pa.table(_columns(batch.records, RECORD_COLUMNS), schema=_RECORD_SCHEMA)
+                con.register("_batch_records", t)
+                con.execute(
+                    "INSERT INTO records (id, run_id, recipe, stage, seed_id, sample_index, text, payload, "
+                    "parent_ids, request_keys, teacher, template_version) "
+                    "SELECT DISTINCT ON (id) * FROM _batch_records ON CONFLICT DO NOTHING"
+                )
+                con.unregister("_batch_records")
+            if batch.seeds_done:
+                run_ids, seed_ids, counts = zip(*batch.seeds_done, strict=True)
+                t = pa.table({"run_id": list(run_ids), "seed_id": list(seed_ids),
+                              "records": pa.array(counts, pa.int32())})  # fmt: skip
+                con.register("_batch_done", t)
+                con.execute("INSERT INTO seeds_done SELECT DISTINCT ON (run_id, seed_id) * FROM _batch_done ON CONFLICT DO NOTHING")
+                con.unregister("_batch_done")
+            if batch.failures:
+                con.executemany(
+                    "INSERT INTO failures (run_id, key, seed_id, kind, message, attempts) VALUES (?, ?, ?, ?, ?, ?)",
+                    batch.failures,
+                )
+            if batch.verdicts:
+                cols = list(zip(*batch.verdicts, strict=True))
+                t = pa.table(
+                    {"record_id": list(cols[0]), "run_id": list(cols[1]), "filter": list(cols[2]),
+                     "filter_version": list(cols[3]), "keep": pa.array(cols[4], pa.bool_()),
+                     "score": pa.array(cols[5], pa.float64()), "reason": pa.array(cols[6], pa.string())}
+                )  # fmt: skip
+                con.register("_batch_verdicts", t)
+                con.execute(
+                    "INSERT INTO verdicts (record_id, run_id, filter, filter_version, keep, score, reason) "
+                    "SELECT * FROM _batch_verdicts"
+                )
+                con.unregister("_batch_verdicts")
+            if batch.stats is not None:
+                s = batch.stats
+                con.execute(
+                    "UPDATE run_stats SET requests_sent = ?, attempts = ?, cache_hits = ?, prompt_tokens = ?, "
+                    "completion_tokens = ?, failures = ?, status = ?, updated_at = now() "
+                    "WHERE run_id = ? AND invocation = ?",
+                    [
+                        s["requests_sent"], s["attempts"], s["cache_hits"], s["prompt_tokens"],
+                        s["completion_tokens"], orjson.dumps(s["failures"]).decode(), s["status"],
+                        s["run_id"], s["invocation"],
+                    ],
+                )  # fmt: skip
+            con.execute("COMMIT")
+        except duckdb.Error as exc:
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
+            raise StoreError(
+                f"cannot write to the store {self.path}: {exc}. If the disk is full, free space and re-run "
+                "the same command: answers not yet committed are kept in the journal."
+            ) from exc
+
+    def start_run(
+        self, *, run_id: str, name: str, recipe: str, teacher: str, config: dict[str, Any], config_hash: str,
+        version: str,
+    ) -> int:
+        """Create the run (or find it again on resume) and open a new invocation. Returns its number."""
+        self.con.execute("BEGIN TRANSACTION")
+        self.con.execute(
+            "INSERT INTO runs (id, name, recipe, teacher, config, config_hash, status, factory_version) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'running', ?) "
+            "ON CONFLICT (id) DO UPDATE SET status = 'running', updated_at = now(), factory_version = excluded.factory_version",
+            [run_id, name, recipe, teacher, orjson.dumps(config).decode(), config_hash, version],
+        )
+        row = self.con.execute(
+            "SELECT coalesce(max(invocation), 0) + 1 FROM run_stats WHERE run_id = ?", [run_id]
+        ).fetchone()
+        invocation = int(row[0]) if row else 1
+        self.con.execute(
+            "INSERT INTO run_stats (run_id, invocation, failures, status) VALUES (?, ?, '{}', 'running')",
+            [run_id, invocation],
+        )
+        self.con.execute("COMMIT")
+        return invocation
+
+    def finish_run(self, run_id: str, status: str) -> None:
+        self.con.execute("UPDATE runs SET status = ?, updated_at = now() WHERE id = ?", [status, run_id])
+
+    # -- reads -------------------------------------------------------------------------------------
+    def count_cache(self, teacher: str | None = None) -> int:
+        if teacher is None:
+            row = self.con.execute("SELECT count(*) FROM cache").fetchone()
+        else:
+            row = self.con.execute("SELECT count(*) FROM cache WHERE teacher = ?", [teacher]).fetchone()
+        return int(row[0]) if row else 0
+
+    def lookup(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """Cached answers for these keys (missing keys are absent from the result)."""
+        if not keys:
+            return {}
+        t = pa.table({"key": pa.array(keys, pa.string())})
+        self.con.register("_lookup", t)
+        try:
+            rows = self.con.execute(
+                "SELECT c.key, c.status, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens, "
+                "c.latency_ms, c.error FROM cache c SEMI JOIN _lookup l ON c.key = l.key"
+            ).fetchall()
+        finally:
+            self.con.unregister("_lookup")
+        cols = ("key", "status", "text", "finish_reason", "prompt_tokens", "completion_tokens", "latency_ms", "error")
+        return {r[0]: dict(zip(cols, r, strict=True)) for r in rows}
+
+    def done_seeds(self, run_id: str) -> set[str]:
+        rows = self.con.execute("SELECT seed_id FROM seeds_done WHERE run_id = ?", [run_id]).fetchall()
+        return {r[0] for r in rows}
+
+    def runs(self) -> list[dict[str, Any]]:
+        cur = self.con.execute(
+            "SELECT id, name, recipe, teacher, status, created_at, updated_at FROM runs ORDER BY updated_at DESC"
+        )
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    def resolve_run(self, run: str | None) -> str:
+        """A run id from an id, a unique id prefix, a run name (latest), or None (the latest run)."""
+        if run is None:
+            row = self.con.execute("SELECT id FROM runs ORDER BY updated_at DESC LIMIT 1").fetchone()
+            if row is None:
+                raise StoreError(f"the store {self.path} holds no runs yet: start one with `factory run CONFIG.yaml`")
+            return str(row[0])
+        rows = self.con.execute(
+            "SELECT id FROM runs WHERE id = ? OR name = ? OR starts_with(id, ?) ORDER BY (id = ?) DESC, updated_at DESC",
+            [run, run, run, run],
+        ).fetchall()
+        if not rows:
+            known = ", ".join(r["id"] for r in self.runs()[:10]) or "none"
+            raise StoreError(f"no run {run!r} in {self.path}; known runs: {known}")
+        return str(rows[0][0])
+
+    def run_summary(self, run_id: str) -> dict[str, Any]:
+        cur = self.con.execute(
+            "SELECT id, name, recipe, teacher, status, config_hash, created_at, updated_at FROM runs WHERE id = ?",
+            [run_id],
+        )
+        row = cur.fetchone()
+        if row is None:
+            raise StoreError(f"no run {run_id!r} in {self.path}")
+        out = dict(zip([d[0] for d in cur.description], row, strict=True))
+        stats = self.con.execute(
+            "SELECT count(*), coalesce(sum(requests_sent), 0), coalesce(sum(attempts), 0), "
+            "coalesce(sum(cache_hits), 0), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0) "
+            "FROM run_stats WHERE run_id = ?",
+            [run_id],
+        ).fetchone()
+        assert stats is not None
+        out.update(
+            invocations=int(stats[0]), requests_sent=int(stats[1]), attempts=int(stats[2]),
+            cache_hits=int(stats[3]), prompt_tokens=int(stats[4]), completion_tokens=int(stats[5]),
+        )  # fmt: skip
+        failures: dict[str, int] = {}
+        for (blob,) in self.con.execute("SELECT failures FROM run_stats WHERE run_id = ?", [run_id]).fetchall():
+            for kind, n in orjson.loads(blob or "{}").items():
+                failures[kind] = failures.get(kind, 0) + int(n)
+        out["failures_by_kind"] = failures
+        out["final_failures"] = int(
+            self.con.execute("SELECT count(DISTINCT key) FROM failures WHERE run_id = ?", [run_id]).fetchone()[0]  # type: ignore[index]
+        )
+        out["records_total"] = int(
+            self.con.execute("SELECT count(*) FROM records WHERE run_id = ?", [run_id]).fetchone()[0]  # type: ignore[index]
+        )
+        out["seeds_done"] = int(
+            self.con.execute("SELECT count(*) FROM seeds_done WHERE run_id = ?", [run_id]).fetchone()[0]  # type: ignore[index]
+        )
+        by_stage = self.con.execute(
+            "SELECT stage, count(*) FROM records WHERE run_id = ? GROUP BY stage ORDER BY stage", [run_id]
+        ).fetchall()
+        out["records_by_stage"] = {s: int(n) for s, n in by_stage}
+        for k in ("created_at", "updated_at"):
+            out[k] = out[k].isoformat() if out[k] is not None else None
+        return out
+
+    def run_config(self, run_id: str) -> dict[str, Any]:
+        row = self.con.execute("SELECT config FROM runs WHERE id = ?", [run_id]).fetchone()
+        if row is None:
+            raise StoreError(f"no run {run_id!r} in {self.path}")
+        return orjson.loads(row[0])
+
+    def curated_table(self, run_id: str, *, include_rejected: bool = False) -> pa.Table:
+        """The curated view: records with no rejecting verdict. With include_rejected, all records plus
+        the reasons they were dropped (NULL when kept)."""
+        where = "" if include_rejected else "AND v.reasons IS NULL"
+        cur = self.con.execute(
+            "WITH v AS (SELECT record_id, string_agg(filter || ': ' || coalesce(reason, ''), '; ') AS reasons "
+            "           FROM verdicts WHERE run_id = ? AND NOT keep GROUP BY record_id) "
+            "SELECT r.id, r.recipe, r.stage, r.seed_id, r.sample_index, r.text, r.payload, r.parent_ids, "
+            "r.request_keys, r.teacher, r.template_version, v.reasons AS dropped_by "
+            "FROM records r LEFT JOIN v ON v.record_id = r.id "
+            f"WHERE r.run_id = ? {where} ORDER BY r.seed_id, r.stage, r.sample_index, r.id",
+            [run_id, run_id],
+        )
+        return _arrow(cur)
+
+    def verdict_counts(self, run_id: str) -> list[tuple[str, str, int]]:
+        rows = self.con.execute(
+            "SELECT filter, coalesce(reason, ''), count(*) FROM verdicts WHERE run_id = ? AND NOT keep "
+            "GROUP BY ALL ORDER BY 3 DESC",
+            [run_id],
+        ).fetchall()
+        return [(str(f), str(r), int(n)) for f, r, n in rows]
+
+    def records_table(self, run_id: str) -> pa.Table:
+        """The run's records joined with the answers that produced them, as Arrow, in a stable order."""
+        cur = self.con.execute(
+            "SELECT r.id, r.run_id, r.recipe, r.stage, r.seed_id, r.sample_index, r.text, r.payload, "
+            "r.parent_ids, r.request_keys, r.teacher, r.template_version "
+            "FROM records r WHERE r.run_id = ? ORDER BY r.seed_id, r.stage, r.sample_index, r.id",
+            [run_id],
+        )
+        return _arrow(cur)

@@ -1,0 +1,85 @@
+"""An append-only journal of teacher answers not yet committed to DuckDB.
+
+Each answer is written to the journal with one ``os.write`` the moment it arrives, before it is used.
+The kernel keeps that data even if the process is SIGKILLed, so a crash between two DuckDB commits
+loses no paid-for answer: the next open replays the journal into the cache table. Segments are
+rotated at each commit and deleted once their rows are committed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from factory.errors import StoreError
+
+
+def journal_dir(db_path: Path) -> Path:
+    return db_path.with_name(db_path.name + ".journal")
+
+
+class Journal:
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._n = 0
+        self._fd: int | None = None
+        self._path: Path | None = None
+        self._pid = os.getpid()
+
+    def _open(self) -> None:
+        self._n += 1
+        self._path = self.directory / f"seg-{self._pid}-{self._n:08d}.jsonl"
+        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def append(self, row: dict[str, Any]) -> None:
+        if self._fd is None:
+            self._open()
+        data = orjson.dumps(row) + b"\n"
+        try:
+            written = os.write(self._fd, data)  # type: ignore[arg-type]
+            if written != len(data):
+                raise OSError(errno.ENOSPC, "short write")
+        except OSError as exc:
+            raise StoreError(
+                f"cannot write the answer journal in {self.directory}: {exc.strerror or exc}. "
+                "Free disk space and re-run the same command; everything committed so far is kept."
+            ) from exc
+
+    def rotate(self) -> Path | None:
+        """Close the current segment and return its path (None if nothing was written since last time)."""
+        if self._fd is None:
+            return None
+        os.close(self._fd)
+        path, self._fd, self._path = self._path, None, None
+        return path
+
+    def close(self) -> Path | None:
+        return self.rotate()
+
+
+def read_segments(directory: Path) -> tuple[list[Path], list[dict[str, Any]]]:
+    """All complete rows from leftover segments (a torn last line is skipped)."""
+    if not directory.is_dir():
+        return [], []
+    paths = sorted(directory.glob("seg-*.jsonl"))
+    rows: list[dict[str, Any]] = []
+    for p in paths:
+        rows.extend(_rows(p))
+    return paths, rows
+
+
+def _rows(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                yield orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue

@@ -1,0 +1,149 @@
+"""Schema migrations, applied in order on open and recorded in ``_migrations``.
+
+Each migration is a named function; a released one is never edited, only followed by a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import duckdb
+
+
+def m001_initial(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        """
+        CREATE TABLE runs (
+            id VARCHAR PRIMARY KEY,
+            name VARCHAR NOT NULL,
+            recipe VARCHAR NOT NULL,
+            teacher VARCHAR NOT NULL,
+            config JSON NOT NULL,
+            config_hash VARCHAR NOT NULL,
+            status VARCHAR NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            factory_version VARCHAR
+        )
+        """
+    )
+    # One row per request ever answered; the key is the content hash of (teacher, request).
+    con.execute(
+        """
+        CREATE TABLE cache (
+            key VARCHAR PRIMARY KEY,
+            teacher VARCHAR NOT NULL,
+            status VARCHAR NOT NULL,          -- 'ok' | 'rejected'
+            request JSON NOT NULL,
+            text VARCHAR,
+            finish_reason VARCHAR,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            latency_ms DOUBLE,
+            error VARCHAR,
+            run_id VARCHAR,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE records (
+            id VARCHAR PRIMARY KEY,
+            run_id VARCHAR NOT NULL,
+            recipe VARCHAR NOT NULL,
+            stage VARCHAR NOT NULL,
+            seed_id VARCHAR NOT NULL,
+            sample_index INTEGER NOT NULL,
+            text VARCHAR,
+            payload JSON NOT NULL,
+            parent_ids VARCHAR[],
+            request_keys VARCHAR[],
+            teacher VARCHAR,
+            template_version VARCHAR,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )
+        """
+    )
+    con.execute("CREATE INDEX records_run ON records(run_id)")
+    # A seed is done when all of its records are stored; written in the same transaction as them.
+    con.execute(
+        """
+        CREATE TABLE seeds_done (
+            run_id VARCHAR NOT NULL,
+            seed_id VARCHAR NOT NULL,
+            records INTEGER NOT NULL,
+            PRIMARY KEY (run_id, seed_id)
+        )
+        """
+    )
+    # Filters append verdicts; nothing is ever deleted. The curated set is a view over this table.
+    con.execute(
+        """
+        CREATE TABLE verdicts (
+            record_id VARCHAR NOT NULL,
+            run_id VARCHAR NOT NULL,
+            filter VARCHAR NOT NULL,
+            filter_version VARCHAR NOT NULL,
+            keep BOOLEAN NOT NULL,
+            score DOUBLE,
+            reason VARCHAR,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )
+        """
+    )
+    # Requests that finally failed (after retries), and per-run counters, one row per run invocation.
+    con.execute(
+        """
+        CREATE TABLE failures (
+            run_id VARCHAR NOT NULL,
+            key VARCHAR NOT NULL,
+            seed_id VARCHAR,
+            kind VARCHAR NOT NULL,
+            message VARCHAR,
+            attempts INTEGER,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE run_stats (
+            run_id VARCHAR NOT NULL,
+            invocation INTEGER NOT NULL,
+            requests_sent BIGINT NOT NULL DEFAULT 0,
+            attempts BIGINT NOT NULL DEFAULT 0,
+            cache_hits BIGINT NOT NULL DEFAULT 0,
+            prompt_tokens BIGINT NOT NULL DEFAULT 0,
+            completion_tokens BIGINT NOT NULL DEFAULT 0,
+            failures JSON,
+            started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            status VARCHAR,
+            PRIMARY KEY (run_id, invocation)
+        )
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial]
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Apply pending migrations, each in its own transaction. Returns the names applied."""
+    con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ DEFAULT now())")
+    done = {r[0] for r in con.execute("SELECT name FROM _migrations").fetchall()}
+    applied = []
+    for fn in MIGRATIONS:
+        if fn.__name__ in done:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            fn(con)
+            con.execute("INSERT INTO _migrations (name) VALUES (?)", [fn.__name__])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(fn.__name__)
+    return applied

@@ -1,0 +1,45 @@
+"""A deterministic teacher for unit tests that need exact outputs.
+
+``scripted:NAME`` answers each request with ``options["answers"]`` looked up by the last user message
+(a dict), or by a callable ``options["fn"](request) -> str``; anything else gets ``options["default"]``.
+It counts calls, so tests can assert that a cached request never reached it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from factory.errors import TeacherError, TeacherRejected
+from factory.teachers.base import Teacher
+from factory.types import Completion, Request
+
+
+class ScriptedTeacher(Teacher):
+    backend = "scripted"
+    native_batch = False
+
+    def __init__(self, spec: str, model: str, options: dict[str, Any]):
+        super().__init__(spec, model or "script")
+        self.answers: dict[str, str] = dict(options.get("answers", {}))
+        self.fn: Callable[[Request], str] | None = options.get("fn")
+        self.default: str = options.get("default", "")
+        self.calls: list[Request] = []
+
+    async def complete(self, requests: Sequence[Request]) -> list[Completion | TeacherError]:
+        out: list[Completion | TeacherError] = []
+        for req in requests:
+            self.calls.append(req)
+            self.attempts += 1
+            prompt = req.messages[-1]["content"]
+            text = self.fn(req) if self.fn else self.answers.get(prompt, self.default)
+            if text is None:
+                out.append(TeacherRejected("scripted rejection", kind="http_400"))
+                continue
+            out.append(Completion(text=text, finish_reason="stop", prompt_tokens=len(prompt.split()),
+                                  completion_tokens=len(text.split())))
+        return out
+
+
+def create(spec: str, model: str, options: dict[str, Any]) -> Teacher:
+    return ScriptedTeacher(spec, model, options)

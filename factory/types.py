@@ -1,0 +1,72 @@
+"""Light internal values: what a recipe asks for and what a teacher answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+        }
+        if self.stop:
+            out["stop"] = list(self.stop)
+        if self.seed is not None:
+            out["seed"] = self.seed
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One call to a teacher. ``body()`` is exactly what the request key hashes (with the teacher identity)."""
+
+    messages: tuple[dict[str, str], ...]
+    sampling: Sampling = Sampling()
+    sample_index: int = 0
+    json_schema: dict[str, Any] | None = None
+    logprobs: int | None = None
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "messages": list(self.messages),
+            "sampling": self.sampling.to_json(),
+            "sample": self.sample_index,
+        }
+        if self.json_schema is not None:
+            out["schema"] = self.json_schema
+        if self.logprobs is not None:
+            out["logprobs"] = self.logprobs
+        return out
+
+    @staticmethod
+    def chat(user: str, *, system: str | None = None, **kwargs: Any) -> Request:
+        msgs: list[dict[str, str]] = []
+        if system:
+            msgs.append({"role": "system", "content": system})
+        msgs.append({"role": "user", "content": user})
+        return Request(messages=tuple(msgs), **kwargs)
+
+
+@dataclass(slots=True)
+class Completion:
+    """A teacher's answer. ``cached`` tells whether it came from the store instead of the teacher."""
+
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    key: str = ""
+    cached: bool = False
+    logprobs: list[Any] | None = field(default=None)

@@ -1,0 +1,28 @@
+"""Recipes by slug. Listing them imports only these light modules, never a model backend."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+
+from factory.errors import ConfigError
+from recipes.base import Recipe
+
+REGISTRY: dict[str, str] = {
+    "rationales": "recipes.rationales",
+    "prompt": "recipes.prompt",
+}
+
+
+def get_recipe(slug: str) -> Recipe:
+    if slug not in REGISTRY:
+        close = difflib.get_close_matches(slug, REGISTRY, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"unknown recipe {slug!r} in field 'recipe'.{hint} Installed recipes: {', '.join(sorted(REGISTRY))}"
+        )
+    return importlib.import_module(REGISTRY[slug]).RECIPE  # type: ignore[no-any-return]
+
+
+def all_recipes() -> list[Recipe]:
+    return [get_recipe(s) for s in sorted(REGISTRY)]

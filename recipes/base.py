@@ -1,0 +1,91 @@
+"""What every recipe is: a params model plus async functions. A recipe never touches the store,
+the cache or a teacher object: it gets ``generate(request) -> Completion`` injected and returns drafts."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.sandbox
+from pydantic import BaseModel, ConfigDict
+
+from factory.keys import digest
+from factory.seeds import Seed
+from factory.types import Completion, Request
+
+Generate = Callable[[Request], Awaitable[Completion]]
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(slots=True)
+class Draft:
+    """A record before the runner gives it an id and lineage.
+
+    ``reject`` is the recipe's own verdict (e.g. "no answer found"): the record is kept in the store and
+    the ledger says why it is not curated.
+    """
+
+    stage: str
+    sample_index: int
+    payload: dict[str, Any]
+    text: str
+    request_keys: tuple[str, ...] = ()
+    parent_ids: tuple[str, ...] = ()
+    reject: str | None = None
+    score: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recipe:
+    slug: str
+    summary: str
+    params: type[Params]
+    prepare: Callable[[Any, Callable[[str], Path]], Any]
+    process: Callable[[Seed, Any, Generate], Awaitable[list[Draft]]]
+    required_fields: Callable[[Any], list[str]]
+    seed_format: str = ""
+    record_format: str = ""
+    stages: tuple[str, ...] = field(default=("main",))
+
+
+class Template:
+    """A prompt template file rendered in a sandbox. Seed values are data: ``{{ }}`` inside them stays text."""
+
+    _env = jinja2.sandbox.SandboxedEnvironment(
+        undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False
+    )
+
+    def __init__(self, source: str, name: str):
+        self.name = name
+        self.source = source
+        self.version = digest("tpl1", source, length=12)
+        self._tpl = self._env.from_string(source)
+
+    @classmethod
+    def load(cls, path: Path) -> Template:
+        return cls(path.read_text(encoding="utf-8"), path.name)
+
+    def render(self, **values: Any) -> str:
+        return self._tpl.render(**values).strip()
+
+
+def template_path(value: str | None, default: str, resolve: Callable[[str], Path]) -> Path:
+    """A user template (resolved like other config paths) or one shipped in recipes/templates/."""
+    from factory.errors import ConfigError
+
+    if value is None:
+        return TEMPLATES / default
+    p = resolve(value)
+    if not p.is_file():
+        shipped = TEMPLATES / value
+        if shipped.is_file():
+            return shipped
+        raise ConfigError(f"params: template file {value!r} not found (looked at {p} and {shipped})")
+    return p

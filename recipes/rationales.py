@@ -1,0 +1,181 @@
+"""`rationales`: few-shot chain-of-thought rationales, k samples per question.
+
+After Distilling Step-by-Step (Hsieh et al., 2023) and QCRD-style contrastive rationales: every sample
+is kept. With a gold answer each sample is flagged positive (agrees) or negative (disagrees); without
+one, the k samples vote and each records the majority answer and its vote share (self-consistency).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import Field
+
+from factory.errors import ConfigError
+from factory.keys import digest
+from factory.seeds import Seed
+from factory.types import Request, Sampling
+from recipes.base import TEMPLATES, Draft, Generate, Params, Recipe, Template, template_path
+
+STAGE = "rationale"
+
+
+class RationalesParams(Params):
+    k: int = Field(4, ge=1, le=64, description="Samples per question.")
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of each sample.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    max_tokens: int = Field(256, ge=1, le=32768, description="Output token cap per sample.")
+    seed: int = Field(0, description="Base sampling seed; sample i uses seed + i.")
+    input_field: str = Field("question", description="Seed field holding the question.")
+    gold_field: str | None = Field("answer", description="Seed field holding the gold answer (null: no gold, vote).")
+    template: str | None = Field(None, description="Prompt template file (Jinja); default: rationales.j2.")
+    fewshot: str | None = Field(
+        None, description="JSONL of few-shot examples {question, rationale, answer}; default: rationales_fewshot.jsonl."
+    )
+    system: str | None = Field(
+        "You are a careful tutor. Reason step by step and end with 'The answer is X.'",
+        description="System message (null for none).",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    params: RationalesParams
+    template: Template
+    examples: list[dict[str, Any]]
+
+    @property
+    def version(self) -> str:
+        return digest("tplset1", [self.template.source, self.examples], length=12)
+
+
+_MARKER = re.compile(r"(?:the (?:final )?answer is|final answer\s*:|answer\s*:|####)\s*", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
+
+
+def normalize_answer(value: Any) -> str:
+    """Canonical answer text: numbers without commas, currency or trailing zeros; other text lowercased."""
+    s = str(value).strip().rstrip(".").strip()
+    m = _NUMBER.fullmatch(s.replace(" ", ""))
+    if m:
+        num = s.replace(",", "").replace("$", "").replace(" ", "")
+        f = float(num)
+        if math.isfinite(f) and f == int(f):
+            return str(int(f))
+        return repr(f)
+    return re.sub(r"\s+", " ", s).lower()
+
+
+def parse_completion(text: str) -> tuple[str, str | None]:
+    """Split a completion into (rationale, answer). The answer follows the last marker, else the last number."""
+    text = text.strip()
+    matches = list(_MARKER.finditer(text))
+    if matches:
+        m = matches[-1]
+        tail = text[m.end():].strip()
+        num = _NUMBER.match(tail)
+        answer = num.group(0) if num else tail.split("\n", 1)[0].strip().rstrip(".")
+        if answer:
+            return text[: m.start()].strip(), normalize_answer(answer)
+    numbers = _NUMBER.findall(text)
+    if numbers:
+        return text, normalize_answer(numbers[-1])
+    return text, None
+
+
+def answers_agree(a: str | None, b: str | None, rel_tol: float = 1e-6) -> bool:
+    if a is None or b is None:
+        return False
+    try:
+        return math.isclose(float(a), float(b), rel_tol=rel_tol, abs_tol=1e-9)
+    except ValueError:
+        return a == b
+
+
+def prepare(params: RationalesParams, resolve: Callable[[str], Path]) -> State:
+    template = Template.load(template_path(params.template, "rationales.j2", resolve))
+    fewshot = resolve(params.fewshot) if params.fewshot else TEMPLATES / "rationales_fewshot.jsonl"
+    if not fewshot.is_file():
+        raise ConfigError(f"params.fewshot: file {fewshot} not found")
+    examples = [orjson.loads(line) for line in fewshot.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return State(params, template, examples)
+
+
+def build_requests(seed: Seed, state: State) -> list[Request]:
+    p = state.params
+    prompt = state.template.render(question=seed.data[p.input_field], examples=state.examples)
+    msgs = ([{"role": "system", "content": p.system}] if p.system else []) + [{"role": "user", "content": prompt}]
+    return [
+        Request(
+            messages=tuple(msgs),
+            sampling=Sampling(temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens, seed=p.seed + i),
+            sample_index=i,
+        )
+        for i in range(p.k)
+    ]
+
+
+async def process(seed: Seed, state: State, generate: Generate) -> list[Draft]:
+    p = state.params
+    question = seed.data[p.input_field]
+    gold_raw = seed.data.get(p.gold_field) if p.gold_field else None
+    gold = normalize_answer(gold_raw) if gold_raw not in (None, "") else None
+    # Wait for every sample before failing, so each answer that did arrive is stored for the re-run.
+    outcomes = await asyncio.gather(*(generate(r) for r in build_requests(seed, state)), return_exceptions=True)
+    for r in outcomes:
+        if isinstance(r, BaseException):
+            raise r
+    results = [r for r in outcomes if not isinstance(r, BaseException)]
+    parsed = [parse_completion(r.text) for r in results]
+    votes = Counter(a for x in parsed if x is not None for a in [x[1]] if a is not None)
+    majority = votes.most_common(1)[0][0] if votes else None
+    drafts: list[Draft] = []
+    for i, (res, par) in enumerate(zip(results, parsed, strict=True)):
+        rationale, answer = par
+        agrees_gold = answers_agree(answer, gold) if gold is not None else None
+        payload = {
+            "input": question,
+            "rationale": rationale,
+            "answer": answer,
+            "gold": gold,
+            "agrees_with_gold": agrees_gold,
+            "label": None if gold is None else ("positive" if agrees_gold else "negative"),
+            "majority_answer": majority,
+            "vote_share": (votes[answer] / len(results)) if answer is not None else 0.0,
+            "agrees_with_majority": answer is not None and answer == majority,
+            "completion": res.text,
+            "finish_reason": res.finish_reason,
+        }
+        reject = None
+        if answer is None:
+            reject = "no answer found in the completion"
+        elif not rationale:
+            reject = "empty rationale"
+        drafts.append(
+            Draft(stage=STAGE, sample_index=i, payload=payload, text=f"{rationale}\nThe answer is {answer}.",
+                  request_keys=(res.key,), reject=reject,
+                  score=(1.0 if agrees_gold else 0.0) if gold is not None else payload["vote_share"])
+        )  # fmt: skip
+    return drafts
+
+
+RECIPE = Recipe(
+    slug="rationales",
+    summary="Few-shot chain-of-thought rationales, k samples per question, checked against gold or by vote.",
+    params=RationalesParams,
+    prepare=prepare,
+    process=process,
+    required_fields=lambda p: [p.input_field],
+    seed_format="one row per question: {id?, question, answer?} (field names set by input_field / gold_field)",
+    record_format="input, rationale, answer, gold, agrees_with_gold, label (positive|negative), majority_answer, "
+    "vote_share, agrees_with_majority, completion, finish_reason",
+    stages=(STAGE,),
+)
