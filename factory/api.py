@@ -20,7 +20,7 @@ from factory.keys import digest, request_key
 from factory.runner import Budget, Plan, Progress, Result, Runner
 from factory.seeds import Seed, load_seeds, seeds_digest
 from factory.store import Store
-from factory.teachers import build_teacher, parse_spec
+from factory.teachers import build_teacher
 from factory.teachers.base import Teacher
 from factory.types import Completion, Request
 from recipes import get_recipe
@@ -56,7 +56,9 @@ def prepare(config: str | Path | RunConfig, *, store: str | None = None) -> Prep
         loc = ".".join(str(x) for x in err["loc"])
         if err["type"] == "extra_forbidden":
             fields = ", ".join(recipe.params.model_fields)
-            raise ConfigError(f"params: unknown field {loc!r} for recipe {recipe.slug!r}; its fields are: {fields}") from None
+            raise ConfigError(
+                f"params: unknown field {loc!r} for recipe {recipe.slug!r}; its fields are: {fields}"
+            ) from None
         raise ConfigError(f"params.{loc}: {err['msg']}") from None
     state = recipe.prepare(params, cfg.path)
     seeds = load_seeds(cfg.path(cfg.seeds), recipe.required_fields(params))
@@ -114,7 +116,9 @@ def dry_run(prep: Prepared) -> DryRunReport:
         except FactoryError as exc:
             notes.append(f"store not read: {exc}")
     if prep.recipe.stages[1:]:
-        notes.append(f"only the first stage is counted; later stages ({', '.join(prep.recipe.stages[1:])}) depend on answers")
+        notes.append(
+            f"only the first stage is counted; later stages ({', '.join(prep.recipe.stages[1:])}) depend on answers"
+        )
     return DryRunReport(
         run_id=prep.run_id,
         seeds=len(prep.seeds),
@@ -136,7 +140,9 @@ def _signals(runner: Runner) -> Iterator[None]:
     def on_signal(signame: str) -> None:
         hits["n"] += 1
         if hits["n"] == 1:
-            log.warning("%s: stopping; everything finished so far is kept (press again to quit at once)", signame)
+            log.warning(
+                "%s: stopping; everything finished so far is kept (press again to quit at once)", signame
+            )
             runner.stop("interrupted")
         else:
             raise KeyboardInterrupt

@@ -67,7 +67,11 @@ class ProgressView:
             self.progress.update(self.task, completed=p.seeds_done + p.seeds_failed, info=info)
         elif p.elapsed_s - self._last_line >= 10:
             self._last_line = p.elapsed_s
-            print(f"[{_fmt_s(p.elapsed_s)}] seeds {p.seeds_done}/{p.seeds_total} · {info}", file=sys.stderr, flush=True)
+            print(
+                f"[{_fmt_s(p.elapsed_s)}] seeds {p.seeds_done}/{p.seeds_total} · {info}",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 # -- commands ----------------------------------------------------------------------------------------
@@ -131,7 +135,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         if args.run is None and args.all:
             runs = st.runs()
             if args.json:
-                print(json.dumps([{**r, "created_at": str(r["created_at"]), "updated_at": str(r["updated_at"])} for r in runs]))
+                print(
+                    json.dumps(
+                        [
+                            {**r, "created_at": str(r["created_at"]), "updated_at": str(r["updated_at"])}
+                            for r in runs
+                        ]
+                    )
+                )
             else:
                 for r in runs:
                     print(f"{r['id']:<40} {r['recipe']:<14} {r['status']:<12} {r['teacher']}")
@@ -158,12 +169,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         export_cfg = cfg.get("export") or {}
         out = args.out or export_cfg.get("out")
         if not out:
-            raise ConfigError("export: no output folder; pass --out DIR (or set export.out in the run config)")
+            raise ConfigError(
+                "export: no output folder; pass --out DIR (or set export.out in the run config)"
+            )
         res = export_run(
             st, run_id, Path(out), fmt=args.format or export_cfg.get("format", "hf"),
             splits=export_cfg.get("splits"), slim=args.slim, include_rejected=args.include_rejected,
         )  # fmt: skip
-    print(f"exported {res.rows} records of {run_id} ({', '.join(f'{k}: {v}' for k, v in res.splits.items())}) to {res.out}")
+    print(
+        f"exported {res.rows} records of {run_id} ({', '.join(f'{k}: {v}' for k, v in res.splits.items())}) to {res.out}"
+    )
     return 0
 
 
@@ -176,7 +191,9 @@ def cmd_recipes(args: argparse.Namespace) -> int:
             print(f"{'':<14} seeds:   {r.seed_format}")
             print(f"{'':<14} records: {r.record_format}")
             for name, f in r.params.model_fields.items():
-                print(f"{'':<14}   {name} = {f.get_default(call_default_factory=True)!r}: {f.description or ''}")
+                print(
+                    f"{'':<14}   {name} = {f.get_default(call_default_factory=True)!r}: {f.description or ''}"
+                )
     return 0
 
 
@@ -185,12 +202,20 @@ def cmd_teachers(args: argparse.Namespace) -> int:
 
     from factory.teachers import BACKENDS
 
-    for name, (module, summary) in BACKENDS.items():
+    for name, (_module, summary) in BACKENDS.items():
         extra = ""
         if name == "vllm":
-            extra = " [installed]" if importlib.util.find_spec("vllm") else " [not installed: pip install '.[vllm]']"
+            extra = (
+                " [installed]"
+                if importlib.util.find_spec("vllm")
+                else " [not installed: pip install '.[vllm]']"
+            )
         elif name in ("transformers", "embedded"):
-            extra = " [installed]" if importlib.util.find_spec("transformers") else " [not installed: pip install '.[embedded]']"
+            extra = (
+                " [installed]"
+                if importlib.util.find_spec("transformers")
+                else " [not installed: pip install '.[embedded]']"
+            )
         print(f"{name:<13} {summary}{extra}")
     return 0
 
@@ -203,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run (or resume) a config: seeds → teacher → records in the store")
     r.add_argument("config", help="run config YAML")
-    r.add_argument("--dry-run", action="store_true", help="render prompts and estimate requests/tokens; call no teacher")
+    r.add_argument(
+        "--dry-run", action="store_true", help="render prompts and estimate requests/tokens; call no teacher"
+    )
     r.add_argument("--store", help="DuckDB store path (overrides the config)")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.set_defaults(fn=cmd_run)
@@ -218,10 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="write the curated records of a run")
     e.add_argument("run", nargs="?", help="run id, id prefix or name (default: the latest run)")
     e.add_argument("--out", help="output folder")
-    e.add_argument("--format", choices=["hf", "parquet", "jsonl"], help="default: the config's export.format, else hf")
+    e.add_argument(
+        "--format", choices=["hf", "parquet", "jsonl"], help="default: the config's export.format, else hf"
+    )
     e.add_argument("--store", help="DuckDB store path")
     e.add_argument("--slim", action="store_true", help="drop lineage columns")
-    e.add_argument("--include-rejected", action="store_true", help="all records, with the reasons they were dropped")
+    e.add_argument(
+        "--include-rejected", action="store_true", help="all records, with the reasons they were dropped"
+    )
     e.set_defaults(fn=cmd_export)
 
     rc = sub.add_parser("recipes", help="list the installed recipes")

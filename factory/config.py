@@ -20,15 +20,27 @@ class Strict(BaseModel):
 
 
 class TeacherConfig(Strict):
-    spec: str = Field("embedded", description="Backend and model, e.g. 'openai:gpt-4o-mini', 'vllm:/models/qwen', 'embedded'.")
-    base_url: str | None = Field(None, description="Endpoint of an OpenAI-compatible server (or write 'openai:MODEL@URL').")
+    spec: str = Field(
+        "embedded",
+        description="Backend and model, e.g. 'openai:gpt-4o-mini', 'vllm:/models/qwen', 'embedded'.",
+    )
+    base_url: str | None = Field(
+        None, description="Endpoint of an OpenAI-compatible server (or write 'openai:MODEL@URL')."
+    )
     api_key_env: str | None = Field(
-        None, description="Name of the environment variable holding the API key. The key itself never goes in a config."
+        None,
+        description="Name of the environment variable holding the API key. The key itself never goes in a config.",
     )
     max_in_flight: int = Field(64, ge=1, le=65536, description="Requests in flight at once (API teachers).")
-    max_retries: int = Field(8, ge=0, le=100, description="Retries of a transient failure (429, 5xx, timeout, reset).")
-    request_timeout_s: float = Field(120.0, gt=0, description="Give up on one attempt after this many seconds.")
-    options: dict[str, Any] = Field(default_factory=dict, description="Backend-specific options (engine args ...).")
+    max_retries: int = Field(
+        8, ge=0, le=100, description="Retries of a transient failure (429, 5xx, timeout, reset)."
+    )
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="Give up on one attempt after this many seconds."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Backend-specific options (engine args ...)."
+    )
 
     @field_validator("spec")
     @classmethod
@@ -52,31 +64,43 @@ class TeacherConfig(Strict):
             if self.api_key_env:
                 opts.setdefault("api_key_env", self.api_key_env)
         elif self.api_key_env or self.base_url:
-            raise ConfigError(f"teacher: base_url and api_key_env apply to the openai backend only, not {backend!r}")
+            raise ConfigError(
+                f"teacher: base_url and api_key_env apply to the openai backend only, not {backend!r}"
+            )
         return opts
 
 
 class BudgetConfig(Strict):
-    max_requests: int | None = Field(None, ge=0, description="Stop after this many teacher calls (cache hits are free).")
-    max_output_tokens: int | None = Field(None, ge=0, description="Stop before the output tokens paid for exceed this.")
+    max_requests: int | None = Field(
+        None, ge=0, description="Stop after this many teacher calls (cache hits are free)."
+    )
+    max_output_tokens: int | None = Field(
+        None, ge=0, description="Stop before the output tokens paid for exceed this."
+    )
 
 
 class RunnerConfig(Strict):
     commit_interval_s: float = Field(1.0, gt=0, le=60, description="Commit to the store at least this often.")
-    max_seeds_in_flight: int | None = Field(None, ge=1, description="Seeds processed at once (default: max_in_flight).")
+    max_seeds_in_flight: int | None = Field(
+        None, ge=1, description="Seeds processed at once (default: max_in_flight)."
+    )
 
 
 class ExportConfig(Strict):
     out: str | None = Field(None, description="Folder written by `factory export` when --out is not given.")
     format: str = Field("hf", description="hf | parquet | jsonl")
-    splits: dict[str, float] = Field(default_factory=lambda: {"train": 1.0}, description="Split name → share.")
+    splits: dict[str, float] = Field(
+        default_factory=lambda: {"train": 1.0}, description="Split name → share."
+    )
 
 
 class RunConfig(Strict):
     name: str = Field(..., min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
                       description="Run name; re-running the same config resumes the run.")  # fmt: skip
     recipe: str = Field(..., description="Recipe slug (`factory recipes` lists them).")
-    seeds: str = Field(..., description="Seed file (.jsonl, .json, .csv, .parquet), relative to the config file.")
+    seeds: str = Field(
+        ..., description="Seed file (.jsonl, .json, .csv, .parquet), relative to the config file."
+    )
     params: dict[str, Any] = Field(default_factory=dict, description="The recipe's parameters.")
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     store: str | None = Field(None, description=f"DuckDB store path (default ./{DEFAULT_STORE}).")
@@ -115,7 +139,9 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 
 def parse_config(data: Any, *, source: str, base_dir: Path) -> RunConfig:
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the config must be a YAML mapping (key: value lines), not {type(data).__name__}")
+        raise ConfigError(
+            f"{source}: the config must be a YAML mapping (key: value lines), not {type(data).__name__}"
+        )
     try:
         cfg = RunConfig.model_validate(data)
     except ConfigError as exc:

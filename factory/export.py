@@ -99,7 +99,9 @@ def export_run(
                 pq.write_table(t, path)
             files.append(out / path.relative_to(tmp))
         if fmt == "hf":
-            (tmp / "README.md").write_text(dataset_card(store, run_id, {k: len(v) for k, v in by_split.items()}))
+            (tmp / "README.md").write_text(
+                dataset_card(store, run_id, {k: len(v) for k, v in by_split.items()})
+            )
             files.append(out / "README.md")
         if out.exists():
             old = out.with_name(f".{out.name}.old")
@@ -111,7 +113,9 @@ def export_run(
             os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return ExportResult(out, fmt, sum(len(v) for v in by_split.values()), {k: len(v) for k, v in by_split.items()}, files)
+    return ExportResult(
+        out, fmt, sum(len(v) for v in by_split.values()), {k: len(v) for k, v in by_split.items()}, files
+    )
 
 
 def dataset_card(store: Store, run_id: str, split_sizes: dict[str, int]) -> str:
@@ -124,7 +128,7 @@ def dataset_card(store: Store, run_id: str, split_sizes: dict[str, int]) -> str:
     if cfg.get("license"):
         yaml_lines.append(f"license: {cfg['license']}")
     yaml_lines += [
-        "tags:", "- synthetic", f"- {s['recipe']}", f"size_categories:", f"- {size}",
+        "tags:", "- synthetic", f"- {s['recipe']}", "size_categories:", f"- {size}",
         "configs:", "- config_name: default", "  data_files:",
     ]  # fmt: skip
     for split in split_sizes:

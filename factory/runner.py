@@ -19,7 +19,14 @@ from typing import Any
 import orjson
 
 from factory.batching import MicroBatcher
-from factory.errors import BudgetExhausted, FactoryError, StoreError, TeacherError, TeacherRejected, TeacherUnavailable
+from factory.errors import (
+    BudgetExhausted,
+    FactoryError,
+    StoreError,
+    TeacherError,
+    TeacherRejected,
+    TeacherUnavailable,
+)
 from factory.keys import record_id, request_key
 from factory.seeds import Seed
 from factory.store import Batch, Store
@@ -125,7 +132,9 @@ class Runner:
     async def run(self) -> Result:
         loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._skip_lookup = await loop.run_in_executor(self._executor, self.store.count_cache, self._teacher_name) == 0
+        self._skip_lookup = (
+            await loop.run_in_executor(self._executor, self.store.count_cache, self._teacher_name) == 0
+        )
         done = await loop.run_in_executor(self._executor, self.store.done_seeds, self.plan.run_id)
         pending = [s for s in self.plan.seeds if s.id not in done]
         self.seeds_done = len(self.plan.seeds) - len(pending)
@@ -178,7 +187,9 @@ class Runner:
             return
         except TeacherError as exc:
             self.seeds_failed += 1
-            self._batch.failures.append((self.plan.run_id, getattr(exc, "key", ""), seed.id, exc.kind, str(exc)[:500], 0))
+            self._batch.failures.append(
+                (self.plan.run_id, getattr(exc, "key", ""), seed.id, exc.kind, str(exc)[:500], 0)
+            )
             self.final_failures[exc.kind] += 1
             return
         except FactoryError:
@@ -206,7 +217,9 @@ class Runner:
                 }
             )  # fmt: skip
             if d.reject is not None:
-                b.verdicts.append((rid, run_id, f"{slug}.parse", self.plan.template_version, False, d.score, d.reject))
+                b.verdicts.append(
+                    (rid, run_id, f"{slug}.parse", self.plan.template_version, False, d.score, d.reject)
+                )
         b.seeds_done.append((run_id, seed.id, len(drafts)))
         self.records += len(drafts)
         self.seeds_done += 1

@@ -54,9 +54,13 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
             try:
                 row = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
-                raise ConfigError(f"seed file {path}, line {n}: not valid JSON ({exc}); one JSON object per line") from None
+                raise ConfigError(
+                    f"seed file {path}, line {n}: not valid JSON ({exc}); one JSON object per line"
+                ) from None
             if not isinstance(row, dict):
-                raise ConfigError(f"seed file {path}, line {n}: expected a JSON object, got {type(row).__name__}")
+                raise ConfigError(
+                    f"seed file {path}, line {n}: expected a JSON object, got {type(row).__name__}"
+                )
             rows.append(row)
         return rows
     if suffix == ".json":
@@ -74,7 +78,9 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
 
 def load_seeds(path: Path, required: Sequence[str] = ()) -> list[Seed]:
     if not path.exists():
-        raise ConfigError(f"seed file {path} not found: check the 'seeds' field of the config (paths are relative to the config file)")
+        raise ConfigError(
+            f"seed file {path} not found: check the 'seeds' field of the config (paths are relative to the config file)"
+        )
     if not path.is_file():
         raise ConfigError(f"seed file {path} is not a file")
     rows = _read_rows(path)
@@ -91,7 +97,9 @@ def load_seeds(path: Path, required: Sequence[str] = ()) -> list[Seed]:
             )
         sid = str(row["id"]) if row.get("id") not in (None, "") else digest("seed1", row, length=16)
         if sid in seen:
-            raise ConfigError(f"seed file {path}, row {n}: id {sid!r} repeats row {seen[sid]}; seed ids must be unique")
+            raise ConfigError(
+                f"seed file {path}, row {n}: id {sid!r} repeats row {seen[sid]}; seed ids must be unique"
+            )
         seen[sid] = n
         seeds.append(Seed(sid, row))
     return seeds

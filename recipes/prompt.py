@@ -29,7 +29,9 @@ class PromptParams(Params):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(256, ge=1, le=32768)
     seed: int = Field(0, description="Base sampling seed; sample i uses seed + i.")
-    required: list[str] = Field(default_factory=lambda: ["text"], description="Seed fields every row must have.")
+    required: list[str] = Field(
+        default_factory=lambda: ["text"], description="Seed fields every row must have."
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +53,9 @@ def prepare(params: PromptParams, resolve: Callable[[str], Path]) -> State:
 async def process(seed: Seed, state: State, generate: Generate) -> list[Draft]:
     p = state.params
     prompt = state.template.render(**seed.data)
-    msgs = ([{"role": "system", "content": p.system}] if p.system else []) + [{"role": "user", "content": prompt}]
+    msgs = ([{"role": "system", "content": p.system}] if p.system else []) + [
+        {"role": "user", "content": prompt}
+    ]
     reqs = [
         Request(tuple(msgs), Sampling(p.temperature, p.top_p, p.max_tokens, seed=p.seed + i), sample_index=i)
         for i in range(p.n)

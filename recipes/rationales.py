@@ -35,10 +35,13 @@ class RationalesParams(Params):
     max_tokens: int = Field(256, ge=1, le=32768, description="Output token cap per sample.")
     seed: int = Field(0, description="Base sampling seed; sample i uses seed + i.")
     input_field: str = Field("question", description="Seed field holding the question.")
-    gold_field: str | None = Field("answer", description="Seed field holding the gold answer (null: no gold, vote).")
+    gold_field: str | None = Field(
+        "answer", description="Seed field holding the gold answer (null: no gold, vote)."
+    )
     template: str | None = Field(None, description="Prompt template file (Jinja); default: rationales.j2.")
     fewshot: str | None = Field(
-        None, description="JSONL of few-shot examples {question, rationale, answer}; default: rationales_fewshot.jsonl."
+        None,
+        description="JSONL of few-shot examples {question, rationale, answer}; default: rationales_fewshot.jsonl.",
     )
     system: str | None = Field(
         "You are a careful tutor. Reason step by step and end with 'The answer is X.'",
@@ -80,7 +83,7 @@ def parse_completion(text: str) -> tuple[str, str | None]:
     matches = list(_MARKER.finditer(text))
     if matches:
         m = matches[-1]
-        tail = text[m.end():].strip()
+        tail = text[m.end() :].strip()
         num = _NUMBER.match(tail)
         answer = num.group(0) if num else tail.split("\n", 1)[0].strip().rstrip(".")
         if answer:
@@ -105,18 +108,24 @@ def prepare(params: RationalesParams, resolve: Callable[[str], Path]) -> State:
     fewshot = resolve(params.fewshot) if params.fewshot else TEMPLATES / "rationales_fewshot.jsonl"
     if not fewshot.is_file():
         raise ConfigError(f"params.fewshot: file {fewshot} not found")
-    examples = [orjson.loads(line) for line in fewshot.read_text(encoding="utf-8").splitlines() if line.strip()]
+    examples = [
+        orjson.loads(line) for line in fewshot.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
     return State(params, template, examples)
 
 
 def build_requests(seed: Seed, state: State) -> list[Request]:
     p = state.params
     prompt = state.template.render(question=seed.data[p.input_field], examples=state.examples)
-    msgs = ([{"role": "system", "content": p.system}] if p.system else []) + [{"role": "user", "content": prompt}]
+    msgs = ([{"role": "system", "content": p.system}] if p.system else []) + [
+        {"role": "user", "content": prompt}
+    ]
     return [
         Request(
             messages=tuple(msgs),
-            sampling=Sampling(temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens, seed=p.seed + i),
+            sampling=Sampling(
+                temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens, seed=p.seed + i
+            ),
             sample_index=i,
         )
         for i in range(p.k)
@@ -129,7 +138,9 @@ async def process(seed: Seed, state: State, generate: Generate) -> list[Draft]:
     gold_raw = seed.data.get(p.gold_field) if p.gold_field else None
     gold = normalize_answer(gold_raw) if gold_raw not in (None, "") else None
     # Wait for every sample before failing, so each answer that did arrive is stored for the re-run.
-    outcomes = await asyncio.gather(*(generate(r) for r in build_requests(seed, state)), return_exceptions=True)
+    outcomes = await asyncio.gather(
+        *(generate(r) for r in build_requests(seed, state)), return_exceptions=True
+    )
     for r in outcomes:
         if isinstance(r, BaseException):
             raise r

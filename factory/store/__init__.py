@@ -6,6 +6,7 @@ One process opens a store for writing; a second one gets :class:`StoreInUse`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -62,7 +63,13 @@ class Batch:
     stats: dict[str, Any] | None = None  # absolute counters of the current invocation
 
     def __len__(self) -> int:
-        return len(self.cache) + len(self.records) + len(self.seeds_done) + len(self.failures) + len(self.verdicts)
+        return (
+            len(self.cache)
+            + len(self.records)
+            + len(self.seeds_done)
+            + len(self.failures)
+            + len(self.verdicts)
+        )
 
 
 def _arrow(cur: duckdb.DuckDBPyConnection) -> pa.Table:
@@ -71,6 +78,11 @@ def _arrow(cur: duckdb.DuckDBPyConnection) -> pa.Table:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "extra copy" notice; results here are small
         return fetch()
+
+
+def _x(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> list[Any]:
+    """Execute and consume the result (DuckDB 2 refuses new work while a result is unfinished)."""
+    return con.execute(sql, params).fetchall() if params is not None else con.execute(sql).fetchall()
 
 
 def _columns(rows: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str, list[Any]]:
@@ -82,7 +94,9 @@ class Store:
         self.path = Path(path)
         self.read_only = read_only
         if read_only and not self.path.exists():
-            raise StoreError(f"no store at {self.path}: run `factory run CONFIG.yaml` first, or pass --store PATH")
+            raise StoreError(
+                f"no store at {self.path}: run `factory run CONFIG.yaml` first, or pass --store PATH"
+            )
         try:
             if not read_only:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,23 +153,25 @@ class Store:
         """Write a batch in one transaction. Idempotent: rows already present are left alone."""
         con = self.con
         try:
-            con.execute("BEGIN TRANSACTION")
+            _x(con, "BEGIN TRANSACTION")
             if batch.cache:
                 t = pa.table(_columns(batch.cache, CACHE_COLUMNS), schema=_CACHE_SCHEMA)
                 con.register("_batch_cache", t)
-                con.execute(
+                _x(
+                    con,
                     "INSERT INTO cache (key, teacher, status, request, text, finish_reason, prompt_tokens, "
                     "completion_tokens, latency_ms, error, run_id) "
-                    "SELECT DISTINCT ON (key) * FROM _batch_cache ON CONFLICT DO NOTHING"
+                    "SELECT DISTINCT ON (key) * FROM _batch_cache ON CONFLICT DO NOTHING",
                 )
                 con.unregister("_batch_cache")
             if batch.records:
                 t = pa.table(_columns(batch.records, RECORD_COLUMNS), schema=_RECORD_SCHEMA)
                 con.register("_batch_records", t)
-                con.execute(
+                _x(
+                    con,
                     "INSERT INTO records (id, run_id, recipe, stage, seed_id, sample_index, text, payload, "
                     "parent_ids, request_keys, teacher, template_version) "
-                    "SELECT DISTINCT ON (id) * FROM _batch_records ON CONFLICT DO NOTHING"
+                    "SELECT DISTINCT ON (id) * FROM _batch_records ON CONFLICT DO NOTHING",
                 )
                 con.unregister("_batch_records")
             if batch.seeds_done:
@@ -163,7 +179,10 @@ class Store:
                 t = pa.table({"run_id": list(run_ids), "seed_id": list(seed_ids),
                               "records": pa.array(counts, pa.int32())})  # fmt: skip
                 con.register("_batch_done", t)
-                con.execute("INSERT INTO seeds_done SELECT DISTINCT ON (run_id, seed_id) * FROM _batch_done ON CONFLICT DO NOTHING")
+                _x(
+                    con,
+                    "INSERT INTO seeds_done SELECT DISTINCT ON (run_id, seed_id) * FROM _batch_done ON CONFLICT DO NOTHING",
+                )
                 con.unregister("_batch_done")
             if batch.failures:
                 con.executemany(
@@ -178,14 +197,15 @@ class Store:
                      "score": pa.array(cols[5], pa.float64()), "reason": pa.array(cols[6], pa.string())}
                 )  # fmt: skip
                 con.register("_batch_verdicts", t)
-                con.execute(
+                _x(
+                    con,
                     "INSERT INTO verdicts (record_id, run_id, filter, filter_version, keep, score, reason) "
-                    "SELECT * FROM _batch_verdicts"
+                    "SELECT * FROM _batch_verdicts",
                 )
                 con.unregister("_batch_verdicts")
             if batch.stats is not None:
                 s = batch.stats
-                con.execute(
+                _x(con,
                     "UPDATE run_stats SET requests_sent = ?, attempts = ?, cache_hits = ?, prompt_tokens = ?, "
                     "completion_tokens = ?, failures = ?, status = ?, updated_at = now() "
                     "WHERE run_id = ? AND invocation = ?",
@@ -195,141 +215,156 @@ class Store:
                         s["run_id"], s["invocation"],
                     ],
                 )  # fmt: skip
-            con.execute("COMMIT")
+            _x(con, "COMMIT")
         except duckdb.Error as exc:
-            try:
-                con.execute("ROLLBACK")
-            except duckdb.Error:
-                pass
+            with contextlib.suppress(duckdb.Error):
+                _x(con, "ROLLBACK")
             raise StoreError(
                 f"cannot write to the store {self.path}: {exc}. If the disk is full, free space and re-run "
                 "the same command: answers not yet committed are kept in the journal."
             ) from exc
 
     def start_run(
-        self, *, run_id: str, name: str, recipe: str, teacher: str, config: dict[str, Any], config_hash: str,
+        self,
+        *,
+        run_id: str,
+        name: str,
+        recipe: str,
+        teacher: str,
+        config: dict[str, Any],
+        config_hash: str,
         version: str,
     ) -> int:
         """Create the run (or find it again on resume) and open a new invocation. Returns its number."""
-        self.con.execute("BEGIN TRANSACTION")
-        self.con.execute(
+        _x(self.con, "BEGIN TRANSACTION")
+        _x(
+            self.con,
             "INSERT INTO runs (id, name, recipe, teacher, config, config_hash, status, factory_version) "
             "VALUES (?, ?, ?, ?, ?, ?, 'running', ?) "
             "ON CONFLICT (id) DO UPDATE SET status = 'running', updated_at = now(), factory_version = excluded.factory_version",
             [run_id, name, recipe, teacher, orjson.dumps(config).decode(), config_hash, version],
         )
-        row = self.con.execute(
-            "SELECT coalesce(max(invocation), 0) + 1 FROM run_stats WHERE run_id = ?", [run_id]
-        ).fetchone()
-        invocation = int(row[0]) if row else 1
-        self.con.execute(
+        rows = _x(
+            self.con, "SELECT coalesce(max(invocation), 0) + 1 FROM run_stats WHERE run_id = ?", [run_id]
+        )
+        invocation = int(rows[0][0]) if rows else 1
+        _x(
+            self.con,
             "INSERT INTO run_stats (run_id, invocation, failures, status) VALUES (?, ?, '{}', 'running')",
             [run_id, invocation],
         )
-        self.con.execute("COMMIT")
+        _x(self.con, "COMMIT")
         return invocation
 
     def finish_run(self, run_id: str, status: str) -> None:
-        self.con.execute("UPDATE runs SET status = ?, updated_at = now() WHERE id = ?", [status, run_id])
+        _x(self.con, "UPDATE runs SET status = ?, updated_at = now() WHERE id = ?", [status, run_id])
 
     # -- reads -------------------------------------------------------------------------------------
+    def _rows(self, sql: str, params: list[Any] | None = None) -> list[Any]:
+        return _x(self.con, sql, params if params is not None else [])
+
+    def _scalar(self, sql: str, params: list[Any] | None = None) -> Any:
+        rows = self._rows(sql, params)
+        return rows[0][0] if rows else None
+
+    def _dicts(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        cur = self.con.execute(sql, params if params is not None else [])
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
     def count_cache(self, teacher: str | None = None) -> int:
         if teacher is None:
-            row = self.con.execute("SELECT count(*) FROM cache").fetchone()
-        else:
-            row = self.con.execute("SELECT count(*) FROM cache WHERE teacher = ?", [teacher]).fetchone()
-        return int(row[0]) if row else 0
+            return int(self._scalar("SELECT count(*) FROM cache"))
+        return int(self._scalar("SELECT count(*) FROM cache WHERE teacher = ?", [teacher]))
 
     def lookup(self, keys: list[str]) -> dict[str, dict[str, Any]]:
         """Cached answers for these keys (missing keys are absent from the result)."""
         if not keys:
             return {}
-        t = pa.table({"key": pa.array(keys, pa.string())})
-        self.con.register("_lookup", t)
+        self.con.register("_lookup", pa.table({"key": pa.array(keys, pa.string())}))
         try:
-            rows = self.con.execute(
+            rows = self._dicts(
                 "SELECT c.key, c.status, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens, "
                 "c.latency_ms, c.error FROM cache c SEMI JOIN _lookup l ON c.key = l.key"
-            ).fetchall()
+            )
         finally:
             self.con.unregister("_lookup")
-        cols = ("key", "status", "text", "finish_reason", "prompt_tokens", "completion_tokens", "latency_ms", "error")
-        return {r[0]: dict(zip(cols, r, strict=True)) for r in rows}
+        return {r["key"]: r for r in rows}
 
     def done_seeds(self, run_id: str) -> set[str]:
-        rows = self.con.execute("SELECT seed_id FROM seeds_done WHERE run_id = ?", [run_id]).fetchall()
-        return {r[0] for r in rows}
+        return {r[0] for r in self._rows("SELECT seed_id FROM seeds_done WHERE run_id = ?", [run_id])}
 
     def runs(self) -> list[dict[str, Any]]:
-        cur = self.con.execute(
+        return self._dicts(
             "SELECT id, name, recipe, teacher, status, created_at, updated_at FROM runs ORDER BY updated_at DESC"
         )
-        cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
     def resolve_run(self, run: str | None) -> str:
         """A run id from an id, a unique id prefix, a run name (latest), or None (the latest run)."""
         if run is None:
-            row = self.con.execute("SELECT id FROM runs ORDER BY updated_at DESC LIMIT 1").fetchone()
-            if row is None:
-                raise StoreError(f"the store {self.path} holds no runs yet: start one with `factory run CONFIG.yaml`")
-            return str(row[0])
-        rows = self.con.execute(
-            "SELECT id FROM runs WHERE id = ? OR name = ? OR starts_with(id, ?) ORDER BY (id = ?) DESC, updated_at DESC",
+            latest = self._scalar("SELECT id FROM runs ORDER BY updated_at DESC LIMIT 1")
+            if latest is None:
+                raise StoreError(
+                    f"the store {self.path} holds no runs yet: start one with `factory run CONFIG.yaml`"
+                )
+            return str(latest)
+        found = self._scalar(
+            "SELECT id FROM runs WHERE id = ? OR name = ? OR starts_with(id, ?) "
+            "ORDER BY (id = ?) DESC, updated_at DESC LIMIT 1",
             [run, run, run, run],
-        ).fetchall()
-        if not rows:
+        )
+        if found is None:
             known = ", ".join(r["id"] for r in self.runs()[:10]) or "none"
             raise StoreError(f"no run {run!r} in {self.path}; known runs: {known}")
-        return str(rows[0][0])
+        return str(found)
 
     def run_summary(self, run_id: str) -> dict[str, Any]:
-        cur = self.con.execute(
+        found = self._dicts(
             "SELECT id, name, recipe, teacher, status, config_hash, created_at, updated_at FROM runs WHERE id = ?",
             [run_id],
         )
-        row = cur.fetchone()
-        if row is None:
+        if not found:
             raise StoreError(f"no run {run_id!r} in {self.path}")
-        out = dict(zip([d[0] for d in cur.description], row, strict=True))
-        stats = self.con.execute(
-            "SELECT count(*), coalesce(sum(requests_sent), 0), coalesce(sum(attempts), 0), "
-            "coalesce(sum(cache_hits), 0), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0) "
-            "FROM run_stats WHERE run_id = ?",
-            [run_id],
-        ).fetchone()
-        assert stats is not None
+        out = found[0]
         out.update(
-            invocations=int(stats[0]), requests_sent=int(stats[1]), attempts=int(stats[2]),
-            cache_hits=int(stats[3]), prompt_tokens=int(stats[4]), completion_tokens=int(stats[5]),
-        )  # fmt: skip
+            self._dicts(
+                "SELECT count(*) AS invocations, coalesce(sum(requests_sent), 0) AS requests_sent, "
+                "coalesce(sum(attempts), 0) AS attempts, coalesce(sum(cache_hits), 0) AS cache_hits, "
+                "coalesce(sum(prompt_tokens), 0) AS prompt_tokens, "
+                "coalesce(sum(completion_tokens), 0) AS completion_tokens FROM run_stats WHERE run_id = ?",
+                [run_id],
+            )[0]
+        )
         failures: dict[str, int] = {}
-        for (blob,) in self.con.execute("SELECT failures FROM run_stats WHERE run_id = ?", [run_id]).fetchall():
+        for (blob,) in self._rows("SELECT failures FROM run_stats WHERE run_id = ?", [run_id]):
             for kind, n in orjson.loads(blob or "{}").items():
                 failures[kind] = failures.get(kind, 0) + int(n)
         out["failures_by_kind"] = failures
-        out["final_failures"] = int(
-            self.con.execute("SELECT count(DISTINCT key) FROM failures WHERE run_id = ?", [run_id]).fetchone()[0]  # type: ignore[index]
-        )
-        out["records_total"] = int(
-            self.con.execute("SELECT count(*) FROM records WHERE run_id = ?", [run_id]).fetchone()[0]  # type: ignore[index]
-        )
-        out["seeds_done"] = int(
-            self.con.execute("SELECT count(*) FROM seeds_done WHERE run_id = ?", [run_id]).fetchone()[0]  # type: ignore[index]
-        )
-        by_stage = self.con.execute(
+        out["final_failures"] = int(self._scalar("SELECT count(*) FROM failures WHERE run_id = ?", [run_id]))
+        out["records_total"] = int(self._scalar("SELECT count(*) FROM records WHERE run_id = ?", [run_id]))
+        out["seeds_done"] = int(self._scalar("SELECT count(*) FROM seeds_done WHERE run_id = ?", [run_id]))
+        by_stage = self._rows(
             "SELECT stage, count(*) FROM records WHERE run_id = ? GROUP BY stage ORDER BY stage", [run_id]
-        ).fetchall()
-        out["records_by_stage"] = {s: int(n) for s, n in by_stage}
+        )
+        out["records_by_stage"] = {st: int(n) for st, n in by_stage}
+        for k in (
+            "invocations",
+            "requests_sent",
+            "attempts",
+            "cache_hits",
+            "prompt_tokens",
+            "completion_tokens",
+        ):
+            out[k] = int(out[k])
         for k in ("created_at", "updated_at"):
             out[k] = out[k].isoformat() if out[k] is not None else None
         return out
 
     def run_config(self, run_id: str) -> dict[str, Any]:
-        row = self.con.execute("SELECT config FROM runs WHERE id = ?", [run_id]).fetchone()
-        if row is None:
+        blob = self._scalar("SELECT config FROM runs WHERE id = ?", [run_id])
+        if blob is None:
             raise StoreError(f"no run {run_id!r} in {self.path}")
-        return orjson.loads(row[0])
+        return orjson.loads(blob)  # type: ignore[no-any-return]
 
     def curated_table(self, run_id: str, *, include_rejected: bool = False) -> pa.Table:
         """The curated view: records with no rejecting verdict. With include_rejected, all records plus

@@ -131,19 +131,21 @@ MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial]
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Apply pending migrations, each in its own transaction. Returns the names applied."""
-    con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ DEFAULT now())")
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ DEFAULT now())"
+    ).fetchall()
     done = {r[0] for r in con.execute("SELECT name FROM _migrations").fetchall()}
     applied = []
     for fn in MIGRATIONS:
         if fn.__name__ in done:
             continue
-        con.execute("BEGIN TRANSACTION")
+        con.execute("BEGIN TRANSACTION").fetchall()
         try:
             fn(con)
-            con.execute("INSERT INTO _migrations (name) VALUES (?)", [fn.__name__])
-            con.execute("COMMIT")
+            con.execute("INSERT INTO _migrations (name) VALUES (?)", [fn.__name__]).fetchall()
+            con.execute("COMMIT").fetchall()
         except Exception:
-            con.execute("ROLLBACK")
+            con.execute("ROLLBACK").fetchall()
             raise
         applied.append(fn.__name__)
     return applied

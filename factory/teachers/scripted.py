@@ -36,8 +36,14 @@ class ScriptedTeacher(Teacher):
             if text is None:
                 out.append(TeacherRejected("scripted rejection", kind="http_400"))
                 continue
-            out.append(Completion(text=text, finish_reason="stop", prompt_tokens=len(prompt.split()),
-                                  completion_tokens=len(text.split())))
+            out.append(
+                Completion(
+                    text=text,
+                    finish_reason="stop",
+                    prompt_tokens=len(prompt.split()),
+                    completion_tokens=len(text.split()),
+                )
+            )
         return out
 
 

@@ -1,0 +1,95 @@
+"""Bad input: one clear message naming the file/field and the fix, exit code 2, and no store change."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import SEEDS
+
+
+def factory_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "factory.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+
+
+def _digest(p: Path) -> str | None:
+    return hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else None
+
+
+@pytest.fixture
+def store_with_run(tmp_path):
+    """A store holding one finished run, so 'unchanged' is checked against real content."""
+    import asyncio
+
+    from factory import api
+    from factory.teachers.scripted import ScriptedTeacher
+
+    seeds = tmp_path / "ok.jsonl"
+    seeds.write_text("\n".join(SEEDS.read_text().splitlines()[:2]) + "\n")
+    cfg = tmp_path / "ok.yaml"
+    cfg.write_text(
+        f"name: ok\nrecipe: rationales\nseeds: ok.jsonl\nstore: store.duckdb\nteacher: scripted:x\n"
+    )
+    t = ScriptedTeacher("scripted:x", "x", {"default": "x. The answer is 1."})
+    asyncio.run(api.run_async(api.prepare(cfg), teacher=t))
+    return tmp_path / "store.duckdb"
+
+
+CASES = {
+    "malformed_yaml": ("name: a\nrecipe: [rationales\n", None, "malformed YAML at line"),
+    "unknown_recipe": ("name: a\nrecipe: rationale\nseeds: s.jsonl\n", '{"question": "q"}\n', "Did you mean 'rationales'"),
+    "unknown_teacher": (
+        "name: a\nrecipe: rationales\nseeds: s.jsonl\nteacher: opnai:gpt\n", '{"question": "q"}\n', "Did you mean 'openai'",
+    ),
+    "unknown_field": ("name: a\nrecipe: rationales\nseeds: s.jsonl\nteachr: embedded\n", '{"question": "q"}\n', "unknown field 'teachr'"),
+    "unknown_param": ("name: a\nrecipe: rationales\nseeds: s.jsonl\nparams: {kk: 2}\n", '{"question": "q"}\n', "unknown field 'kk'"),
+    "bad_param_value": ("name: a\nrecipe: rationales\nseeds: s.jsonl\nparams: {k: 0}\n", '{"question": "q"}\n', "params.k"),
+    "missing_seed_file": ("name: a\nrecipe: rationales\nseeds: nope.jsonl\n", None, "nope.jsonl not found"),
+    "missing_field": ("name: a\nrecipe: rationales\nseeds: s.jsonl\n", '{"question": "q"}\n{"answer": "3"}\n', "row 2: missing required field(s) 'question'"),
+    "invalid_utf8": ("name: a\nrecipe: rationales\nseeds: s.jsonl\n", b'{"question": "caf\xe9"}\n', "invalid UTF-8 at line 1"),
+    "empty_seeds": ("name: a\nrecipe: rationales\nseeds: s.jsonl\n", "\n", "holds no rows"),
+    "bad_json_line": ("name: a\nrecipe: rationales\nseeds: s.jsonl\n", '{"question": "q"}\n{oops\n', "line 2: not valid JSON"),
+    "missing_api_key": (
+        "name: a\nrecipe: rationales\nseeds: s.jsonl\nteacher: {spec: 'openai:m@http://127.0.0.1:9/v1', api_key_env: FACTORY_TEST_NO_SUCH_KEY}\n",
+        '{"question": "q"}\n', "FACTORY_TEST_NO_SUCH_KEY",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input(case, tmp_path, store_with_run):
+    config, seeds, expected = CASES[case]
+    cfg = tmp_path / f"{case}.yaml"
+    cfg.write_text(config + f"store: {store_with_run}\n" if "recipe: [" not in config else config)
+    if seeds is not None:
+        (tmp_path / "s.jsonl").write_bytes(seeds if isinstance(seeds, bytes) else seeds.encode())
+    before = _digest(store_with_run)
+    out = factory_cli("run", str(cfg), cwd=tmp_path)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    assert expected in lines[0]
+    assert "Traceback" not in out.stderr
+    assert _digest(store_with_run) == before
+    assert not (tmp_path / "data").exists()  # no default store was created either
+
+
+def test_missing_config_file(tmp_path):
+    out = factory_cli("run", "nope.yaml", cwd=tmp_path)
+    assert out.returncode == 2 and "config file nope.yaml not found" in out.stderr
+
+
+def test_unknown_run_in_status(tmp_path, store_with_run):
+    out = factory_cli("status", "zzz", "--store", str(store_with_run), cwd=tmp_path)
+    assert out.returncode != 0 and "no run 'zzz'" in out.stderr and "known runs: ok-" in out.stderr
+
+
+def test_bad_cli_flag(tmp_path):
+    out = factory_cli("export", "--format", "xml", cwd=tmp_path)
+    assert out.returncode == 2 and "invalid choice: 'xml'" in out.stderr

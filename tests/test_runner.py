@@ -1,0 +1,129 @@
+import asyncio
+
+from conftest import write_config
+
+from factory import api
+from factory.store import Store
+from factory.teachers.scripted import ScriptedTeacher
+
+
+def _cfg(tmp_path, seeds_file, extra=""):
+    return write_config(
+        tmp_path,
+        f"name: t\nrecipe: rationales\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\n"
+        f"teacher: scripted:x\nparams: {{k: 3}}\nrunner: {{commit_interval_s: 0.05}}\n{extra}",
+    )
+
+
+def _teacher(fn=None):
+    return ScriptedTeacher(
+        "scripted:x", "x", {"fn": fn or (lambda r: f"Some steps. The answer is {r.sample_index}.")}
+    )
+
+
+def _run(cfg, teacher):
+    return asyncio.run(api.run_async(api.prepare(cfg), teacher=teacher))
+
+
+def test_run_stores_records_and_rerun_is_free(tmp_path, seeds_file):
+    cfg = _cfg(tmp_path, seeds_file)
+    t1 = _teacher()
+    res = _run(cfg, t1)
+    assert res.status == "done"
+    assert len(t1.calls) == 8 * 3 and res.progress.records == 24
+    with Store(tmp_path / "s.duckdb", read_only=True) as st:
+        s = st.run_summary(res.run_id)
+        first = st.records_table(res.run_id).to_pylist()
+    assert s["records_total"] == 24 and s["requests_sent"] == 24 and s["seeds_done"] == 8
+    # same command again: nothing to do
+    t2 = _teacher()
+    res2 = _run(cfg, t2)
+    assert res2.run_id == res.run_id and t2.calls == []
+    # a new run name but the same requests: every answer comes from the cache
+    cfg3 = _cfg(tmp_path, seeds_file).with_name("c3.yaml")
+    cfg3.write_text(cfg.read_text().replace("name: t", "name: t3"))
+    t3 = _teacher()
+    res3 = _run(cfg3, t3)
+    assert t3.calls == [] and res3.progress.cache_hits == 24 and res3.progress.records == 24
+    with Store(tmp_path / "s.duckdb", read_only=True) as st:
+        third = st.records_table(res3.run_id).to_pylist()
+    assert [r["payload"] for r in third] == [r["payload"] for r in first]
+
+
+def test_identical_requests_in_one_run_are_paid_once(tmp_path):
+    seeds = tmp_path / "dup.jsonl"
+    seeds.write_text(
+        "".join(f'{{"id": "s{i}", "question": "same question", "answer": "1"}}\n' for i in range(5))
+    )
+    cfg = _cfg(tmp_path, seeds)
+    t = _teacher()
+    res = _run(cfg, t)
+    assert res.progress.records == 15
+    assert len(t.calls) == 3  # k distinct requests, shared by the five seeds
+
+
+def test_budget_caps_requests_and_resume_continues(tmp_path, seeds_file):
+    cfg = _cfg(tmp_path, seeds_file, "budget: {max_requests: 7}\n")
+    t = _teacher()
+    res = _run(cfg, t)
+    assert res.status == "budget"
+    assert len(t.calls) <= 7
+    done_first = res.progress.seeds_done
+    assert done_first < 8
+    cfg.write_text(cfg.read_text().replace("budget: {max_requests: 7}\n", ""))
+    t2 = _teacher()
+    res2 = _run(cfg, t2)
+    assert res2.status == "done" and res2.progress.seeds_done == 8
+    assert len(t.calls) + len(t2.calls) == 24  # nothing paid twice across the two invocations
+
+
+def test_output_token_budget_is_a_hard_cap(tmp_path, seeds_file):
+    cfg = _cfg(tmp_path, seeds_file, "budget: {max_output_tokens: 1000}\n")
+    t = _teacher(lambda r: "word " * 100 + "The answer is 3.")  # 104 tokens per answer
+    res = _run(cfg, t)
+    assert res.status == "budget"
+    assert res.progress.completion_tokens <= 1000
+    assert len(t.calls) < 24
+
+
+def test_unparsed_answers_are_kept_with_a_verdict(tmp_path, seeds_file):
+    cfg = _cfg(tmp_path, seeds_file)
+    res = _run(cfg, _teacher(lambda r: "I cannot say." if r.sample_index == 0 else "x. The answer is 28."))
+    with Store(tmp_path / "s.duckdb", read_only=True) as st:
+        curated = st.curated_table(res.run_id).num_rows
+        everything = st.curated_table(res.run_id, include_rejected=True)
+        drops = st.verdict_counts(res.run_id)
+    assert everything.num_rows == 24 and curated == 16
+    assert drops == [("rationales.parse", "no answer found in the completion", 8)]
+
+
+def test_rejections_are_cached_and_transient_failures_are_not(tmp_path, seeds_file):
+    cfg = _cfg(tmp_path, seeds_file)
+    t = _teacher(lambda r: None if "Maya" in r.messages[-1]["content"] else "ok. The answer is 1.")
+    res = _run(cfg, t)
+    assert res.status == "incomplete" and res.progress.seeds_failed == 1
+    calls = len(t.calls)
+    res2 = _run(cfg, _teacher(lambda r: "should not be called"))
+    assert res2.progress.cache_hits == 3 and res2.progress.requests_sent == 0
+    assert calls == 24
+    with Store(tmp_path / "s.duckdb", read_only=True) as st:
+        s = st.run_summary(res.run_id)
+    assert s["final_failures"] >= 1
+
+
+def test_recipe_bug_is_recorded_not_fatal(tmp_path, seeds_file, monkeypatch):
+    import recipes.rationales as r
+
+    real = r.parse_completion
+
+    def boom(text):
+        if "boom" in text:
+            raise ValueError("parser bug")
+        return real(text)
+
+    monkeypatch.setattr(r, "parse_completion", boom)
+    cfg = _cfg(tmp_path, seeds_file)
+    res = _run(
+        cfg, _teacher(lambda req: "boom" if "Maya" in req.messages[-1]["content"] else "x. The answer is 2.")
+    )
+    assert res.status == "incomplete" and res.progress.seeds_done == 7 and res.progress.seeds_failed == 1

@@ -1,0 +1,74 @@
+import subprocess
+import sys
+
+import duckdb
+import pytest
+
+from factory.errors import StoreError, StoreInUse
+from factory.store import Batch, Store
+from factory.store.journal import journal_dir
+
+
+def _row(key, text="t"):
+    return {"key": key, "teacher": "t", "status": "ok", "request": "{}", "text": text, "finish_reason": "stop",
+            "prompt_tokens": 1, "completion_tokens": 2, "latency_ms": 3.0, "error": None, "run_id": "r"}  # fmt: skip
+
+
+def test_migrations_run_once_and_tables_exist(tmp_path):
+    p = tmp_path / "s.duckdb"
+    Store(p).close()
+    with Store(p) as st:
+        names = {r[0] for r in st.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        applied = st.con.execute("SELECT name FROM _migrations").fetchall()
+    assert {"runs", "cache", "records", "verdicts", "seeds_done", "failures", "run_stats"} <= names
+    assert applied == [("m001_initial",)]
+
+
+def test_commit_is_idempotent(tmp_path):
+    with Store(tmp_path / "s.duckdb") as st:
+        st.commit(Batch(cache=[_row("a"), _row("b"), _row("a")]))
+        st.commit(Batch(cache=[_row("a", "changed")]))
+        assert st.count_cache() == 2
+        assert st.lookup(["a", "zz"])["a"]["text"] == "t"
+
+
+def test_journal_is_replayed_on_open(tmp_path):
+    p = tmp_path / "s.duckdb"
+    with Store(p) as st:
+        j = st.journal()
+        j.append(_row("k1"))
+        j.append(_row("k2"))
+        # simulate a crash: the segment is never committed, and a torn last line
+    seg = next(journal_dir(p).glob("seg-*.jsonl"))
+    with open(seg, "ab") as f:
+        f.write(b'{"key": "torn"')
+    with Store(p) as st:
+        assert st.count_cache() == 2
+        assert set(st.lookup(["k1", "k2", "torn"])) == {"k1", "k2"}
+    assert not list(journal_dir(p).glob("seg-*.jsonl"))
+
+
+def test_second_process_gets_store_in_use(tmp_path):
+    p = tmp_path / "s.duckdb"
+    with Store(p):
+        code = (
+            "import sys\nfrom factory.store import Store\nfrom factory.errors import StoreInUse\n"
+            f"try:\n    Store({str(p)!r})\nexcept StoreInUse as e:\n    print('IN USE', e); sys.exit(7)\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 7, out.stderr
+    assert "in use" in out.stdout
+
+
+def test_read_only_missing_store_is_clear(tmp_path):
+    with pytest.raises(StoreError, match="no store at"):
+        Store(tmp_path / "nope.duckdb", read_only=True)
+
+
+def test_not_a_duckdb_file(tmp_path):
+    p = tmp_path / "bad.duckdb"
+    p.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError):
+        Store(p)
+    assert isinstance(StoreInUse("x"), StoreError)
+    _ = duckdb
