@@ -308,9 +308,17 @@ class Runner:
             "prompt_tokens": c.prompt_tokens if c else None, "completion_tokens": c.completion_tokens if c else None,
             "latency_ms": c.latency_ms if c else None, "error": error, "run_id": self.plan.run_id,
         }  # fmt: skip
-        self._journal.append(row)  # durable against SIGKILL before anyone uses the answer
+        if self._journal.append(row):  # written once per loop tick, before any commit can use the answer
+            asyncio.get_running_loop().call_soon(self._flush_journal)
         self._batch.cache.append(row)
         self._uncommitted.append(key)
+
+    def _flush_journal(self) -> None:
+        try:
+            self._journal.flush()
+        except StoreError as exc:  # disk full: stop cleanly, keep what is committed
+            self._fatal = exc
+            self.stop("failed")
 
     async def _lookup_batch(self, keys: list[str]) -> list[dict[str, Any] | None]:
         rows = await asyncio.get_running_loop().run_in_executor(self._executor, self.store.lookup, keys)

@@ -38,6 +38,7 @@ def test_journal_is_replayed_on_open(tmp_path):
         j = st.journal()
         j.append(_row("k1"))
         j.append(_row("k2"))
+        j.flush()
         # simulate a crash: the segment is never committed, and a torn last line
     seg = next(journal_dir(p).glob("seg-*.jsonl"))
     with open(seg, "ab") as f:

@@ -1,9 +1,11 @@
 """An append-only journal of teacher answers not yet committed to DuckDB.
 
-Each answer is written to the journal with one ``os.write`` the moment it arrives, before it is used.
-The kernel keeps that data even if the process is SIGKILLed, so a crash between two DuckDB commits
-loses no paid-for answer: the next open replays the journal into the cache table. Segments are
-rotated at each commit and deleted once their rows are committed.
+Answers are appended as they arrive and written with one ``os.write`` per event-loop tick (the runner
+schedules ``flush`` right after the first append of a tick), before anything built from them can be
+committed. The kernel keeps written data even if the process is SIGKILLed, so a crash between two
+DuckDB commits loses at most the answers of the current tick, which count as in flight: the next open
+replays the journal into the cache table. Segments are rotated at each commit and deleted once their
+rows are committed.
 """
 
 from __future__ import annotations
@@ -31,16 +33,25 @@ class Journal:
         self._fd: int | None = None
         self._path: Path | None = None
         self._pid = os.getpid()
+        self._pending: list[bytes] = []
 
     def _open(self) -> None:
         self._n += 1
         self._path = self.directory / f"seg-{self._pid}-{self._n:08d}.jsonl"
         self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
-    def append(self, row: dict[str, Any]) -> None:
+    def append(self, row: dict[str, Any]) -> bool:
+        """Buffer one row; returns True when the buffer was empty (the caller schedules ``flush``)."""
+        self._pending.append(orjson.dumps(row))
+        return len(self._pending) == 1
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
         if self._fd is None:
             self._open()
-        data = orjson.dumps(row) + b"\n"
+        data = b"\n".join(self._pending) + b"\n"
+        self._pending = []
         try:
             written = os.write(self._fd, data)  # type: ignore[arg-type]
             if written != len(data):
@@ -53,6 +64,7 @@ class Journal:
 
     def rotate(self) -> Path | None:
         """Close the current segment and return its path (None if nothing was written since last time)."""
+        self.flush()
         if self._fd is None:
             return None
         os.close(self._fd)
