@@ -63,7 +63,50 @@ def prepare(config: str | Path | RunConfig, *, store: str | None = None) -> Prep
     state = recipe.prepare(params, cfg.path)
     seeds = load_seeds(cfg.path(cfg.seeds), recipe.required_fields(params))
     run_id = run_id_for(cfg, seeds_digest(seeds))
-    return Prepared(cfg, recipe, params, state, seeds, run_id, cfg.store_path(store))
+    prep = Prepared(cfg, recipe, params, state, seeds, run_id, cfg.store_path(store))
+    _first_stage_requests(prep, limit=CHECK_RENDER_SEEDS)  # template errors surface before any store write
+    return prep
+
+
+CHECK_RENDER_SEEDS = 10_000
+
+
+def _first_stage_requests(prep: Prepared, limit: int | None = None) -> list[Request]:
+    """Render the first-stage prompts of the seeds (no teacher is called)."""
+    import jinja2
+
+    requests: list[Request] = []
+
+    async def record(req: Request) -> Completion:
+        requests.append(req)
+        raise _DryRunStop
+
+    async def go() -> None:
+        for seed in prep.seeds[:limit]:
+            try:
+                await prep.recipe.process(seed, prep.state, record)
+            except _DryRunStop:
+                pass
+            except jinja2.TemplateError as exc:
+                raise ConfigError(
+                    f"{prep.config.seeds}: seed {seed.id!r} does not fit the prompt template: {exc}. "
+                    "Add the field to the seeds or change params.template."
+                ) from None
+
+    _run_sync(go())
+    return requests
+
+
+def _run_sync(coro: Any) -> Any:
+    """asyncio.run, also from inside a running loop (a notebook): then on a worker thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def make_teacher(prep: Prepared) -> Teacher:
@@ -92,18 +135,7 @@ class DryRunReport:
 
 def dry_run(prep: Prepared) -> DryRunReport:
     """Render the first-stage prompts and estimate requests and tokens; no teacher is called."""
-    requests: list[Request] = []
-
-    async def record(req: Request) -> Completion:
-        requests.append(req)
-        raise _DryRunStop
-
-    async def go() -> None:
-        for seed in prep.seeds:
-            with contextlib.suppress(_DryRunStop):
-                await prep.recipe.process(seed, prep.state, record)
-
-    asyncio.run(go())
+    requests = _first_stage_requests(prep)
     teacher = make_teacher(prep)  # cheap: engines and connections open lazily
     keys = [request_key(teacher.identity(), r.body()) for r in requests]
     cached = seeds_done = 0

@@ -55,6 +55,10 @@ CASES = {
     "invalid_utf8": ("name: a\nrecipe: rationales\nseeds: s.jsonl\n", b'{"question": "caf\xe9"}\n', "invalid UTF-8 at line 1"),
     "empty_seeds": ("name: a\nrecipe: rationales\nseeds: s.jsonl\n", "\n", "holds no rows"),
     "bad_json_line": ("name: a\nrecipe: rationales\nseeds: s.jsonl\n", '{"question": "q"}\n{oops\n', "line 2: not valid JSON"),
+    "template_field": (
+        "name: a\nrecipe: prompt\nseeds: s.jsonl\nparams: {template: 'Say {{ topic }}'}\n", '{"text": "q"}\n',
+        "does not fit the prompt template: 'topic' is undefined",
+    ),
     "missing_api_key": (
         "name: a\nrecipe: rationales\nseeds: s.jsonl\nteacher: {spec: 'openai:m@http://127.0.0.1:9/v1', api_key_env: FACTORY_TEST_NO_SUCH_KEY}\n",
         '{"question": "q"}\n', "FACTORY_TEST_NO_SUCH_KEY",

@@ -141,8 +141,8 @@ def test_fixed_latency_is_respected_and_does_not_block():
         statuses = asyncio.run(burst(100))
         elapsed = time.perf_counter() - t0
         assert statuses == [200] * 100
-        assert latency * 0.95 <= elapsed < latency * 6  # concurrent sleeps, not 100 serial ones
-        assert srv.stats()["max_in_flight"] > 1
+        assert latency * 0.95 <= elapsed < latency * 20  # concurrent sleeps, not 100 serial ones
+        assert srv.stats()["max_in_flight"] >= 50
 
 
 def test_lognormal_latency_is_seeded_heavy_tailed_and_capped():
@@ -278,7 +278,7 @@ async def _statuses(url: str, bodies: list[bytes], repeats: int) -> list[list[in
 
 def test_fault_and_reject_rates_pick_bodies_deterministically():
     cfg = FaultConfig(fault_rate=0.3, fault_kinds=["500", "429"], reject_rate=0.2, seed=3)
-    bodies = [chat_body(seed=i) for i in range(400)]
+    bodies = [chat_body(seed=i) for i in range(300)]
 
     def run(config: FaultConfig, repeats: int) -> list[list[int]]:
         with serve_in_thread(config) as srv:
@@ -289,8 +289,8 @@ def test_fault_and_reject_rates_pick_bodies_deterministically():
     assert first == [r[0] for r in run(cfg, 1)]  # same seed, same bodies picked, same kinds
     rejected = first.count(400)
     faulted = first.count(500) + first.count(429)
-    assert 50 <= rejected <= 110  # about 20 % of 400
-    assert 60 <= faulted <= 140  # about 30 % of the remaining 320
+    assert 35 <= rejected <= 90  # about 20 % of 300
+    assert 40 <= faulted <= 110  # about 30 % of the remaining 240
     assert first.count(500) and first.count(429)
     for status, (_, second, third) in zip(first, runs, strict=True):
         if status == 400:
@@ -389,36 +389,21 @@ def test_async_serve_on_the_running_loop():
 
 
 def test_module_entry_point_prints_one_line_and_stops_on_sigint():
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "factory.testing.fault_server",
-            "--port",
-            "0",
-            "--latency",
-            "0.05",
-            "--seed",
-            "5",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        m = re.fullmatch(r"listening on (http://127\.0\.0\.1:(\d+)/v1)\n", line)
-        assert m, line
-        status, _, raw = http(m.group(1) + "/chat/completions", chat_body())
-        assert status == 200 and content_of(raw)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(10) == 0
-        assert proc.stdout.read() == ""  # exactly one line
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    cmd = [sys.executable, "-m", "factory.testing.fault_server", "--port", "0", "--latency", "0.05"]
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            m = re.fullmatch(r"listening on (http://127\.0\.0\.1:(\d+)/v1)\n", line)
+            assert m, line
+            status, _, raw = http(m.group(1) + "/chat/completions", chat_body())
+            assert status == 200 and content_of(raw)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(10) == 0
+            assert proc.stdout.read() == ""  # exactly one line
+        finally:
+            if proc.poll() is None:
+                proc.kill()
 
 
 def test_start_subprocess_handle():

@@ -112,6 +112,8 @@ class Store:
         except duckdb.Error as exc:
             raise StoreError(f"cannot open the store {self.path}: {exc}. Is it a DuckDB file?") from exc
         if not read_only:
+            # Fewer, larger checkpoints while ingesting; the WAL is replayed on open after a crash.
+            _x(self.con, "SET checkpoint_threshold = '256MB'")
             try:
                 applied = migrate(self.con)
             except duckdb.Error as exc:
@@ -171,7 +173,7 @@ class Store:
                     con,
                     "INSERT INTO records (id, run_id, recipe, stage, seed_id, sample_index, text, payload, "
                     "parent_ids, request_keys, teacher, template_version) "
-                    "SELECT DISTINCT ON (id) * FROM _batch_records ON CONFLICT DO NOTHING",
+                    "SELECT * FROM _batch_records",
                 )
                 con.unregister("_batch_records")
             if batch.seeds_done:

@@ -198,6 +198,7 @@ class FaultServer:
         self._mu = math.log(config.latency_median) if self._lognormal else 0.0
         self.stopping = asyncio.Event()
         self.started = time.time()
+        self._routes = self.routes
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -266,7 +267,7 @@ class FaultServer:
         return {"Retry-After": str(max(0, math.ceil(seconds))), "retry-after-ms": str(int(seconds * 1000))}
 
     async def _fail(
-        self, request: web.Request, kind: str, key: str, body: dict | None = None, outage: bool = False
+        self, request: web.BaseRequest, kind: str, key: str, body: dict | None = None, outage: bool = False
     ) -> web.StreamResponse:
         faults = self.faults
         faults[kind] = faults.get(kind, 0) + 1
@@ -342,7 +343,36 @@ class FaultServer:
 
     # -------------------------------------------------------------- handlers
 
-    async def chat(self, request: web.Request) -> web.StreamResponse:
+    @property
+    def routes(self) -> dict[tuple[str, str], Callable[[web.BaseRequest], Any]]:
+        return {
+            ("POST", "/v1/chat/completions"): self.chat,
+            ("GET", "/v1/models"): self.models,
+            ("GET", "/admin/stats"): self.admin_stats,
+            ("POST", "/admin/reset"): self.admin_reset,
+            ("POST", "/admin/outage"): self.admin_outage,
+        }
+
+    async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The whole server as one low-level handler: a dict lookup instead of the app router."""
+        if request.method == "POST" and request.path == "/v1/chat/completions":
+            return await self.chat(request)
+        handler = self._routes.get((request.method, request.path))
+        if handler is not None:
+            return await handler(request)
+        if any(path == request.path for _, path in self._routes):
+            return web.Response(
+                status=405,
+                body=_error_body("method not allowed", "invalid_request_error", "405"),
+                content_type=_JSON,
+            )
+        return web.Response(
+            status=404,
+            body=_error_body(f"no route {request.path}", "invalid_request_error", "404"),
+            content_type=_JSON,
+        )
+
+    async def chat(self, request: web.BaseRequest) -> web.StreamResponse:
         self.requests += 1
         self.in_flight += 1
         if self.in_flight > self.max_in_flight:
@@ -416,22 +446,22 @@ class FaultServer:
         finally:
             self.in_flight -= 1
 
-    async def models(self, request: web.Request) -> web.Response:
+    async def models(self, request: web.BaseRequest) -> web.Response:
         data = {
             "object": "list",
             "data": [{"id": self.config.model, "object": "model", "created": 0, "owned_by": "fault-server"}],
         }
         return web.Response(body=orjson.dumps(data), content_type=_JSON)
 
-    async def admin_stats(self, request: web.Request) -> web.Response:
+    async def admin_stats(self, request: web.BaseRequest) -> web.Response:
         detail = request.query.get("detail", "0") not in ("", "0", "false", "no")
         return web.Response(body=orjson.dumps(self.snapshot(detail)), content_type=_JSON)
 
-    async def admin_reset(self, request: web.Request) -> web.Response:
+    async def admin_reset(self, request: web.BaseRequest) -> web.Response:
         self.reset()
         return web.Response(body=b'{"ok":true}', content_type=_JSON)
 
-    async def admin_outage(self, request: web.Request) -> web.Response:
+    async def admin_outage(self, request: web.BaseRequest) -> web.Response:
         try:
             out = self.set_outage(float(request.query.get("seconds", "0")), request.query.get("kind", "500"))
         except ValueError as exc:
@@ -443,7 +473,7 @@ class FaultServer:
         return web.Response(body=orjson.dumps({"ok": True, **out}), content_type=_JSON)
 
 
-def _abort(request: web.Request) -> None:
+def _abort(request: web.BaseRequest) -> None:
     """Drop the connection with no response (an RST where the socket allows it)."""
     transport = request.transport
     if transport is None:
@@ -456,26 +486,37 @@ def _abort(request: web.Request) -> None:
 
 
 STATE_KEY = web.AppKey("fault_server", FaultServer)
+MAX_BODY = 64 * 1024 * 1024
 
 
 def make_app(config: FaultConfig | None = None) -> web.Application:
-    """The aiohttp application; its ``FaultServer`` is ``app[STATE_KEY]``."""
+    """The server as an aiohttp ``Application`` (to embed or mount); its state is ``app[STATE_KEY]``.
+
+    The bundled runners (``serve``, ``serve_in_thread``, the CLI) skip the application router and
+    serve ``FaultServer.dispatch`` on aiohttp's low-level server, which costs less per request."""
     state = FaultServer(config or FaultConfig())
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=MAX_BODY)
     app[STATE_KEY] = state
-    app.router.add_post("/v1/chat/completions", state.chat)
-    app.router.add_get("/v1/models", state.models)
-    app.router.add_get("/admin/stats", state.admin_stats)
-    app.router.add_post("/admin/reset", state.admin_reset)
-    app.router.add_post("/admin/outage", state.admin_outage)
+    for (method, path), handler in state.routes.items():
+        app.router.add_route(method, path, handler)
     return app
 
 
-async def _start(config: FaultConfig, port: int = 0) -> tuple[web.AppRunner, FaultServer, int]:
-    app = make_app(config)
-    runner = web.AppRunner(
-        app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0, keepalive_timeout=75.0
+async def _start(config: FaultConfig, port: int = 0) -> tuple[web.BaseRunner, FaultServer, int]:
+    state = FaultServer(config)
+    loop = asyncio.get_running_loop()
+
+    def request_factory(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
+        return web.BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=MAX_BODY)
+
+    server = web.Server(
+        state.dispatch,
+        request_factory=request_factory,
+        handler_cancellation=True,  # a client that gives up releases its hung or sleeping handler
+        access_log=None,
+        keepalive_timeout=75.0,
     )
+    runner = web.ServerRunner(server, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, HOST, port, backlog=4096, reuse_address=True)
     try:
@@ -483,11 +524,10 @@ async def _start(config: FaultConfig, port: int = 0) -> tuple[web.AppRunner, Fau
     except BaseException:
         await runner.cleanup()
         raise
-    bound = runner.addresses[0][1]
-    return runner, app[STATE_KEY], bound
+    return runner, state, runner.addresses[0][1]
 
 
-async def _stop(runner: web.AppRunner, state: FaultServer) -> None:
+async def _stop(runner: web.BaseRunner, state: FaultServer) -> None:
     state.stopping.set()
     await runner.cleanup()
 
@@ -525,7 +565,7 @@ class _Handle:
 class AsyncHandle(_Handle):
     """A server on the caller's running loop (see ``serve``); methods act on the state directly."""
 
-    def __init__(self, runner: web.AppRunner, state: FaultServer, port: int):
+    def __init__(self, runner: web.BaseRunner, state: FaultServer, port: int):
         self.runner, self.state, self.port = runner, state, port
 
     def stats(self, detail: bool = False) -> dict[str, Any]:

