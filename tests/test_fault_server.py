@@ -18,15 +18,19 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 
 from factory.testing.fault_server import (
+    STATE_KEY,
     FaultConfig,
     FaultServer,
     body_key,
+    make_app,
     serve,
     serve_in_thread,
     start_subprocess,
 )
+from factory.testing.fault_server import main as fault_server_main
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -108,6 +112,14 @@ def test_reply_callable_models_and_bad_bodies():
         models = orjson.loads(raw)
         assert models["object"] == "list"
         assert [m["id"] for m in models["data"]] == ["fake-teacher"]
+
+        status, _, raw = post_chat(srv, chat_body("two please", n=2))
+        choices = orjson.loads(raw)["choices"]
+        assert [c["index"] for c in choices] == [0, 1]
+        assert choices[0]["message"]["content"] != choices[1]["message"]["content"]
+
+        assert http(srv.base_url + "/completions", b"{}")[0] == 404
+        assert http(srv.base_url + "/chat/completions")[0] == 405  # GET
 
         status, _, raw = post_chat(srv, b"{not json")
         assert status == 400 and "error" in orjson.loads(raw)
@@ -319,6 +331,7 @@ def test_config_validation():
         FaultConfig(fault_kinds=["503"])
     with pytest.raises(ValueError, match="fault_rate"):
         FaultConfig(fault_rate=1.5)
+    assert fault_server_main(["--fault-kinds", "bogus"]) == 2
 
 
 # --------------------------------------------------------------------------------- admin
@@ -374,13 +387,28 @@ def test_stats_counts_and_reset():
         assert srv.stats()["requests"] == 0
 
 
-def test_async_serve_on_the_running_loop():
+def test_async_serve_and_embeddable_app():
     async def go() -> None:
         async with serve(latency=0.01) as srv, aiohttp.ClientSession() as session:
             async with session.post(srv.base_url + "/chat/completions", data=chat_body()) as r:
                 assert r.status == 200
                 assert (await r.json())["choices"][0]["message"]["content"]
             assert srv.stats()["responses"] == {"200": 1}
+
+        app = make_app(FaultConfig(fault_rate=1.0, fault_kinds=["500"]))
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/chat/completions"
+            async with aiohttp.ClientSession() as session:
+                for expected in (500, 200):
+                    async with session.post(url, data=chat_body()) as r:
+                        assert r.status == expected
+            assert app[STATE_KEY].snapshot()["responses"] == {"200": 1, "500": 1}
+        finally:
+            await runner.cleanup()
 
     asyncio.run(go())
 
