@@ -60,8 +60,8 @@ class ProgressView:
         rate = p.requests_sent / p.elapsed_s if p.elapsed_s > 0 else 0.0
         fails = sum(p.failures.values())
         info = (
-            f"{rate:.1f} req/s · {p.requests_sent} sent · {p.cache_hits} cached · {p.in_flight} in flight · "
-            f"{p.completion_tokens} out tok · {fails} errors · ETA {_fmt_s(p.eta_s)}"
+            f"{rate:.1f} req/s · {p.requests_sent} sent · {p.cache_hits} cached · {p.in_flight} pending · "
+            f"{p.completion_tokens} out tok · {fails} failed attempts · ETA {_fmt_s(p.eta_s)}"
         )
         if self.live:
             self.progress.update(self.task, completed=p.seeds_done + p.seeds_failed, info=info)

@@ -102,11 +102,11 @@ class RunConfig(Strict):
         ..., description="Seed file (.jsonl, .json, .csv, .parquet), relative to the config file."
     )
     params: dict[str, Any] = Field(default_factory=dict, description="The recipe's parameters.")
-    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    teacher: TeacherConfig = Field(default_factory=lambda: TeacherConfig())
     store: str | None = Field(None, description=f"DuckDB store path (default ./{DEFAULT_STORE}).")
-    budget: BudgetConfig = Field(default_factory=BudgetConfig)
-    runner: RunnerConfig = Field(default_factory=RunnerConfig)
-    export: ExportConfig = Field(default_factory=ExportConfig)
+    budget: BudgetConfig = Field(default_factory=lambda: BudgetConfig())
+    runner: RunnerConfig = Field(default_factory=lambda: RunnerConfig())
+    export: ExportConfig = Field(default_factory=lambda: ExportConfig())
     license: str | None = Field(None, description="License of the produced dataset (used by export cards).")
 
     @field_validator("teacher", mode="before")

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,7 +106,9 @@ class Runner:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="factory-store")
         self._flush_lock = asyncio.Lock()
         self._journal = store.journal()
-        self._lookup = MicroBatcher(self._lookup_batch, max_batch=2048)
+        self._lookup: MicroBatcher[str, dict[str, Any] | None] = MicroBatcher(
+            self._lookup_batch, max_batch=2048
+        )
         self._engine = MicroBatcher(teacher.complete, max_batch=4096) if teacher.native_batch else None
         # counters of this invocation
         self.seeds_done = 0
@@ -150,7 +153,8 @@ class Runner:
                     break
                 task = loop.create_task(self._seed(seed))
                 self._tasks.add(task)
-                task.add_done_callback(lambda t: (self._tasks.discard(t), window.release()))
+                task.add_done_callback(self._tasks.discard)
+                task.add_done_callback(lambda _t: window.release())
             while self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
         finally:
@@ -320,8 +324,8 @@ class Runner:
             self._fatal = exc
             self.stop("failed")
 
-    async def _lookup_batch(self, keys: list[str]) -> list[dict[str, Any] | None]:
-        rows = await asyncio.get_running_loop().run_in_executor(self._executor, self.store.lookup, keys)
+    async def _lookup_batch(self, keys: Sequence[str]) -> list[dict[str, Any] | None]:
+        rows = await asyncio.get_running_loop().run_in_executor(self._executor, self.store.lookup, list(keys))
         return [rows.get(k) for k in keys]
 
     # -- commits -----------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ def get_recipe(slug: str) -> Recipe:
         raise ConfigError(
             f"unknown recipe {slug!r} in field 'recipe'.{hint} Installed recipes: {', '.join(sorted(REGISTRY))}"
         )
-    return importlib.import_module(REGISTRY[slug]).RECIPE  # type: ignore[no-any-return]
+    recipe: Recipe = importlib.import_module(REGISTRY[slug]).RECIPE
+    return recipe
 
 
 def all_recipes() -> list[Recipe]:

@@ -74,7 +74,7 @@ class Batch:
 
 def _arrow(cur: duckdb.DuckDBPyConnection) -> pa.Table:
     """The current result as an Arrow table (DuckDB 2 renamed fetch_arrow_table to to_arrow_table)."""
-    fetch = getattr(cur, "to_arrow_table", None) or cur.fetch_arrow_table
+    fetch = getattr(cur, "to_arrow_table", None) or cur.fetch_arrow_table  # type: ignore[attr-defined]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "extra copy" notice; results here are small
         return fetch()
@@ -366,7 +366,8 @@ class Store:
         blob = self._scalar("SELECT config FROM runs WHERE id = ?", [run_id])
         if blob is None:
             raise StoreError(f"no run {run_id!r} in {self.path}")
-        return orjson.loads(blob)  # type: ignore[no-any-return]
+        config: dict[str, Any] = orjson.loads(blob)
+        return config
 
     def curated_table(self, run_id: str, *, include_rejected: bool = False) -> pa.Table:
         """The curated view: records with no rejecting verdict. With include_rejected, all records plus

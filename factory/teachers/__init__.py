@@ -48,7 +48,8 @@ def parse_spec(spec: str) -> tuple[str, str]:
 def build_teacher(spec: str, options: dict[str, Any] | None = None) -> Teacher:
     backend, model = parse_spec(spec)
     module = importlib.import_module(BACKENDS[backend][0])
-    return module.create(spec, model, dict(options or {}))  # type: ignore[no-any-return]
+    teacher: Teacher = module.create(spec, model, dict(options or {}))
+    return teacher
 
 
 def check_spec(spec: str) -> None:
