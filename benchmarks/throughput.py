@@ -24,6 +24,16 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
+# Steady state: CPU and count when a tenth of the requests are done, so one-time start-up costs (imports,
+# first pyarrow conversion, store open) are left out of the per-request slope.
+MARK: dict[str, float] = {}
+
+
+def _mark(done: int, n: int) -> None:
+    if not MARK and done >= n // 10:
+        MARK.update(cpu=_cpu_s(), done=done, t=time.perf_counter())
+
+
 def _bodies(n: int, tag: str) -> list[dict]:
     return [
         {"model": "m", "messages": [{"role": "user", "content": f"{tag} prompt number {i}: say something"}],
@@ -45,6 +55,7 @@ async def raw(url: str, n: int, c: int, tag: str) -> int:
             async with sem, s.post(url + "/chat/completions", data=orjson.dumps(body)) as r:
                 doc = orjson.loads(await r.read())
                 ok += bool(doc["choices"][0]["message"]["content"])
+                _mark(ok, n)
 
         await asyncio.gather(*(one(b) for b in _bodies(n, tag)))
     return ok
@@ -66,6 +77,7 @@ async def sdk(url: str, n: int, c: int, tag: str) -> int:
         async with sem:
             r = await client.chat.completions.create(**body)
             ok += bool(r.choices[0].message.content)
+            _mark(ok, n)
 
     await asyncio.gather(*(one(b) for b in _bodies(n, tag)))
     await client.close()
@@ -83,7 +95,7 @@ def factory_run(url: str, n: int, c: int, tag: str, workdir: Path) -> int:
         f"name: bench\nrecipe: prompt\nseeds: {seeds}\nstore: {workdir / 'bench.duckdb'}\n"
         f"params: {{max_tokens: 32}}\nteacher: {{spec: 'openai:m@{url}', max_in_flight: {c}}}\n"
     )
-    res = api.run(cfg)
+    res = api.run(cfg, on_progress=lambda p: _mark(p.requests_sent, n))
     assert res.status == "done", res
     return res.progress.records
 
@@ -96,6 +108,7 @@ def main() -> None:
     ap.add_argument("--c", type=int, default=64)
     ap.add_argument("--tag", default="t")
     ap.add_argument("--workdir")
+    ap.add_argument("--uvloop", action="store_true", help="raw/openai clients on uvloop (ours picks it itself)")
     a = ap.parse_args()
     workdir = Path(a.workdir or tempfile.mkdtemp(prefix="factory-bench-"))
     # Import first: start-up is not what is measured (each client pays its own once per process).
@@ -109,15 +122,28 @@ def main() -> None:
         import factory.teachers.openai  # noqa: F401
         import recipes.prompt  # noqa: F401
     cpu0, t0 = _cpu_s(), time.perf_counter()
+    run = asyncio.run
+    if a.uvloop:
+        import uvloop
+
+        run = uvloop.run
     if a.client == "raw":
-        ok = asyncio.run(raw(a.url, a.n, a.c, a.tag))
+        ok = run(raw(a.url, a.n, a.c, a.tag))
     elif a.client == "openai":
-        ok = asyncio.run(sdk(a.url, a.n, a.c, a.tag))
+        ok = run(sdk(a.url, a.n, a.c, a.tag))
     else:
         ok = factory_run(a.url, a.n, a.c, a.tag, workdir)
     wall, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    json.dump({"client": a.client, "c": a.c, "n": a.n, "ok": ok, "wall_s": wall, "cpu_s": cpu, "peak_mb": peak_mb}, sys.stdout)
+    end_cpu, end_t = _cpu_s(), time.perf_counter()
+    steady = {}
+    if MARK and ok > MARK["done"]:
+        steady = {"steady_cpu_us": (end_cpu - MARK["cpu"]) / (ok - MARK["done"]) * 1e6,
+                  "steady_rps": (ok - MARK["done"]) / (end_t - MARK["t"])}  # fmt: skip
+    json.dump(
+        {"client": a.client, "c": a.c, "n": a.n, "ok": ok, "wall_s": wall, "cpu_s": cpu, "peak_mb": peak_mb, **steady},
+        sys.stdout,
+    )
     print()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -93,20 +94,33 @@ def _first_stage_requests(prep: Prepared, limit: int | None = None) -> list[Requ
                     "Add the field to the seeds or change params.template."
                 ) from None
 
-    _run_sync(go())
+    run_sync(go())
     return requests
 
 
-def _run_sync(coro: Any) -> Any:
-    """asyncio.run, also from inside a running loop (a notebook): then on a worker thread."""
+def _loop_runner() -> Callable[[Any], Any]:
+    """uvloop's runner when installed (about a fifth less client CPU per request here), else asyncio's.
+    FACTORY_EVENT_LOOP=asyncio forces the standard loop."""
+    if os.environ.get("FACTORY_EVENT_LOOP", "auto") != "asyncio":
+        try:
+            import uvloop
+
+            return uvloop.run  # type: ignore[no-any-return]
+        except ImportError:
+            pass
+    return asyncio.run
+
+
+def run_sync(coro: Any) -> Any:
+    """Run a coroutine to completion, also from inside a running loop (a notebook): then on a worker thread."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
+        return _loop_runner()(coro)
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
+        return pool.submit(_loop_runner(), coro).result()
 
 
 def make_teacher(prep: Prepared) -> Teacher:
@@ -232,4 +246,4 @@ async def run_async(
 def run(config: str | Path | RunConfig, **kwargs: Any) -> Result:
     """Run (or resume) a config to completion. The notebook entry point."""
     store = kwargs.pop("store_path", None)
-    return asyncio.run(run_async(prepare(config, store=store), **kwargs))
+    return run_sync(run_async(prepare(config, store=store), **kwargs))  # type: ignore[no-any-return]

@@ -6,7 +6,6 @@ One error boundary (``main``) turns a FactoryError into its message and exit cod
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -96,7 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     view = ProgressView(len(prep.seeds), 0, prep.config.name)
     with view:
-        result = asyncio.run(api.run_async(prep, on_progress=view.update, handle_signals=True))
+        result = api.run_sync(api.run_async(prep, on_progress=view.update, handle_signals=True))
     p = result.progress
     summary = {
         "run_id": result.run_id, "status": result.status, "store": str(prep.store_path), "seeds_done": p.seeds_done,

@@ -28,7 +28,15 @@ def digest(tag: str, value: Any, length: int = 32) -> str:
 
 def request_key(teacher: dict[str, Any], body: dict[str, Any]) -> str:
     """The cache key: identical (teacher identity, messages, sampling, sample index, schema) → same key."""
-    return digest(REQUEST_KEY_VERSION, {"teacher": teacher, "request": body})
+    return request_key_raw(canonical_json(teacher), canonical_json(body))
+
+
+def request_key_raw(teacher_json: bytes, body_json: bytes) -> str:
+    """``request_key`` from the canonical JSON of both parts: the tag, the teacher, the body, NUL-separated."""
+    h = hashlib.blake2b(
+        REQUEST_KEY_VERSION.encode() + b"\x00" + teacher_json + b"\x00" + body_json, digest_size=16
+    )
+    return h.hexdigest()
 
 
 def record_id(run_id: str, stage: str, seed_id: str, sample_index: int) -> str:

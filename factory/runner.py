@@ -28,7 +28,7 @@ from factory.errors import (
     TeacherRejected,
     TeacherUnavailable,
 )
-from factory.keys import record_id, request_key
+from factory.keys import canonical_json, record_id, request_key_raw
 from factory.seeds import Seed
 from factory.store import Batch, Store
 from factory.teachers.base import Teacher
@@ -95,7 +95,7 @@ class Runner:
         self.plan = plan
         self.invocation = invocation
         self.on_progress = on_progress
-        self._identity = teacher.identity()
+        self._identity_json = canonical_json(teacher.identity())
         self._teacher_name = teacher.name
         self._inflight: dict[str, asyncio.Future[Outcome]] = {}
         self._uncommitted: list[str] = []
@@ -231,13 +231,14 @@ class Runner:
     # -- requests ----------------------------------------------------------------------------------
     async def generate(self, req: Request) -> Completion:
         """The function recipes get: one request in, its completion out, paid for at most once."""
-        key = request_key(self._identity, req.body())
+        body = canonical_json(req.body())
+        key = request_key_raw(self._identity_json, body)
         fut = self._inflight.get(key)
         if fut is None:
             fut = asyncio.get_running_loop().create_future()
             self._inflight[key] = fut
             try:
-                outcome = await self._resolve(key, req)
+                outcome = await self._resolve(key, req, body)
             except BaseException as exc:
                 self._inflight.pop(key, None)
                 fut.cancel()
@@ -252,7 +253,7 @@ class Runner:
             raise outcome
         return outcome
 
-    async def _resolve(self, key: str, req: Request) -> Outcome:
+    async def _resolve(self, key: str, req: Request, body: bytes) -> Outcome:
         if not self._skip_lookup or key in self._committed_keys:
             row = await self._lookup.submit(key)
             if row is not None:
@@ -282,9 +283,9 @@ class Runner:
             outcome.key = key
             self.prompt_tokens += outcome.prompt_tokens
             self.completion_tokens += outcome.completion_tokens
-            self._remember(key, req, "ok", outcome, None)
+            self._remember(key, body, "ok", outcome, None)
         elif isinstance(outcome, TeacherRejected):
-            self._remember(key, req, "rejected", None, str(outcome)[:1000])
+            self._remember(key, body, "rejected", None, str(outcome)[:1000])
         else:
             self._inflight.pop(key, None)  # transient: not cached, a later call may try again
         return outcome
@@ -304,10 +305,10 @@ class Runner:
             self._stopping = "budget"
         raise BudgetExhausted(why)
 
-    def _remember(self, key: str, req: Request, status: str, c: Completion | None, error: str | None) -> None:
+    def _remember(self, key: str, body: bytes, status: str, c: Completion | None, error: str | None) -> None:
         row = {
             "key": key, "teacher": self._teacher_name, "status": status,
-            "request": orjson.dumps(req.body()).decode(),
+            "request": body.decode(),
             "text": c.text if c else None, "finish_reason": c.finish_reason if c else None,
             "prompt_tokens": c.prompt_tokens if c else None, "completion_tokens": c.completion_tokens if c else None,
             "latency_ms": c.latency_ms if c else None, "error": error, "run_id": self.plan.run_id,

@@ -67,14 +67,15 @@ class Template:
         self.source = source
         self.version = digest("tpl1", source, length=12)
         self._tpl = self._env.from_string(source)
+        # A plain dict: Jinja turns the globals into a set on every render, and a ChainMap is slow at that.
+        self._tpl.globals = {"range": range}
 
     @classmethod
     def load(cls, path: Path) -> Template:
         return cls(path.read_text(encoding="utf-8"), path.name)
 
     def render(self, **values: Any) -> str:
-        # A shared context skips copying the environment's globals into every render (7 → 4 µs here).
-        ctx = self._tpl.new_context({"range": range, **values}, shared=True)
+        ctx = self._tpl.new_context(values)
         try:
             return self._env.concat(self._tpl.root_render_func(ctx)).strip()
         except Exception:

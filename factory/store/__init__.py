@@ -111,6 +111,7 @@ class Store:
             raise StoreError(f"cannot open the store {self.path}: {msg}") from exc
         except duckdb.Error as exc:
             raise StoreError(f"cannot open the store {self.path}: {exc}. Is it a DuckDB file?") from exc
+        _warm_arrow()
         if not read_only:
             # Fewer, larger checkpoints while ingesting; the WAL is replayed on open after a crash.
             _x(self.con, "SET checkpoint_threshold = '256MB'")

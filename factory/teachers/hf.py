@@ -134,7 +134,7 @@ class TransformersTeacher(Teacher):
         try:
             tok = AutoTokenizer.from_pretrained(str(folder), **kwargs)
             model = AutoModelForCausalLM.from_pretrained(str(folder), **{dtype_key: dtype}, **kwargs)
-            model.to(device)
+            model.to(device)  # type: ignore[arg-type]
             model.eval()
         except Exception as exc:
             hint = ""
@@ -186,9 +186,9 @@ class TransformersTeacher(Teacher):
                 self.attempts += len(chunk)
                 for (i, _), res in zip(chunk, self._generate(model, tok, sampling, chunk), strict=True):
                     out[i] = res
-        for res in out:
-            if isinstance(res, TeacherError):
-                self.errors[res.kind] += 1
+        for outcome in out:
+            if isinstance(outcome, TeacherError):
+                self.errors[outcome.kind] += 1
         assert all(r is not None for r in out)
         return out  # type: ignore[return-value]
 
