@@ -108,7 +108,9 @@ def main() -> None:
     ap.add_argument("--c", type=int, default=64)
     ap.add_argument("--tag", default="t")
     ap.add_argument("--workdir")
-    ap.add_argument("--uvloop", action="store_true", help="raw/openai clients on uvloop (ours picks it itself)")
+    ap.add_argument(
+        "--uvloop", action="store_true", help="raw/openai clients on uvloop (ours picks it itself)"
+    )
     a = ap.parse_args()
     workdir = Path(a.workdir or tempfile.mkdtemp(prefix="factory-bench-"))
     # Import first: start-up is not what is measured (each client pays its own once per process).
@@ -141,7 +143,16 @@ def main() -> None:
         steady = {"steady_cpu_us": (end_cpu - MARK["cpu"]) / (ok - MARK["done"]) * 1e6,
                   "steady_rps": (ok - MARK["done"]) / (end_t - MARK["t"])}  # fmt: skip
     json.dump(
-        {"client": a.client, "c": a.c, "n": a.n, "ok": ok, "wall_s": wall, "cpu_s": cpu, "peak_mb": peak_mb, **steady},
+        {
+            "client": a.client,
+            "c": a.c,
+            "n": a.n,
+            "ok": ok,
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "peak_mb": peak_mb,
+            **steady,
+        },
         sys.stdout,
     )
     print()

@@ -45,8 +45,9 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def greedy(prompt: str, max_tokens: int = 8, **kw) -> Request:
-    return Request.chat(prompt, sampling=Sampling(temperature=0.0, max_tokens=max_tokens, **kw))
+def greedy(prompt: str, max_tokens: int = 8, *, logprobs: int | None = None, **kw) -> Request:
+    sampling = Sampling(temperature=0.0, max_tokens=max_tokens, **kw)
+    return Request.chat(prompt, sampling=sampling, logprobs=logprobs)
 
 
 # -- fixtures ---------------------------------------------------------------------------------------------
@@ -242,7 +243,7 @@ def test_vllm_teacher_batch_with_json_schema(embedded_dir):
         t = build_teacher(f"vllm:{embedded_dir}", {"max_model_len": 1024})
         reqs = [
             greedy("Name three fruits.", max_tokens=32),
-            greedy("What is the capital of France?", max_tokens=32),
+            greedy("What is the capital of France?", max_tokens=32, logprobs=2),
             Request.chat(
                 "Write a haiku about rain.", sampling=Sampling(temperature=0.7, max_tokens=32, seed=3)
             ),
@@ -257,10 +258,13 @@ def test_vllm_teacher_batch_with_json_schema(embedded_dir):
         out = await t.complete(reqs)
         elapsed = time.perf_counter() - t0
         again = await t.complete(reqs[:2])
+        # a request the engine refuses is found and rejected alone
+        bad = Request.chat("x", sampling=Sampling(max_tokens=8), json_schema={"type": "nonsense"})
+        mixed = await t.complete([reqs[0], bad])
         await t.aclose()
-        return out, again, elapsed
+        return out, again, mixed, elapsed
 
-    out, again, elapsed = run(go())
+    out, again, mixed, elapsed = run(go())
     print(f"vLLM first batch (engine start included): {elapsed:.1f}s")
     for c in out[:4]:
         assert isinstance(c, Completion), c
@@ -270,6 +274,11 @@ def test_vllm_teacher_batch_with_json_schema(embedded_dir):
     assert set(doc) == {"name", "age"}
     assert isinstance(out[4], TeacherRejected) and out[4].kind == "too_long"
     assert [c.text for c in again] == [out[0].text, out[1].text]  # greedy is repeatable
+    lp = out[1].logprobs
+    assert lp is not None and len(lp) == out[1].completion_tokens
+    assert all(isinstance(e["logprob"], float) and len(e["top_logprobs"]) == 2 for e in lp)
+    assert isinstance(mixed[0], Completion) and mixed[0].text == out[0].text
+    assert isinstance(mixed[1], TeacherRejected) and mixed[1].kind == "invalid_request"
 
 
 # -- (d) the OpenAI-compatible vLLM server, driven by the openai teacher ---------------------------------------
