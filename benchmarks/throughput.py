@@ -120,7 +120,7 @@ def main() -> None:
         import httpx  # noqa: F401
         import openai  # noqa: F401
     else:
-        import factory.api  # noqa: F401
+        import factory.api
         import factory.teachers.openai  # noqa: F401
         import recipes.prompt  # noqa: F401
     cpu0, t0 = _cpu_s(), time.perf_counter()

@@ -105,7 +105,7 @@ def _loop_runner() -> Callable[[Any], Any]:
         try:
             import uvloop
 
-            return uvloop.run  # type: ignore[no-any-return]
+            return uvloop.run
         except ImportError:
             pass
     return asyncio.run
@@ -246,4 +246,5 @@ async def run_async(
 def run(config: str | Path | RunConfig, **kwargs: Any) -> Result:
     """Run (or resume) a config to completion. The notebook entry point."""
     store = kwargs.pop("store_path", None)
-    return run_sync(run_async(prepare(config, store=store), **kwargs))  # type: ignore[no-any-return]
+    result: Result = run_sync(run_async(prepare(config, store=store), **kwargs))
+    return result

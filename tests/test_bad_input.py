@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import SEEDS
 
 
@@ -34,7 +33,7 @@ def store_with_run(tmp_path):
     seeds.write_text("\n".join(SEEDS.read_text().splitlines()[:2]) + "\n")
     cfg = tmp_path / "ok.yaml"
     cfg.write_text(
-        f"name: ok\nrecipe: rationales\nseeds: ok.jsonl\nstore: store.duckdb\nteacher: scripted:x\n"
+        "name: ok\nrecipe: rationales\nseeds: ok.jsonl\nstore: store.duckdb\nteacher: scripted:x\n"
     )
     t = ScriptedTeacher("scripted:x", "x", {"default": "x. The answer is 1."})
     asyncio.run(api.run_async(api.prepare(cfg), teacher=t))
