@@ -34,6 +34,10 @@ class RationalesParams(Params):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_tokens: int = Field(256, ge=1, le=32768, description="Output token cap per sample.")
     seed: int = Field(0, description="Base sampling seed; sample i uses seed + i.")
+    stop: list[str] = Field(
+        default_factory=lambda: ["\nQuestion:"],
+        description="Stop sequences; the default ends the answer before a model invents the next few-shot question.",
+    )
     input_field: str = Field("question", description="Seed field holding the question.")
     gold_field: str | None = Field(
         "answer", description="Seed field holding the gold answer (null: no gold, vote)."
@@ -78,14 +82,20 @@ def normalize_answer(value: Any) -> str:
 
 
 def parse_completion(text: str) -> tuple[str, str | None]:
-    """Split a completion into (rationale, answer). The answer follows the last marker, else the last number."""
+    """Split a completion into (rationale, answer).
+
+    The answer follows the first marker ("The answer is", "Answer:", "####") that a number follows, else the
+    last marker's line, else the last number in the text. Text after the answer's sentence is dropped.
+    """
     text = text.strip()
     matches = list(_MARKER.finditer(text))
+    for m in matches:
+        num = _NUMBER.match(text[m.end() :].lstrip())
+        if num:
+            return text[: m.start()].strip(), normalize_answer(num.group(0))
     if matches:
         m = matches[-1]
-        tail = text[m.end() :].strip()
-        num = _NUMBER.match(tail)
-        answer = num.group(0) if num else tail.split("\n", 1)[0].strip().rstrip(".")
+        answer = text[m.end() :].strip().split("\n", 1)[0].strip().rstrip(".")
         if answer:
             return text[: m.start()].strip(), normalize_answer(answer)
     numbers = _NUMBER.findall(text)
@@ -124,7 +134,11 @@ def build_requests(seed: Seed, state: State) -> list[Request]:
         Request(
             messages=tuple(msgs),
             sampling=Sampling(
-                temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens, seed=p.seed + i
+                temperature=p.temperature,
+                top_p=p.top_p,
+                max_tokens=p.max_tokens,
+                stop=tuple(p.stop),
+                seed=p.seed + i,
             ),
             sample_index=i,
         )

@@ -17,6 +17,7 @@ from recipes.rationales import RationalesParams, normalize_answer, parse_complet
         ("So 5 + 5 = 10 and then 10 * 2 = 20", "20"),
         ("Answer: Paris.", "paris"),
         ("I do not know.", None),
+        ("4 x 6 = 24. The answer is 24.\n\nQuestion: a new one? The answer is 7.", "24"),
     ],
 )
 def test_parse_completion(text, answer):

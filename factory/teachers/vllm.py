@@ -21,6 +21,7 @@ import asyncio
 import gc
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -162,6 +163,9 @@ class VLLMTeacher(Teacher):
             return self._llm
         if self._load_error is not None:
             raise self._load_error
+        # vLLM logs hundreds of lines at INFO while it starts; our progress bar says what matters.
+        # Set VLLM_LOGGING_LEVEL yourself to see them.
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         try:
             from vllm import LLM
         except ImportError as exc:
