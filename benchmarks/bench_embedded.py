@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import time
 
@@ -71,6 +72,7 @@ def main() -> None:
         default="auto",
         help="auto (float32 on an x86 CPU without native bf16), bfloat16 or float32",
     )
+    ap.add_argument("--json", action="store_true", help="print the rows as one JSON line at the end")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
@@ -86,6 +88,9 @@ def main() -> None:
     print(f"{'engine':<13}{'prompts':>8}{'ok':>5}{'out tok':>9}{'wall s':>9}{'tok/s':>9}{'start s':>9}")
     for engine, n, ok, tokens, wall, rate, start_s in rows:
         print(f"{engine:<13}{n:>8}{ok:>5}{tokens:>9}{wall:>9.1f}{rate:>9.1f}{start_s:>9.1f}")
+    if args.json:
+        keys = ("engine", "prompts", "ok", "tokens", "wall_s", "tokens_per_s", "load_s")
+        print(json.dumps([dict(zip(keys, r, strict=True)) for r in rows]))
 
 
 if __name__ == "__main__":  # vLLM's CPU engine starts its worker by spawn: keep the guard
