@@ -52,29 +52,33 @@ def throughput(levels: list[int], n: int, repeats: int, sdk_n: int) -> tuple[lis
             for client in ("raw", "factory", "openai"):
                 reps = 1 if client == "openai" else repeats
                 nn = sdk_n if client == "openai" else n
-                runs = [
+                runs = [  # the peer's failures are shown in the ok column, ours fail the benchmark
                     client_run(client, srv.base_url, nn, c, f"{client}-{c}-{r}-{time.time()}")
                     for r in range(reps)
                 ]
                 med[client] = {
-                    "rps": statistics.median(r["n"] / r["wall_s"] for r in runs),
+                    "rps": statistics.median(r["ok"] / r["wall_s"] for r in runs),
                     "cpu_us": statistics.median(r["cpu_s"] / r["n"] * 1e6 for r in runs),
+                    "steady_us": statistics.median(r.get("steady_cpu_us", float("nan")) for r in runs),
                     "mb": statistics.median(r["peak_mb"] for r in runs),
-                    "runs": len(runs), "n": nn,
+                    "ok": min(r["ok"] for r in runs), "runs": len(runs), "n": nn,
                 }  # fmt: skip
             bound = c / LATENCY
             for client in ("raw", "factory", "openai"):
                 m = med[client]
                 ratio = m["rps"] / med["raw"]["rps"]
-                rows.append([str(c), client, f"{m['n']:.0f}×{m['runs']:.0f}", f"{m['rps']:.0f}", f"{m['rps'] / bound:.2f}",
-                             f"{m['cpu_us']:.0f}", f"{m['mb']:.0f}", f"{ratio:.2f}"])  # fmt: skip
+                rows.append([str(c), client, f"{m['n']:.0f}×{m['runs']:.0f}", f"{m['ok']:.0f}", f"{m['rps']:.0f}",
+                             f"{m['rps'] / bound:.2f}", f"{m['cpu_us']:.0f}", f"{m['steady_us']:.0f}", f"{m['mb']:.0f}",
+                             f"{ratio:.2f}"])  # fmt: skip
             f = med["factory"]
+            if f["ok"] < f["n"]:
+                misses.append(f"ours completed {f['ok']:.0f} of {f['n']:.0f} requests at {c} in flight")
             if f["rps"] < TARGET_RATIO * med["raw"]["rps"]:
                 misses.append(
                     f"throughput at {c} in flight: {f['rps'] / med['raw']['rps']:.2f} of raw < {TARGET_RATIO}"
                 )
-            if f["cpu_us"] > TARGET_CPU_US:
-                misses.append(f"CPU at {c} in flight: {f['cpu_us']:.0f} µs/request > {TARGET_CPU_US}")
+            if f["steady_us"] > TARGET_CPU_US:
+                misses.append(f"steady CPU at {c} in flight: {f['steady_us']:.0f} µs/request > {TARGET_CPU_US}")
     return rows, misses
 
 
@@ -193,9 +197,11 @@ def main() -> int:
                 "in flight",
                 "client",
                 "requests×runs",
+                "ok (min)",
                 "req/s (median)",
                 "of bound",
                 "CPU µs/req",
+                "steady CPU µs/req",
                 "peak MB",
                 "÷ raw",
             ],

@@ -109,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"{k:>18}: {v}")
     if result.error:
         print(f"error: {result.error}", file=sys.stderr)
-        return 3
+        return result.exit_code or 3
     if result.status == "interrupted":
         print("interrupted: re-run the same command to resume; nothing finished was lost", file=sys.stderr)
         return EXIT_INTERRUPTED

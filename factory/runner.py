@@ -86,6 +86,7 @@ class Result:
     status: str  # done | interrupted | budget | failed
     progress: Progress
     error: str | None = None
+    exit_code: int | None = None  # of the error that stopped the run, for the CLI
 
 
 class Runner:
@@ -172,7 +173,8 @@ class Runner:
         else:
             status = "done" if self.seeds_failed == 0 else "incomplete"
         self._write_status(status)
-        return Result(self.plan.run_id, status, self.snapshot(), str(self._fatal) if self._fatal else None)
+        code = self._fatal.exit_code if isinstance(self._fatal, FactoryError) else None
+        return Result(self.plan.run_id, status, self.snapshot(), str(self._fatal) if self._fatal else None, code)
 
     def _write_status(self, status: str) -> None:
         try:
@@ -196,8 +198,11 @@ class Runner:
             )
             self.final_failures[exc.kind] += 1
             return
-        except FactoryError:
-            raise
+        except FactoryError as exc:  # not about this seed (an engine that cannot start, the store): stop the run
+            if self._fatal is None:
+                self._fatal = exc
+            self.stop("failed")
+            return
         except Exception as exc:  # a recipe bug must not throw away a paid run; it is recorded and shown
             log.exception("recipe %s failed on seed %s", self.plan.recipe.slug, seed.id)
             self.seeds_failed += 1

@@ -127,3 +127,17 @@ def test_recipe_bug_is_recorded_not_fatal(tmp_path, seeds_file, monkeypatch):
         cfg, _teacher(lambda req: "boom" if "Maya" in req.messages[-1]["content"] else "x. The answer is 2.")
     )
     assert res.status == "incomplete" and res.progress.seeds_done == 7 and res.progress.seeds_failed == 1
+
+
+def test_an_engine_that_cannot_start_stops_the_run_with_its_error(tmp_path, seeds_file):
+    from factory.errors import ConfigError
+
+    class Broken(ScriptedTeacher):
+        async def complete(self, requests):
+            raise ConfigError("the engine cannot start: no such model folder")
+
+    cfg = _cfg(tmp_path, seeds_file)
+    res = _run(cfg, Broken("scripted:x", "x", {}))
+    assert res.status == "failed" and res.exit_code == 2
+    assert "no such model folder" in (res.error or "")
+    assert res.progress.seeds_done == 0
