@@ -3,6 +3,7 @@ the cache or a teacher object: it gets ``generate(request) -> Completion`` injec
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,7 @@ class Template:
         self.source = source
         self.version = digest("tpl1", source, length=12)
         self._tpl = self._env.from_string(source)
+        self._plain = _plain_fields(source)
         # A plain dict: Jinja turns the globals into a set on every render, and a ChainMap is slow at that.
         self._tpl.globals = {"range": range}
 
@@ -75,12 +77,39 @@ class Template:
         return cls(path.read_text(encoding="utf-8"), path.name)
 
     def render(self, **values: Any) -> str:
+        if self._plain is not None:  # only {{ name }} fields: join the pieces, same text as Jinja's
+            texts, fields = self._plain
+            try:
+                parts = [str(values[f]) for f in fields]
+            except KeyError as exc:
+                raise jinja2.UndefinedError(f"{exc.args[0]!r} is undefined") from None
+            out = [texts[0]]
+            for part, text in zip(parts, texts[1:], strict=True):
+                out += (part, text)
+            return "".join(out).strip()
         ctx = self._tpl.new_context(values)
         try:
             return self._env.concat(self._tpl.root_render_func(ctx)).strip()
         except Exception:
             self._env.handle_exception()
             raise
+
+
+_FIELD = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+def _plain_fields(source: str) -> tuple[list[str], list[str]] | None:
+    """Split a template that only substitutes plain names into literal texts and field names; None when it
+    uses any other Jinja syntax (statements, filters, attributes, comments), which then goes through Jinja."""
+    texts, fields, pos = [], [], 0
+    for m in _FIELD.finditer(source):
+        texts.append(source[pos : m.start()])
+        fields.append(m.group(1))
+        pos = m.end()
+    texts.append(source[pos:])
+    if any(mark in t for t in texts for mark in ("{{", "{%", "{#", "}}", "%}", "#}")):
+        return None
+    return texts, fields
 
 
 def template_path(value: str | None, default: str, resolve: Callable[[str], Path]) -> Path:
