@@ -63,7 +63,9 @@ def prepare(config: str | Path | RunConfig, *, store: str | None = None) -> Prep
         raise ConfigError(f"params.{loc}: {err['msg']}") from None
     state = recipe.prepare(params, cfg.path)
     seeds = load_seeds(cfg.path(cfg.seeds), recipe.required_fields(params))
-    run_id = run_id_for(cfg, seeds_digest(seeds))
+    run_id = run_id_for(
+        cfg, seeds_digest(seeds), params.model_dump(mode="json"), str(getattr(state, "version", ""))
+    )
     prep = Prepared(cfg, recipe, params, state, seeds, run_id, cfg.store_path(store))
     _first_stage_requests(prep, limit=CHECK_RENDER_SEEDS)  # template errors surface before any store write
     return prep

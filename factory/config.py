@@ -179,6 +179,11 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
     return parse_config(data, source=str(p), base_dir=p.resolve().parent)
 
 
-def run_id_for(cfg: RunConfig, seeds_digest: str) -> str:
-    """Same name + same recipe/params/teacher + same seeds → same run id, so re-running resumes."""
-    return f"{cfg.name}-{digest('run1', [cfg.fingerprint(), seeds_digest], length=10)}"
+def run_id_for(
+    cfg: RunConfig, seeds_digest: str, resolved_params: dict[str, Any], template_version: str
+) -> str:
+    """Same name + recipe + params (defaults included) + templates + teacher + seeds → same run id, so
+    re-running resumes. A recipe whose defaults or templates changed starts a new run (its requests that are
+    unchanged still come from the cache)."""
+    parts = [cfg.fingerprint(), resolved_params, template_version, seeds_digest]
+    return f"{cfg.name}-{digest('run2', parts, length=10)}"

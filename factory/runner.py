@@ -174,7 +174,9 @@ class Runner:
             status = "done" if self.seeds_failed == 0 else "incomplete"
         self._write_status(status)
         code = self._fatal.exit_code if isinstance(self._fatal, FactoryError) else None
-        return Result(self.plan.run_id, status, self.snapshot(), str(self._fatal) if self._fatal else None, code)
+        return Result(
+            self.plan.run_id, status, self.snapshot(), str(self._fatal) if self._fatal else None, code
+        )
 
     def _write_status(self, status: str) -> None:
         try:
@@ -198,7 +200,9 @@ class Runner:
             )
             self.final_failures[exc.kind] += 1
             return
-        except FactoryError as exc:  # not about this seed (an engine that cannot start, the store): stop the run
+        except (
+            FactoryError
+        ) as exc:  # not about this seed (an engine that cannot start, the store): stop the run
             if self._fatal is None:
                 self._fatal = exc
             self.stop("failed")

@@ -141,3 +141,14 @@ def test_an_engine_that_cannot_start_stops_the_run_with_its_error(tmp_path, seed
     assert res.status == "failed" and res.exit_code == 2
     assert "no such model folder" in (res.error or "")
     assert res.progress.seeds_done == 0
+
+
+def test_run_id_follows_resolved_params(tmp_path, seeds_file):
+    a = api.prepare(_cfg(tmp_path, seeds_file)).run_id
+    explicit = (
+        _cfg(tmp_path, seeds_file).read_text().replace("params: {k: 3}", "params: {k: 3, temperature: 0.7}")
+    )
+    (tmp_path / "b.yaml").write_text(explicit)
+    (tmp_path / "c.yaml").write_text(explicit.replace("k: 3", "k: 2"))
+    assert api.prepare(tmp_path / "b.yaml").run_id == a  # writing out a default changes nothing
+    assert api.prepare(tmp_path / "c.yaml").run_id != a
