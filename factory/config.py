@@ -185,5 +185,5 @@ def run_id_for(
     """Same name + recipe + params (defaults included) + templates + teacher + seeds → same run id, so
     re-running resumes. A recipe whose defaults or templates changed starts a new run (its requests that are
     unchanged still come from the cache)."""
-    parts = [cfg.fingerprint(), resolved_params, template_version, seeds_digest]
+    parts = [cfg.recipe, cfg.teacher.spec, resolved_params, template_version, seeds_digest]
     return f"{cfg.name}-{digest('run2', parts, length=10)}"
