@@ -39,6 +39,6 @@ def test_rationales_on_embedded_teacher_end_to_end(tmp_path):
     assert out.returncode == 0, out.stderr
     import datasets
 
-    ds = datasets.load_dataset(str(tmp_path / "hf"))["train"]
+    ds = datasets.load_dataset(str(tmp_path / "hf"), cache_dir=str(tmp_path / "hf-cache"))["train"]
     assert 1 <= len(ds) <= 8
     assert all(r["teacher"].startswith("embedded") and r["rationale"] for r in ds)

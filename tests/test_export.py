@@ -42,7 +42,7 @@ def test_hf_folder_loads_with_datasets(tmp_path, seeds_file):
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
-    ds = datasets.load_dataset(str(tmp_path / "hf"))
+    ds = datasets.load_dataset(str(tmp_path / "hf"), cache_dir=str(tmp_path / "hf-cache"))
     total = sum(len(ds[s]) for s in ds)
     assert total == 8  # 16 records, the 8 without a parsed answer are not curated
     assert set(ds) <= {"train", "test"}
