@@ -26,7 +26,6 @@ from factory.errors import (
     StoreError,
     TeacherError,
     TeacherRejected,
-    TeacherUnavailable,
 )
 from factory.keys import canonical_json, record_id, request_key_raw
 from factory.seeds import Seed
@@ -71,13 +70,15 @@ class Progress:
     completion_tokens: int
     failures: dict[str, int]
     elapsed_s: float
+    seeds_resumed: int = 0  # done by an earlier invocation
 
     @property
     def eta_s(self) -> float | None:
-        if self.seeds_done <= 0 or self.elapsed_s <= 0:
+        done_now = self.seeds_done - self.seeds_resumed
+        if done_now <= 0 or self.elapsed_s <= 0:
             return None
         left = self.seeds_total - self.seeds_done - self.seeds_failed
-        return left * self.elapsed_s / self.seeds_done
+        return left * self.elapsed_s / done_now
 
 
 @dataclass(slots=True)
@@ -123,6 +124,7 @@ class Runner:
         self.dispatched = 0
         self.final_failures: Counter[str] = Counter()
         self._t0 = time.perf_counter()
+        self._resumed_done = 0
         self._seeds_total = len(plan.seeds)
 
     # -- public ------------------------------------------------------------------------------------
@@ -248,11 +250,9 @@ class Runner:
             self._inflight[key] = fut
             try:
                 outcome = await self._resolve(key, req, body)
-            except BaseException as exc:
+            except BaseException:  # budget reached or cancelled: a later call may try this key again
                 self._inflight.pop(key, None)
                 fut.cancel()
-                if isinstance(exc, BudgetExhausted):
-                    raise
                 raise
             fut.set_result(outcome)
         else:
@@ -381,7 +381,8 @@ class Runner:
             records=self.records, requests_sent=self.requests_sent, cache_hits=self.cache_hits,
             in_flight=self.dispatched, prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
             failures=dict(self.teacher.errors), elapsed_s=time.perf_counter() - self._t0,
+            seeds_resumed=self._resumed_done,
         )  # fmt: skip
 
 
-__all__ = ["Budget", "Plan", "Progress", "Result", "Runner", "TeacherUnavailable"]
+__all__ = ["Budget", "Plan", "Progress", "Result", "Runner"]

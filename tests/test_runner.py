@@ -152,3 +152,12 @@ def test_run_id_follows_resolved_params(tmp_path, seeds_file):
     (tmp_path / "c.yaml").write_text(explicit.replace("k: 3", "k: 2"))
     assert api.prepare(tmp_path / "b.yaml").run_id == a  # writing out a default changes nothing
     assert api.prepare(tmp_path / "c.yaml").run_id != a
+
+
+def test_eta_counts_only_this_invocations_pace():
+    from factory.runner import Progress
+
+    p = Progress(seeds_total=100, seeds_done=60, seeds_failed=0, records=0, requests_sent=0, cache_hits=0,
+                 in_flight=0, prompt_tokens=0, completion_tokens=0, failures={}, elapsed_s=10.0, seeds_resumed=50)  # fmt: skip
+    assert p.eta_s == 40 * 10.0 / 10  # 10 seeds in 10 s now; the 50 resumed ones took no time
+    assert Progress(100, 50, 0, 0, 0, 0, 0, 0, 0, {}, 5.0, seeds_resumed=50).eta_s is None
