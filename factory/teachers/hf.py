@@ -14,18 +14,16 @@ plain text, and the recipe's parser decides. Nothing heavy is imported at module
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from factory.errors import ConfigError, TeacherError, TeacherRejected, TeacherUnavailable
 from factory.teachers.base import Teacher
-from factory.teachers.vllm import fingerprint, model_folder, plain_messages, take_options
+from factory.teachers.local import LocalEngineTeacher, fingerprint, model_folder, plain_messages, take_options
 from factory.types import Completion, Request, Sampling
 
 log = logging.getLogger(__name__)
@@ -40,9 +38,9 @@ HF_DEFAULTS: dict[str, Any] = {
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-class TransformersTeacher(Teacher):
+class TransformersTeacher(LocalEngineTeacher):
     backend = "transformers"
-    native_batch = True
+    thread_name = "factory-hf"
     supports_json_schema = False
 
     def __init__(self, spec: str, model: str, options: dict[str, Any], *, folder: Path | None = None):
@@ -62,11 +60,10 @@ class TransformersTeacher(Teacher):
                 )
             label = folder.name if self.gguf_file is None else f"{folder.name}/{self.gguf_file}"
             super().__init__(spec, label)
-            self._fingerprint: str | None = self._fingerprint_of(folder)
+            self._init_local(folder, fingerprint_now=True)
         else:
             super().__init__(spec, folder.name)
-            self._fingerprint = None
-        self._folder = folder
+            self._init_local(folder, fingerprint_now=False)
         self.device: str = str(opts["device"])
         self.dtype: str = str(opts["dtype"])
         if self.dtype not in DTYPES:
@@ -78,17 +75,9 @@ class TransformersTeacher(Teacher):
         self._model: Any = None
         self._tok: Any = None
         self._eos: set[int] = set()
-        self._load_error: BaseException | None = None
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="factory-hf")
 
     def _fingerprint_of(self, folder: Path) -> str:
         return fingerprint(folder, [folder / self.gguf_file] if self.gguf_file else [])
-
-    # -- identity --------------------------------------------------------------------------------------
-    def identity(self) -> dict[str, Any]:
-        if self._fingerprint is None:
-            self._fingerprint = self._fingerprint_of(self.model_dir())
-        return {"backend": self.backend, "model": self.model, "fingerprint": self._fingerprint}
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -100,10 +89,6 @@ class TransformersTeacher(Teacher):
             "batch_size": self.batch_size,
             "loaded": self._model is not None,
         }
-
-    def model_dir(self) -> Path:
-        """The folder to load (called on the worker thread; subclasses may build it here)."""
-        return self._folder
 
     # -- loading ---------------------------------------------------------------------------------------
     def _load(self) -> tuple[Any, Any]:
@@ -257,22 +242,9 @@ class TransformersTeacher(Teacher):
             )
         return results
 
-    # -- protocol ----------------------------------------------------------------------------------------
-    async def complete(self, requests: Sequence[Request]) -> list[Completion | TeacherError]:
-        if not requests:
-            return []
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._run, list(requests))
-
     def _drop(self) -> None:
         self._model, self._tok = None, None
         gc.collect()
-
-    async def aclose(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._thread, self._drop)
-        self._thread.shutdown(wait=False)
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="factory-hf")
 
 
 def _stop_criterion(tok: Any, stops: Sequence[str], prompt_width: int) -> Any:

@@ -17,19 +17,17 @@ Nothing heavy is imported here at module level: ``vllm`` and ``torch`` load with
 
 from __future__ import annotations
 
-import asyncio
 import gc
-import hashlib
 import logging
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from factory.errors import ConfigError, TeacherError, TeacherRejected, TeacherUnavailable
 from factory.teachers.base import Teacher
+from factory.teachers.local import LocalEngineTeacher, model_folder, plain_messages, take_options
 from factory.types import Completion, Request
 
 log = logging.getLogger(__name__)
@@ -44,57 +42,10 @@ VLLM_DEFAULTS: dict[str, Any] = {
 }
 
 
-# -- helpers shared with the transformers teacher ---------------------------------------------------------
-def model_folder(path: str, spec: str, *, need_config: bool = True) -> Path:
-    """The local model folder a spec names, or a ConfigError that says how to get one."""
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise ConfigError(
-            f"teacher spec {spec!r}: the model folder {str(folder)!r} does not exist. "
-            "Point the spec at a local folder holding config.json and *.safetensors (for example one "
-            "saved with `huggingface-cli download MODEL --local-dir DIR` on a machine with internet), "
-            "or use the `embedded` teacher, which needs no download."
-        )
-    if need_config and not (folder / "config.json").is_file():
-        raise ConfigError(
-            f"teacher spec {spec!r}: {str(folder)!r} has no config.json, so it is not a model folder. "
-            "Point the spec at the folder that holds config.json, the tokenizer files and *.safetensors."
-        )
-    return folder.resolve()
-
-
-def fingerprint(folder: Path, extra_files: Sequence[Path] = ()) -> str:
-    """A short hash of config.json and the weights' total size: stable when the folder moves, new when
-    the weights change. ``extra_files`` (a GGUF file) add their name and size."""
-    h = hashlib.sha256()
-    config = folder / "config.json"
-    h.update(config.read_bytes() if config.is_file() else b"")
-    size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
-    h.update(f"\0safetensors={size}".encode())
-    for p in extra_files:
-        h.update(f"\0{p.name}={p.stat().st_size}".encode())
-    return h.hexdigest()[:16]
-
-
-def take_options(options: dict[str, Any], defaults: dict[str, Any], backend: str) -> dict[str, Any]:
-    """``defaults`` overlaid with ``options``; an unknown key is a ConfigError naming it."""
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise ConfigError(
-            f"unknown option(s) for the {backend} teacher: {', '.join(unknown)}. "
-            f"Known options: {', '.join(sorted(defaults))}."
-        )
-    return {**defaults, **options}
-
-
-def plain_messages(req: Request) -> list[dict[str, str]]:
-    return [{"role": str(m["role"]), "content": str(m["content"])} for m in req.messages]
-
-
 # -- the teacher ------------------------------------------------------------------------------------------
-class VLLMTeacher(Teacher):
+class VLLMTeacher(LocalEngineTeacher):
     backend = "vllm"
-    native_batch = True
+    thread_name = "factory-vllm"
     supports_json_schema = True
     supports_logprobs = True
 
@@ -102,14 +53,10 @@ class VLLMTeacher(Teacher):
         """``folder`` given: a subclass supplies the folder itself (and may build it lazily, see
         :meth:`model_dir`); otherwise ``model`` is the path from the spec and must exist now."""
         opts = take_options(options, VLLM_DEFAULTS, self.backend)
-        if folder is None:
-            folder = model_folder(model, spec)
-            super().__init__(spec, folder.name)
-            self._fingerprint: str | None = fingerprint(folder)
-        else:
-            super().__init__(spec, folder.name)
-            self._fingerprint = None
-        self._folder = folder
+        fingerprint_now = folder is None
+        folder = folder or model_folder(model, spec)
+        super().__init__(spec, folder.name)
+        self._init_local(folder, fingerprint_now=fingerprint_now)
         self.gpu_memory_utilization = float(opts["gpu_memory_utilization"])
         self.enforce_eager = bool(opts["enforce_eager"])
         self.max_model_len = int(opts["max_model_len"])
@@ -120,16 +67,6 @@ class VLLMTeacher(Teacher):
         self.engine_args: dict[str, Any] = dict(opts["engine_args"])
         self._llm: Any = None
         self._tokenizer: Any = None
-        self._load_error: BaseException | None = None
-        # one thread for every engine call: vLLM objects stay on the thread that made them, and
-        # concurrent callers queue instead of interleaving batches
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="factory-vllm")
-
-    # -- identity --------------------------------------------------------------------------------------
-    def identity(self) -> dict[str, Any]:
-        if self._fingerprint is None:
-            self._fingerprint = fingerprint(self.model_dir())
-        return {"backend": self.backend, "model": self.model, "fingerprint": self._fingerprint}
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -139,10 +76,6 @@ class VLLMTeacher(Teacher):
             "dtype": self.dtype,
             "loaded": self._llm is not None,
         }
-
-    def model_dir(self) -> Path:
-        """The folder the engine loads (called on the engine thread; subclasses may build it here)."""
-        return self._folder
 
     # -- engine ----------------------------------------------------------------------------------------
     def _engine_kwargs(self, folder: Path) -> dict[str, Any]:
@@ -277,13 +210,6 @@ class VLLMTeacher(Teacher):
         latency_ms = (time.perf_counter() - t0) * 1000.0
         return [_completion(o, p.logprobs, latency_ms) for o, p in zip(outputs, params, strict=True)]
 
-    # -- protocol ----------------------------------------------------------------------------------------
-    async def complete(self, requests: Sequence[Request]) -> list[Completion | TeacherError]:
-        if not requests:
-            return []
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._run, list(requests))
-
     def _drop(self) -> None:
         llm, self._llm, self._tokenizer = self._llm, None, None
         if llm is None:
@@ -294,12 +220,6 @@ class VLLMTeacher(Teacher):
             log.debug("vLLM engine shutdown: %r", exc)
         del llm
         gc.collect()
-
-    async def aclose(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._thread, self._drop)
-        self._thread.shutdown(wait=False)
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="factory-vllm")
 
 
 def _cpu_dtype() -> str:
