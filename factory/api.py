@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from factory import __version__
@@ -62,7 +63,17 @@ def prepare(config: str | Path | RunConfig, *, store: str | None = None) -> Prep
             ) from None
         raise ConfigError(f"params.{loc}: {err['msg']}") from None
     state = recipe.prepare(params, cfg.path)
+    roles = cfg.roles()
+    for role in recipe.teacher_roles(params):
+        if role not in roles:
+            raise ConfigError(
+                f"params: recipe {recipe.slug!r} asks for teacher role {role!r}, which the config does not "
+                f"define; add it under `teachers:` (e.g. `teachers: {{{role}: openai:MODEL@URL}}`). "
+                f"Defined roles: {', '.join(roles)}"
+            )
     seeds = load_seeds(cfg.path(cfg.seeds), recipe.required_fields(params))
+    if recipe.bind is not None:
+        state = recipe.bind(state, seeds)
     run_id = run_id_for(
         cfg, seeds_digest(seeds), params.model_dump(mode="json"), str(getattr(state, "version", ""))
     )
@@ -74,14 +85,15 @@ def prepare(config: str | Path | RunConfig, *, store: str | None = None) -> Prep
 CHECK_RENDER_SEEDS = 10_000
 
 
-def _first_stage_requests(prep: Prepared, limit: int | None = None) -> list[Request]:
-    """Render the first-stage prompts of the seeds (no teacher is called)."""
+def _first_stage_requests(prep: Prepared, limit: int | None = None) -> list[tuple[str, Request]]:
+    """Render the first-stage prompts of the seeds, with the teacher role each goes to (no teacher is
+    called)."""
     import jinja2
 
-    requests: list[Request] = []
+    requests: list[tuple[str, Request]] = []
 
-    async def record(req: Request) -> Completion:
-        requests.append(req)
+    async def record(req: Request, *, teacher: str = "default") -> Completion:
+        requests.append((teacher, req))
         raise _DryRunStop
 
     async def go() -> None:
@@ -125,8 +137,19 @@ def run_sync(coro: Any) -> Any:
         return pool.submit(_loop_runner(), coro).result()
 
 
-def make_teacher(prep: Prepared) -> Teacher:
-    return build_teacher(prep.config.teacher.spec, prep.config.teacher.backend_options())
+def make_teachers(prep: Prepared, given: dict[str, Teacher] | None = None) -> dict[str, Teacher]:
+    """One teacher per role; roles configured alike share one instance (one engine, one connection pool)."""
+    out = dict(given or {})
+    alike: dict[str, Teacher] = {}
+    for role, tc in prep.config.roles().items():
+        if role in out:
+            continue
+        opts = tc.backend_options()
+        sig = orjson.dumps([tc.spec, opts], default=repr, option=orjson.OPT_SORT_KEYS).decode()
+        if sig not in alike:
+            alike[sig] = build_teacher(tc.spec, opts)
+        out[role] = alike[sig]
+    return out
 
 
 class _DryRunStop(Exception):
@@ -152,8 +175,8 @@ class DryRunReport:
 def dry_run(prep: Prepared) -> DryRunReport:
     """Render the first-stage prompts and estimate requests and tokens; no teacher is called."""
     requests = _first_stage_requests(prep)
-    teacher = make_teacher(prep)  # cheap: engines and connections open lazily
-    keys = [request_key(teacher.identity(), r.body()) for r in requests]
+    teachers = make_teachers(prep)  # cheap: engines and connections open lazily
+    keys = [request_key(teachers[role].identity(), r.body()) for role, r in requests]
     cached = seeds_done = 0
     notes: list[str] = []
     if prep.store_path.exists():
@@ -173,9 +196,9 @@ def dry_run(prep: Prepared) -> DryRunReport:
         seeds_done=seeds_done,
         requests=len(requests),
         cached=cached,
-        prompt_tokens_est=sum(sum(len(m["content"]) for m in r.messages) // 4 for r in requests),
-        max_output_tokens=sum(r.sampling.max_tokens for r in requests),
-        example_prompt=list(requests[0].messages) if requests else None,
+        prompt_tokens_est=sum(sum(len(m["content"]) for m in r.messages) // 4 for _, r in requests),
+        max_output_tokens=sum(r.sampling.max_tokens for _, r in requests),
+        example_prompt=list(requests[0][1].messages) if requests else None,
         notes=notes,
     )
 
@@ -213,12 +236,20 @@ async def run_async(
     prep: Prepared,
     *,
     teacher: Teacher | None = None,
+    teachers: dict[str, Teacher] | None = None,
     store: Store | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     handle_signals: bool = False,
 ) -> Result:
+    """Run (or resume) a prepared run. Teachers passed in (``teacher`` is the default role) are the caller's
+    to close; the ones built here are closed here."""
     cfg = prep.config
-    teacher = teacher or make_teacher(prep)
+    given = dict(teachers or {})
+    if teacher is not None:
+        given["default"] = teacher
+    roles = make_teachers(prep, given)
+    own_teachers = {id(t): t for r, t in roles.items() if r not in given}
+    teacher = roles["default"]
     own_store = store is None
     st = store or Store(prep.store_path)
     try:
@@ -234,13 +265,14 @@ async def run_async(
             max_seeds_in_flight=cfg.runner.max_seeds_in_flight or max(16, cfg.teacher.max_in_flight),
             template_version=prep.template_version,
         )  # fmt: skip
-        runner = Runner(st, teacher, plan, invocation, on_progress=on_progress)
+        runner = Runner(st, roles, plan, invocation, on_progress=on_progress)
         if handle_signals:
             with _signals(runner):
                 return await runner.run()
         return await runner.run()
     finally:
-        await teacher.aclose()
+        for t in own_teachers.values():
+            await t.aclose()
         if own_store:
             st.close()
 

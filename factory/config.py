@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from factory.errors import ConfigError
 from factory.keys import digest
 
 DEFAULT_STORE = "data/factory.duckdb"
+ROLE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 
 class Strict(BaseModel):
@@ -103,6 +105,11 @@ class RunConfig(Strict):
     )
     params: dict[str, Any] = Field(default_factory=dict, description="The recipe's parameters.")
     teacher: TeacherConfig = Field(default_factory=lambda: TeacherConfig())
+    teachers: dict[str, TeacherConfig] = Field(
+        default_factory=dict,
+        description="More teachers by role name, for recipes that use several (e.g. relabel voters); "
+        "`teacher` is the role 'default'.",
+    )
     store: str | None = Field(None, description=f"DuckDB store path (default ./{DEFAULT_STORE}).")
     budget: BudgetConfig = Field(default_factory=lambda: BudgetConfig())
     runner: RunnerConfig = Field(default_factory=lambda: RunnerConfig())
@@ -113,6 +120,22 @@ class RunConfig(Strict):
     @classmethod
     def _spec_string(cls, v: Any) -> Any:
         return {"spec": v} if isinstance(v, str) else v
+
+    @field_validator("teachers", mode="before")
+    @classmethod
+    def _role_specs(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        for role in v:
+            if not isinstance(role, str) or not ROLE.fullmatch(role) or role == "default":
+                raise ConfigError(
+                    f"role {role!r}: use a snake_case name other than 'default' (that one is `teacher`)"
+                )
+        return {k: ({"spec": x} if isinstance(x, str) else x) for k, x in v.items()}
+
+    def roles(self) -> dict[str, TeacherConfig]:
+        """Every teacher by role; `teacher` is 'default'."""
+        return {"default": self.teacher, **self.teachers}
 
     # Set by load_config: the folder relative input paths resolve against.
     _base_dir: Path = Path(".")
@@ -130,7 +153,10 @@ class RunConfig(Strict):
 
     def fingerprint(self) -> dict[str, Any]:
         """What defines the run's output. Budgets, runner knobs and export settings do not."""
-        return {"recipe": self.recipe, "params": self.params, "teacher": self.teacher.spec}
+        out: dict[str, Any] = {"recipe": self.recipe, "params": self.params, "teacher": self.teacher.spec}
+        if self.teachers:
+            out["teachers"] = {k: t.spec for k, t in sorted(self.teachers.items())}
+        return out
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
@@ -185,5 +211,7 @@ def run_id_for(
     """Same name + recipe + params (defaults included) + templates + teacher + seeds → same run id, so
     re-running resumes. A recipe whose defaults or templates changed starts a new run (its requests that are
     unchanged still come from the cache)."""
-    parts = [cfg.recipe, cfg.teacher.spec, resolved_params, template_version, seeds_digest]
+    parts: list[Any] = [cfg.recipe, cfg.teacher.spec, resolved_params, template_version, seeds_digest]
+    if cfg.teachers:
+        parts.append({k: t.spec for k, t in sorted(cfg.teachers.items())})
     return f"{cfg.name}-{digest('run2', parts, length=10)}"

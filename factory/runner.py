@@ -90,15 +90,43 @@ class Result:
     exit_code: int | None = None  # of the error that stopped the run, for the CLI
 
 
+@dataclass(slots=True)
+class _Lane:
+    """One teacher role as the runner uses it: identity for keys, name for rows, batcher for engines."""
+
+    teacher: Teacher
+    identity_json: bytes
+    engine: MicroBatcher[Request, Outcome] | None
+    skip_lookup: bool = False  # nothing of this teacher's in the cache before the run: no look-ups needed
+
+    @property
+    def name(self) -> str:
+        return self.teacher.name
+
+
 class Runner:
-    def __init__(self, store: Store, teacher: Teacher, plan: Plan, invocation: int, on_progress: Any = None):
+    def __init__(
+        self,
+        store: Store,
+        teachers: Teacher | dict[str, Teacher],
+        plan: Plan,
+        invocation: int,
+        on_progress: Any = None,
+    ):
         self.store = store
-        self.teacher = teacher
+        roles = teachers if isinstance(teachers, dict) else {"default": teachers}
+        self.teacher = roles["default"]
         self.plan = plan
         self.invocation = invocation
         self.on_progress = on_progress
-        self._identity_json = canonical_json(teacher.identity())
-        self._teacher_name = teacher.name
+        lanes: dict[int, _Lane] = {}
+        for t in roles.values():  # roles that share a teacher share its lane (and its engine batch)
+            if id(t) not in lanes:
+                engine = MicroBatcher(t.complete, max_batch=4096) if t.native_batch else None
+                lanes[id(t)] = _Lane(t, canonical_json(t.identity()), engine)
+        self._lanes = {role: lanes[id(t)] for role, t in roles.items()}
+        self._default = self._lanes["default"]
+        self._teacher_name = self.teacher.name
         self._inflight: dict[str, asyncio.Future[Outcome]] = {}
         self._uncommitted: list[str] = []
         self._committed_keys: set[str] = set()
@@ -111,7 +139,6 @@ class Runner:
         self._lookup: MicroBatcher[str, dict[str, Any] | None] = MicroBatcher(
             self._lookup_batch, max_batch=2048
         )
-        self._engine = MicroBatcher(teacher.complete, max_batch=4096) if teacher.native_batch else None
         # counters of this invocation
         self.seeds_done = 0
         self.seeds_failed = 0
@@ -138,9 +165,11 @@ class Runner:
     async def run(self) -> Result:
         loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._skip_lookup = (
-            await loop.run_in_executor(self._executor, self.store.count_cache, self._teacher_name) == 0
-        )
+        for lane in {id(x): x for x in self._lanes.values()}.values():
+            n = await loop.run_in_executor(self._executor, self.store.count_cache, lane.name)
+            lane.skip_lookup = n == 0
+        # keys committed during this run must be looked up again by lanes that otherwise skip look-ups
+        self._track_committed = any(lane.skip_lookup for lane in self._lanes.values())
         done = await loop.run_in_executor(self._executor, self.store.done_seeds, self.plan.run_id)
         pending = [s for s in self.plan.seeds if s.id not in done]
         self.seeds_done = len(self.plan.seeds) - len(pending)
@@ -240,16 +269,17 @@ class Runner:
         self.seeds_done += 1
 
     # -- requests ----------------------------------------------------------------------------------
-    async def generate(self, req: Request) -> Completion:
+    async def generate(self, req: Request, *, teacher: str = "default") -> Completion:
         """The function recipes get: one request in, its completion out, paid for at most once."""
+        lane = self._default if teacher == "default" else self._lane(teacher)
         body = canonical_json(req.body())
-        key = request_key_raw(self._identity_json, body)
+        key = request_key_raw(lane.identity_json, body)
         fut = self._inflight.get(key)
         if fut is None:
             fut = asyncio.get_running_loop().create_future()
             self._inflight[key] = fut
             try:
-                outcome = await self._resolve(key, req, body)
+                outcome = await self._resolve(lane, key, req, body)
             except BaseException:  # budget reached or cancelled: a later call may try this key again
                 self._inflight.pop(key, None)
                 fut.cancel()
@@ -262,8 +292,17 @@ class Runner:
             raise outcome
         return outcome
 
-    async def _resolve(self, key: str, req: Request, body: bytes) -> Outcome:
-        if not self._skip_lookup or key in self._committed_keys:
+    def _lane(self, role: str) -> _Lane:
+        try:
+            return self._lanes[role]
+        except KeyError:
+            raise FactoryError(
+                f"recipe {self.plan.recipe.slug!r} asked for teacher role {role!r}, which the config does not "
+                f"define (roles: {', '.join(self._lanes)}); declare it in the recipe's teacher_roles"
+            ) from None
+
+    async def _resolve(self, lane: _Lane, key: str, req: Request, body: bytes) -> Outcome:
+        if not lane.skip_lookup or key in self._committed_keys:
             row = await self._lookup.submit(key)
             if row is not None:
                 self.cache_hits += 1
@@ -280,10 +319,10 @@ class Runner:
         self.reserved_tokens += reserve
         self.dispatched += 1
         try:
-            if self._engine is not None:
-                outcome = await self._engine.submit(req)
+            if lane.engine is not None:
+                outcome = await lane.engine.submit(req)
             else:
-                outcome = (await self.teacher.complete([req]))[0]
+                outcome = (await lane.teacher.complete([req]))[0]
         finally:
             self.reserved_tokens -= reserve
             self.dispatched -= 1
@@ -292,9 +331,9 @@ class Runner:
             outcome.key = key
             self.prompt_tokens += outcome.prompt_tokens
             self.completion_tokens += outcome.completion_tokens
-            self._remember(key, body, "ok", outcome, None)
+            self._remember(lane, key, body, "ok", outcome, None)
         elif isinstance(outcome, TeacherRejected):
-            self._remember(key, body, "rejected", None, str(outcome)[:1000])
+            self._remember(lane, key, body, "rejected", None, str(outcome)[:1000])
         else:
             self._inflight.pop(key, None)  # transient: not cached, a later call may try again
         return outcome
@@ -314,9 +353,11 @@ class Runner:
             self._stopping = "budget"
         raise BudgetExhausted(why)
 
-    def _remember(self, key: str, body: bytes, status: str, c: Completion | None, error: str | None) -> None:
+    def _remember(
+        self, lane: _Lane, key: str, body: bytes, status: str, c: Completion | None, error: str | None
+    ) -> None:
         row = {
-            "key": key, "teacher": self._teacher_name, "status": status,
+            "key": key, "teacher": lane.name, "status": status,
             "request": body.decode(),
             "text": c.text if c else None, "finish_reason": c.finish_reason if c else None,
             "prompt_tokens": c.prompt_tokens if c else None, "completion_tokens": c.completion_tokens if c else None,
@@ -360,18 +401,27 @@ class Runner:
                 segment.unlink(missing_ok=True)
             for k in keys:
                 self._inflight.pop(k, None)
-            if self._skip_lookup:
+            if self._track_committed:
                 self._committed_keys.update(keys)
             if self.on_progress is not None:
                 self.on_progress(self.snapshot())
 
+    def _distinct_teachers(self) -> list[Teacher]:
+        return list({id(lane.teacher): lane.teacher for lane in self._lanes.values()}.values())
+
+    def _errors(self) -> Counter[str]:
+        out: Counter[str] = Counter()
+        for t in self._distinct_teachers():
+            out.update(t.errors)
+        return out
+
     def stats(self, status: str) -> dict[str, Any]:
-        failures = Counter(self.teacher.errors)
+        failures = self._errors()
         for kind, n in self.final_failures.items():
             failures[f"final_{kind}"] += n
         return {
             "run_id": self.plan.run_id, "invocation": self.invocation, "requests_sent": self.requests_sent,
-            "attempts": self.teacher.attempts, "cache_hits": self.cache_hits, "prompt_tokens": self.prompt_tokens,
+            "attempts": sum(t.attempts for t in self._distinct_teachers()), "cache_hits": self.cache_hits, "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens, "failures": dict(failures), "status": status,
         }  # fmt: skip
 
@@ -380,7 +430,7 @@ class Runner:
             seeds_total=self._seeds_total, seeds_done=self.seeds_done, seeds_failed=self.seeds_failed,
             records=self.records, requests_sent=self.requests_sent, cache_hits=self.cache_hits,
             in_flight=self.dispatched, prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
-            failures=dict(self.teacher.errors), elapsed_s=time.perf_counter() - self._t0,
+            failures=dict(self._errors()), elapsed_s=time.perf_counter() - self._t0,
             seeds_resumed=self._resumed_done,
         )  # fmt: skip
 

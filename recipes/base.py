@@ -7,7 +7,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jinja2
 import jinja2.sandbox
@@ -17,7 +17,18 @@ from factory.keys import digest
 from factory.seeds import Seed
 from factory.types import Completion, Request
 
-Generate = Callable[[Request], Awaitable[Completion]]
+
+class Generate(Protocol):
+    """What a recipe gets to call a teacher: one request in, its completion out, paid for at most once.
+    ``teacher`` names a role from the run config (``teacher`` is "default", more under ``teachers:``)."""
+
+    def __call__(self, request: Request, /, *, teacher: str = "default") -> Awaitable[Completion]: ...
+
+
+def _no_roles(params: Any) -> list[str]:
+    return []
+
+
 TEMPLATES = Path(__file__).parent / "templates"
 
 
@@ -54,6 +65,11 @@ class Recipe:
     seed_format: str = ""
     record_format: str = ""
     stages: tuple[str, ...] = field(default=("main",))
+    # Optional: sees the whole seed set once, before any seed is processed (a label set, class embeddings),
+    # and returns the state ``process`` gets. Raise ConfigError for a seed set the recipe cannot use.
+    bind: Callable[[Any, list[Seed]], Any] | None = None
+    # Teacher roles the params name besides "default" (each must be configured under ``teachers:``).
+    teacher_roles: Callable[[Any], list[str]] = _no_roles
 
 
 class Template:

@@ -29,6 +29,7 @@ class PromptParams(Params):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(256, ge=1, le=32768)
     seed: int = Field(0, description="Base sampling seed; sample i uses seed + i.")
+    teacher: str = Field("default", description="Teacher role the prompts go to (a key of `teachers:`).")
     required: list[str] = Field(
         default_factory=lambda: ["text"], description="Seed fields every row must have."
     )
@@ -61,9 +62,9 @@ async def process(seed: Seed, state: State, generate: Generate) -> list[Draft]:
         for i in range(p.n)
     ]
     if len(reqs) == 1:
-        results = [await generate(reqs[0])]
+        results = [await generate(reqs[0], teacher=p.teacher)]
     else:
-        results = list(await asyncio.gather(*(generate(r) for r in reqs)))
+        results = list(await asyncio.gather(*(generate(r, teacher=p.teacher) for r in reqs)))
     return [
         Draft(
             stage=STAGE, sample_index=i, text=c.text, request_keys=(c.key,),
@@ -84,4 +85,5 @@ RECIPE = Recipe(
     seed_format="any fields the template uses (default: {text})",
     record_format="prompt, completion, finish_reason",
     stages=(STAGE,),
+    teacher_roles=lambda p: [p.teacher] if p.teacher != "default" else [],
 )

@@ -161,3 +161,48 @@ def test_eta_counts_only_this_invocations_pace():
                  in_flight=0, prompt_tokens=0, completion_tokens=0, failures={}, elapsed_s=10.0, seeds_resumed=50)  # fmt: skip
     assert p.eta_s == 40 * 10.0 / 10  # 10 seeds in 10 s now; the 50 resumed ones took no time
     assert Progress(100, 50, 0, 0, 0, 0, 0, 0, 0, {}, 5.0, seeds_resumed=50).eta_s is None
+
+
+def _roles_cfg(tmp_path, seeds_file, teachers, role):
+    return write_config(
+        tmp_path,
+        f"name: roles\nrecipe: prompt\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\n"
+        f"teacher: scripted:main\nteachers: {teachers}\n"
+        f"params: {{template: '{{{{ question }}}}', required: [question], teacher: {role}}}\n",
+    )
+
+
+def test_a_recipe_sends_to_the_teacher_role_it_names(tmp_path, seeds_file):
+    cfg = _roles_cfg(tmp_path, seeds_file, "{strong: 'scripted:big'}", "strong")
+    prep = api.prepare(cfg)
+    main = ScriptedTeacher("scripted:main", "main", {"default": "from main"})
+    strong = ScriptedTeacher("scripted:big", "big", {"default": "from big"})
+    res = asyncio.run(api.run_async(prep, teachers={"default": main, "strong": strong}))
+    assert res.status == "done" and len(strong.calls) == 8 and not main.calls
+    with Store(tmp_path / "s.duckdb", read_only=True) as st:
+        texts = {r["text"] for r in st.records_table(res.run_id).to_pylist()}
+        paid = (st.count_cache("scripted:big"), st.count_cache("scripted:main"))
+    assert texts == {"from big"} and paid == (8, 0)
+    # the same requests to another role are other requests: another teacher identity, another key
+    again = ScriptedTeacher("scripted:big", "big", {"default": "from big"})
+    asyncio.run(api.run_async(api.prepare(cfg), teachers={"default": main, "strong": again}))
+    assert not again.calls
+
+
+def test_a_role_missing_from_the_config_is_a_config_error(tmp_path, seeds_file):
+    import pytest
+
+    from factory.errors import ConfigError
+
+    cfg = _roles_cfg(tmp_path, seeds_file, "{other: 'scripted:big'}", "strong")
+    with pytest.raises(ConfigError, match="teacher role 'strong'.*teachers:"):
+        api.prepare(cfg)
+    bad = _roles_cfg(tmp_path, seeds_file, "{Default: 'scripted:big'}", "default")
+    with pytest.raises(ConfigError, match="snake_case"):
+        api.prepare(bad)
+
+
+def test_roles_configured_alike_share_one_teacher(tmp_path, seeds_file):
+    cfg = _roles_cfg(tmp_path, seeds_file, "{a: 'scripted:main', b: 'scripted:other'}", "a")
+    roles = api.make_teachers(api.prepare(cfg))
+    assert roles["a"] is roles["default"] and roles["b"] is not roles["a"]
