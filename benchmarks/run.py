@@ -78,7 +78,9 @@ def throughput(levels: list[int], n: int, repeats: int, sdk_n: int) -> tuple[lis
                     f"throughput at {c} in flight: {f['rps'] / med['raw']['rps']:.2f} of raw < {TARGET_RATIO}"
                 )
             if f["steady_us"] > TARGET_CPU_US:
-                misses.append(f"steady CPU at {c} in flight: {f['steady_us']:.0f} µs/request > {TARGET_CPU_US}")
+                misses.append(
+                    f"steady CPU at {c} in flight: {f['steady_us']:.0f} µs/request > {TARGET_CPU_US}"
+                )
     return rows, misses
 
 
@@ -131,10 +133,9 @@ def ingest(batches: int = 5, size: int = 20_000) -> tuple[list[list[str]], list[
     rates = []
     with Store(work / "i.duckdb") as st:
         for b in range(batches + 1):
-            recs = [
-                {"id": f"r{b}-{i}", "run_id": "run", "recipe": "rationales", "stage": "rationale", "seed_id": f"s{i}",
-                 "sample_index": 0, "text": "t" * 150, "payload": payload, "parent_ids": [], "request_keys": [f"k{b}-{i}"],
-                 "teacher": "openai:m", "template_version": "v1"}
+            recs = [  # the runner's row shape: a tuple in RECORD_COLUMNS order
+                (f"r{b}-{i}", "run", "rationales", "rationale", f"s{i}", 0, "t" * 150, payload, (), (f"k{b}-{i}",),
+                 "openai:m", "v1")
                 for i in range(size)
             ]  # fmt: skip
             t0 = time.perf_counter()

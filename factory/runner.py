@@ -29,7 +29,7 @@ from factory.errors import (
 )
 from factory.keys import canonical_json, record_id, request_key_raw
 from factory.seeds import Seed
-from factory.store import Batch, Store
+from factory.store import Batch, CacheRow, Store
 from factory.teachers.base import Teacher
 from factory.types import Completion, Request
 from recipes.base import Draft, Recipe
@@ -252,13 +252,9 @@ class Runner:
         b = self._batch
         for d in drafts:
             rid = record_id(run_id, d.stage, seed.id, d.sample_index)
-            b.records.append(
-                {
-                    "id": rid, "run_id": run_id, "recipe": slug, "stage": d.stage, "seed_id": seed.id,
-                    "sample_index": d.sample_index, "text": d.text, "payload": orjson.dumps(d.payload).decode(),
-                    "parent_ids": list(d.parent_ids), "request_keys": list(d.request_keys),
-                    "teacher": self._teacher_name, "template_version": self.plan.template_version,
-                }
+            b.records.append(  # RECORD_COLUMNS order
+                (rid, run_id, slug, d.stage, seed.id, d.sample_index, d.text, orjson.dumps(d.payload).decode(),
+                 d.parent_ids, d.request_keys, self._teacher_name, self.plan.template_version)
             )  # fmt: skip
             if d.reject is not None:
                 b.verdicts.append(
@@ -356,13 +352,24 @@ class Runner:
     def _remember(
         self, lane: _Lane, key: str, body: bytes, status: str, c: Completion | None, error: str | None
     ) -> None:
-        row = {
-            "key": key, "teacher": lane.name, "status": status,
-            "request": body.decode(),
-            "text": c.text if c else None, "finish_reason": c.finish_reason if c else None,
-            "prompt_tokens": c.prompt_tokens if c else None, "completion_tokens": c.completion_tokens if c else None,
-            "latency_ms": c.latency_ms if c else None, "error": error, "run_id": self.plan.run_id,
-        }  # fmt: skip
+        row: CacheRow
+        if c is not None:  # CACHE_COLUMNS order
+            row = (key, lane.name, status, body.decode(), c.text, c.finish_reason, c.prompt_tokens,
+                   c.completion_tokens, c.latency_ms, error, self.plan.run_id)  # fmt: skip
+        else:
+            row = (
+                key,
+                lane.name,
+                status,
+                body.decode(),
+                None,
+                None,
+                None,
+                None,
+                None,
+                error,
+                self.plan.run_id,
+            )
         if self._journal.append(row):  # written once per loop tick, before any commit can use the answer
             asyncio.get_running_loop().call_soon(self._flush_journal)
         self._batch.cache.append(row)

@@ -2,16 +2,16 @@ import subprocess
 import sys
 
 import duckdb
+import orjson
 import pytest
 
 from factory.errors import StoreError, StoreInUse
-from factory.store import Batch, Store
+from factory.store import CACHE_COLUMNS, Batch, Store
 from factory.store.journal import journal_dir
 
 
 def _row(key, text="t"):
-    return {"key": key, "teacher": "t", "status": "ok", "request": "{}", "text": text, "finish_reason": "stop",
-            "prompt_tokens": 1, "completion_tokens": 2, "latency_ms": 3.0, "error": None, "run_id": "r"}  # fmt: skip
+    return (key, "t", "ok", "{}", text, "stop", 1, 2, 3.0, None, "r")
 
 
 def test_migrations_run_once_and_tables_exist(tmp_path):
@@ -41,11 +41,12 @@ def test_journal_is_replayed_on_open(tmp_path):
         j.flush()
         # simulate a crash: the segment is never committed, and a torn last line
     seg = next(journal_dir(p).glob("seg-*.jsonl"))
-    with open(seg, "ab") as f:
-        f.write(b'{"key": "torn"')
+    with open(seg, "ab") as f:  # a row as an older journal wrote it (an object), then a torn line
+        f.write(orjson.dumps(dict(zip(CACHE_COLUMNS, _row("k3"), strict=True))) + b"\n")
+        f.write(b'["torn", "t"')
     with Store(p) as st:
-        assert st.count_cache() == 2
-        assert set(st.lookup(["k1", "k2", "torn"])) == {"k1", "k2"}
+        assert st.count_cache() == 3
+        assert set(st.lookup(["k1", "k2", "k3", "torn"])) == {"k1", "k2", "k3"}
     assert not list(journal_dir(p).glob("seg-*.jsonl"))
 
 

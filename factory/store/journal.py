@@ -40,8 +40,9 @@ class Journal:
         self._path = self.directory / f"seg-{self._pid}-{self._n:08d}.jsonl"
         self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
-    def append(self, row: dict[str, Any]) -> bool:
-        """Buffer one row; returns True when the buffer was empty (the caller schedules ``flush``)."""
+    def append(self, row: tuple[Any, ...]) -> bool:
+        """Buffer one row (values in the cache table's column order, written as a JSON array); returns True
+        when the buffer was empty (the caller schedules ``flush``)."""
         self._pending.append(orjson.dumps(row))
         return len(self._pending) == 1
 
@@ -75,18 +76,23 @@ class Journal:
         return self.rotate()
 
 
-def read_segments(directory: Path) -> tuple[list[Path], list[dict[str, Any]]]:
-    """All complete rows from leftover segments (a torn last line is skipped)."""
+def read_segments(directory: Path, columns: tuple[str, ...]) -> tuple[list[Path], list[tuple[Any, ...]]]:
+    """All complete rows from leftover segments as tuples in ``columns`` order (a torn last line is
+    skipped). Lines are JSON arrays in that order; JSON objects (an older journal) are mapped by name."""
     if not directory.is_dir():
         return [], []
     paths = sorted(directory.glob("seg-*.jsonl"))
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[Any, ...]] = []
     for p in paths:
-        rows.extend(_rows(p))
+        for row in _rows(p):
+            if isinstance(row, dict):
+                rows.append(tuple(row.get(c) for c in columns))
+            elif isinstance(row, list) and len(row) == len(columns):
+                rows.append(tuple(row))
     return paths, rows
 
 
-def _rows(path: Path) -> Iterator[dict[str, Any]]:
+def _rows(path: Path) -> Iterator[Any]:
     with open(path, "rb") as f:
         for line in f:
             if not line.endswith(b"\n"):
