@@ -134,28 +134,51 @@ def test_api_key_is_used_but_never_stored(tmp_path):
 
 
 def test_key_is_sent_as_bearer_header():
+    """On the wire: a plain socket server captures the request the teacher sends."""
     import asyncio
+    import socket
+    import threading
 
     from factory.teachers.openai import OpenAITeacher
+    from factory.types import Request
 
+    seen: list[bytes] = []
+    lsock = socket.create_server(("127.0.0.1", 0))
+    port = lsock.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = lsock.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(next(v for k, _, v in (h.partition(b": ") for h in head.split(b"\r\n"))
+                              if k.lower() == b"content-length"))  # fmt: skip
+            while len(body) < length:
+                body += conn.recv(65536)
+            seen.append(head)
+            doc = b'{"choices":[{"message":{"content":"hi"},"finish_reason":"stop"}],"usage":{}}'
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(doc), doc))  # fmt: skip
+
+    threading.Thread(target=serve, daemon=True).start()
     os.environ["FACTORY_TEST_SECRET2"] = SECRET
     try:
-        t = OpenAITeacher(
-            "openai:m@http://127.0.0.1:9/v1",
-            "m@http://127.0.0.1:9/v1",
-            {"api_key_env": "FACTORY_TEST_SECRET2"},
-        )
+        url = f"http://127.0.0.1:{port}/v1"
+        t = OpenAITeacher(f"openai:m@{url}", f"m@{url}", {"api_key_env": "FACTORY_TEST_SECRET2"})
 
-        async def headers():
-            s = t._session_get()
-            h = dict(s.headers)
+        async def go():
+            out = await t.complete([Request.chat("hello")])
             await t.aclose()
-            return h
+            return out
 
-        assert asyncio.run(headers())["Authorization"] == f"Bearer {SECRET}"
+        assert asyncio.run(go())[0].text == "hi"
+        assert f"Authorization: Bearer {SECRET}".encode() in seen[0].split(b"\r\n")
         assert SECRET not in json.dumps(t.describe()) and SECRET not in json.dumps(t.identity())
     finally:
         del os.environ["FACTORY_TEST_SECRET2"]
+        lsock.close()
 
 
 @pytest.mark.parametrize("kind", ["500", "reset"])
