@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ class Prepared:
     seeds: list[Seed]
     run_id: str
     store_path: Path
+    filters: list[Any] = field(default_factory=list)  # curation steps, validated
 
     @property
     def template_version(self) -> str:
@@ -77,7 +78,10 @@ def prepare(config: str | Path | RunConfig, *, store: str | None = None) -> Prep
     run_id = run_id_for(
         cfg, seeds_digest(seeds), params.model_dump(mode="json"), str(getattr(state, "version", ""))
     )
-    prep = Prepared(cfg, recipe, params, state, seeds, run_id, cfg.store_path(store))
+    from factory.curation import parse_steps
+
+    steps = parse_steps(cfg.filters)
+    prep = Prepared(cfg, recipe, params, state, seeds, run_id, cfg.store_path(store), steps)
     _first_stage_requests(prep, limit=CHECK_RENDER_SEEDS)  # template errors surface before any store write
     return prep
 
@@ -268,8 +272,14 @@ async def run_async(
         runner = Runner(st, roles, plan, invocation, on_progress=on_progress)
         if handle_signals:
             with _signals(runner):
-                return await runner.run()
-        return await runner.run()
+                result = await runner.run()
+        else:
+            result = await runner.run()
+        if prep.filters and result.status == "done":
+            from factory.curation import apply_filters
+
+            result.curation = await apply_filters(st, prep.run_id, prep.filters)
+        return result
     finally:
         for t in own_teachers.values():
             await t.aclose()

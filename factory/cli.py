@@ -102,11 +102,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         "seeds_failed": p.seeds_failed, "records_added": p.records, "requests_sent": p.requests_sent,
         "cache_hits": p.cache_hits, "completion_tokens": p.completion_tokens, "elapsed_s": round(p.elapsed_s, 2),
     }  # fmt: skip
+    if result.curation is not None:
+        summary["curated"] = result.curation.funnel["curated"]
     if args.json:
         print(json.dumps(summary))
     else:
         for k, v in summary.items():
             print(f"{k:>18}: {v}")
+        if result.curation is not None:
+            _print_funnel(result.curation.funnel)
     if result.error:
         print(f"error: {result.error}", file=sys.stderr)
         return result.exit_code or 3
@@ -122,11 +126,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store_for(args: argparse.Namespace) -> Any:
+def _store_for(args: argparse.Namespace, *, write: bool = False) -> Any:
     from factory.config import DEFAULT_STORE
     from factory.store import Store
 
-    return Store(args.store or os.environ.get("FACTORY_STORE", DEFAULT_STORE), read_only=True)
+    path = Path(args.store or os.environ.get("FACTORY_STORE", DEFAULT_STORE))
+    if write and not path.exists():
+        raise ConfigError(
+            f"--store: no store at {path}; run `factory run CONFIG.yaml` first, or pass --store PATH"
+        )
+    return Store(path, read_only=not write)
+
+
+def _print_funnel(f: dict[str, Any]) -> None:
+    print(f"funnel: generated {f['generated']} → parsed {f['parsed']}", end="")
+    for step in f["filters"]:
+        top = "; ".join(f"{r['reason']} ×{r['records']}" for r in step["top_reasons"])
+        print(f" → {step['filter']} {step['kept']}/{step['in']}" + (f" ({top})" if top else ""), end="")
+    print(f" → curated {f['curated']}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -149,13 +166,78 @@ def cmd_status(args: argparse.Namespace) -> int:
         run_id = st.resolve_run(args.run)
         s = st.run_summary(run_id)
         drops = st.verdict_counts(run_id)
+        s["funnel"] = st.funnel(run_id)
     s["dropped"] = [{"filter": f, "reason": r, "records": n} for f, r, n in drops]
     if args.json:
         print(json.dumps(s, default=str))
         return 0
+    funnel = s.pop("funnel")
     width = max(len(k) for k in s)
     for k, v in s.items():
         print(f"{k:>{width}}: {v}")
+    _print_funnel(funnel)
+    return 0
+
+
+def cmd_filter(args: argparse.Namespace) -> int:
+    from factory import api
+    from factory.config import load_config
+    from factory.curation import apply_filters, parse_steps
+
+    with _store_for(args, write=True) as st:
+        run_id = st.resolve_run(args.run)
+        if args.config:
+            items, where = load_config(args.config).filters, f"{args.config}: filters"
+        else:
+            items, where = st.run_config(run_id).get("filters") or [], "the run's config: filters"
+        steps = parse_steps(items, args.set, where=where)
+        if not steps:
+            raise ConfigError(f"{where}: no filters to apply; list some in the config (or pass --config)")
+        res = api.run_sync(apply_filters(st, run_id, steps, force=True))
+    if args.json:
+        print(json.dumps({"run_id": run_id, "pass": res.pass_id, "scored": res.scored, "funnel": res.funnel}))
+        return 0
+    scored = ", ".join(f"{k} {v}" for k, v in res.scored.items())
+    print(f"pass {res.pass_id} of {run_id}; records scored now: {scored}")
+    _print_funnel(res.funnel)
+    return 0
+
+
+def cmd_why(args: argparse.Namespace) -> int:
+    from factory.errors import StoreError
+
+    with _store_for(args) as st:
+        try:
+            rec = st.why(args.record)
+        except StoreError as exc:
+            raise ConfigError(str(exc)) from None
+    if args.json:
+        print(json.dumps(rec, default=str))
+        return 0
+    state = "curated" if rec["curated"] else "not curated"
+    print(
+        f"record {rec['id']} ({rec['recipe']}/{rec['stage']}, seed {rec['seed_id']}, run {rec['run_id']}): {state}"
+    )
+    print(f"  text: {(rec['text'] or '')[:200]!r}")
+    for v in rec["verdicts"]:
+        mark = "keep" if v["keep"] else "DROP"
+        score = "" if v["score"] is None else f" score {v['score']:g}"
+        print(
+            f"  {mark} {v['filter']} ({v['filter_version']}){score}: {v['reason'] or ''} {v['detail'] or ''}".rstrip()
+        )
+    return 0
+
+
+def cmd_filters(args: argparse.Namespace) -> int:
+    from filters import all_filters
+
+    for f in all_filters():
+        print(f"{f.slug:<14} {f.summary}")
+        if args.verbose:
+            for name, fld in f.params.model_fields.items():
+                kind = "threshold" if name in f.thresholds else "scoring"
+                default = fld.get_default(call_default_factory=True)
+                print(f"{'':<14}   {name} = {default!r} ({kind}): {fld.description or ''}")
     return 0
 
 
@@ -253,6 +335,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--include-rejected", action="store_true", help="all records, with the reasons they were dropped"
     )
     e.set_defaults(fn=cmd_export)
+
+    f = sub.add_parser("filter", help="apply a run's filters again (new thresholds use stored scores)")
+    f.add_argument("run", nargs="?", help="run id, id prefix or name (default: the latest run)")
+    f.add_argument("--set", action="append", default=[], metavar="FILTER.PARAM=VALUE",
+                   help="override a filter param, e.g. --set agreement.min_vote_share=0.75 (repeatable)")  # fmt: skip
+    f.add_argument("--config", help="take the filter list from this run config instead of the stored one")
+    f.add_argument("--store", help="DuckDB store path")
+    f.add_argument("--json", action="store_true", help="machine-readable output")
+    f.set_defaults(fn=cmd_filter)
+
+    w = sub.add_parser("why", help="why a record is (not) in the curated set: its verdicts")
+    w.add_argument("record", help="record id (or a unique prefix)")
+    w.add_argument("--store", help="DuckDB store path")
+    w.add_argument("--json", action="store_true", help="machine-readable output")
+    w.set_defaults(fn=cmd_why)
+
+    fl = sub.add_parser("filters", help="list the installed filters")
+    fl.add_argument("-v", "--verbose", action="store_true", help="also show params (threshold or scoring)")
+    fl.set_defaults(fn=cmd_filters)
 
     rc = sub.add_parser("recipes", help="list the installed recipes")
     rc.add_argument("-v", "--verbose", action="store_true", help="also show seed/record formats and params")

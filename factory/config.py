@@ -110,6 +110,11 @@ class RunConfig(Strict):
         description="More teachers by role name, for recipes that use several (e.g. relabel voters); "
         "`teacher` is the role 'default'.",
     )
+    filters: list[Any] = Field(
+        default_factory=list,
+        description="Filters applied in order after generation: `- slug` or `- slug: {param: value}` "
+        "(`factory filters` lists them).",
+    )
     store: str | None = Field(None, description=f"DuckDB store path (default ./{DEFAULT_STORE}).")
     budget: BudgetConfig = Field(default_factory=lambda: BudgetConfig())
     runner: RunnerConfig = Field(default_factory=lambda: RunnerConfig())

@@ -88,6 +88,7 @@ class Result:
     progress: Progress
     error: str | None = None
     exit_code: int | None = None  # of the error that stopped the run, for the CLI
+    curation: Any = None  # the filter pass run after generation, when the config lists filters
 
 
 @dataclass(slots=True)

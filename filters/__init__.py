@@ -1,5 +1,33 @@
-"""Filters: each appends one verdict (keep, score, reason) per record to the ledger; nothing is deleted.
-
-The curated set is the view of records without a rejecting verdict (see ``Store.curated_table``).
-Recipes already write their own parse verdicts (filter ``<recipe>.parse``).
+"""Filters by slug. Each appends one verdict (keep, score, reason) per record it sees to the ledger; nothing
+is deleted, and the curated set is a view (see ``factory.curation``). Listing them imports only these light
+modules. Recipes write their own parse verdicts (filter ``<recipe>.parse``) while generating.
 """
+
+from __future__ import annotations
+
+import difflib
+import importlib
+
+from factory.errors import ConfigError
+from filters.base import Filter
+
+REGISTRY: dict[str, str] = {
+    "heuristics": "filters.heuristics",
+    "agreement": "filters.agreement",
+    "exact_dedup": "filters.exact_dedup",
+}
+
+
+def get_filter(slug: str, where: str = "filters") -> Filter:
+    if slug not in REGISTRY:
+        close = difflib.get_close_matches(slug, REGISTRY, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"unknown filter {slug!r} in {where}.{hint} Installed filters: {', '.join(sorted(REGISTRY))}"
+        )
+    flt: Filter = importlib.import_module(REGISTRY[slug]).FILTER
+    return flt
+
+
+def all_filters() -> list[Filter]:
+    return [get_filter(s) for s in sorted(REGISTRY)]

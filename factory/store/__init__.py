@@ -387,13 +387,19 @@ class Store:
         config: dict[str, Any] = orjson.loads(blob)
         return config
 
+    # Rejecting verdicts that count: the recipe's own (no pass) and those of the run's latest filter pass.
+    _LIVE = (
+        "run_id = ? AND NOT keep AND (pass_id IS NULL OR pass_id = "
+        "(SELECT max(pass_id) FROM filter_passes WHERE run_id = verdicts.run_id))"
+    )
+
     def curated_table(self, run_id: str, *, include_rejected: bool = False) -> pa.Table:
         """The curated view: records with no rejecting verdict. With include_rejected, all records plus
         the reasons they were dropped (NULL when kept)."""
         where = "" if include_rejected else "AND v.reasons IS NULL"
         cur = self.con.execute(
             "WITH v AS (SELECT record_id, string_agg(filter || ': ' || coalesce(reason, ''), '; ') AS reasons "
-            "           FROM verdicts WHERE run_id = ? AND NOT keep GROUP BY record_id) "
+            f"           FROM verdicts WHERE {self._LIVE} GROUP BY record_id) "
             "SELECT r.id, r.recipe, r.stage, r.seed_id, r.sample_index, r.text, r.payload, r.parent_ids, "
             "r.request_keys, r.teacher, r.template_version, v.reasons AS dropped_by "
             "FROM records r LEFT JOIN v ON v.record_id = r.id "
@@ -403,12 +409,146 @@ class Store:
         return _arrow(cur)
 
     def verdict_counts(self, run_id: str) -> list[tuple[str, str, int]]:
-        rows = self.con.execute(
-            "SELECT filter, coalesce(reason, ''), count(*) FROM verdicts WHERE run_id = ? AND NOT keep "
+        rows = self._rows(
+            f"SELECT filter, coalesce(reason, ''), count(*) FROM verdicts WHERE {self._LIVE} "
             "GROUP BY ALL ORDER BY 3 DESC",
             [run_id],
-        ).fetchall()
+        )
         return [(str(f), str(r), int(n)) for f, r, n in rows]
+
+    # -- filter passes -----------------------------------------------------------------------------
+    def parse_rejected(self, run_id: str) -> set[str]:
+        rows = self._rows(
+            "SELECT DISTINCT record_id FROM verdicts WHERE run_id = ? AND NOT keep AND pass_id IS NULL",
+            [run_id],
+        )
+        return {r[0] for r in rows}
+
+    def stored_scores(self, run_id: str, filter_slug: str, version: str) -> dict[str, tuple[Any, Any]]:
+        """The latest (score, detail JSON) per record for one filter version."""
+        rows = self._rows(
+            "SELECT record_id, score, detail FROM verdicts "
+            "WHERE run_id = ? AND filter = ? AND filter_version = ? AND pass_id IS NOT NULL "
+            "QUALIFY row_number() OVER (PARTITION BY record_id ORDER BY pass_id DESC) = 1",
+            [run_id, filter_slug, version],
+        )
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def write_pass(self, run_id: str, filters: list[dict[str, Any]], verdicts: list[tuple[Any, ...]]) -> int:
+        """Append a filter pass and its verdicts (record_id, filter, filter_version, keep, score, reason,
+        detail) in one transaction. Returns the pass id."""
+        con = self.con
+        try:
+            _x(con, "BEGIN TRANSACTION")
+            pass_id = int(
+                _x(con, "SELECT coalesce(max(pass_id), 0) + 1 FROM filter_passes WHERE run_id = ?", [run_id])[
+                    0
+                ][0]
+            )
+            _x(con, "INSERT INTO filter_passes (run_id, pass_id, filters) VALUES (?, ?, ?)",
+               [run_id, pass_id, orjson.dumps(filters).decode()])  # fmt: skip
+            if verdicts:
+                cols = list(zip(*verdicts, strict=True))
+                n = len(verdicts)
+                t = pa.table(
+                    {"record_id": pa.array(cols[0], pa.string()), "run_id": pa.array([run_id] * n, pa.string()),
+                     "filter": pa.array(cols[1], pa.string()), "filter_version": pa.array(cols[2], pa.string()),
+                     "keep": pa.array(cols[3], pa.bool_()), "score": pa.array(cols[4], pa.float64()),
+                     "reason": pa.array(cols[5], pa.string()), "detail": pa.array(cols[6], pa.string()),
+                     "pass_id": pa.array([pass_id] * n, pa.int32())}
+                )  # fmt: skip
+                con.register("_batch_pass", t)
+                _x(con,
+                   "INSERT INTO verdicts (record_id, run_id, filter, filter_version, keep, score, reason, detail, "
+                   "pass_id) SELECT * FROM _batch_pass")  # fmt: skip
+                con.unregister("_batch_pass")
+            _x(con, "COMMIT")
+        except duckdb.Error as exc:
+            with contextlib.suppress(duckdb.Error):
+                _x(con, "ROLLBACK")
+            raise StoreError(f"cannot write the filter verdicts to {self.path}: {exc}") from exc
+        return pass_id
+
+    def pass_is_current(self, run_id: str, filters: list[dict[str, Any]]) -> bool:
+        """True when the latest pass applied exactly these filters and no record was added since."""
+        rows = self._rows(
+            "SELECT filters, created_at >= (SELECT max(created_at) FROM records WHERE run_id = ?) "
+            "FROM filter_passes WHERE run_id = ? ORDER BY pass_id DESC LIMIT 1",
+            [run_id, run_id],
+        )
+        return bool(rows) and orjson.loads(rows[0][0]) == filters and bool(rows[0][1])
+
+    def funnel(self, run_id: str) -> dict[str, Any]:
+        """generated → parsed → each filter of the latest pass (in, kept, dropped, top reasons) → curated."""
+        generated = int(self._scalar("SELECT count(*) FROM records WHERE run_id = ?", [run_id]))
+        parsed = generated - len(self.parse_rejected(run_id))
+        steps: list[dict[str, Any]] = []
+        latest = self._rows(
+            "SELECT pass_id, filters FROM filter_passes WHERE run_id = ? ORDER BY pass_id DESC LIMIT 1",
+            [run_id],
+        )
+        if latest:
+            pass_id, blob = latest[0]
+            counts = {
+                f: (int(n), int(k))
+                for f, n, k in self._rows(
+                    "SELECT filter, count(*), count(*) FILTER (WHERE keep) FROM verdicts "
+                    "WHERE run_id = ? AND pass_id = ? GROUP BY filter",
+                    [run_id, pass_id],
+                )
+            }
+            reasons: dict[str, list[dict[str, Any]]] = {}
+            for f, r, n in self._rows(
+                "SELECT filter, reason, n FROM (SELECT filter, coalesce(reason, '') AS reason, count(*) AS n "
+                "FROM verdicts WHERE run_id = ? AND pass_id = ? AND NOT keep GROUP BY 1, 2) "
+                "QUALIFY row_number() OVER (PARTITION BY filter ORDER BY n DESC, reason) <= 3 ORDER BY 1, 3 DESC",
+                [run_id, pass_id],
+            ):
+                reasons.setdefault(f, []).append({"reason": r, "records": int(n)})
+            for spec in orjson.loads(blob):
+                n_in, kept = counts.get(spec["filter"], (0, 0))
+                steps.append({"filter": spec["filter"], "version": spec["version"], "in": n_in, "kept": kept,
+                              "dropped": n_in - kept, "top_reasons": reasons.get(spec["filter"], [])})  # fmt: skip
+        curated = int(
+            self._scalar(
+                "SELECT count(*) FROM records r WHERE r.run_id = ? AND r.id NOT IN "
+                f"(SELECT record_id FROM verdicts WHERE {self._LIVE})",
+                [run_id, run_id],
+            )
+        )
+        return {"generated": generated, "parsed": parsed, "filters": steps, "curated": curated,
+                "pass": latest[0][0] if latest else None}  # fmt: skip
+
+    def earlier_texts(self, run_id: str) -> list[tuple[str, str]]:
+        """(record id in its run, text) of the records of runs created before this one."""
+        rows = self._rows(
+            "SELECT r.run_id || '/' || r.id, r.text FROM records r JOIN runs o ON o.id = r.run_id "
+            "WHERE o.created_at < (SELECT created_at FROM runs WHERE id = ?) ORDER BY o.created_at, r.id",
+            [run_id],
+        )
+        return [(w, t or "") for w, t in rows]
+
+    def why(self, record_id: str) -> dict[str, Any]:
+        """A record and every verdict that bears on it now (its recipe's, and the latest pass's)."""
+        found = self._dicts(
+            "SELECT id, run_id, recipe, stage, seed_id, sample_index, text FROM records WHERE id = ? "
+            "OR starts_with(id, ?) LIMIT 2",
+            [record_id, record_id],
+        )
+        if len(found) != 1:
+            what = "no record" if not found else "more than one record"
+            raise StoreError(
+                f"{what} with id {record_id!r} in {self.path}; ids are in exports and `factory status`"
+            )
+        rec = found[0]
+        rec["verdicts"] = self._dicts(
+            "SELECT filter, filter_version, keep, score, reason, detail, pass_id FROM verdicts "
+            "WHERE record_id = ? AND (pass_id IS NULL OR pass_id = "
+            "(SELECT max(pass_id) FROM filter_passes WHERE run_id = ?)) ORDER BY pass_id NULLS FIRST",
+            [rec["id"], rec["run_id"]],
+        )
+        rec["curated"] = not any(not v["keep"] for v in rec["verdicts"])
+        return rec
 
     def records_table(self, run_id: str) -> pa.Table:
         """The run's records joined with the answers that produced them, as Arrow, in a stable order."""

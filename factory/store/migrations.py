@@ -127,7 +127,26 @@ def m001_initial(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial]
+def m002_filter_passes(con: duckdb.DuckDBPyConnection) -> None:
+    """Filter passes: each `factory filter` (or the filters at the end of `factory run`) appends a pass and
+    one verdict per record and filter, tagged with the pass; the curated view reads the latest pass.
+    Recipe parse verdicts have no pass. ``detail`` holds a filter's evidence as JSON."""
+    con.execute("ALTER TABLE verdicts ADD COLUMN detail VARCHAR")
+    con.execute("ALTER TABLE verdicts ADD COLUMN pass_id INTEGER")
+    con.execute(
+        """
+        CREATE TABLE filter_passes (
+            run_id VARCHAR NOT NULL,
+            pass_id INTEGER NOT NULL,
+            filters JSON NOT NULL,        -- [{filter, version, params}] in order
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            PRIMARY KEY (run_id, pass_id)
+        )
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_filter_passes]
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:

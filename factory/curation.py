@@ -1,0 +1,149 @@
+"""Filter passes: run a run's filter list over its records and append the verdicts to the ledger.
+
+Filters run in the order given, each over the records the ones before it kept (so a judge is not paid for
+duplicates). A row filter's scores are looked up in the ledger first and computed only for records it has
+not scored at this version; a set filter (dedup, diversity) scores the whole set again, from persisted
+artefacts. Decisions are always re-derived, so a new threshold changes the curated set without computing
+anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import yaml
+from pydantic import ValidationError
+
+from factory.errors import ConfigError
+from factory.store import Store
+from filters import get_filter
+from filters.base import Context, Filter, FilterParams, Row, Scored
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    filter: Filter
+    params: FilterParams
+
+    @property
+    def version(self) -> str:
+        return self.filter.version(self.params)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "filter": self.filter.slug,
+            "version": self.version,
+            "params": self.params.model_dump(mode="json"),
+        }
+
+
+def parse_steps(items: list[Any], overrides: list[str] | None = None, where: str = "filters") -> list[Step]:
+    """A filter list as written in YAML (each item a slug, or a one-key mapping slug → params), with
+    ``--set slug.param=value`` overrides applied."""
+    raw: list[tuple[str, dict[str, Any]]] = []
+    for i, item in enumerate(items or []):
+        if isinstance(item, str):
+            raw.append((item, {}))
+        elif isinstance(item, dict) and len(item) == 1:
+            ((slug, params),) = item.items()
+            if params is not None and not isinstance(params, dict):
+                raise ConfigError(f"{where}[{i}]: the params of {slug!r} must be a mapping, not {params!r}")
+            raw.append((str(slug), dict(params or {})))
+        else:
+            raise ConfigError(f"{where}[{i}]: write a filter as `- slug` or `- slug: {{param: value}}`")
+    slugs = [s for s, _ in raw]
+    for dup in {s for s in slugs if slugs.count(s) > 1}:
+        raise ConfigError(f"{where}: filter {dup!r} is listed twice; list each filter once")
+    for ov in overrides or []:
+        key, eq, value = ov.partition("=")
+        slug, dot, param = key.partition(".")
+        if not eq or not dot:
+            raise ConfigError(f"--set {ov!r}: write it as FILTER.PARAM=VALUE, e.g. --set critic.min_score=8")
+        if slug not in slugs:
+            raise ConfigError(
+                f"--set {ov!r}: filter {slug!r} is not in this run's filters ({', '.join(slugs) or 'none'})"
+            )
+        raw[slugs.index(slug)][1][param] = yaml.safe_load(value)
+    steps = []
+    for i, (slug, params) in enumerate(raw):
+        flt = get_filter(slug, where=f"{where}[{i}]")
+        try:
+            steps.append(Step(flt, flt.params.model_validate(params)))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"])
+            if err["type"] == "extra_forbidden":
+                fields = ", ".join(flt.params.model_fields)
+                raise ConfigError(
+                    f"{where}[{i}] {slug}: unknown param {loc!r}; its params are: {fields}"
+                ) from None
+            raise ConfigError(f"{where}[{i}] {slug}.{loc}: {err['msg']}") from None
+    return steps
+
+
+@dataclass(slots=True)
+class PassResult:
+    pass_id: int
+    funnel: dict[str, Any]
+    scored: dict[str, int]  # filter → records scored in this pass (0: all from the ledger)
+
+
+def _rows(store: Store, run_id: str) -> list[Row]:
+    table = store.records_table(run_id)
+    cols = table.to_pydict()
+    return [
+        Row(i, st, sd, si, tx or "", orjson.loads(pl))
+        for i, st, sd, si, tx, pl in zip(
+            cols["id"], cols["stage"], cols["seed_id"], cols["sample_index"], cols["text"], cols["payload"],
+            strict=True,
+        )
+    ]  # fmt: skip
+
+
+async def apply_filters(store: Store, run_id: str, steps: list[Step], *, force: bool = False) -> PassResult:
+    """Append a filter pass, unless the latest one applied the same filters to the same records."""
+    specs = [s.describe() for s in steps]
+    if not force and store.pass_is_current(run_id, specs):
+        funnel = store.funnel(run_id)
+        return PassResult(funnel["pass"], funnel, {})
+    summary = store.run_summary(run_id)
+    ctx = Context(run_id=run_id, recipe=summary["recipe"], earlier_texts=lambda: store.earlier_texts(run_id))
+    rejected = store.parse_rejected(run_id)
+    alive = [r for r in _rows(store, run_id) if r.id not in rejected]
+    verdicts: list[tuple[Any, ...]] = []
+    scored_counts: dict[str, int] = {}
+    for step in steps:
+        flt, version = step.filter, step.version
+        scores: dict[str, Scored] = {}
+        todo = alive
+        if not flt.set_level:
+            for rid, (score, detail) in store.stored_scores(run_id, flt.slug, version).items():
+                d = orjson.loads(detail) if detail else None
+                scores[rid] = Scored(rid, score, d, (d or {}).get("fail"))
+            todo = [r for r in alive if r.id not in scores]
+        fresh = await flt.score(todo, step.params, ctx) if todo else []
+        scored_counts[flt.slug] = len(fresh)
+        for sc in fresh:
+            scores[sc.record_id] = sc
+        kept = []
+        for r in alive:
+            s = scores.get(r.id)
+            if s is None:
+                raise RuntimeError(f"filter {flt.slug} returned no score for record {r.id}")
+            keep, reason = (False, s.fail) if s.fail else step.filter.decide(s, step.params)
+            detail = dict(s.detail or {})
+            if s.fail:
+                detail["fail"] = s.fail
+            verdicts.append((r.id, flt.slug, version, keep, s.score, reason,
+                             orjson.dumps(detail).decode() if detail else None))  # fmt: skip
+            if keep:
+                kept.append(r)
+        log.info("filter %s: %d in, %d kept (%d scored now)", flt.slug, len(alive), len(kept), len(fresh))
+        alive = kept
+    pass_id = store.write_pass(run_id, specs, verdicts)
+    return PassResult(pass_id, store.funnel(run_id), scored_counts)

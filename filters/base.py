@@ -1,0 +1,84 @@
+"""What every filter is: a params model plus two functions.
+
+``score`` computes what is expensive (a judge's score, a similarity, a signature) for the records that reach
+the filter; the ledger keeps it. ``decide`` turns a stored score into keep or drop under the current
+thresholds; it is cheap and pure, so changing a threshold re-derives the curated set from stored scores.
+
+The params a filter lists in ``thresholds`` only change decisions; every other param changes scores, so it is
+part of the filter's version (a new version scores again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from factory.keys import digest
+
+
+class FilterParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """A record as filters read it."""
+
+    id: str
+    stage: str
+    seed_id: str
+    sample_index: int
+    text: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """What a filter measured about one record. ``detail`` is JSON-able evidence (the duplicate's id, the
+    judge's reason, the eval item overlapped); ``fail`` is a hard drop no threshold can undo."""
+
+    record_id: str
+    score: float | None = None
+    detail: dict[str, Any] | None = None
+    fail: str | None = None
+
+
+def _nothing() -> list[tuple[str, str]]:
+    return []
+
+
+@dataclass(slots=True)
+class Context:
+    """What a filter may use besides its rows. Filters never touch the store; they return scores.
+
+    ``earlier_texts()`` gives (where, text) for the records of the store's runs created before this one.
+    """
+
+    run_id: str
+    recipe: str
+    earlier_texts: Callable[[], list[tuple[str, str]]] = _nothing
+    work: dict[str, Any] = field(default_factory=dict)
+
+
+Score = Callable[[list[Row], Any, Context], Awaitable[list[Scored]]]
+Decide = Callable[[Scored, Any], tuple[bool, str | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    slug: str
+    summary: str
+    params: type[FilterParams]
+    code_version: str  # bump when score() changes what it computes
+    score: Score
+    decide: Decide
+    thresholds: tuple[str, ...] = ()
+    set_level: bool = False  # scores depend on the whole set (dedup, diversity): recomputed each pass
+
+    def version(self, params: FilterParams) -> str:
+        """Code version plus the params that change scores; thresholds are left out."""
+        scoring = {k: v for k, v in params.model_dump(mode="json").items() if k not in self.thresholds}
+        return f"{self.code_version}-{digest('flt1', scoring, length=8)}"
