@@ -392,7 +392,9 @@ class Runner:
         while True:
             await asyncio.sleep(self.plan.commit_interval_s)
             try:
-                await self._flush()
+                # Shielded: when the run ends and this task is cancelled mid-commit, the commit of the rows
+                # already swapped out of the batch must still happen (the final flush waits for it).
+                await asyncio.shield(self._flush())
             except StoreError as exc:
                 self._fatal = exc
                 self.stop("failed")

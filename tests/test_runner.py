@@ -206,3 +206,32 @@ def test_roles_configured_alike_share_one_teacher(tmp_path, seeds_file):
     cfg = _roles_cfg(tmp_path, seeds_file, "{a: 'scripted:main', b: 'scripted:other'}", "a")
     roles = api.make_teachers(api.prepare(cfg))
     assert roles["a"] is roles["default"] and roles["b"] is not roles["a"]
+
+
+def test_a_commit_in_progress_when_the_run_ends_is_not_lost(tmp_path, seeds_file, monkeypatch):
+    """The periodic commit may be queued behind a cache look-up on the store thread when the last seed
+    finishes; the end of the run must wait for it, not cancel it."""
+    import time as _time
+
+    def cfg(name):
+        return write_config(
+            tmp_path,
+            f"name: {name}\nrecipe: rationales\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\n"
+            f"teacher: scripted:x\nparams: {{k: 3}}\nrunner: {{commit_interval_s: 0.01, max_seeds_in_flight: 1}}\n",
+            name=f"{name}.yaml",
+        )
+
+    _run(cfg("first"), _teacher())  # fills the cache: later runs look every request up
+    real_lookup = Store.lookup
+
+    def slow_lookup(self, keys):
+        _time.sleep(0.02)
+        return real_lookup(self, keys)
+
+    monkeypatch.setattr(Store, "lookup", slow_lookup)
+    for attempt in range(6):
+        res = _run(cfg(f"again{attempt}"), _teacher())
+        with Store(tmp_path / "s.duckdb", read_only=True) as st:
+            stored = st.run_summary(res.run_id)
+        assert res.progress.records == 24 and res.progress.cache_hits == 24
+        assert (stored["records_total"], stored["seeds_done"]) == (24, 8), attempt
