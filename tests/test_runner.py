@@ -195,7 +195,7 @@ def test_a_role_missing_from_the_config_is_a_config_error(tmp_path, seeds_file):
     from factory.errors import ConfigError
 
     cfg = _roles_cfg(tmp_path, seeds_file, "{other: 'scripted:big'}", "strong")
-    with pytest.raises(ConfigError, match="teacher role 'strong'.*teachers:"):
+    with pytest.raises(ConfigError, match=r"teacher role 'strong'.*teachers:"):
         api.prepare(cfg)
     bad = _roles_cfg(tmp_path, seeds_file, "{Default: 'scripted:big'}", "default")
     with pytest.raises(ConfigError, match="snake_case"):
