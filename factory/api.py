@@ -74,7 +74,10 @@ def prepare(config: str | Path | RunConfig, *, store: str | None = None) -> Prep
             )
     seeds = load_seeds(cfg.path(cfg.seeds), recipe.required_fields(params))
     if recipe.bind is not None:
-        state = recipe.bind(state, seeds)
+        try:
+            state = recipe.bind(state, seeds)
+        except ConfigError as exc:
+            raise ConfigError(f"{cfg.seeds}: {exc}") from None
     run_id = run_id_for(
         cfg, seeds_digest(seeds), params.model_dump(mode="json"), str(getattr(state, "version", ""))
     )

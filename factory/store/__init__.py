@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from factory.errors import StoreError, StoreInUse
 from factory.store.journal import Journal, journal_dir, read_segments
-from factory.store.migrations import migrate
+from factory.store.migrations import migrate, pending_migrations
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,12 @@ class Store:
         except duckdb.Error as exc:
             raise StoreError(f"cannot open the store {self.path}: {exc}. Is it a DuckDB file?") from exc
         _warm_arrow()
+        if read_only and pending_migrations(self.con):
+            # A store written by an older version: bring it up to date once (briefly opening it for writing),
+            # then read it as asked.
+            self.con.close()
+            Store(self.path).close()
+            self.con = duckdb.connect(str(self.path), read_only=True)
         if not read_only:
             # Fewer, larger checkpoints while ingesting; the WAL is replayed on open after a crash.
             _x(self.con, "SET checkpoint_threshold = '256MB'")

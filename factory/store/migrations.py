@@ -149,6 +149,15 @@ def m002_filter_passes(con: duckdb.DuckDBPyConnection) -> None:
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_filter_passes]
 
 
+def pending_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Names of the migrations this store lacks (read-only safe)."""
+    try:
+        done = {r[0] for r in con.execute("SELECT name FROM _migrations").fetchall()}
+    except duckdb.CatalogException:
+        return [fn.__name__ for fn in MIGRATIONS]
+    return [fn.__name__ for fn in MIGRATIONS if fn.__name__ not in done]
+
+
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Apply pending migrations, each in its own transaction. Returns the names applied."""
     con.execute(

@@ -99,6 +99,9 @@ class VLLMTeacher(LocalEngineTeacher):
         # vLLM logs hundreds of lines at INFO while it starts; our progress bar says what matters.
         # Set VLLM_LOGGING_LEVEL yourself to see them.
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        # vLLM's own handler writes to stdout, which would mix its warnings into `factory run --json`;
+        # unconfigured, its records go through Python logging to stderr.
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
         try:
             from vllm import LLM
         except ImportError as exc:
