@@ -11,6 +11,8 @@ from recipes.base import Recipe
 REGISTRY: dict[str, str] = {
     "rationales": "recipes.rationales",
     "prompt": "recipes.prompt",
+    "boundary": "recipes.boundary",
+    "relabel": "recipes.relabel",
 }
 
 
