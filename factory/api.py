@@ -84,6 +84,13 @@ def prepare(config: str | Path | RunConfig, *, store: str | None = None) -> Prep
     from factory.curation import parse_steps
 
     steps = parse_steps(cfg.filters)
+    for i, step in enumerate(steps):
+        role = getattr(step.params, "teacher", None) if step.filter.uses_teacher else None
+        if role is not None and role not in roles:
+            raise ConfigError(
+                f"filters[{i}] {step.filter.slug}: teacher role {role!r} is not defined; add it under `teachers:` "
+                f"(defined roles: {', '.join(roles)})"
+            )
     prep = Prepared(cfg, recipe, params, state, seeds, run_id, cfg.store_path(store), steps)
     _first_stage_requests(prep, limit=CHECK_RENDER_SEEDS)  # template errors surface before any store write
     return prep
@@ -144,11 +151,12 @@ def run_sync(coro: Any) -> Any:
         return pool.submit(_loop_runner(), coro).result()
 
 
-def make_teachers(prep: Prepared, given: dict[str, Teacher] | None = None) -> dict[str, Teacher]:
+def make_teachers(prep: Prepared | RunConfig, given: dict[str, Teacher] | None = None) -> dict[str, Teacher]:
     """One teacher per role; roles configured alike share one instance (one engine, one connection pool)."""
+    cfg = prep.config if isinstance(prep, Prepared) else prep
     out = dict(given or {})
     alike: dict[str, Teacher] = {}
-    for role, tc in prep.config.roles().items():
+    for role, tc in cfg.roles().items():
         if role in out:
             continue
         opts = tc.backend_options()
@@ -281,13 +289,30 @@ async def run_async(
         if prep.filters and result.status == "done":
             from factory.curation import apply_filters
 
-            result.curation = await apply_filters(st, prep.run_id, prep.filters)
+            result.curation = await apply_filters(st, prep.run_id, prep.filters, teachers=roles)
         return result
     finally:
         for t in own_teachers.values():
             await t.aclose()
         if own_store:
             st.close()
+
+
+async def filter_run(store: Store, run_id: str, steps: list[Any], *, force: bool = True) -> Any:
+    """Apply filter steps to a stored run; teachers (for judges) are built from the run's stored config."""
+    from factory.config import parse_config
+    from factory.curation import apply_filters
+
+    teachers: dict[str, Teacher] = {}
+    if any(s.filter.uses_teacher for s in steps):
+        stored = store.run_config(run_id)
+        cfg = parse_config(stored, source=f"the stored config of {run_id}", base_dir=Path("."))
+        teachers = make_teachers(cfg)
+    try:
+        return await apply_filters(store, run_id, steps, teachers=teachers, force=force)
+    finally:
+        for t in {id(t): t for t in teachers.values()}.values():
+            await t.aclose()
 
 
 def run(config: str | Path | RunConfig, **kwargs: Any) -> Result:

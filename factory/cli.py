@@ -182,7 +182,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_filter(args: argparse.Namespace) -> int:
     from factory import api
     from factory.config import load_config
-    from factory.curation import apply_filters, parse_steps
+    from factory.curation import parse_steps
 
     with _store_for(args, write=True) as st:
         run_id = st.resolve_run(args.run)
@@ -193,7 +193,7 @@ def cmd_filter(args: argparse.Namespace) -> int:
         steps = parse_steps(items, args.set, where=where)
         if not steps:
             raise ConfigError(f"{where}: no filters to apply; list some in the config (or pass --config)")
-        res = api.run_sync(apply_filters(st, run_id, steps, force=True))
+        res = api.run_sync(api.filter_run(st, run_id, steps))
     if args.json:
         print(json.dumps({"run_id": run_id, "pass": res.pass_id, "scored": res.scored, "funnel": res.funnel}))
         return 0

@@ -9,8 +9,10 @@ anything.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -18,7 +20,9 @@ import yaml
 from pydantic import ValidationError
 
 from factory.errors import ConfigError
+from factory.runner import Plan, Runner
 from factory.store import Store
+from factory.teachers.base import Teacher
 from filters import get_filter
 from filters.base import Context, Filter, FilterParams, Row, Scored
 
@@ -86,6 +90,13 @@ def parse_steps(items: list[Any], overrides: list[str] | None = None, where: str
     return steps
 
 
+def _judge_runner(store: Store, run_id: str, recipe: str, teachers: dict[str, Teacher]) -> Runner:
+    from recipes import get_recipe
+
+    plan = Plan(run_id=run_id, recipe=get_recipe(recipe), state=None, seeds=[])
+    return Runner(store, teachers, plan, store.open_invocation(run_id, "filtering"))
+
+
 @dataclass(slots=True)
 class PassResult:
     pass_id: int
@@ -105,14 +116,43 @@ def _rows(store: Store, run_id: str) -> list[Row]:
     ]  # fmt: skip
 
 
-async def apply_filters(store: Store, run_id: str, steps: list[Step], *, force: bool = False) -> PassResult:
-    """Append a filter pass, unless the latest one applied the same filters to the same records."""
+def filters_dir(store: Store) -> Path:
+    """Where filters persist what they derive (signatures, embeddings): a folder beside the store."""
+    return store.path.with_name(store.path.name + ".filters")
+
+
+async def apply_filters(
+    store: Store,
+    run_id: str,
+    steps: list[Step],
+    *,
+    teachers: dict[str, Teacher] | None = None,
+    force: bool = False,
+) -> PassResult:
+    """Append a filter pass, unless the latest one applied the same filters to the same records.
+    ``teachers`` (by role) serve filters that ask a teacher; their calls go through the request cache."""
     specs = [s.describe() for s in steps]
     if not force and store.pass_is_current(run_id, specs):
         funnel = store.funnel(run_id)
         return PassResult(funnel["pass"], funnel, {})
     summary = store.run_summary(run_id)
-    ctx = Context(run_id=run_id, recipe=summary["recipe"], earlier_texts=lambda: store.earlier_texts(run_id))
+    ctx = Context(run_id=run_id, recipe=summary["recipe"], earlier_texts=lambda: store.earlier_texts(run_id),
+                  cache_dir=filters_dir(store))  # fmt: skip
+    async with contextlib.AsyncExitStack() as stack:
+        return await _pass(store, run_id, steps, specs, ctx, stack, teachers or {}, summary["recipe"])
+
+
+async def _pass(
+    store: Store,
+    run_id: str,
+    steps: list[Step],
+    specs: list[dict[str, Any]],
+    ctx: Context,
+    stack: contextlib.AsyncExitStack,
+    teachers: dict[str, Teacher],
+    recipe: str,
+) -> PassResult:
+    runner: Runner | None = None
     rejected = store.parse_rejected(run_id)
     alive = [r for r in _rows(store, run_id) if r.id not in rejected]
     verdicts: list[tuple[Any, ...]] = []
@@ -126,6 +166,13 @@ async def apply_filters(store: Store, run_id: str, steps: list[Step], *, force: 
                 d = orjson.loads(detail) if detail else None
                 scores[rid] = Scored(rid, score, d, (d or {}).get("fail"))
             todo = [r for r in alive if r.id not in scores]
+        if todo and flt.uses_teacher and runner is None:
+            if "default" not in teachers:
+                raise ConfigError(f"filter {flt.slug} asks a teacher, and none was given for this run")
+            runner = _judge_runner(store, run_id, recipe, teachers)
+            stack.callback(runner.finish_session, "done")  # after the session's last commit (LIFO)
+            await stack.enter_async_context(runner.session())
+            ctx.generate = runner.generate
         fresh = await flt.score(todo, step.params, ctx) if todo else []
         scored_counts[flt.slug] = len(fresh)
         for sc in fresh:

@@ -9,10 +9,11 @@ request already answered is served from the cache.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,6 +137,7 @@ class Runner:
         self._fatal: BaseException | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="factory-store")
         self._flush_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._journal = store.journal()
         self._lookup: MicroBatcher[str, dict[str, Any] | None] = MicroBatcher(
             self._lookup_batch, max_batch=2048
@@ -163,22 +165,39 @@ class Runner:
             for t in list(self._tasks):
                 t.cancel()
 
-    async def run(self) -> Result:
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[None]:
+        """Cache look-ups, the journal and commits every ``commit_interval_s`` for the generate() calls made
+        inside; on the way out everything answered is committed."""
         loop = asyncio.get_running_loop()
-        self._tasks: set[asyncio.Task[None]] = set()
         for lane in {id(x): x for x in self._lanes.values()}.values():
             n = await loop.run_in_executor(self._executor, self.store.count_cache, lane.name)
             lane.skip_lookup = n == 0
         # keys committed during this run must be looked up again by lanes that otherwise skip look-ups
         self._track_committed = any(lane.skip_lookup for lane in self._lanes.values())
-        done = await loop.run_in_executor(self._executor, self.store.done_seeds, self.plan.run_id)
-        pending = [s for s in self.plan.seeds if s.id not in done]
-        self.seeds_done = len(self.plan.seeds) - len(pending)
-        self._resumed_done = self.seeds_done
-        log.info("run %s: %d seeds, %d already done", self.plan.run_id, len(self.plan.seeds), self.seeds_done)
         flusher = loop.create_task(self._flush_every())
-        window = asyncio.Semaphore(self.plan.max_seeds_in_flight)
         try:
+            yield
+        finally:
+            flusher.cancel()
+            try:
+                await self._flush()
+            except StoreError as exc:
+                self._fatal = self._fatal or exc
+            self._executor.shutdown(wait=True)
+            self._journal.close()
+
+    async def run(self) -> Result:
+        loop = asyncio.get_running_loop()
+        async with self.session():
+            done = await loop.run_in_executor(self._executor, self.store.done_seeds, self.plan.run_id)
+            pending = [s for s in self.plan.seeds if s.id not in done]
+            self.seeds_done = len(self.plan.seeds) - len(pending)
+            self._resumed_done = self.seeds_done
+            log.info(
+                "run %s: %d seeds, %d already done", self.plan.run_id, len(self.plan.seeds), self.seeds_done
+            )
+            window = asyncio.Semaphore(self.plan.max_seeds_in_flight)
             for seed in pending:
                 await window.acquire()
                 if self._stopping:
@@ -190,14 +209,6 @@ class Runner:
                 task.add_done_callback(lambda _t: window.release())
             while self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        finally:
-            flusher.cancel()
-            try:
-                await self._flush()
-            except StoreError as exc:
-                self._fatal = self._fatal or exc
-            self._executor.shutdown(wait=True)
-            self._journal.close()
         if self._fatal is not None:
             status = "failed"
         elif self._stopping:
@@ -209,6 +220,13 @@ class Runner:
         return Result(
             self.plan.run_id, status, self.snapshot(), str(self._fatal) if self._fatal else None, code
         )
+
+    def finish_session(self, status: str) -> None:
+        """Record this invocation's counters (a session used outside run(), e.g. by a filter)."""
+        try:
+            self.store.commit(Batch(stats=self.stats(status)))
+        except StoreError as exc:
+            log.error("could not record the counters: %s", exc)
 
     def _write_status(self, status: str) -> None:
         try:

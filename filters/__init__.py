@@ -15,6 +15,7 @@ REGISTRY: dict[str, str] = {
     "heuristics": "filters.heuristics",
     "agreement": "filters.agreement",
     "exact_dedup": "filters.exact_dedup",
+    "critic": "filters.critic",
 }
 
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from factory.keys import digest
+from recipes.base import Generate
 
 
 class FilterParams(BaseModel):
@@ -55,12 +57,18 @@ class Context:
     """What a filter may use besides its rows. Filters never touch the store; they return scores.
 
     ``earlier_texts()`` gives (where, text) for the records of the store's runs created before this one.
+    ``cache_dir`` is a folder next to the store where filters persist derived artefacts (embeddings) across
+    passes and runs; None: nothing is persisted.
     """
 
     run_id: str
     recipe: str
     earlier_texts: Callable[[], list[tuple[str, str]]] = _nothing
+    # For filters that ask a teacher (``uses_teacher``): requests go through the run's request cache, so a
+    # judgement is paid for once; ``teacher=`` names a role of the run config.
+    generate: Generate | None = None
     work: dict[str, Any] = field(default_factory=dict)
+    cache_dir: Path | None = None
 
 
 Score = Callable[[list[Row], Any, Context], Awaitable[list[Scored]]]
@@ -77,6 +85,7 @@ class Filter:
     decide: Decide
     thresholds: tuple[str, ...] = ()
     set_level: bool = False  # scores depend on the whole set (dedup, diversity): recomputed each pass
+    uses_teacher: bool = False  # score() calls ctx.generate (a judge)
 
     def version(self, params: FilterParams) -> str:
         """Code version plus the params that change scores; thresholds are left out."""

@@ -270,15 +270,27 @@ class Store:
             "ON CONFLICT (id) DO UPDATE SET status = 'running', updated_at = now(), factory_version = excluded.factory_version",
             [run_id, name, recipe, teacher, orjson.dumps(config).decode(), config_hash, version],
         )
+        invocation = self._new_invocation(run_id, "running")
+        _x(self.con, "COMMIT")
+        return invocation
+
+    def _new_invocation(self, run_id: str, status: str) -> int:
         rows = _x(
             self.con, "SELECT coalesce(max(invocation), 0) + 1 FROM run_stats WHERE run_id = ?", [run_id]
         )
         invocation = int(rows[0][0]) if rows else 1
         _x(
             self.con,
-            "INSERT INTO run_stats (run_id, invocation, failures, status) VALUES (?, ?, '{}', 'running')",
-            [run_id, invocation],
+            "INSERT INTO run_stats (run_id, invocation, failures, status) VALUES (?, ?, '{}', ?)",
+            [run_id, invocation, status],
         )
+        return invocation
+
+    def open_invocation(self, run_id: str, status: str) -> int:
+        """A new invocation of an existing run for work besides generation (a filter that calls a teacher),
+        so its requests and tokens count in the run's totals."""
+        _x(self.con, "BEGIN TRANSACTION")
+        invocation = self._new_invocation(run_id, status)
         _x(self.con, "COMMIT")
         return invocation
 
