@@ -87,6 +87,10 @@ class VLLMTeacher(LocalEngineTeacher):
             "dtype": _cpu_dtype() if self.dtype == "auto" else self.dtype,
             "seed": self.seed,
         }
+        if _on_cpu():
+            # vLLM's CPU runner fails a whole batch ("CPU Generator does not use offset") when a seeded
+            # request's prompt is prefilled in chunks; whole prompts per step avoid it.
+            kwargs["enable_chunked_prefill"] = False
         kwargs.update(self.engine_args)
         return kwargs
 
@@ -223,6 +227,15 @@ class VLLMTeacher(LocalEngineTeacher):
             log.debug("vLLM engine shutdown: %r", exc)
         del llm
         gc.collect()
+
+
+def _on_cpu() -> bool:
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+    except Exception:  # an engine that cannot say: leave vLLM's defaults alone
+        return False
 
 
 def _cpu_dtype() -> str:
