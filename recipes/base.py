@@ -25,6 +25,13 @@ class Generate(Protocol):
     def __call__(self, request: Request, /, *, teacher: str = "default") -> Awaitable[Completion]: ...
 
 
+def sample_seed(tag: str, *parts: Any) -> int:
+    """A sampling seed derived from the base seed and what identifies one sample (its prompt or seed id and
+    its index). Not ``base + i``: then every prompt's i-th sample shares one noise stream, and a weak teacher
+    writes near-identical text for different prompts."""
+    return int(digest(tag, list(parts), length=8), 16) % 2**31
+
+
 def _no_roles(params: Any) -> list[str]:
     return []
 

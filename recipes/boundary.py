@@ -31,7 +31,7 @@ from factory.errors import ConfigError, TeacherRejected
 from factory.keys import digest
 from factory.seeds import Seed
 from factory.types import Completion, Request, Sampling
-from recipes.base import Draft, Generate, Params, Recipe, Template, template_path
+from recipes.base import Draft, Generate, Params, Recipe, Template, sample_seed, template_path
 from recipes.boundary_text import match_label, norm_label, parse_numbered_list
 
 __all__ = ["RECIPE", "BoundaryParams", "State", "bind", "match_label", "parse_numbered_list", "process"]
@@ -271,7 +271,7 @@ def generation_request(state: State, a: ClassInfo, partner: str, alpha: float, i
         alpha=alpha, a_pct=a_pct, b_pct=100 - a_pct, n=p.n_per_prompt,
     )  # fmt: skip
     # a sampling seed per (class, prompt): with one shared seed, similar prompts start alike
-    seed = int(digest("bseed1", [p.seed, a.seed_id, index], length=8), 16) & 0x7FFFFFFF
+    seed = sample_seed("bseed1", p.seed, a.seed_id, index)
     sampling = Sampling(temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens, seed=seed)
     return Request(_messages(p.system, prompt), sampling, sample_index=index)
 

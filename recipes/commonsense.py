@@ -26,7 +26,7 @@ from factory.errors import ConfigError
 from factory.keys import digest
 from factory.seeds import Seed
 from factory.types import Completion, Request, Sampling
-from recipes.base import TEMPLATES, Draft, Generate, Params, Recipe, Template
+from recipes.base import TEMPLATES, Draft, Generate, Params, Recipe, Template, sample_seed
 
 EVENTS, TAILS = "events", "tails"
 T = TypeVar("T")
@@ -242,7 +242,7 @@ def _event_prompt(state: State, event: str, i: int) -> str:
 def _sampling(p: CommonsenseParams, temperature: float, prompt: str, i: int) -> Sampling:
     """The seed mixes the prompt in: with ``seed + i`` every prompt's sample i shares one noise stream, and
     a weak teacher then writes the same text for different events (seen with the embedded model)."""
-    seed = int(digest("cs-seed1", [p.seed, prompt, i], length=8), 16) % 2**31
+    seed = sample_seed("cs-seed1", p.seed, prompt, i)
     return Sampling(temperature, p.top_p, p.max_tokens, stop=tuple(p.stop), seed=seed)
 
 

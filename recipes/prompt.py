@@ -15,7 +15,7 @@ from pydantic import Field
 
 from factory.seeds import Seed
 from factory.types import Request, Sampling
-from recipes.base import Draft, Generate, Params, Recipe, Template
+from recipes.base import Draft, Generate, Params, Recipe, Template, sample_seed
 
 STAGE = "completion"
 
@@ -28,7 +28,9 @@ class PromptParams(Params):
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(256, ge=1, le=32768)
-    seed: int = Field(0, description="Base sampling seed; sample i uses seed + i.")
+    seed: int = Field(
+        0, description="Base sampling seed; each sample's seed derives from it, the prompt and i."
+    )
     teacher: str = Field("default", description="Teacher role the prompts go to (a key of `teachers:`).")
     required: list[str] = Field(
         default_factory=lambda: ["text"], description="Seed fields every row must have."
@@ -58,7 +60,13 @@ async def process(seed: Seed, state: State, generate: Generate) -> list[Draft]:
         {"role": "user", "content": prompt}
     ]
     reqs = [
-        Request(tuple(msgs), Sampling(p.temperature, p.top_p, p.max_tokens, seed=p.seed + i), sample_index=i)
+        Request(
+            tuple(msgs),
+            Sampling(
+                p.temperature, p.top_p, p.max_tokens, seed=sample_seed("prompt-seed1", p.seed, prompt, i)
+            ),
+            sample_index=i,
+        )
         for i in range(p.n)
     ]
     if len(reqs) == 1:

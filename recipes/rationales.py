@@ -23,7 +23,7 @@ from factory.errors import ConfigError
 from factory.keys import digest
 from factory.seeds import Seed
 from factory.types import Request, Sampling
-from recipes.base import TEMPLATES, Draft, Generate, Params, Recipe, Template, template_path
+from recipes.base import TEMPLATES, Draft, Generate, Params, Recipe, Template, sample_seed, template_path
 
 STAGE = "rationale"
 
@@ -33,7 +33,9 @@ class RationalesParams(Params):
     temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of each sample.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_tokens: int = Field(256, ge=1, le=32768, description="Output token cap per sample.")
-    seed: int = Field(0, description="Base sampling seed; sample i uses seed + i.")
+    seed: int = Field(
+        0, description="Base sampling seed; each sample's seed derives from it, the question and i."
+    )
     stop: list[str] = Field(
         default_factory=lambda: ["\nQuestion:"],
         description="Stop sequences; the default ends the answer before a model invents the next few-shot question.",
@@ -138,7 +140,7 @@ def build_requests(seed: Seed, state: State) -> list[Request]:
                 top_p=p.top_p,
                 max_tokens=p.max_tokens,
                 stop=tuple(p.stop),
-                seed=p.seed + i,
+                seed=sample_seed("rat-seed1", p.seed, prompt, i),
             ),
             sample_index=i,
         )

@@ -37,7 +37,7 @@ from factory.errors import ConfigError
 from factory.keys import digest
 from factory.seeds import Seed
 from factory.types import Completion, Request, Sampling
-from recipes.base import Draft, Generate, Params, Recipe, Template, template_path
+from recipes.base import Draft, Generate, Params, Recipe, Template, sample_seed, template_path
 
 STAGE = "label"
 
@@ -264,7 +264,7 @@ def prepare(params: RelabelParams, resolve: Callable[[str], Path]) -> State:
 def sampling_seed(base: int, seed_id: str, index: int) -> int:
     """Turn ``index`` of one text. Not ``base + index``: the same seeds on every text make a small model's
     samples alike across texts (its k-th vote starts the same way everywhere), so votes would correlate."""
-    return int(digest("relabel-seed", [base, seed_id, index], length=8), 16) & 0x7FFFFFFF
+    return sample_seed("relabel-seed", base, seed_id, index)
 
 
 def _request(
