@@ -83,12 +83,12 @@ def prepare(config: str | Path | RunConfig, *, store: str | None = None) -> Prep
     )
     from factory.curation import parse_steps
 
-    steps = parse_steps(cfg.filters)
+    steps = parse_steps(cfg.filters, resolve=cfg.path)
     for i, step in enumerate(steps):
-        role = getattr(step.params, "teacher", None) if step.filter.uses_teacher else None
-        if role is not None and role not in roles:
+        judge = getattr(step.params, "teacher", None) if step.filter.uses_teacher else None
+        if judge is not None and judge not in roles:
             raise ConfigError(
-                f"filters[{i}] {step.filter.slug}: teacher role {role!r} is not defined; add it under `teachers:` "
+                f"filters[{i}] {step.filter.slug}: teacher role {judge!r} is not defined; add it under `teachers:` "
                 f"(defined roles: {', '.join(roles)})"
             )
     prep = Prepared(cfg, recipe, params, state, seeds, run_id, cfg.store_path(store), steps)

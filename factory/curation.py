@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,9 +47,16 @@ class Step:
         }
 
 
-def parse_steps(items: list[Any], overrides: list[str] | None = None, where: str = "filters") -> list[Step]:
+def parse_steps(
+    items: list[Any],
+    overrides: list[str] | None = None,
+    where: str = "filters",
+    resolve: Callable[[str], Path] | None = None,
+) -> list[Step]:
     """A filter list as written in YAML (each item a slug, or a one-key mapping slug → params), with
-    ``--set slug.param=value`` overrides applied."""
+    ``--set slug.param=value`` overrides applied. ``resolve`` turns relative path params into paths (against
+    the config's folder); the items are updated in place with the resolved paths, so a stored config keeps
+    meaning the same files."""
     raw: list[tuple[str, dict[str, Any]]] = []
     for i, item in enumerate(items or []):
         if isinstance(item, str):
@@ -76,6 +84,15 @@ def parse_steps(items: list[Any], overrides: list[str] | None = None, where: str
     steps = []
     for i, (slug, params) in enumerate(raw):
         flt = get_filter(slug, where=f"{where}[{i}]")
+        if resolve is not None:
+            for name in flt.path_params:
+                given = params.get(name)
+                if isinstance(given, str):
+                    params[name] = str(resolve(given).resolve())
+                elif isinstance(given, list):
+                    params[name] = [str(resolve(v).resolve()) if isinstance(v, str) else v for v in given]
+            if items and isinstance(items[i], dict):
+                items[i] = {slug: params}
         try:
             steps.append(Step(flt, flt.params.model_validate(params)))
         except ValidationError as exc:

@@ -15,7 +15,10 @@ REGISTRY: dict[str, str] = {
     "heuristics": "filters.heuristics",
     "agreement": "filters.agreement",
     "exact_dedup": "filters.exact_dedup",
+    "minhash_dedup": "filters.minhash_dedup",
+    "decontaminate": "filters.decontaminate",
     "critic": "filters.critic",
+    "trained_critic": "filters.trained_critic",
 }
 
 

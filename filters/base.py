@@ -86,8 +86,16 @@ class Filter:
     thresholds: tuple[str, ...] = ()
     set_level: bool = False  # scores depend on the whole set (dedup, diversity): recomputed each pass
     uses_teacher: bool = False  # score() calls ctx.generate (a judge)
+    # Params that are file paths: relative ones resolve against the run config's folder.
+    path_params: tuple[str, ...] = ()
+    # What else scores depend on (e.g. the content of a labeled file): part of the version.
+    fingerprint: Callable[[Any], Any] | None = None
 
     def version(self, params: FilterParams) -> str:
-        """Code version plus the params that change scores; thresholds are left out."""
-        scoring = {k: v for k, v in params.model_dump(mode="json").items() if k not in self.thresholds}
+        """Code version plus the params that change scores (thresholds are left out) and the fingerprint."""
+        scoring: dict[str, Any] = {
+            k: v for k, v in params.model_dump(mode="json").items() if k not in self.thresholds
+        }
+        if self.fingerprint is not None:
+            scoring["_fingerprint"] = self.fingerprint(params)
         return f"{self.code_version}-{digest('flt1', scoring, length=8)}"

@@ -147,4 +147,9 @@ FILTER = Filter(
     decide=decide,
     thresholds=("min_score",),
     uses_teacher=True,
+    path_params=("rubric",),
+    # a user rubric's text is part of the version: editing it judges again (shipped ones follow code_version)
+    fingerprint=lambda p: (
+        Path(p.rubric).read_text(encoding="utf-8") if p.rubric and Path(p.rubric).is_file() else None
+    ),
 )

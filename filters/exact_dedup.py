@@ -93,4 +93,5 @@ FILTER = Filter(
     score=score,
     decide=decide,
     set_level=True,
+    path_params=("against",),
 )
