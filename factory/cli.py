@@ -236,8 +236,8 @@ def cmd_filters(args: argparse.Namespace) -> int:
         if args.verbose:
             for name, fld in f.params.model_fields.items():
                 kind = "threshold" if name in f.thresholds else "scoring"
-                default = fld.get_default(call_default_factory=True)
-                print(f"{'':<14}   {name} = {default!r} ({kind}): {fld.description or ''}")
+                default = "required" if fld.is_required() else repr(fld.get_default(call_default_factory=True))
+                print(f"{'':<14}   {name} = {default} ({kind}): {fld.description or ''}")
     return 0
 
 
@@ -272,9 +272,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
             print(f"{'':<14} seeds:   {r.seed_format}")
             print(f"{'':<14} records: {r.record_format}")
             for name, f in r.params.model_fields.items():
-                print(
-                    f"{'':<14}   {name} = {f.get_default(call_default_factory=True)!r}: {f.description or ''}"
-                )
+                default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
+                print(f"{'':<14}   {name} = {default}: {f.description or ''}")
     return 0
 
 

@@ -34,10 +34,11 @@ log = logging.getLogger(__name__)
 class Step:
     filter: Filter
     params: FilterParams
+    version: str = ""  # computed once: a fingerprint may read files
 
-    @property
-    def version(self) -> str:
-        return self.filter.version(self.params)
+    def __post_init__(self) -> None:
+        if not self.version:
+            object.__setattr__(self, "version", self.filter.version(self.params))
 
     def describe(self) -> dict[str, Any]:
         return {
