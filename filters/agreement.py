@@ -31,9 +31,9 @@ async def score(rows: list[Row], params: AgreementParams, ctx: Context) -> list[
         if "agrees_with_gold" in p or "vote_share" in p:  # rationales
             detail = {"gold": p.get("gold") is not None, "agrees_with_gold": p.get("agrees_with_gold")}
             value = float(p.get("vote_share") or 0.0)
-        elif "verified" in p:  # program_rationales
-            detail = {"verified": bool(p.get("verified"))}
-            value = 1.0 if p.get("verified") else 0.0
+        elif "verified" in p:  # program_rationales; null: no gold to check against
+            detail = {"verified": p.get("verified")}
+            value = None if p.get("verified") is None else (1.0 if p.get("verified") else 0.0)
         elif "confidence" in p:  # relabel
             value = float(p.get("confidence") or 0.0)
         elif "relabel_agreed" in p:  # boundary
@@ -52,7 +52,7 @@ def decide(s: Scored, params: AgreementParams) -> tuple[bool, str | None]:
             return False, f"vote share below {params.min_vote_share:g}"
         return True, None
     if "verified" in d:
-        return (True, None) if d["verified"] else (False, "executed answer not verified")
+        return (False, "executed answer not verified") if d["verified"] is False else (True, None)
     if "relabel_agreed" in d:
         if params.require_relabel_agreement and not d["relabel_agreed"]:
             return False, "teacher relabelled it as another class"

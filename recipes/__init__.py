@@ -11,6 +11,7 @@ from recipes.base import Recipe
 REGISTRY: dict[str, str] = {
     "rationales": "recipes.rationales",
     "prompt": "recipes.prompt",
+    "program_rationales": "recipes.program_rationales",
     "commonsense": "recipes.commonsense",
     "boundary": "recipes.boundary",
     "relabel": "recipes.relabel",
