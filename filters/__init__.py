@@ -19,6 +19,8 @@ REGISTRY: dict[str, str] = {
     "decontaminate": "filters.decontaminate",
     "critic": "filters.critic",
     "trained_critic": "filters.trained_critic",
+    "embed_dedup": "filters.embed_dedup",
+    "diversity": "filters.diversity",
 }
 
 
