@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
 
 from factory import __version__
-from factory.config import RunConfig, load_config, run_id_for
+from factory.config import RunConfig, load_config, run_id_for, validate_params
 from factory.errors import ConfigError, FactoryError
 from factory.keys import digest, request_key
 from factory.runner import Budget, Plan, Progress, Result, Runner
@@ -52,17 +51,9 @@ class Prepared:
 def prepare(config: str | Path | RunConfig, *, store: str | None = None) -> Prepared:
     cfg = config if isinstance(config, RunConfig) else load_config(config)
     recipe = get_recipe(cfg.recipe)
-    try:
-        params = recipe.params.model_validate(cfg.params)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        if err["type"] == "extra_forbidden":
-            fields = ", ".join(recipe.params.model_fields)
-            raise ConfigError(
-                f"params: unknown field {loc!r} for recipe {recipe.slug!r}; its fields are: {fields}"
-            ) from None
-        raise ConfigError(f"params.{loc}: {err['msg']}") from None
+    params = validate_params(
+        recipe.params, cfg.params, prefix="params", owner=f"recipe {recipe.slug!r}", noun="field"
+    )
     state = recipe.prepare(params, cfg.path)
     roles = cfg.roles()
     for role in recipe.teacher_roles(params):

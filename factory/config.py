@@ -164,6 +164,24 @@ class RunConfig(Strict):
         return out
 
 
+def validate_params(
+    model: type[BaseModel], data: dict[str, Any], *, prefix: str, owner: str, noun: str
+) -> Any:
+    """A recipe's or filter's params, validated strictly: one ConfigError that names the field (an unknown
+    one lists the known ones)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "extra_forbidden":
+            known = ", ".join(model.model_fields)
+            raise ConfigError(
+                f"{prefix}: unknown {noun} {loc!r} for {owner}; its {noun}s are: {known}"
+            ) from None
+        raise ConfigError(f"{prefix}.{loc}: {err['msg']}") from None
+
+
 def _field_path(loc: tuple[Any, ...]) -> str:
     return ".".join(str(x) for x in loc) or "(top level)"
 

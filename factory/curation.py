@@ -18,8 +18,8 @@ from typing import Any
 
 import orjson
 import yaml
-from pydantic import ValidationError
 
+from factory.config import validate_params
 from factory.errors import ConfigError
 from factory.runner import Plan, Runner
 from factory.store import Store
@@ -94,17 +94,13 @@ def parse_steps(
                     params[name] = [str(resolve(v).resolve()) if isinstance(v, str) else v for v in given]
             if items and isinstance(items[i], dict):
                 items[i] = {slug: params}
-        try:
-            steps.append(Step(flt, flt.params.model_validate(params)))
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(x) for x in err["loc"])
-            if err["type"] == "extra_forbidden":
-                fields = ", ".join(flt.params.model_fields)
-                raise ConfigError(
-                    f"{where}[{i}] {slug}: unknown param {loc!r}; its params are: {fields}"
-                ) from None
-            raise ConfigError(f"{where}[{i}] {slug}.{loc}: {err['msg']}") from None
+        where_i = f"{where}[{i}] {slug}"
+        steps.append(
+            Step(
+                flt,
+                validate_params(flt.params, params, prefix=where_i, owner=f"filter {slug!r}", noun="param"),
+            )
+        )
     return steps
 
 
