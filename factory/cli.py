@@ -167,6 +167,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         s = st.run_summary(run_id)
         drops = st.verdict_counts(run_id)
         s["funnel"] = st.funnel(run_id)
+        if args.diversity:
+            s["diversity"] = _diversity(st.curated_table(run_id))
     s["dropped"] = [{"filter": f, "reason": r, "records": n} for f, r, n in drops]
     if args.json:
         print(json.dumps(s, default=str))
@@ -177,6 +179,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{k:>{width}}: {v}")
     _print_funnel(funnel)
     return 0
+
+
+def _diversity(curated: Any) -> dict[str, Any]:
+    """Diversity of the curated set: distinct-1/2, mean pairwise cosine (MiniLM), records per label."""
+    from factory.embeddings import encode
+    from filters.diversity import diversity_report
+
+    texts = [t or "" for t in curated.column("text").to_pylist()]
+    payloads = [json.loads(p) for p in curated.column("payload").to_pylist()]
+    labels = [p.get("label") for p in payloads]
+    has_labels = any(label is not None for label in labels)
+    return diversity_report(texts, encode(texts) if texts else None, labels if has_labels else None)
 
 
 def cmd_filter(args: argparse.Namespace) -> int:
@@ -236,7 +250,9 @@ def cmd_filters(args: argparse.Namespace) -> int:
         if args.verbose:
             for name, fld in f.params.model_fields.items():
                 kind = "threshold" if name in f.thresholds else "scoring"
-                default = "required" if fld.is_required() else repr(fld.get_default(call_default_factory=True))
+                default = (
+                    "required" if fld.is_required() else repr(fld.get_default(call_default_factory=True))
+                )
                 print(f"{'':<14}   {name} = {default} ({kind}): {fld.description or ''}")
     return 0
 
@@ -320,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--store", help="DuckDB store path")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--all", action="store_true", help="list every run in the store")
+    s.add_argument(
+        "--diversity", action="store_true", help="also measure the curated set's diversity (loads MiniLM)"
+    )
     s.set_defaults(fn=cmd_status)
 
     e = sub.add_parser("export", help="write the curated records of a run")

@@ -181,3 +181,12 @@ def test_a_store_from_before_filter_passes_is_migrated(tmp_path):
     with Store(path, read_only=True) as st:  # reading an old store brings it up to date first
         assert st.parse_rejected("x") == {"r"}
         assert st.funnel("x")["pass"] is None
+
+
+def test_status_reports_the_curated_sets_diversity(tmp_path, seeds_file):
+    asyncio.run(api.run_async(api.prepare(_cfg(tmp_path, seeds_file)), teacher=_teacher(seeds_file)))
+    out = _cli("status", "cur", "--store", str(tmp_path / "s.duckdb"), "--json", "--diversity")
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)["diversity"]
+    assert d["records"] == 8 and d["labels"] == {"positive": 8}
+    assert 0 < d["distinct_1"] <= 1 and 0 < d["mean_pairwise_cosine"] <= 1
