@@ -245,15 +245,17 @@ def cmd_why(args: argparse.Namespace) -> int:
 def cmd_filters(args: argparse.Namespace) -> int:
     from filters import all_filters
 
-    for f in all_filters():
-        print(f"{f.slug:<14} {f.summary}")
+    filters = all_filters()
+    w = max(len(f.slug) for f in filters)
+    for f in filters:
+        print(f"{f.slug:<{w}} {f.summary}")
         if args.verbose:
             for name, fld in f.params.model_fields.items():
                 kind = "threshold" if name in f.thresholds else "scoring"
                 default = (
                     "required" if fld.is_required() else repr(fld.get_default(call_default_factory=True))
                 )
-                print(f"{'':<14}   {name} = {default} ({kind}): {fld.description or ''}")
+                print(f"{'':<{w}}   {name} = {default} ({kind}): {fld.description or ''}")
     return 0
 
 
@@ -282,14 +284,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_recipes(args: argparse.Namespace) -> int:
     from recipes import all_recipes
 
-    for r in all_recipes():
-        print(f"{r.slug:<14} {r.summary}")
+    recipes = all_recipes()
+    w = max(len(r.slug) for r in recipes)
+    for r in recipes:
+        print(f"{r.slug:<{w}} {r.summary}")
         if args.verbose:
-            print(f"{'':<14} seeds:   {r.seed_format}")
-            print(f"{'':<14} records: {r.record_format}")
+            print(f"{'':<{w}} seeds:   {r.seed_format}")
+            print(f"{'':<{w}} records: {r.record_format}")
             for name, f in r.params.model_fields.items():
                 default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
-                print(f"{'':<14}   {name} = {default}: {f.description or ''}")
+                print(f"{'':<{w}}   {name} = {default}: {f.description or ''}")
     return 0
 
 

@@ -5,10 +5,7 @@ modules. Recipes write their own parse verdicts (filter ``<recipe>.parse``) whil
 
 from __future__ import annotations
 
-import difflib
-import importlib
-
-from factory.errors import ConfigError
+from factory.registry import load
 from filters.base import Filter
 
 REGISTRY: dict[str, str] = {
@@ -25,13 +22,7 @@ REGISTRY: dict[str, str] = {
 
 
 def get_filter(slug: str, where: str = "filters") -> Filter:
-    if slug not in REGISTRY:
-        close = difflib.get_close_matches(slug, REGISTRY, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(
-            f"unknown filter {slug!r} in {where}.{hint} Installed filters: {', '.join(sorted(REGISTRY))}"
-        )
-    flt: Filter = importlib.import_module(REGISTRY[slug]).FILTER
+    flt: Filter = load(REGISTRY, slug, kind="filter", where=where).FILTER
     return flt
 
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import difflib
-import importlib
-
-from factory.errors import ConfigError
+from factory.registry import load
 from recipes.base import Recipe
 
 REGISTRY: dict[str, str] = {
@@ -19,13 +16,7 @@ REGISTRY: dict[str, str] = {
 
 
 def get_recipe(slug: str) -> Recipe:
-    if slug not in REGISTRY:
-        close = difflib.get_close_matches(slug, REGISTRY, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(
-            f"unknown recipe {slug!r} in field 'recipe'.{hint} Installed recipes: {', '.join(sorted(REGISTRY))}"
-        )
-    recipe: Recipe = importlib.import_module(REGISTRY[slug]).RECIPE
+    recipe: Recipe = load(REGISTRY, slug, kind="recipe", where="field 'recipe'").RECIPE
     return recipe
 
 
