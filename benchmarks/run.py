@@ -52,7 +52,9 @@ def throughput(levels: list[int], n: int, repeats: int, sdk_n: int) -> tuple[lis
             med: dict[str, dict[str, float]] = {}
             for client in ("raw", "factory", "openai"):
                 reps = 1 if client == "openai" else repeats
-                nn = sdk_n if client == "openai" else n
+                # at least 20 requests per slot: a short run is mostly ramp-up and drain, and the steady
+                # window (after the first tenth) would hold only a second or two
+                nn = sdk_n if client == "openai" else max(n, 20 * c)
                 runs = [  # the peer's failures are shown in the ok column, ours fail the benchmark
                     client_run(client, srv.base_url, nn, c, f"{client}-{c}-{r}-{time.time()}")
                     for r in range(reps)
