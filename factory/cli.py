@@ -242,6 +242,14 @@ def cmd_why(args: argparse.Namespace) -> int:
     return 0
 
 
+def _params_lines(model: Any, indent: int, kinds: Any = None) -> None:
+    """One line per param of a recipe or filter: name = default (kind): description."""
+    for name, fld in model.model_fields.items():
+        default = "required" if fld.is_required() else repr(fld.get_default(call_default_factory=True))
+        kind = f" ({kinds(name)})" if kinds else ""
+        print(f"{'':<{indent}}   {name} = {default}{kind}: {fld.description or ''}")
+
+
 def cmd_filters(args: argparse.Namespace) -> int:
     from filters import all_filters
 
@@ -250,12 +258,7 @@ def cmd_filters(args: argparse.Namespace) -> int:
     for f in filters:
         print(f"{f.slug:<{w}} {f.summary}")
         if args.verbose:
-            for name, fld in f.params.model_fields.items():
-                kind = "threshold" if name in f.thresholds else "scoring"
-                default = (
-                    "required" if fld.is_required() else repr(fld.get_default(call_default_factory=True))
-                )
-                print(f"{'':<{w}}   {name} = {default} ({kind}): {fld.description or ''}")
+            _params_lines(f.params, w, lambda n, f=f: "threshold" if n in f.thresholds else "scoring")
     return 0
 
 
@@ -291,9 +294,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         if args.verbose:
             print(f"{'':<{w}} seeds:   {r.seed_format}")
             print(f"{'':<{w}} records: {r.record_format}")
-            for name, f in r.params.model_fields.items():
-                default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
-                print(f"{'':<{w}}   {name} = {default}: {f.description or ''}")
+            _params_lines(r.params, w)
     return 0
 
 
