@@ -3,11 +3,12 @@ the cache or a teacher object: it gets ``generate(request) -> Completion`` injec
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import jinja2
 import jinja2.sandbox
@@ -25,6 +26,16 @@ class Generate(Protocol):
     def __call__(self, request: Request, /, *, teacher: str = "default") -> Awaitable[Completion]: ...
 
 
+async def gather_all(aws: Iterable[Awaitable[T]]) -> list[T]:
+    """Await every one at once; then raise the first error. A seed fails only after all its requests have
+    finished, so each answer that did arrive is stored (and not paid for again on the re-run)."""
+    outcomes = await asyncio.gather(*aws, return_exceptions=True)
+    for o in outcomes:
+        if isinstance(o, BaseException):
+            raise o
+    return [o for o in outcomes if not isinstance(o, BaseException)]
+
+
 def sample_seed(tag: str, *parts: Any) -> int:
     """A sampling seed derived from the base seed and what identifies one sample (its prompt or seed id and
     its index). Not ``base + i``: then every prompt's i-th sample shares one noise stream, and a weak teacher
@@ -37,6 +48,7 @@ def _no_roles(params: Any) -> list[str]:
 
 
 TEMPLATES = Path(__file__).parent / "templates"
+T = TypeVar("T")
 
 
 class Params(BaseModel):

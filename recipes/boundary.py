@@ -16,11 +16,10 @@ without a reason.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import random
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,7 +30,7 @@ from factory.errors import ConfigError, TeacherRejected
 from factory.keys import digest
 from factory.seeds import Seed
 from factory.types import Completion, Request, Sampling
-from recipes.base import Draft, Generate, Params, Recipe, Template, sample_seed, template_path
+from recipes.base import Draft, Generate, Params, Recipe, Template, gather_all, sample_seed, template_path
 from recipes.boundary_text import match_label, norm_label, parse_numbered_list
 
 __all__ = ["RECIPE", "BoundaryParams", "State", "bind", "match_label", "parse_numbered_list", "process"]
@@ -296,15 +295,6 @@ def _classes(state: State) -> Mapping[str, ClassInfo]:
     return state.classes
 
 
-async def _all(aws: Iterable[Awaitable[T]]) -> list[T]:
-    """Await every one; then raise the first error, so each answer that did arrive is stored."""
-    outcomes = await asyncio.gather(*aws, return_exceptions=True)
-    for r in outcomes:
-        if isinstance(r, BaseException):
-            raise r
-    return [r for r in outcomes if not isinstance(r, BaseException)]
-
-
 # -- one class -------------------------------------------------------------------------------------
 @dataclass(slots=True)
 class _Mix:
@@ -351,7 +341,7 @@ async def _mix(
         except TeacherRejected as exc:
             mix.answers[j] = f"teacher rejected the relabel request: {str(exc)[:300]}"
 
-    await _all(relabel(j) for j in wanted)
+    await gather_all(relabel(j) for j in wanted)
     return mix
 
 
@@ -360,7 +350,7 @@ async def process(seed: Seed, state: State, generate: Generate) -> list[Draft]:
     a = classes[(state.by_seed or {})[seed.id]]
     cands = candidates_of(state, a)
     descriptions = {c: classes[c].description for c in cands}
-    mixes = await _all(
+    mixes = await gather_all(
         _mix(state, a, i, b, alpha, generate) for i, (b, alpha) in enumerate(mix_plan(state, a))
     )
     drafts: list[Draft] = []

@@ -10,10 +10,9 @@ record; one that does not parse carries a ``reject`` reason. A critic filter sco
 
 from __future__ import annotations
 
-import asyncio
 import difflib
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,7 +25,7 @@ from factory.errors import ConfigError
 from factory.keys import digest
 from factory.seeds import Seed
 from factory.types import Completion, Request, Sampling
-from recipes.base import TEMPLATES, Draft, Generate, Params, Recipe, Template, sample_seed
+from recipes.base import TEMPLATES, Draft, Generate, Params, Recipe, Template, gather_all, sample_seed
 
 EVENTS, TAILS = "events", "tails"
 T = TypeVar("T")
@@ -347,13 +346,6 @@ def parse_event(completion: Completion, max_words: int) -> tuple[str, str | None
 
 
 # -- the stages ------------------------------------------------------------------------------------
-async def _all(calls: Iterable[Awaitable[T]]) -> list[T]:
-    """Every call at once; the first failure is raised only after all finished, so each paid answer is stored."""
-    outcomes = await asyncio.gather(*calls, return_exceptions=True)
-    for r in outcomes:
-        if isinstance(r, BaseException):
-            raise r
-    return [r for r in outcomes if not isinstance(r, BaseException)]
 
 
 async def _events_stage(
@@ -362,7 +354,7 @@ async def _events_stage(
     """Drafts of the events stage and, per sample, the event to use as a head (None when rejected)."""
     p = state.params
     prompts = [_event_prompt(state, seed_event, i) for i in range(p.new_events)]
-    results = await _all(
+    results = await gather_all(
         generate(Request(_messages(state, pr), _sampling(p, p.event_temperature, pr, i), sample_index=i))
         for i, pr in enumerate(prompts)
     )
@@ -408,7 +400,7 @@ async def process(seed: Seed, state: State, generate: Generate) -> list[Draft]:
         for slot, head, *_ in heads
         for r, rel in enumerate(state.relations)
     }
-    results = await _all(
+    results = await gather_all(
         generate(
             Request(
                 _messages(state, prompts[slot, r]),

@@ -9,7 +9,6 @@ one that does not parse, run or agree carries the reason in ``reject``.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from factory.keys import digest
 from factory.sandbox import SANDBOX_VERSION, Limits, SandboxResult, run_program
 from factory.seeds import Seed
 from factory.types import Request, Sampling
-from recipes.base import TEMPLATES, Draft, Generate, Params, Recipe, Template, template_path
+from recipes.base import TEMPLATES, Draft, Generate, Params, Recipe, Template, gather_all, template_path
 from recipes.rationales import answers_agree, normalize_answer
 
 STAGE = "program"
@@ -175,12 +174,7 @@ async def process(seed: Seed, state: State, generate: Generate) -> list[Draft]:
         return Draft(stage=STAGE, sample_index=req.sample_index, payload=payload, text=program or "",
                      request_keys=(res.key,), reject=reject, score=score)  # fmt: skip
 
-    # Wait for every sample before failing, so each answer that did arrive is stored for the re-run.
-    outcomes = await asyncio.gather(*(sample(r) for r in build_requests(seed, state)), return_exceptions=True)
-    for o in outcomes:
-        if isinstance(o, BaseException):
-            raise o
-    return [o for o in outcomes if not isinstance(o, BaseException)]
+    return await gather_all(sample(r) for r in build_requests(seed, state))
 
 
 RECIPE = Recipe(

@@ -7,7 +7,6 @@ one, the k samples vote and each records the majority answer and its vote share 
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 from collections import Counter
@@ -23,7 +22,17 @@ from factory.errors import ConfigError
 from factory.keys import digest
 from factory.seeds import Seed
 from factory.types import Request, Sampling
-from recipes.base import TEMPLATES, Draft, Generate, Params, Recipe, Template, sample_seed, template_path
+from recipes.base import (
+    TEMPLATES,
+    Draft,
+    Generate,
+    Params,
+    Recipe,
+    Template,
+    gather_all,
+    sample_seed,
+    template_path,
+)
 
 STAGE = "rationale"
 
@@ -153,14 +162,7 @@ async def process(seed: Seed, state: State, generate: Generate) -> list[Draft]:
     question = seed.data[p.input_field]
     gold_raw = seed.data.get(p.gold_field) if p.gold_field else None
     gold = normalize_answer(gold_raw) if gold_raw not in (None, "") else None
-    # Wait for every sample before failing, so each answer that did arrive is stored for the re-run.
-    outcomes = await asyncio.gather(
-        *(generate(r) for r in build_requests(seed, state)), return_exceptions=True
-    )
-    for r in outcomes:
-        if isinstance(r, BaseException):
-            raise r
-    results = [r for r in outcomes if not isinstance(r, BaseException)]
+    results = await gather_all(generate(r) for r in build_requests(seed, state))
     parsed = [parse_completion(r.text) for r in results]
     votes = Counter(a for x in parsed if x is not None for a in [x[1]] if a is not None)
     majority = votes.most_common(1)[0][0] if votes else None

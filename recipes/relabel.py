@@ -20,7 +20,6 @@ without a label is kept with ``label: null`` and a reject reason ("tie between .
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -37,7 +36,7 @@ from factory.errors import ConfigError
 from factory.keys import digest
 from factory.seeds import Seed
 from factory.types import Completion, Request, Sampling
-from recipes.base import Draft, Generate, Params, Recipe, Template, sample_seed, template_path
+from recipes.base import Draft, Generate, Params, Recipe, Template, gather_all, sample_seed, template_path
 
 STAGE = "label"
 
@@ -291,11 +290,7 @@ async def process(seed: Seed, state: State, generate: Generate) -> list[Draft]:
         generate(_request(state, seed, base, i, p.voter_temperature), teacher=r)
         for i, r in enumerate(p.voters)
     ]
-    outcomes = await asyncio.gather(*calls, return_exceptions=True)
-    for o in outcomes:
-        if isinstance(o, BaseException):
-            raise o
-    answers = [o for o in outcomes if not isinstance(o, BaseException)]
+    answers = await gather_all(calls)
     keys = [c.key for c in answers]
     votes = [_turn(role, c, labels) for role, c in zip(p.voters, answers, strict=True)]
     counts = Counter(v["label"] for v in votes if v["label"] is not None)
