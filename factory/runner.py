@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,6 +107,31 @@ class _Lane:
         return self.teacher.name
 
 
+_gc_saved: list[tuple[int, int, int]] = []  # one entry per run in progress in this process
+
+
+@contextlib.contextmanager
+def _fewer_collections(young: int = 20_000) -> Iterator[None]:
+    """A run allocates a few dozen short-lived objects per request; with the default threshold (700) the
+    young generation is collected every few requests, about 27 us of CPU per request at 64 in flight.
+    For the run, collect it every ``young`` allocations and leave what existed before (modules, seeds)
+    out of the older scans; the last run to end restores both."""
+    if not _gc_saved:
+        before = gc.get_threshold()
+        gc.freeze()
+        gc.set_threshold(max(before[0], young), before[1], before[2])
+    else:
+        before = _gc_saved[0]
+    _gc_saved.append(before)
+    try:
+        yield
+    finally:
+        _gc_saved.pop()
+        if not _gc_saved:
+            gc.set_threshold(*before)
+            gc.unfreeze()
+
+
 class Runner:
     def __init__(
         self,
@@ -188,6 +214,10 @@ class Runner:
             self._journal.close()
 
     async def run(self) -> Result:
+        with _fewer_collections():
+            return await self._run()
+
+    async def _run(self) -> Result:
         loop = asyncio.get_running_loop()
         async with self.session():
             done = await loop.run_in_executor(self._executor, self.store.done_seeds, self.plan.run_id)

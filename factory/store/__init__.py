@@ -166,7 +166,7 @@ class Store:
         if not paths:
             return 0
         n_before = self.count_cache()
-        self.commit(Batch(cache=rows))
+        self.commit(Batch(cache=rows), known_new=False)
         for p in paths:
             p.unlink(missing_ok=True)
         recovered = self.count_cache() - n_before
@@ -175,8 +175,19 @@ class Store:
         return recovered
 
     # -- writes ------------------------------------------------------------------------------------
-    def commit(self, batch: Batch) -> None:
-        """Write a batch in one transaction. Idempotent: rows already present are left alone."""
+    def commit(self, batch: Batch, *, known_new: bool = True) -> None:
+        """Write a batch in one transaction. Idempotent: rows already present are left alone.
+
+        With ``known_new`` (the runner's batches: each key is sent once and each seed finishes once) cache
+        and seed rows go in with plain inserts, which cost about half of an insert that checks for
+        conflicts; should a row exist after all, the transaction is rolled back and written again with
+        the checks. Journal replay passes ``known_new=False``."""
+        try:
+            self._write(batch, checked=not known_new)
+        except duckdb.ConstraintException:
+            self._write(batch, checked=True)
+
+    def _write(self, batch: Batch, *, checked: bool) -> None:
         con = self.con
         try:
             _x(con, "BEGIN TRANSACTION")
@@ -187,8 +198,9 @@ class Store:
                     con,
                     "INSERT INTO cache (key, teacher, status, request, text, finish_reason, prompt_tokens, "
                     "completion_tokens, latency_ms, error, run_id) "
-                    "SELECT DISTINCT ON (key) * FROM _batch_cache ON CONFLICT DO NOTHING",
-                )
+                    + ("SELECT DISTINCT ON (key) * FROM _batch_cache ON CONFLICT DO NOTHING"
+                       if checked else "SELECT * FROM _batch_cache"),
+                )  # fmt: skip
                 con.unregister("_batch_cache")
             if batch.records:
                 t = _table(batch.records, _RECORD_SCHEMA)
@@ -207,8 +219,10 @@ class Store:
                 con.register("_batch_done", t)
                 _x(
                     con,
-                    "INSERT INTO seeds_done SELECT DISTINCT ON (run_id, seed_id) * FROM _batch_done ON CONFLICT DO NOTHING",
-                )
+                    "INSERT INTO seeds_done "
+                    + ("SELECT DISTINCT ON (run_id, seed_id) * FROM _batch_done ON CONFLICT DO NOTHING"
+                       if checked else "SELECT * FROM _batch_done"),
+                )  # fmt: skip
                 con.unregister("_batch_done")
             if batch.failures:
                 con.executemany(
@@ -245,6 +259,8 @@ class Store:
         except duckdb.Error as exc:
             with contextlib.suppress(duckdb.Error):
                 _x(con, "ROLLBACK")
+            if not checked and isinstance(exc, duckdb.ConstraintException):
+                raise  # commit() writes the batch again with the checks
             raise StoreError(
                 f"cannot write to the store {self.path}: {exc}. If the disk is full, free space and re-run "
                 "the same command: answers not yet committed are kept in the journal."
@@ -267,7 +283,10 @@ class Store:
             self.con,
             "INSERT INTO runs (id, name, recipe, teacher, config, config_hash, status, factory_version) "
             "VALUES (?, ?, ?, ?, ?, ?, 'running', ?) "
-            "ON CONFLICT (id) DO UPDATE SET status = 'running', updated_at = now(), factory_version = excluded.factory_version",
+            # The config of the latest invocation is kept: what does not change the run's output (license,
+            # source datasets, budgets, export settings) may be edited between invocations.
+            "ON CONFLICT (id) DO UPDATE SET status = 'running', updated_at = now(), "
+            "factory_version = excluded.factory_version, config = excluded.config",
             [run_id, name, recipe, teacher, orjson.dumps(config).decode(), config_hash, version],
         )
         invocation = self._new_invocation(run_id, "running")
