@@ -284,6 +284,30 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    from factory import hub
+
+    # A run name never holds a slash, so a path with one (or an existing folder) is the export itself.
+    if Path(args.target).is_dir() or "/" in args.target or os.sep in args.target:
+        if args.out:
+            raise ConfigError("--out: only with a run; TARGET is already an export folder")
+        res = hub.push_folder(Path(args.target), args.repo_id, private=args.private)
+    else:
+        with _store_for(args) as st:
+            out = Path(args.out) if args.out else None
+            run_id = st.resolve_run(args.target)
+            exported, res = hub.push_run(st, run_id, args.repo_id, out=out, private=args.private)
+        print(f"exported {exported.rows} records to {exported.out}")
+    visibility = "private" if res.private else "public"
+    if res.unchanged:
+        print(f"{res.repo_id} ({visibility}) already holds this export; no commit made: {res.repo_url}")
+    else:
+        deleted = f", deleted {len(res.deleted)}" if res.deleted else ""
+        files = f"{len(res.uploaded)} file" + ("" if len(res.uploaded) == 1 else "s")
+        print(f"pushed {files}{deleted} to {res.repo_id} ({visibility}): {res.commit_url}")
+    return 0
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     from recipes import all_recipes
 
@@ -358,6 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--include-rejected", action="store_true", help="all records, with the reasons they were dropped"
     )
     e.set_defaults(fn=cmd_export)
+
+    pu = sub.add_parser("push", help="publish an export (or export a run first) to the Hugging Face Hub")
+    pu.add_argument("target", metavar="RUN|DIR", help="an export folder (format hf), or a run id or name")
+    pu.add_argument("--repo-id", required=True, metavar="OWNER/NAME", help="the dataset repo on the Hub")
+    pu.add_argument("--private", action="store_true", help="create the repo private (refuses a public one)")
+    pu.add_argument("--out", help="with a RUN: export here (default: the config's export.out, else out/NAME)")
+    pu.add_argument("--store", help="DuckDB store path (with a RUN)")
+    pu.set_defaults(fn=cmd_push)
 
     f = sub.add_parser("filter", help="apply a run's filters again (new thresholds use stored scores)")
     f.add_argument("run", nargs="?", help="run id, id prefix or name (default: the latest run)")
