@@ -22,7 +22,7 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/factory run recipes/examples/rationales_demo.yaml
-	$(BIN)/factory export rationales-demo --out out/demo
+	$(BIN)/factory export rationales-demo --out out/demo --overwrite
 	@echo "dataset folder: $(CURDIR)/out/demo"
 
 test: install

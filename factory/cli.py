@@ -263,24 +263,22 @@ def cmd_filters(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from factory.export import export_run
+    from factory.export import export_configured
 
     with _store_for(args) as st:
         run_id = st.resolve_run(args.run)
-        cfg = st.run_config(run_id)
-        export_cfg = cfg.get("export") or {}
-        out = args.out or export_cfg.get("out")
-        if not out:
-            raise ConfigError(
-                "export: no output folder; pass --out DIR (or set export.out in the run config)"
-            )
-        res = export_run(
-            st, run_id, Path(out), fmt=args.format or export_cfg.get("format", "hf"),
-            splits=export_cfg.get("splits"), slim=args.slim, include_rejected=args.include_rejected,
+        res = export_configured(
+            st, run_id, args.out, overwrite=args.overwrite, fmt=args.format, shape=args.shape,
+            stage=args.stage, split_by=args.split_by, max_shard_mb=args.max_shard_mb, slim=args.slim,
+            include_rejected=args.include_rejected,
         )  # fmt: skip
-    print(
-        f"exported {res.rows} records of {run_id} ({', '.join(f'{k}: {v}' for k, v in res.splits.items())}) to {res.out}"
-    )
+    parts = ", ".join(f"{k}: {v}" + (f" in {res.shards[k]} shards" if res.shards.get(k, 1) > 1 else "")
+                      for k, v in res.splits.items())  # fmt: skip
+    print(f"exported {res.rows} records of {run_id} as {res.shape} ({parts}) to {res.out}")
+    if res.skipped:
+        print(
+            f"{res.skipped} curated records could not be shown as {res.shape} (no value for it) and were left out"
+        )
     return 0
 
 
@@ -318,6 +316,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         if args.verbose:
             print(f"{'':<{w}} seeds:   {r.seed_format}")
             print(f"{'':<{w}} records: {r.record_format}")
+            shapes = ["records", *r.shapes, *(["messages"] if "prompt_completion" in r.shapes else [])]
+            print(f"{'':<{w}} export:  --as {' | '.join(shapes)}")
             _params_lines(r.params, w)
     return 0
 
@@ -372,10 +372,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="write the curated records of a run")
     e.add_argument("run", nargs="?", help="run id, id prefix or name (default: the latest run)")
-    e.add_argument("--out", help="output folder")
+    e.add_argument("--out", help="output folder (default: the config's export.out, else out/RUN_NAME)")
     e.add_argument(
         "--format", choices=["hf", "parquet", "jsonl"], help="default: the config's export.format, else hf"
     )
+    e.add_argument(
+        "--as", dest="shape", choices=["records", "messages", "prompt_completion", "text_label", "triples",
+                                       "step_by_step"],
+        help="training format (default: the config's export.shape, else records); `factory recipes -v` "
+        "lists each recipe's",
+    )  # fmt: skip
+    e.add_argument("--stage", help="records of one stage (default: the recipe's last), or all")
+    e.add_argument(
+        "--split-by", choices=["seed", "record"], help="hash the seed id (default) or the record id"
+    )
+    e.add_argument("--max-shard-mb", type=float, help="largest parquet shard of an hf export (default 256)")
+    e.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     e.add_argument("--store", help="DuckDB store path")
     e.add_argument("--slim", action="store_true", help="drop lineage columns")
     e.add_argument(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -94,6 +94,16 @@ class ExportConfig(Strict):
     splits: dict[str, float] = Field(
         default_factory=lambda: {"train": 1.0}, description="Split name → share."
     )
+    shape: str = Field(
+        "records",
+        description="records | messages | prompt_completion | text_label | triples | step_by_step "
+        "(the recipe's training formats; `--as` on the command line).",
+    )
+    split_by: Literal["seed", "record"] = Field(
+        "seed", description="Hash the seed id (all records of a seed in one split) or the record id."
+    )
+    stage: str | None = Field(None, description="Records of one stage (default: the recipe's last), or all.")
+    max_shard_mb: float = Field(256.0, gt=0, description="Largest parquet shard of an hf export, in MB.")
 
 
 class RunConfig(Strict):
@@ -120,6 +130,11 @@ class RunConfig(Strict):
     runner: RunnerConfig = Field(default_factory=lambda: RunnerConfig())
     export: ExportConfig = Field(default_factory=lambda: ExportConfig())
     license: str | None = Field(None, description="License of the produced dataset (used by export cards).")
+    source_datasets: list[str] = Field(
+        default_factory=list,
+        description="Datasets the seeds came from, as Hub ids (e.g. 'openai/gsm8k'); written to the card's "
+        "`source_datasets`.",
+    )
 
     @field_validator("teacher", mode="before")
     @classmethod

@@ -145,7 +145,7 @@ def push_run(
 ) -> tuple[ExportResult, PushResult]:  # fmt: skip
     """Export a run's curated view as an HF dataset folder (``out``, else the config's ``export.out``, else
     ``out/<run name>``), then push that folder."""
-    from factory.export import export_run
+    from factory.export import export_configured, is_export_of
 
     check_repo_id(repo_id)
     token = resolve_token(token)
@@ -154,9 +154,11 @@ def push_run(
         raise ConfigError(
             f"run {run_id} has no `license:` in its config; set `license:` in the run config and export again"
         )
-    export_cfg = cfg.get("export") or {}
-    target = Path(out or export_cfg.get("out") or Path("out") / store.run_summary(run_id)["name"])
-    exported = export_run(store, run_id, target, fmt="hf", splits=export_cfg.get("splits"))
+    target = Path(
+        out or (cfg.get("export") or {}).get("out") or Path("out") / store.run_summary(run_id)["name"]
+    )
+    # An earlier export of this same run is refreshed; any other non-empty folder is refused.
+    exported = export_configured(store, run_id, target, fmt="hf", overwrite=is_export_of(target, run_id))
     log.info("exported %d records of %s to %s", exported.rows, run_id, exported.out)
     return exported, push_folder(exported.out, repo_id, private=private, token=token)
 

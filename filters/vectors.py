@@ -62,7 +62,8 @@ class EmbeddingCache:
     """The vectors of one model: in memory, and in ``folder`` when given. ``encoded`` / ``encode_seconds``
     add up what this object had to encode (for the log line and the benchmark)."""
 
-    def __init__(self, folder: Path | None, model: str | None) -> None:
+    def __init__(self, folder: Path | None, model: str | None, *, compact: bool = True) -> None:
+        """``compact=False`` reads the shards as they are (a reader that must not write)."""
         import numpy as np
 
         self.folder, self.model = folder, model
@@ -70,14 +71,14 @@ class EmbeddingCache:
         self._index: dict[bytes, int] = {}
         self._matrix = np.zeros((0, 0), dtype=np.float32)
         if folder is not None and folder.is_dir():
-            self._load()
+            self._load(compact)
 
     def _shards(self) -> list[tuple[Path, Path]]:
         assert self.folder is not None
         keys = sorted(self.folder.glob("*.keys.npy"))
         return [(k.with_name(k.name.removesuffix(".keys.npy") + ".npy"), k) for k in keys]
 
-    def _load(self) -> None:
+    def _load(self, compact: bool = True) -> None:
         import numpy as np
 
         parts, names = [], []
@@ -95,7 +96,7 @@ class EmbeddingCache:
         if parts and len({p.shape[1] for p in parts}) == 1:
             self._matrix = np.concatenate(parts)
             self._index = {k: i for i, k in enumerate(np.concatenate(names).tolist())}
-            if len(parts) > MAX_SHARDS:
+            if compact and len(parts) > MAX_SHARDS:
                 self._compact(np.array(list(self._index), dtype="S32"))
 
     def _write(self, vecs: np.ndarray, keys: np.ndarray) -> None:
@@ -145,6 +146,13 @@ class EmbeddingCache:
             self._index.update((k, base + i) for i, k in enumerate(todo))
         if not texts:
             return np.zeros((0, self._matrix.shape[1]), dtype=np.float32)
+        return self._matrix[[self._index[k] for k in keys]]
+
+    def stored(self, texts: Sequence[str]) -> np.ndarray | None:
+        """The vectors of ``texts`` in order when every one is already stored; None otherwise. Never encodes."""
+        keys = [text_key(t) for t in texts]
+        if not keys or any(k not in self._index for k in keys):
+            return None
         return self._matrix[[self._index[k] for k in keys]]
 
 

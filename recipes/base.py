@@ -74,6 +74,20 @@ class Draft:
 
 
 @dataclass(frozen=True, slots=True)
+class Shape:
+    """One training format a recipe's records can be exported as (``factory export --as NAME``).
+
+    ``row`` maps a record's payload to the exported columns, or to None when the record cannot be shown
+    that way (an undecided label): the export counts such records and says so. ``stage`` names the
+    records it is built from (default: the recipe's last stage). ``label`` is the column holding a class
+    label, exported as a ClassLabel feature."""
+
+    row: Callable[[dict[str, Any]], dict[str, Any] | None]
+    stage: str | None = None
+    label: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Recipe:
     slug: str
     summary: str
@@ -89,6 +103,9 @@ class Recipe:
     bind: Callable[[Any, list[Seed]], Any] | None = None
     # Teacher roles the params name besides "default" (each must be configured under ``teachers:``).
     teacher_roles: Callable[[Any], list[str]] = _no_roles
+    # Training formats besides the records themselves: prompt_completion (which also gives `messages`),
+    # text_label, triples, step_by_step.
+    shapes: dict[str, Shape] = field(default_factory=dict)
 
 
 class Template:

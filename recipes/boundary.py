@@ -30,7 +30,17 @@ from factory.errors import ConfigError, TeacherRejected
 from factory.keys import digest
 from factory.seeds import Seed
 from factory.types import Completion, Request, Sampling
-from recipes.base import Draft, Generate, Params, Recipe, Template, gather_all, sample_seed, template_path
+from recipes.base import (
+    Draft,
+    Generate,
+    Params,
+    Recipe,
+    Shape,
+    Template,
+    gather_all,
+    sample_seed,
+    template_path,
+)
 from recipes.boundary_text import match_label, norm_label, parse_numbered_list
 
 __all__ = ["RECIPE", "BoundaryParams", "State", "bind", "match_label", "parse_numbered_list", "process"]
@@ -398,6 +408,12 @@ def _roles(p: BoundaryParams) -> list[str]:
     return [] if p.relabel_teacher == "default" else [p.relabel_teacher]
 
 
+SHAPES = {
+    "text_label": Shape(lambda p: {"text": p["text"], "label": p["label"]} if p["label"] else None,
+                        stage=RELABEL, label="label"),
+}  # fmt: skip
+
+
 RECIPE = Recipe(
     slug="boundary",
     summary="PromptMix: utterances mixing two nearby classes (α of A, 1−α of B), relabelled by the teacher.",
@@ -414,4 +430,5 @@ RECIPE = Recipe(
     stages=(GENERATE, RELABEL),
     bind=bind,
     teacher_roles=_roles,
+    shapes=SHAPES,
 )

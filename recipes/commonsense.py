@@ -25,7 +25,7 @@ from factory.errors import ConfigError
 from factory.keys import digest
 from factory.seeds import Seed
 from factory.types import Completion, Request, Sampling
-from recipes.base import TEMPLATES, Draft, Generate, Params, Recipe, Template, gather_all, sample_seed
+from recipes.base import TEMPLATES, Draft, Generate, Params, Recipe, Shape, Template, gather_all, sample_seed
 
 EVENTS, TAILS = "events", "tails"
 T = TypeVar("T")
@@ -421,6 +421,22 @@ async def process(seed: Seed, state: State, generate: Generate) -> list[Draft]:
     return drafts
 
 
+def _triple(p: dict[str, Any]) -> dict[str, Any] | None:
+    return {"head": p["head"], "relation": p["relation"], "tail": p["tail"]} if p["tail"] else None
+
+
+SHAPES = {
+    "triples": Shape(_triple, stage=TAILS),
+    # COMET-style generation: "head relation [GEN]" -> tail.
+    "prompt_completion": Shape(
+        lambda p: (
+            {"prompt": f"{p['head']} {p['relation']} [GEN]", "completion": p["tail"]} if p["tail"] else None
+        ),
+        stage=TAILS,
+    ),
+}
+
+
 RECIPE = Recipe(
     slug="commonsense",
     summary="ATOMIC-style commonsense tails for (event, relation) pairs, optionally on new events "
@@ -434,4 +450,5 @@ RECIPE = Recipe(
     "head_sample_index, completion, finish_reason; events: event, seed_event, sample_index, completion, "
     "finish_reason",
     stages=(EVENTS, TAILS),
+    shapes=SHAPES,
 )

@@ -24,7 +24,17 @@ from factory.keys import digest
 from factory.sandbox import SANDBOX_VERSION, Limits, SandboxResult, run_program
 from factory.seeds import Seed
 from factory.types import Request, Sampling
-from recipes.base import TEMPLATES, Draft, Generate, Params, Recipe, Template, gather_all, template_path
+from recipes.base import (
+    TEMPLATES,
+    Draft,
+    Generate,
+    Params,
+    Recipe,
+    Shape,
+    Template,
+    gather_all,
+    template_path,
+)
 from recipes.rationales import answers_agree, normalize_answer
 
 STAGE = "program"
@@ -177,6 +187,16 @@ async def process(seed: Seed, state: State, generate: Generate) -> list[Draft]:
     return await gather_all(sample(r) for r in build_requests(seed, state))
 
 
+SHAPES = {
+    "prompt_completion": Shape(lambda p: {"prompt": p["input"], "completion": p["program"]}
+                               if p["program"] else None),
+    "step_by_step": Shape(
+        lambda p: {"input": p["input"], "label": str(p["executed_answer"]), "rationale": p["program"]}
+        if p["program"] and p["executed_answer"] is not None else None
+    ),
+}  # fmt: skip
+
+
 RECIPE = Recipe(
     slug="program_rationales",
     summary="PaL-style programs: the teacher writes Python that computes the answer; a sandbox runs and checks it.",
@@ -188,4 +208,5 @@ RECIPE = Recipe(
     record_format="input, program, executed_answer, gold, verified, sandbox_status, sandbox_reason, stdout, "
     "completion, finish_reason",
     stages=(STAGE,),
+    shapes=SHAPES,
 )

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from factory.seeds import Seed
 from factory.types import Request, Sampling
-from recipes.base import Draft, Generate, Params, Recipe, Template, sample_seed
+from recipes.base import Draft, Generate, Params, Recipe, Shape, Template, sample_seed
 
 STAGE = "completion"
 
@@ -83,6 +83,9 @@ async def process(seed: Seed, state: State, generate: Generate) -> list[Draft]:
     ]  # fmt: skip
 
 
+SHAPES = {"prompt_completion": Shape(lambda p: {"prompt": p["prompt"], "completion": p["completion"]})}
+
+
 RECIPE = Recipe(
     slug="prompt",
     summary="One templated prompt per seed, n samples; the completion kept as is.",
@@ -94,4 +97,5 @@ RECIPE = Recipe(
     record_format="prompt, completion, finish_reason",
     stages=(STAGE,),
     teacher_roles=lambda p: [p.teacher] if p.teacher != "default" else [],
+    shapes=SHAPES,
 )

@@ -28,6 +28,7 @@ from recipes.base import (
     Generate,
     Params,
     Recipe,
+    Shape,
     Template,
     gather_all,
     sample_seed,
@@ -196,6 +197,19 @@ async def process(seed: Seed, state: State, generate: Generate) -> list[Draft]:
     return drafts
 
 
+def _answer_text(p: dict[str, Any]) -> str:
+    return f"{p['rationale']}\nThe answer is {p['answer']}."
+
+
+SHAPES = {
+    "prompt_completion": Shape(lambda p: {"prompt": p["input"], "completion": _answer_text(p)}),
+    # Distilling Step-by-Step: one input, two targets (the trainer adds the task prefixes).
+    "step_by_step": Shape(
+        lambda p: {"input": p["input"], "label": str(p["answer"]), "rationale": p["rationale"]}
+    ),
+}
+
+
 RECIPE = Recipe(
     slug="rationales",
     summary="Few-shot chain-of-thought rationales, k samples per question, checked against gold or by vote.",
@@ -207,4 +221,5 @@ RECIPE = Recipe(
     record_format="input, rationale, answer, gold, agrees_with_gold, label (positive|negative), majority_answer, "
     "vote_share, agrees_with_majority, completion, finish_reason",
     stages=(STAGE,),
+    shapes=SHAPES,
 )

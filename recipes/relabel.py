@@ -36,7 +36,17 @@ from factory.errors import ConfigError
 from factory.keys import digest
 from factory.seeds import Seed
 from factory.types import Completion, Request, Sampling
-from recipes.base import Draft, Generate, Params, Recipe, Template, gather_all, sample_seed, template_path
+from recipes.base import (
+    Draft,
+    Generate,
+    Params,
+    Recipe,
+    Shape,
+    Template,
+    gather_all,
+    sample_seed,
+    template_path,
+)
 
 STAGE = "label"
 
@@ -352,6 +362,12 @@ def _roles(p: RelabelParams) -> list[str]:
     return [r for r in dict.fromkeys(named) if r != "default"]
 
 
+SHAPES = {
+    "text_label": Shape(lambda p: {"text": p["text"], "label": p["label"]} if p["label"] else None,
+                        label="label"),
+}  # fmt: skip
+
+
 RECIPE = Recipe(
     slug="relabel",
     summary="Label unlabeled texts against a label schema by a vote of teachers; ties escalate to a stronger "
@@ -367,4 +383,5 @@ RECIPE = Recipe(
     "critique_used, critique {role, answer, label}, decided_by (vote|escalation|critique|null)",
     stages=(STAGE,),
     teacher_roles=_roles,
+    shapes=SHAPES,
 )

@@ -94,3 +94,32 @@ def vllm_server(embedded_dir, tmp_path_factory):
             os.killpg(proc.pid, signal.SIGKILL)  # the session this test started, and nothing else
             proc.wait(timeout=30)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, embedded_dir) -> Path:
+    """A random 2-layer Llama with the SmolLM2 tokenizer (and its chat template)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(embedded_dir))
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+        initializer_range=0.3,  # wide enough that greedy decoding varies instead of repeating one token
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("models") / "tiny-llama"
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+    return out

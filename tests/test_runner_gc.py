@@ -14,7 +14,9 @@ def test_run_restores_the_collector_settings(tmp_path, seeds_file):
         "params: {k: 2}\n",
     )
     seen = []
-    t = ScriptedTeacher("scripted:x", "x", {"fn": lambda r: seen.append(gc.get_threshold()) or "The answer is 28."})
+    t = ScriptedTeacher(
+        "scripted:x", "x", {"fn": lambda r: seen.append(gc.get_threshold()) or "The answer is 28."}
+    )
     before = gc.get_threshold()
     res = asyncio.run(api.run_async(api.prepare(cfg), teacher=t))
     assert res.status == "done" and seen

@@ -18,7 +18,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from factory.errors import StoreError, StoreInUse
+from factory.errors import ConfigError, StoreError, StoreInUse
 from factory.store.journal import Journal, journal_dir, read_segments
 from factory.store.migrations import migrate, pending_migrations
 
@@ -361,7 +361,7 @@ class Store:
         if run is None:
             latest = self._scalar("SELECT id FROM runs ORDER BY updated_at DESC LIMIT 1")
             if latest is None:
-                raise StoreError(
+                raise ConfigError(
                     f"the store {self.path} holds no runs yet: start one with `factory run CONFIG.yaml`"
                 )
             return str(latest)
@@ -372,7 +372,7 @@ class Store:
         )
         if found is None:
             known = ", ".join(r["id"] for r in self.runs()[:10]) or "none"
-            raise StoreError(f"no run {run!r} in {self.path}; known runs: {known}")
+            raise ConfigError(f"no run {run!r} in {self.path}; known runs: {known}")
         return str(found)
 
     def run_summary(self, run_id: str) -> dict[str, Any]:
@@ -424,6 +424,11 @@ class Store:
         config: dict[str, Any] = orjson.loads(blob)
         return config
 
+    def factory_version(self, run_id: str) -> str | None:
+        """The factory version that last started the run (stored with it)."""
+        v = self._scalar("SELECT factory_version FROM runs WHERE id = ?", [run_id])
+        return None if v is None else str(v)
+
     # Rejecting verdicts that count: the recipe's own (no pass) and those of the run's latest filter pass.
     _LIVE = (
         "run_id = ? AND NOT keep AND (pass_id IS NULL OR pass_id = "
@@ -444,6 +449,32 @@ class Store:
             [run_id, run_id],
         )
         return _arrow(cur)
+
+    def curated_reader(
+        self,
+        run_id: str,
+        *,
+        stage: str | None = None,
+        include_rejected: bool = False,
+        batch_rows: int = 20_000,
+    ) -> pa.RecordBatchReader:
+        """``curated_table`` as a stream of Arrow batches (optionally one stage's records): an export reads
+        a run of any size in bounded memory. Uses its own cursor, so other reads may go on meanwhile."""
+        where = "" if include_rejected else "AND v.reasons IS NULL"
+        params: list[Any] = [run_id, run_id]
+        if stage is not None:
+            where += " AND r.stage = ?"
+            params.append(stage)
+        rel = self.con.cursor().sql(
+            "WITH v AS (SELECT record_id, string_agg(filter || ': ' || coalesce(reason, ''), '; ') AS reasons "
+            f"           FROM verdicts WHERE {self._LIVE} GROUP BY record_id) "
+            "SELECT r.id, r.stage, r.seed_id, r.sample_index, r.payload, r.request_keys, r.teacher, "
+            "r.template_version, v.reasons AS dropped_by "
+            "FROM records r LEFT JOIN v ON v.record_id = r.id "
+            f"WHERE r.run_id = ? {where} ORDER BY r.seed_id, r.stage, r.sample_index, r.id",
+            params=params,
+        )
+        return rel.to_arrow_reader(batch_rows)
 
     def verdict_counts(self, run_id: str) -> list[tuple[str, str, int]]:
         rows = self._rows(
@@ -556,6 +587,28 @@ class Store:
         return {"generated": generated, "parsed": parsed, "filters": steps, "curated": curated,
                 "pass": latest[0][0] if latest else None}  # fmt: skip
 
+    def latest_pass(self, run_id: str) -> dict[str, Any] | None:
+        """The run's latest filter pass: its number, the filters applied ({filter, version, params}, in
+        order) and when; None before any pass."""
+        rows = self._rows(
+            "SELECT pass_id, filters, created_at FROM filter_passes WHERE run_id = ? ORDER BY pass_id DESC LIMIT 1",
+            [run_id],
+        )
+        if not rows:
+            return None
+        pass_id, blob, created = rows[0]
+        return {"pass": int(pass_id), "filters": orjson.loads(blob),
+                "created_at": created.isoformat() if created is not None else None}  # fmt: skip
+
+    def pass_verdicts(self, run_id: str, filter_slug: str) -> list[dict[str, Any]]:
+        """One filter's verdicts in the run's latest pass (record_id, keep, score, reason, detail JSON),
+        by record id."""
+        return self._dicts(
+            "SELECT record_id, keep, score, reason, detail FROM verdicts WHERE run_id = ? AND filter = ? "
+            "AND pass_id = (SELECT max(pass_id) FROM filter_passes WHERE run_id = ?) ORDER BY record_id",
+            [run_id, filter_slug, run_id],
+        )
+
     def earlier_texts(self, run_id: str) -> list[tuple[str, str]]:
         """(record id in its run, text) of the records of runs created before this one."""
         rows = self._rows(
@@ -596,3 +649,30 @@ class Store:
             [run_id],
         )
         return _arrow(cur)
+
+    def template_versions(self, run_id: str) -> list[tuple[str, str | None, int]]:
+        """(stage, template version, records) of the run's records, by stage then version."""
+        rows = self._rows(
+            "SELECT stage, template_version, count(*) FROM records WHERE run_id = ? "
+            "GROUP BY ALL ORDER BY 1, 2 NULLS FIRST",
+            [run_id],
+        )
+        return [(str(st), None if v is None else str(v), int(n)) for st, v, n in rows]
+
+    def request_sampling(self, run_id: str) -> list[dict[str, Any]]:
+        """The answers behind the run, by teacher and the sampling they were asked with: the requests its
+        records name plus those first stored for it (a judge's), each counted once, whether paid for in
+        this run or served from the cache. Per group: requests, seeded requests, tokens."""
+        return self._dicts(
+            "WITH k AS (SELECT DISTINCT unnest(request_keys) AS key FROM records WHERE run_id = ? "
+            "           UNION SELECT key FROM cache WHERE run_id = ?), "
+            "c AS (SELECT c.teacher, c.request::JSON->'sampling' AS s, c.prompt_tokens, c.completion_tokens "
+            "      FROM cache c SEMI JOIN k ON c.key = k.key) "
+            "SELECT teacher, s->>'temperature' AS temperature, s->>'top_p' AS top_p, "
+            "s->>'max_tokens' AS max_tokens, count(*) AS requests, "
+            "count(*) FILTER (WHERE s->>'seed' IS NOT NULL) AS seeded, "
+            "coalesce(sum(prompt_tokens), 0) AS prompt_tokens, "
+            "coalesce(sum(completion_tokens), 0) AS completion_tokens "
+            "FROM c GROUP BY ALL ORDER BY teacher, requests DESC, temperature, top_p, max_tokens",
+            [run_id, run_id],
+        )
