@@ -191,7 +191,8 @@ SHAPES = {
     "prompt_completion": Shape(lambda p: {"prompt": p["input"], "completion": p["program"]}
                                if p["program"] else None),
     "step_by_step": Shape(
-        lambda p: {"input": p["input"], "label": str(p["executed_answer"]), "rationale": p["program"]}
+        lambda p: {"input": p["input"], "label": str(p["executed_answer"]), "rationale": p["program"],
+                   "gold": None if p["gold"] is None else str(p["gold"])}
         if p["program"] and p["executed_answer"] is not None else None
     ),
 }  # fmt: skip

@@ -80,10 +80,11 @@ def test_step_by_step_and_prompt_completion(tmp_path, seeds_file):
         sbs = export_run(st, res.run_id, tmp_path / "sbs", shape="step_by_step", slim=True)
         pc = export_run(st, res.run_id, tmp_path / "pc", shape="prompt_completion", fmt="jsonl")
     row = _load(sbs.out, tmp_path)["train"][0]
-    assert set(row) == {"input", "label", "rationale"}
+    assert set(row) == {"input", "label", "rationale", "gold"}
     assert row["label"] == "28" and row["rationale"].startswith("Add them up")
     lines = [json.loads(x) for x in (pc.out / "train.jsonl").read_text().splitlines()]
     assert len(lines) == 24 and lines[0]["completion"].endswith("\nThe answer is 28.")
+    assert lines[0]["gold"] == json.loads(seeds_file.read_text().splitlines()[0])["answer"]
     assert lines[0]["prompt"] == json.loads(seeds_file.read_text().splitlines()[0])["question"]
 
 
