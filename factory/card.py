@@ -40,6 +40,7 @@ class ExportFacts:
     slim: bool
     include_rejected: bool
     stage: str | None = None  # records stage exported, when the recipe has several
+    funnel_image: str | None = None  # the funnel chart written beside the card (a path in the folder)
 
 
 # Hub task categories per recipe; a recipe not listed here is text generation.
@@ -122,8 +123,9 @@ class _Card:
         self.last = store.latest_pass(run_id)
         self.sent = store.request_sampling(run_id)
         self.rows = cf.exported_rows(
-            store, run_id, include_rejected=facts.include_rejected, stage=facts.stage
-        )
+            store, run_id, include_rejected=facts.include_rejected, stage=facts.stage,
+            fields=LABEL_FIELDS.get(self.slug, ()), expected=sum(facts.split_sizes.values()),
+        )  # fmt: skip
         self.n = sum(facts.split_sizes.values())
 
     def header(self) -> str:
@@ -298,7 +300,10 @@ class _Card:
             reasons = _reasons([(y["reason"], y["records"]) for y in top])
             rows.append([f"`{x['filter']}`", x["in"], x["kept"], x["dropped"], reasons])
         rows.append(["curated", "", fn["curated"], "", ""])
-        out = ["## Funnel", "", *md.table(["step", "in", "kept", "dropped", "top reasons"], rows)]
+        out = ["## Funnel", ""]
+        if f.funnel_image:
+            out += [f"![The funnel: generated, parsed, each filter, curated]({f.funnel_image})", ""]
+        out += md.table(["step", "in", "kept", "dropped", "top reasons"], rows)
         if self.n != fn["curated"]:
             why = [
                 w for w, on in (("one stage", f.stage), ("rejected records too", f.include_rejected)) if on
@@ -308,16 +313,14 @@ class _Card:
 
     def labels(self) -> list[str]:
         out = ["## Label balance", ""]
-        fields = [k for k in LABEL_FIELDS.get(self.slug, ()) if any(k in p for _, p, _ in self.rows)]
+        fields = [k for k in LABEL_FIELDS.get(self.slug, ()) if self.rows.exported[k]]
         if not fields:
             return [*out, "The records of this recipe carry no label field.", ""]
         cols: list[tuple[str, Counter[str]]] = []
         for k in fields:
-            cols.append((f"`{k}`", Counter(md.scalar(p[k]) for _, p, kept in self.rows if kept and k in p)))
+            cols.append((f"`{k}`", self.rows.curated[k]))
             if self.facts.include_rejected:
-                cols.append(
-                    (f"`{k}` (all exported)", Counter(md.scalar(p[k]) for _, p, _ in self.rows if k in p))
-                )
+                cols.append((f"`{k}` (all exported)", self.rows.exported[k]))
         total: Counter[str] = Counter()
         for _, c in cols:
             total.update(c)
@@ -332,8 +335,12 @@ class _Card:
     def diversity(self) -> list[str]:
         from filters.diversity import diversity_report
 
-        texts = [t for t, _, kept in self.rows if kept]
+        texts = self.rows.texts
         rep = diversity_report(texts, cf.stored_vectors(self.store, texts, self.last))
+        over = "Over the texts of the curated records exported:"
+        if len(texts) < self.rows.curated_total:
+            over = (f"Over an evenly spaced sample of {len(texts):,} of the {self.rows.curated_total:,} curated "
+                    "records exported:")  # fmt: skip
         cos = rep["mean_pairwise_cosine"]
         if cos is None:
             cos = "not measured: not every text has a stored sentence vector (`factory status --diversity` measures it)"
@@ -342,7 +349,7 @@ class _Card:
             ["distinct-2 (unique word bigrams / bigrams)", rep["distinct_2"]],
             ["mean pairwise cosine (sentence vectors the filters stored)", cos],
         ]  # fmt: skip
-        return ["## Diversity", "", "Over the texts of the curated records exported:", "",
+        return ["## Diversity", "", over, "",
                 *md.table(["metric", "value"], rows)]  # fmt: skip
 
     def decontamination(self) -> list[str]:

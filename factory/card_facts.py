@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -133,13 +135,46 @@ def templates_used(recipe: Any, stored: dict[str, Any], versions: set[str]) -> l
     return [v for v in values if isinstance(v, Template)]
 
 
+@dataclass(slots=True)
+class Exported:
+    """What the card reads from the exported records, gathered in one streaming pass: per label field the
+    counts of each value (curated, and all when rejected rows are exported) and an evenly spaced sample of
+    curated texts (all of them up to ``SAMPLE`` records)."""
+
+    curated: dict[str, Counter[str]]
+    exported: dict[str, Counter[str]]
+    texts: list[str]
+    curated_total: int
+
+
+SAMPLE = 2_000
+
+
 def exported_rows(
-    store: Store, run_id: str, *, include_rejected: bool, stage: str | None
-) -> list[tuple[str, dict[str, Any], bool]]:
-    """(text, payload, curated) of each exported record, in the store's stable order."""
-    t = store.curated_table(run_id, include_rejected=include_rejected).to_pydict()
-    cols = zip(t["stage"], t["text"], t["payload"], t["dropped_by"], strict=True)
-    return [(x or "", orjson.loads(p), d is None) for s, x, p, d in cols if stage is None or s == stage]
+    store: Store, run_id: str, *, include_rejected: bool, stage: str | None, fields: tuple[str, ...],
+    expected: int,
+) -> Exported:  # fmt: skip
+    from factory.markdown import scalar
+
+    stride = max(1, -(-expected // SAMPLE))
+    out = Exported({k: Counter() for k in fields}, {k: Counter() for k in fields}, [], 0)
+    reader = store.curated_reader(run_id, stage=stage, include_rejected=include_rejected)
+    for batch in reader:
+        cols = batch.to_pydict()
+        for text, blob, dropped in zip(cols["text"], cols["payload"], cols["dropped_by"], strict=True):
+            kept = dropped is None
+            if fields:
+                p = orjson.loads(blob)
+                for k in fields:
+                    if k in p:
+                        out.exported[k][scalar(p[k])] += 1
+                        if kept:
+                            out.curated[k][scalar(p[k])] += 1
+            if kept:
+                if out.curated_total % stride == 0:
+                    out.texts.append(text or "")
+                out.curated_total += 1
+    return out
 
 
 def stored_vectors(store: Store, texts: list[str], last_pass: dict[str, Any] | None) -> Any:

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from factory.errors import ConfigError
@@ -32,6 +33,8 @@ FORMATS = ("hf", "parquet", "jsonl")
 SHAPES = ("records", "messages", "prompt_completion", "text_label", "triples", "step_by_step")
 SPLIT_BY = ("seed", "record")
 LINEAGE = ("record_id", "seed_id", "stage", "sample_index", "teacher", "template_version", "request_keys")
+FUNNEL_IMAGE = "funnel.svg"  # the funnel chart of an HF export, shown in its card
+EXPORT_MEMORY = "256MB"  # DuckDB's page cache while exporting: the reads are a range of seeds at a time
 ROW_GROUP = 10_000  # rows buffered per split before a parquet row group is written
 
 
@@ -176,13 +179,11 @@ def export_run(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        store.limit_memory(EXPORT_MEMORY)
         if fmt == "jsonl":
             w: _Writer = _JsonlWriter(tmp)
         else:
-            schema, labels = _settle_schema((r for _, r in rows()), plan.label)
-            w = _ParquetWriter(
-                tmp, schema, labels, plan.label, hf=fmt == "hf", max_bytes=max_shard_mb * 2**20
-            )
+            w = _ParquetWriter(tmp, plan.label, hf=fmt == "hf", max_bytes=max_shard_mb * 2**20)
         skipped = 0
         for split, row in rows():
             if row is None:
@@ -199,12 +200,17 @@ def export_run(
             )
         if fmt == "hf":
             assert isinstance(w, _ParquetWriter)
+            from factory.report import funnel_svg
+
+            (tmp / FUNNEL_IMAGE).write_text(funnel_svg(store, run_id), "utf-8")
+            files.append(tmp / FUNNEL_IMAGE)
             (tmp / "README.md").write_text(
                 _card(store, run_id, w, sizes, plan, slim, include_rejected), "utf-8"
             )
             files.append(tmp / "README.md")
         _swap_in(tmp, out)
     finally:
+        store.limit_memory(None)
         shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(
         out=out, format=fmt, shape=shape, rows=sum(sizes.values()), splits=sizes,
@@ -222,36 +228,6 @@ def _swap_in(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
-
-
-# -- schema --------------------------------------------------------------------------------------------
-def _settle_schema(
-    rows: Iterator[dict[str, Any] | None], label_col: str | None
-) -> tuple[pa.Schema | None, set[str]]:
-    """One Arrow schema for every row (nulls promoted to the type seen elsewhere) and the label values."""
-    schema: pa.Schema | None = None
-    chunk: list[dict[str, Any]] = []
-    labels: set[str] = set()
-
-    def fold() -> None:
-        nonlocal schema
-        t = pa.Table.from_pylist(chunk)
-        schema = (
-            t.schema if schema is None else pa.unify_schemas([schema, t.schema], promote_options="permissive")
-        )
-        chunk.clear()
-
-    for r in rows:
-        if r is None:
-            continue
-        chunk.append(r)
-        if label_col is not None:
-            labels.add(str(r[label_col]))
-        if len(chunk) >= ROW_GROUP:
-            fold()
-    if chunk:
-        fold()
-    return schema, labels
 
 
 # -- writers -------------------------------------------------------------------------------------------
@@ -286,92 +262,129 @@ class _JsonlWriter(_Writer):
 
 class _ParquetWriter(_Writer):
     """Parquet per split; with ``hf``, shards of at most ``max_bytes`` (Arrow bytes) named
-    ``data/{split}-0000i-of-0000n.parquet``, and the Hugging Face features in the schema metadata."""
+    ``data/{split}-0000i-of-0000n.parquet`` with the Hugging Face features in the schema metadata.
 
-    def __init__(self, folder: Path, schema: pa.Schema | None, labels: set[str], label_col: str | None,
-                 *, hf: bool, max_bytes: float):  # fmt: skip
+    Rows are shaped once: each chunk goes to a temporary parquet file with the schema its rows imply, and
+    the schemas are unified as they come (a column null so far takes the type seen later). ``close`` then
+    rewrites the chunks into the final files with Arrow alone: one schema, label names as ClassLabel ids."""
+
+    def __init__(self, folder: Path, label_col: str | None, *, hf: bool, max_bytes: float):
         self.folder = folder
         self.hf = hf
         self.max_bytes = max_bytes
-        self.counts: dict[str, int] = {}
         self.label_col = label_col
-        self.label_names = sorted(labels) if label_col else None
-        self._label_index = {n: i for i, n in enumerate(self.label_names or [])}
+        self.counts: dict[str, int] = {}
+        self.label_names: list[str] | None = None
         self.features: Any = None
-        self.schema = self._final_schema(schema or pa.schema([]))
-        self._buf: dict[str, list[dict[str, Any]]] = {}
-        self._buf_bytes: dict[str, int] = {}
-        self._open: dict[str, tuple[pq.ParquetWriter, Path]] = {}
-        self._shard_bytes: dict[str, float] = {}
-        self._paths: dict[str, list[Path]] = {}
+        self.schema: pa.Schema | None = None
         self.split_bytes: dict[str, int] = {}
         self.shards: dict[str, int] = {}
+        self.files: dict[str, list[Path]] = {}
+        self._labels: set[str] = set()
+        self._buf: dict[str, list[dict[str, Any]]] = {}
+        self._buf_bytes: dict[str, int] = {}
+        self._chunks: dict[str, list[Path]] = {}
+        self._chunk_dir = folder / ".chunks"
+        self._chunk_dir.mkdir()
+
+    def add(self, split: str, row: dict[str, Any]) -> None:
+        buf = self._buf.setdefault(split, [])
+        buf.append(row)
+        self.counts[split] = self.counts.get(split, 0) + 1
+        if self.hf:  # a chunk is at most a quarter shard, so shards stay near their bound
+            self._buf_bytes[split] = self._buf_bytes.get(split, 0) + len(orjson.dumps(row))
+        if len(buf) >= ROW_GROUP or self._buf_bytes.get(split, 0) * 4 >= self.max_bytes:
+            self._spill(split)
+
+    def _spill(self, split: str) -> None:
+        rows, self._buf[split] = self._buf[split], []
+        self._buf_bytes[split] = 0
+        if not rows:
+            return
+        table = pa.Table.from_pylist(rows)
+        if self.label_col is not None:
+            self._labels.update(str(x) for x in table.column(self.label_col).unique().to_pylist())
+        self.schema = (
+            table.schema if self.schema is None
+            else pa.unify_schemas([self.schema, table.schema], promote_options="permissive")
+        )  # fmt: skip
+        chunks = self._chunks.setdefault(split, [])
+        path = self._chunk_dir / f"{split}-{len(chunks):06d}.parquet"
+        pq.write_table(table, path, compression="none")
+        chunks.append(path)
 
     def _final_schema(self, schema: pa.Schema) -> pa.Schema:
-        if self.label_col and self.label_col in schema.names:
+        if self.label_col:
+            self.label_names = sorted(self._labels)
             schema = schema.set(schema.get_field_index(self.label_col), pa.field(self.label_col, pa.int64()))
         if not self.hf:
             return schema
         import datasets
 
         feats = datasets.Features.from_arrow_schema(schema)
-        if self.label_col and self.label_col in feats:
+        if self.label_col:
             feats[self.label_col] = datasets.ClassLabel(names=self.label_names)
         self.features = feats
         return feats.arrow_schema
 
-    def add(self, split: str, row: dict[str, Any]) -> None:
-        if self.label_col is not None:
-            row[self.label_col] = self._label_index[row[self.label_col]]
-        buf = self._buf.setdefault(split, [])
-        buf.append(row)
-        self.counts[split] = self.counts.get(split, 0) + 1
-        if self.hf:  # a row group is at most a quarter shard, so shards stay near their bound
-            self._buf_bytes[split] = self._buf_bytes.get(split, 0) + len(orjson.dumps(row))
-        if len(buf) >= ROW_GROUP or self._buf_bytes.get(split, 0) * 4 >= self.max_bytes:
-            self._write(split)
-
-    def _write(self, split: str) -> None:
-        rows, self._buf[split] = self._buf[split], []
-        self._buf_bytes[split] = 0
-        if not rows:
-            return
-        table = pa.Table.from_pylist(rows, schema=self.schema)
-        cur = self._open.get(split)
-        if cur is not None and self.hf and self._shard_bytes[split] + table.nbytes > self.max_bytes:
-            cur[0].close()
-            cur = None
-        if cur is None:
-            n = len(self._paths.setdefault(split, []))
-            path = (
-                self.folder
-                / ("data" if self.hf else "")
-                / (f"{split}-{n:05d}.parquet.part" if self.hf else f"{split}.parquet")
-            )
-            path.parent.mkdir(exist_ok=True)
-            cur = self._open[split] = (pq.ParquetWriter(path, self.schema), path)
-            self._paths[split].append(path)
-            self._shard_bytes[split] = 0
-        cur[0].write_table(table)
-        self._shard_bytes[split] += table.nbytes
+    def _conform(self, table: pa.Table, raw: pa.Schema, final: pa.Schema) -> pa.Table:
+        """A chunk in the final schema: missing columns as nulls, the label as its id."""
+        cols = []
+        for f in raw:
+            col = table.column(f.name) if f.name in table.column_names else pa.nulls(len(table), f.type)
+            if f.name == self.label_col:
+                col = pc.index_in(col, value_set=pa.array(self.label_names, pa.string()))
+            cols.append(col)
+        t = pa.Table.from_arrays(cols, schema=raw.set(raw.get_field_index(self.label_col), pa.field(
+            self.label_col, pa.int32())) if self.label_col else raw)  # fmt: skip
+        try:
+            return t.cast(final)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # struct fields that differ between chunks
+            return pa.Table.from_pylist(t.to_pylist(), schema=final)
 
     def close(self) -> list[Path]:
         for split in list(self._buf):
-            self._write(split)
-        for w, _ in self._open.values():
-            w.close()
-        files: list[Path] = []
-        for split, paths in self._paths.items():
-            total = len(paths)
-            self.shards[split] = total
+            self._spill(split)
+        if self.schema is None:
+            return []
+        raw = self.schema
+        final = self._final_schema(raw)
+        out: list[Path] = []
+        for split, chunks in self._chunks.items():
+            paths = self._write_split(split, chunks, raw, final)
+            self.shards[split] = len(paths)
             self.split_bytes[split] = 0
             for i, p in enumerate(paths):
-                final = p.with_name(f"{split}-{i:05d}-of-{total:05d}.parquet") if self.hf else p
-                if final != p:
-                    os.replace(p, final)
-                self.split_bytes[split] += final.stat().st_size
-                files.append(final)
-        return files
+                name = f"{split}-{i:05d}-of-{len(paths):05d}.parquet" if self.hf else f"{split}.parquet"
+                done = p.with_name(name)
+                os.replace(p, done)
+                self.split_bytes[split] += done.stat().st_size
+                self.files.setdefault(split, []).append(done)
+                out.append(done)
+        shutil.rmtree(self._chunk_dir)
+        return out
+
+    def _write_split(self, split: str, chunks: list[Path], raw: pa.Schema, final: pa.Schema) -> list[Path]:
+        folder = self.folder / "data" if self.hf else self.folder
+        folder.mkdir(exist_ok=True)
+        paths: list[Path] = []
+        writer: pq.ParquetWriter | None = None
+        size = 0.0
+        for chunk in chunks:
+            table = self._conform(pq.read_table(chunk), raw, final)
+            chunk.unlink()
+            if writer is not None and self.hf and size + table.nbytes > self.max_bytes:
+                writer.close()
+                writer = None
+            if writer is None:
+                paths.append(folder / f".{split}-{len(paths):05d}.part")
+                writer = pq.ParquetWriter(paths[-1], final)
+                size = 0.0
+            writer.write_table(table)
+            size += table.nbytes
+        if writer is not None:
+            writer.close()
+        return paths
 
 
 # -- card ----------------------------------------------------------------------------------------------
@@ -392,16 +405,14 @@ def _card(store: Store, run_id: str, w: _ParquetWriter, sizes: dict[str, int], p
         split_sizes=sizes, split_bytes={s: w.split_bytes[s] for s in sizes},
         data_files={s: f"data/{s}-*.parquet" for s in sizes}, dataset_info=info._to_yaml_dict(),
         shape=plan.shape, label_names=w.label_names, examples=examples, slim=slim,
-        include_rejected=include_rejected, stage=plan.stage,
+        include_rejected=include_rejected, stage=plan.stage, funnel_image=FUNNEL_IMAGE,
     )  # fmt: skip
     return render_dataset_card(store, run_id, facts)
 
 
 def _examples(w: _ParquetWriter, split: str, n: int = 3) -> list[dict[str, Any]]:
-    """The first rows of a split as written (label names, not indices)."""
-    path = w._paths[split][0]
-    final = path.with_name(f"{split}-00000-of-{w.shards[split]:05d}.parquet")
-    rows = pq.ParquetFile(final).read_row_group(0).slice(0, n).to_pylist()
+    """The first rows of a split as written (label names, not ids)."""
+    rows = pq.ParquetFile(w.files[split][0]).read_row_group(0).slice(0, n).to_pylist()
     if w.label_col and w.label_names:
         for r in rows:
             r[w.label_col] = w.label_names[r[w.label_col]]

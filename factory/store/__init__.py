@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,10 @@ class Store:
     def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False):
         self.path = Path(path)
         self.read_only = read_only
+        if self.path.is_dir():
+            raise ConfigError(
+                f"the store path {self.path} is a folder; give a file, e.g. {self.path / 'factory.duckdb'}"
+            )
         if read_only and not self.path.exists():
             raise StoreError(
                 f"no store at {self.path}: run `factory run CONFIG.yaml` first, or pass --store PATH"
@@ -126,12 +131,14 @@ class Store:
         except duckdb.Error as exc:
             raise StoreError(f"cannot open the store {self.path}: {exc}. Is it a DuckDB file?") from exc
         _warm_arrow()
+        _x(self.con, "SET enable_progress_bar = false")  # long reads would draw a bar on stderr
         if read_only and pending_migrations(self.con):
             # A store written by an older version: bring it up to date once (briefly opening it for writing),
             # then read it as asked.
             self.con.close()
             Store(self.path).close()
             self.con = duckdb.connect(str(self.path), read_only=True)
+            _x(self.con, "SET enable_progress_bar = false")
         if not read_only:
             # Fewer, larger checkpoints while ingesting; the WAL is replayed on open after a crash.
             _x(self.con, "SET checkpoint_threshold = '256MB'")
@@ -450,6 +457,14 @@ class Store:
         )
         return _arrow(cur)
 
+    def limit_memory(self, limit: str | None) -> None:
+        """Cap DuckDB's memory (its page cache included) for the work that follows, e.g. '256MB'; None
+        restores the default."""
+        if limit is None:
+            _x(self.con, "RESET memory_limit")
+        else:
+            _x(self.con, "SET memory_limit = ?", [limit])
+
     def curated_reader(
         self,
         run_id: str,
@@ -457,24 +472,43 @@ class Store:
         stage: str | None = None,
         include_rejected: bool = False,
         batch_rows: int = 20_000,
-    ) -> pa.RecordBatchReader:
-        """``curated_table`` as a stream of Arrow batches (optionally one stage's records): an export reads
-        a run of any size in bounded memory. Uses its own cursor, so other reads may go on meanwhile."""
-        where = "" if include_rejected else "AND v.reasons IS NULL"
-        params: list[Any] = [run_id, run_id]
-        if stage is not None:
-            where += " AND r.stage = ?"
-            params.append(stage)
-        rel = self.con.cursor().sql(
-            "WITH v AS (SELECT record_id, string_agg(filter || ': ' || coalesce(reason, ''), '; ') AS reasons "
-            f"           FROM verdicts WHERE {self._LIVE} GROUP BY record_id) "
-            "SELECT r.id, r.stage, r.seed_id, r.sample_index, r.payload, r.request_keys, r.teacher, "
-            "r.template_version, v.reasons AS dropped_by "
-            "FROM records r LEFT JOIN v ON v.record_id = r.id "
-            f"WHERE r.run_id = ? {where} ORDER BY r.seed_id, r.stage, r.sample_index, r.id",
-            params=params,
-        )
-        return rel.to_arrow_reader(batch_rows)
+    ) -> Iterator[pa.RecordBatch]:
+        """``curated_table`` as Arrow batches in the same order (optionally one stage's records), read a
+        range of seeds at a time: sorting a whole run at once would hold it all in memory, so an export of
+        any size reads about ``batch_rows`` records per query. Uses its own cursor."""
+        cur = self.con.cursor()
+        scope = "run_id = ?" + (" AND stage = ?" if stage is not None else "")
+        sp: list[Any] = [run_id] + ([stage] if stage is not None else [])
+        n_seeds, n_records = cur.execute(
+            f"SELECT count(DISTINCT seed_id), count(*) FROM records WHERE {scope}", sp
+        ).fetchone() or (0, 0)
+        if not n_records:
+            return
+        per_query = max(1, int(batch_rows * n_seeds / n_records))
+        # The first seed id of each range, in order; a range ends where the next begins.
+        starts = [
+            r[0]
+            for r in cur.execute(
+                "SELECT seed_id FROM (SELECT seed_id, row_number() OVER (ORDER BY seed_id) AS i FROM "
+                f"(SELECT DISTINCT seed_id FROM records WHERE {scope})) WHERE (i - 1) % ? = 0 ORDER BY seed_id",
+                [*sp, per_query],
+            ).fetchall()
+        ]
+        keep = "" if include_rejected else "AND v.reasons IS NULL"
+        for i, lo in enumerate(starts):
+            hi = starts[i + 1] if i + 1 < len(starts) else None
+            rng = "seed_id >= ?" + (" AND seed_id < ?" if hi is not None else "")
+            rp: list[Any] = [lo] + ([hi] if hi is not None else [])
+            sql = (
+                f"WITH r AS (SELECT * FROM records WHERE {scope} AND {rng}), "
+                "v AS (SELECT record_id, string_agg(filter || ': ' || coalesce(reason, ''), '; ') AS reasons "
+                f"     FROM verdicts WHERE {self._LIVE} AND record_id IN (SELECT id FROM r) GROUP BY record_id) "
+                "SELECT r.id, r.stage, r.seed_id, r.sample_index, r.text, r.payload, r.request_keys, r.teacher, "
+                "r.template_version, v.reasons AS dropped_by "
+                f"FROM r LEFT JOIN v ON v.record_id = r.id WHERE true {keep} "
+                "ORDER BY r.seed_id, r.stage, r.sample_index, r.id"
+            )
+            yield from cur.sql(sql, params=[*sp, *rp, run_id]).to_arrow_reader(batch_rows)
 
     def verdict_counts(self, run_id: str) -> list[tuple[str, str, int]]:
         rows = self._rows(
@@ -676,3 +710,99 @@ class Store:
             "FROM c GROUP BY ALL ORDER BY teacher, requests DESC, temperature, top_p, max_tokens",
             [run_id, run_id],
         )
+
+    # -- report reads ------------------------------------------------------------------------------
+    # Records rejected now (by their recipe's check or the latest pass), once each.
+    _DROPPED = f"SELECT DISTINCT record_id FROM verdicts WHERE {_LIVE}"
+
+    def label_counts(self, run_id: str, field: str) -> list[tuple[str, int, int]]:
+        """(value, records, curated records) of one payload field, over the run's records that have it;
+        most records first."""
+        rows = self._rows(
+            f"WITH d AS ({self._DROPPED}) "
+            "SELECT r.v, count(*), count(*) FILTER (WHERE d.record_id IS NULL) FROM "
+            "(SELECT id, json_extract_string(payload, ?) AS v FROM records WHERE run_id = ?) r "
+            "LEFT JOIN d ON d.record_id = r.id WHERE r.v IS NOT NULL GROUP BY r.v ORDER BY 2 DESC, 1",
+            [run_id, f'$."{field}"', run_id],
+        )
+        return [(str(v), int(n), int(k)) for v, n, k in rows]
+
+    def text_lengths(self, run_id: str) -> pa.Table:
+        """Per record: ``chars`` (length of its text) and ``curated``."""
+        cur = self.con.execute(
+            f"WITH d AS ({self._DROPPED}) SELECT coalesce(length(r.text), 0) AS chars, "
+            "d.record_id IS NULL AS curated FROM records r LEFT JOIN d ON d.record_id = r.id WHERE r.run_id = ?",
+            [run_id, run_id],
+        )
+        return _arrow(cur)
+
+    def pass_scores(self, run_id: str, filter_slug: str) -> pa.Table:
+        """``score`` and ``keep`` of one filter's verdicts in the run's latest pass."""
+        cur = self.con.execute(
+            "SELECT score, keep FROM verdicts WHERE run_id = ? AND filter = ? "
+            "AND pass_id = (SELECT max(pass_id) FROM filter_passes WHERE run_id = ?)",
+            [run_id, filter_slug, run_id],
+        )
+        return _arrow(cur)
+
+    def teacher_usage(self, run_id: str) -> list[dict[str, Any]]:
+        """Per teacher name, over the answers behind the run (as in ``request_sampling``): requests, ok and
+        rejected answers, tokens, and latency percentiles (ms) of the answers that recorded one."""
+        return self._dicts(
+            "WITH k AS (SELECT DISTINCT unnest(request_keys) AS key FROM records WHERE run_id = ? "
+            "           UNION SELECT key FROM cache WHERE run_id = ?), "
+            "c AS (SELECT c.* FROM cache c SEMI JOIN k ON c.key = k.key) "
+            "SELECT teacher, count(*) AS requests, count(*) FILTER (WHERE status = 'ok') AS ok, "
+            "count(*) FILTER (WHERE status <> 'ok') AS rejected, "
+            "coalesce(sum(prompt_tokens), 0) AS prompt_tokens, "
+            "coalesce(sum(completion_tokens), 0) AS completion_tokens, "
+            "count(latency_ms) FILTER (WHERE latency_ms > 0) AS timed, "
+            "quantile_cont(latency_ms, 0.5) FILTER (WHERE latency_ms > 0) AS p50_ms, "
+            "quantile_cont(latency_ms, 0.9) FILTER (WHERE latency_ms > 0) AS p90_ms, "
+            "quantile_cont(latency_ms, 0.99) FILTER (WHERE latency_ms > 0) AS p99_ms, "
+            "max(latency_ms) AS max_ms FROM c GROUP BY teacher ORDER BY teacher",
+            [run_id, run_id],
+        )
+
+    def rejections(self, run_id: str, limit: int = 10) -> list[tuple[str, str, int]]:
+        """(teacher, error, answers) of the deterministic rejections behind the run, most first."""
+        rows = self._rows(
+            "WITH k AS (SELECT DISTINCT unnest(request_keys) AS key FROM records WHERE run_id = ? "
+            "           UNION SELECT key FROM cache WHERE run_id = ?) "
+            "SELECT teacher, coalesce(error, ''), count(*) FROM cache c SEMI JOIN k ON c.key = k.key "
+            "WHERE status <> 'ok' GROUP BY ALL ORDER BY 3 DESC, 1, 2 LIMIT ?",
+            [run_id, run_id, limit],
+        )
+        return [(str(t), str(e), int(n)) for t, e, n in rows]
+
+    def failure_kinds(self, run_id: str) -> list[tuple[str, int]]:
+        """(kind, seeds) of the run's final failures (after retries), most first."""
+        rows = self._rows(
+            "SELECT kind, count(*) FROM failures WHERE run_id = ? GROUP BY kind ORDER BY 2 DESC, 1", [run_id]
+        )
+        return [(str(k), int(n)) for k, n in rows]
+
+    def record_sample(self, run_id: str, n: int, *, curated: bool | None = None) -> list[dict[str, Any]]:
+        """Up to ``n`` records in a fixed pseudo-random order (by a hash of the id), curated or rejected or
+        either, with ``dropped_by`` (the live rejecting verdicts, NULL when curated)."""
+        where = {None: "", True: "AND v.reasons IS NULL", False: "AND v.reasons IS NOT NULL"}[curated]
+        return self._dicts(
+            "WITH v AS (SELECT record_id, string_agg(filter || ': ' || coalesce(reason, ''), '; ' "
+            f"          ORDER BY pass_id NULLS FIRST, filter) AS reasons FROM verdicts WHERE {self._LIVE} "
+            "           GROUP BY record_id) "
+            "SELECT r.id, r.stage, r.seed_id, r.sample_index, r.text, r.payload, v.reasons AS dropped_by "
+            f"FROM records r LEFT JOIN v ON v.record_id = r.id WHERE r.run_id = ? {where} "
+            "ORDER BY md5(r.id) LIMIT ?",
+            [run_id, run_id, n],
+        )
+
+    def repeated_texts(self, run_id: str, limit: int = 10) -> tuple[list[tuple[str, int]], int]:
+        """The texts the run's records hold more than once (most repeated first), and how many distinct
+        texts there are."""
+        rows = self._rows(
+            "SELECT text, count(*) FROM records WHERE run_id = ? AND text IS NOT NULL GROUP BY text "
+            "HAVING count(*) > 1 ORDER BY 2 DESC, 1 LIMIT ?",
+            [run_id, limit],
+        )
+        distinct = self._scalar("SELECT count(DISTINCT text) FROM records WHERE run_id = ?", [run_id])
+        return [(str(t), int(n)) for t, n in rows], int(distinct or 0)
