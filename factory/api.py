@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import orjson
 
 from factory import __version__
@@ -54,7 +55,19 @@ def prepare(config: str | Path | RunConfig, *, store: str | None = None) -> Prep
     params = validate_params(
         recipe.params, cfg.params, prefix="params", owner=f"recipe {recipe.slug!r}", noun="field"
     )
-    state = recipe.prepare(params, cfg.path)
+    shapes = ["records", *recipe.shapes, *(["messages"] if "prompt_completion" in recipe.shapes else [])]
+    if cfg.export.shape not in shapes:
+        raise ConfigError(
+            f"export.shape {cfg.export.shape!r}: the {recipe.slug} recipe's records do not come in that shape; "
+            f"it offers {', '.join(shapes)}"
+        )
+    try:
+        state = recipe.prepare(params, cfg.path)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigError(
+            f"params: template {exc.name}: Jinja syntax error at line {exc.lineno}: "
+            f"{(exc.message or '').rstrip('.')}; fix the template"
+        ) from None
     roles = cfg.roles()
     for role in recipe.teacher_roles(params):
         if role not in roles:

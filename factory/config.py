@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,13 +90,16 @@ class RunnerConfig(Strict):
     )
 
 
+ExportShape = Literal["records", "messages", "prompt_completion", "text_label", "triples", "step_by_step"]
+
+
 class ExportConfig(Strict):
     out: str | None = Field(None, description="Folder written by `factory export` when --out is not given.")
-    format: str = Field("hf", description="hf | parquet | jsonl")
+    format: Literal["hf", "parquet", "jsonl"] = Field("hf", description="hf | parquet | jsonl")
     splits: dict[str, float] = Field(
         default_factory=lambda: {"train": 1.0}, description="Split name → share."
     )
-    shape: str = Field(
+    shape: ExportShape = Field(
         "records",
         description="records | messages | prompt_completion | text_label | triples | step_by_step "
         "(the recipe's training formats; `--as` on the command line).",
@@ -104,6 +109,18 @@ class ExportConfig(Strict):
     )
     stage: str | None = Field(None, description="Records of one stage (default: the recipe's last), or all.")
     max_shard_mb: float = Field(256.0, gt=0, description="Largest parquet shard of an hf export, in MB.")
+
+    @field_validator("splits")
+    @classmethod
+    def _shares(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v or any(x < 0 for x in v.values()) or abs(sum(v.values()) - 1.0) > 1e-6:
+            raise ValueError(
+                f"shares must be non-negative and sum to 1 (e.g. {{train: 0.9, test: 0.1}}), got {v}"
+            )
+        bad = [name for name in v if not name.replace("_", "").isalnum()]
+        if bad:
+            raise ValueError(f"split names must be letters, digits or _, got {bad}")
+        return v
 
 
 class RunConfig(Strict):
@@ -191,14 +208,32 @@ def validate_params(
         loc = ".".join(str(x) for x in err["loc"])
         if err["type"] == "extra_forbidden":
             known = ", ".join(model.model_fields)
+            close = difflib.get_close_matches(loc, model.model_fields, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(
-                f"{prefix}: unknown {noun} {loc!r} for {owner}; its {noun}s are: {known}"
+                f"{prefix}: unknown {noun} {loc!r} for {owner}.{hint} Its {noun}s are: {known}"
             ) from None
         raise ConfigError(f"{prefix}.{loc}: {err['msg']}") from None
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
     return ".".join(str(x) for x in loc) or "(top level)"
+
+
+def _known_fields(loc: tuple[Any, ...]) -> list[str]:
+    """The field names allowed where ``loc`` points (for "did you mean"), or [] when unknown."""
+    tp: Any = RunConfig
+    for part in loc[:-1]:
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            fld = tp.model_fields.get(str(part))
+            if fld is None:
+                return []
+            tp = fld.annotation
+        elif typing.get_origin(tp) is dict:
+            tp = typing.get_args(tp)[1]
+        else:
+            return []
+    return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
 
 
 def parse_config(data: Any, *, source: str, base_dir: Path) -> RunConfig:
@@ -214,7 +249,11 @@ def parse_config(data: Any, *, source: str, base_dir: Path) -> RunConfig:
         err = exc.errors()[0]
         loc = _field_path(err["loc"])
         if err["type"] == "extra_forbidden":
-            raise ConfigError(f"{source}: unknown field {loc!r}; remove it or check its spelling") from None
+            close = difflib.get_close_matches(str(err["loc"][-1]), _known_fields(err["loc"]), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"{source}: unknown field {loc!r}.{hint} Remove it or check its spelling"
+            ) from None
         msg = err["msg"]
         ctx_err = (err.get("ctx") or {}).get("error")
         if isinstance(ctx_err, ConfigError):
@@ -223,6 +262,25 @@ def parse_config(data: Any, *, source: str, base_dir: Path) -> RunConfig:
         raise ConfigError(f"{source}: field {loc!r}: {msg}{more}") from None
     cfg._base_dir = base_dir
     return cfg
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key written twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                again = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: construct_mapping reports it
+                continue
+            if again:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"found duplicate key {key!r}", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep)
 
 
 def load_config(path: str | os.PathLike[str]) -> RunConfig:
@@ -234,7 +292,7 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{p}: not valid UTF-8 (byte {exc.start}); save the file as UTF-8") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -439,14 +439,23 @@ class Runner:
     async def _flush_every(self) -> None:
         while True:
             await asyncio.sleep(self.plan.commit_interval_s)
+            flush = asyncio.ensure_future(self._flush())
+            # A commit that fails after this task was cancelled still fails the run (and is not left to
+            # asyncio to report as an exception never retrieved).
+            flush.add_done_callback(self._flush_failed)
             try:
                 # Shielded: when the run ends and this task is cancelled mid-commit, the commit of the rows
                 # already swapped out of the batch must still happen (the final flush waits for it).
-                await asyncio.shield(self._flush())
+                await asyncio.shield(flush)
             except StoreError as exc:
                 self._fatal = exc
                 self.stop("failed")
                 return
+
+    def _flush_failed(self, task: asyncio.Future[None]) -> None:
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None and self._fatal is None:
+            self._fatal = exc
 
     async def _flush(self) -> None:
         async with self._flush_lock:

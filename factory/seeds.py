@@ -38,6 +38,10 @@ def _decode(path: Path, raw: bytes) -> str:
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:  # before reading: a .gz or .xlsx file is not "invalid UTF-8"
+        raise ConfigError(
+            f"seed file {path}: unsupported extension {suffix!r}; use one of {', '.join(SUFFIXES)}"
+        )
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -72,7 +76,22 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
             raise ConfigError(f"seed file {path}: expected a JSON list of objects")
         return data
     if suffix == ".csv":
-        return [dict(r) for r in csv.DictReader(io.StringIO(text))]
+        reader = csv.DictReader(io.StringIO(text))
+        out = []
+        limit = csv.field_size_limit(2**31 - 1)  # a long document in one field is a seed, not an error
+        try:
+            for r in reader:
+                if None in r:  # more values than header columns
+                    raise ConfigError(
+                        f"seed file {path}, line {reader.line_num}: more values than the "
+                        f"{len(reader.fieldnames or [])} header columns; quote values that hold commas"
+                    )
+                out.append(dict(r))
+        except csv.Error as exc:
+            raise ConfigError(f"seed file {path}, line {reader.line_num}: not valid CSV ({exc})") from None
+        finally:
+            csv.field_size_limit(limit)
+        return out
     raise ConfigError(f"seed file {path}: unsupported extension {suffix!r}; use one of {', '.join(SUFFIXES)}")
 
 
@@ -95,6 +114,13 @@ def load_seeds(path: Path, required: Sequence[str] = ()) -> list[Seed]:
                 f"seed file {path}, row {n}: missing required field(s) {', '.join(repr(m) for m in missing)}; "
                 f"every row needs {', '.join(repr(r) for r in required)}"
             )
+        try:
+            orjson.dumps(row, option=orjson.OPT_SORT_KEYS)
+        except TypeError as exc:
+            raise ConfigError(
+                f"seed file {path}, row {n}: {exc}; seed values must be text, numbers, booleans, lists or "
+                "mappings"
+            ) from None
         sid = str(row["id"]) if row.get("id") not in (None, "") else digest("seed1", row, length=16)
         if sid in seen:
             raise ConfigError(

@@ -119,14 +119,28 @@ class Template:
         self.name = name
         self.source = source
         self.version = digest("tpl1", source, length=12)
-        self._tpl = self._env.from_string(source)
+        try:
+            self._tpl = self._env.from_string(source)
+        except jinja2.TemplateSyntaxError as exc:
+            exc.name = exc.name or name  # so that whoever reports it can name the template
+            raise
         self._plain = _plain_fields(source)
         # A plain dict: Jinja turns the globals into a set on every render, and a ChainMap is slow at that.
         self._tpl.globals = {"range": range}
 
     @classmethod
     def load(cls, path: Path) -> Template:
-        return cls(path.read_text(encoding="utf-8"), path.name)
+        from factory.errors import ConfigError
+
+        try:
+            source = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"template file {path}: not valid UTF-8 (byte {exc.start}); save it as UTF-8"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"template file {path}: cannot read it: {exc.strerror or exc}") from None
+        return cls(source, path.name)
 
     def render(self, **values: Any) -> str:
         if self._plain is not None:  # only {{ name }} fields: join the pieces, same text as Jinja's

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from factory.seeds import Seed
 from factory.types import Request, Sampling
-from recipes.base import Draft, Generate, Params, Recipe, Shape, Template, sample_seed
+from recipes.base import Draft, Generate, Params, Recipe, Shape, Template, sample_seed, template_path
 
 STAGE = "completion"
 
@@ -49,7 +49,7 @@ class State:
 
 def prepare(params: PromptParams, resolve: Callable[[str], Path]) -> State:
     if params.template_file:
-        return State(params, Template.load(resolve(params.template_file)))
+        return State(params, Template.load(template_path(params.template_file, "", resolve)))
     return State(params, Template(params.template, "inline"))
 
 

@@ -203,15 +203,22 @@ def _answer_text(p: dict[str, Any]) -> str:
 
 SHAPES = {
     "prompt_completion": Shape(
-        lambda p: {"prompt": p["input"], "completion": _answer_text(p),
-                   "gold": None if p["gold"] is None else str(p["gold"])}
-    ),  # fmt: skip
+        lambda p: {
+            "prompt": p["input"],
+            "completion": _answer_text(p),
+            "gold": None if p["gold"] is None else str(p["gold"]),
+        }
+    ),
     # Distilling Step-by-Step: one input, two targets (the trainer adds the task prefixes).
     # `gold` (null without one) lets an evaluation score student and teacher on the same rows.
     "step_by_step": Shape(
-        lambda p: {"input": p["input"], "label": str(p["answer"]), "rationale": p["rationale"],
-                   "gold": None if p["gold"] is None else str(p["gold"])}
-    ),  # fmt: skip
+        lambda p: {
+            "input": p["input"],
+            "label": str(p["answer"]),
+            "rationale": p["rationale"],
+            "gold": None if p["gold"] is None else str(p["gold"]),
+        }
+    ),
 }
 
 
