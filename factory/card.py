@@ -40,6 +40,7 @@ class ExportFacts:
     slim: bool
     include_rejected: bool
     stage: str | None = None  # records stage exported, when the recipe has several
+    split_by: str = "seed"  # what the split hash is taken of: "seed" or "record"
     funnel_image: str | None = None  # the funnel chart written beside the card (a path in the folder)
 
 
@@ -199,7 +200,9 @@ class _Card:
         return [
             "## Dataset structure", "", " ".join(notes), "",
             *md.table(["split", "rows", "parquet bytes", "files"], rows),
-            "Each record's split comes from a hash of its id, so a record stays in its split.", "",
+            ("Each record's split comes from a hash of its seed id: every record of a seed is in one split, "
+             "and a record stays in its split." if f.split_by == "seed" else
+             "Each record's split comes from a hash of its id, so a record stays in its split."), "",
         ]  # fmt: skip
 
     def teachers(self) -> list[str]:

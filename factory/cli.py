@@ -131,7 +131,7 @@ def _store_for(args: argparse.Namespace, *, write: bool = False) -> Any:
     from factory.store import Store
 
     path = Path(args.store or os.environ.get("FACTORY_STORE", DEFAULT_STORE))
-    if write and not path.exists():
+    if not path.exists():
         raise ConfigError(
             f"--store: no store at {path}; run `factory run CONFIG.yaml` first, or pass --store PATH"
         )
@@ -242,6 +242,39 @@ def cmd_why(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from factory.report import write_report
+
+    with _store_for(args) as st:
+        run_id = st.resolve_run(args.run)
+        out = Path(args.out) if args.out else Path("out") / f"{st.run_summary(run_id)['name']}-report.html"
+        res = write_report(st, run_id, out, map_points=args.map_points)
+    for note in res.notes:
+        print(f"note: {note}")
+    print(f"report of {run_id}: {res.path}")
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
+
+    from factory.config import DEFAULT_STORE
+    from factory.view import serve
+
+    path = Path(args.store_path or args.store or os.environ.get("FACTORY_STORE", DEFAULT_STORE))
+    if not path.is_file():
+        raise ConfigError(f"STORE: no store at {path}; run `factory run CONFIG.yaml` first, or give its path")
+
+    def ready(url: str) -> None:
+        print(f"serving {path} read-only at {url} (Ctrl+C stops)", flush=True)
+
+    with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl+C during the clean-up
+        asyncio.run(serve(path, port=args.port, run=args.run, on_ready=ready))
+    print("stopped", file=sys.stderr)
+    return 0
+
+
 def _params_lines(model: Any, indent: int, kinds: Any = None) -> None:
     """One line per param of a recipe or filter: name = default (kind): description."""
     for name, fld in model.model_fields.items():
@@ -345,6 +378,113 @@ def cmd_teachers(args: argparse.Namespace) -> int:
     return 0
 
 
+class TrainView:
+    """Training steps with loss and ETA, then evaluation progress (plain lines when not a TTY)."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self.console = _console()
+        self.live = self.console.is_terminal
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            console=self.console, disable=not self.live, refresh_per_second=4,
+        )  # fmt: skip
+        self.tasks: dict[str, Any] = {}
+        self._last_line = -10.0
+        self._last_done: tuple[str, int] | None = None
+
+    def __enter__(self) -> TrainView:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, p: Any) -> None:
+        label = "training steps" if p.phase == "train" else "evaluating"
+        if p.phase not in self.tasks:
+            self.tasks[p.phase] = self.progress.add_task(label, total=p.total, completed=p.done, info="")
+        loss = "" if p.loss is None else f"loss {p.loss:.4f} · "
+        info = f"{loss}ETA {_fmt_s(p.eta_s)}" if p.phase == "train" else ""
+        if self.live:
+            self.progress.update(self.tasks[p.phase], total=p.total, completed=p.done, info=info)
+        elif (p.phase, p.done) != self._last_done and (
+            p.done == p.total or p.elapsed_s - self._last_line >= 10
+        ):
+            self._last_line, self._last_done = p.elapsed_s, (p.phase, p.done)
+            print(f"{label} {p.done}/{p.total} {info}".rstrip(), file=sys.stderr, flush=True)
+
+
+def _print_rows(head: list[str], rows: list[list[Any]]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]
+    for r in [head, *rows]:
+        print("  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=False)).rstrip())
+
+
+def _print_eval(report: dict[str, Any]) -> None:
+    from trainers.card import eval_rows
+
+    print(f"{report['task']} on {report['split']} of {report['export']}: {report['rows']} rows, "
+          f"{report.get('inputs', report['rows'])} inputs; reference: {report.get('reference', '')}")  # fmt: skip
+    _print_rows(*eval_rows(report))
+    for note in report.get("notes", []):
+        print(f"note: {note}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from trainers.config import load_train_config
+    from trainers.run import train
+
+    given = {
+        "export": args.export, "task": args.task, "student": args.student, "out": args.out, "lora": args.lora,
+        "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size,
+        "learning_rate": args.lr, "alpha": args.alpha, "label_only": args.label_only,
+        "max_length": args.max_length, "eval_split": args.eval_split, "max_train_examples": args.max_train_examples,
+        "max_eval_examples": args.max_eval_examples, "overwrite": args.overwrite,
+    }  # fmt: skip
+    cfg = load_train_config(args.config, given)
+    with TrainView() as view:
+        res = train(cfg, on_progress=view.update)
+    if res.status == "interrupted":
+        where = f"checkpoint {res.checkpoint}" if res.checkpoint else "no step had finished, nothing saved"
+        print(f"interrupted at step {res.global_step} ({where}); re-run the same command to resume",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_INTERRUPTED
+    m = res.metrics or {}
+    if args.json:
+        print(json.dumps(m, default=str))
+        return 0
+    t = m.get("train", {})
+    if res.status == "already_done":
+        print(f"{res.out} already holds this finished training (--overwrite trains it again)")
+    print(f"model: {res.out} (metrics.json, README.md)")
+    loss = " → ".join(f"{x:.4f}" for x in (t.get("first_loss"), t.get("final_loss")) if x is not None)
+    print(f"steps {t.get('global_step')} · loss {loss} · {t.get('examples_per_s')} examples/s · "
+          f"train {t.get('train_s')} s · wall {t.get('wall_s')} s")  # fmt: skip
+    if res.resumed_from:
+        print(f"resumed from step {res.resumed_from}")
+    _print_eval(m["eval"])
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from trainers.run import evaluate_models
+
+    paths = list(args.paths)
+    export = None
+    if len(paths) > 1 and not (Path(paths[-1]) / "factory_train.json").is_file():
+        export = paths.pop()
+    with TrainView() as view:
+        report = evaluate_models(paths, export, split=args.split, max_examples=args.max_examples,
+                                 on_progress=view.update)  # fmt: skip
+    if args.json:
+        print(json.dumps(report, default=str))
+        return 0
+    _print_eval(report)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="factory", description="Synthetic dataset factory for LLM distillation.")
     p.add_argument("--version", action="version", version=f"factory {__version__}")
@@ -417,6 +557,64 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--store", help="DuckDB store path")
     w.add_argument("--json", action="store_true", help="machine-readable output")
     w.set_defaults(fn=cmd_why)
+
+    rp = sub.add_parser("report", help="write a run's report: one self-contained HTML page of charts")
+    rp.add_argument("run", nargs="?", help="run id, id prefix or name (default: the latest run)")
+    rp.add_argument("--out", help="the HTML file to write (default: out/RUN_NAME-report.html)")
+    rp.add_argument("--map-points", type=int, default=1500, metavar="N",
+                    help="records on the embedding map (default 1500; 0: no map)")  # fmt: skip
+    rp.add_argument("--store", help="DuckDB store path")
+    rp.set_defaults(fn=cmd_report)
+
+    vw = sub.add_parser("view", help="browse a store's records in a local read-only web page")
+    vw.add_argument(
+        "store_path", nargs="?", metavar="STORE", help="DuckDB store (default: --store, else the default)"
+    )
+    vw.add_argument("--store", help="DuckDB store path (same as STORE)")
+    vw.add_argument(
+        "--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0: any free port)"
+    )
+    vw.add_argument("--run", help="run to open first (default: the latest run)")
+    vw.set_defaults(fn=cmd_view)
+
+    tr = sub.add_parser(
+        "train", help="fine-tune a student on an export; evaluate it; write model, metrics, card"
+    )
+    tr.add_argument(
+        "export", nargs="?", metavar="EXPORT_DIR", help="the export folder (or `export:` in --config)"
+    )
+    tr.add_argument("--task", choices=["sft", "step_by_step", "classifier", "triples"], help="what to train")
+    tr.add_argument("--student", help="embedded | minilm | a local model folder")
+    tr.add_argument("--config", help="a training YAML with the same fields; flags given win")
+    tr.add_argument("--out", help="output folder (default: out/students/EXPORT-TASK)")
+    tr.add_argument("--lora", action="store_true", default=None, help="train LoRA adapters (merged on save)")
+    tr.add_argument("--epochs", type=float, help="passes over train (default 1)")
+    tr.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
+    tr.add_argument("--batch-size", type=int, help="examples per step (default 8)")
+    tr.add_argument("--lr", type=float, help="learning rate (default 5e-5; 2e-4 with --lora)")
+    tr.add_argument("--alpha", type=float, help="step_by_step: weight of the label loss (default 0.5)")
+    tr.add_argument(
+        "--label-only", action="store_true", default=None, help="step_by_step: the label-only baseline"
+    )
+    tr.add_argument("--max-length", type=int, help="longest tokenized example (default 512)")
+    tr.add_argument(
+        "--eval-split", help="held-out split (default: test, else validation, else 10%% of train)"
+    )
+    tr.add_argument("--max-train-examples", type=int, help="train on at most N rows")
+    tr.add_argument("--max-eval-examples", type=int, help="evaluate at most N inputs")
+    tr.add_argument("--overwrite", action="store_true", default=None, help="replace a non-empty --out")
+    tr.add_argument("--json", action="store_true", help="print metrics.json")
+    tr.set_defaults(fn=cmd_train)
+
+    ev = sub.add_parser(
+        "eval", help="score students (and the teacher's own answers) on an export's held-out split"
+    )
+    ev.add_argument("paths", nargs="+", metavar="MODEL [MODEL ...] [EXPORT_DIR]",
+                    help="model folders `factory train` wrote, then the export (default: the one trained on)")  # fmt: skip
+    ev.add_argument("--split", help="split to score (default: the one held out in training)")
+    ev.add_argument("--max-examples", type=int, help="score at most N inputs")
+    ev.add_argument("--json", action="store_true", help="machine-readable output")
+    ev.set_defaults(fn=cmd_eval)
 
     fl = sub.add_parser("filters", help="list the installed filters")
     fl.add_argument("-v", "--verbose", action="store_true", help="also show params (threshold or scoring)")

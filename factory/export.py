@@ -205,7 +205,7 @@ def export_run(
             (tmp / FUNNEL_IMAGE).write_text(funnel_svg(store, run_id), "utf-8")
             files.append(tmp / FUNNEL_IMAGE)
             (tmp / "README.md").write_text(
-                _card(store, run_id, w, sizes, plan, slim, include_rejected), "utf-8"
+                _card(store, run_id, w, sizes, plan, slim, include_rejected, split_by), "utf-8"
             )
             files.append(tmp / "README.md")
         _swap_in(tmp, out)
@@ -389,7 +389,7 @@ class _ParquetWriter(_Writer):
 
 # -- card ----------------------------------------------------------------------------------------------
 def _card(store: Store, run_id: str, w: _ParquetWriter, sizes: dict[str, int], plan: _Plan, slim: bool,
-          include_rejected: bool) -> str:  # fmt: skip
+          include_rejected: bool, split_by: str) -> str:  # fmt: skip
     import datasets
 
     from factory.card import ExportFacts, render_dataset_card
@@ -405,7 +405,7 @@ def _card(store: Store, run_id: str, w: _ParquetWriter, sizes: dict[str, int], p
         split_sizes=sizes, split_bytes={s: w.split_bytes[s] for s in sizes},
         data_files={s: f"data/{s}-*.parquet" for s in sizes}, dataset_info=info._to_yaml_dict(),
         shape=plan.shape, label_names=w.label_names, examples=examples, slim=slim,
-        include_rejected=include_rejected, stage=plan.stage, funnel_image=FUNNEL_IMAGE,
+        include_rejected=include_rejected, stage=plan.stage, funnel_image=FUNNEL_IMAGE, split_by=split_by,
     )  # fmt: skip
     return render_dataset_card(store, run_id, facts)
 

