@@ -1,4 +1,4 @@
-# Two entry points: `make demo` (install, run the rationales recipe on the embedded teacher, export)
+# Two entry points: `make demo` (install, run the rationales recipe on the embedded teacher, export, report)
 # and `make test` (install, run the whole test suite). Both create .venv on first use.
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,7 +23,9 @@ install: $(STAMP)
 demo: install
 	$(BIN)/factory run recipes/examples/rationales_demo.yaml
 	$(BIN)/factory export rationales-demo --out out/demo --overwrite
+	$(BIN)/factory report rationales-demo --out out/demo-report.html
 	@echo "dataset folder: $(CURDIR)/out/demo"
+	@echo "report: $(CURDIR)/out/demo-report.html"
 
 test: install
 	$(BIN)/pytest

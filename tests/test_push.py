@@ -114,12 +114,13 @@ def test_push_sends_the_export_byte_identical_in_one_commit(export, hub, tmp_pat
     before = _digest(export)
     res = _cli("push", str(export), "--repo-id", "me/demo", env=_env(tmp_path, hub.endpoint), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert "pushed 3 files to me/demo (public)" in res.stdout and "/datasets/me/demo/commit/" in res.stdout
+    assert "pushed 4 files to me/demo (public)" in res.stdout and "/datasets/me/demo/commit/" in res.stdout
     repo = hub.repo("me/demo")
     assert repo is not None and not repo.private
     local = _files(export)
     assert set(local) == {
         "README.md",
+        "funnel.svg",
         "data/train-00000-of-00001.parquet",
         "data/test-00000-of-00001.parquet",
     }
@@ -160,7 +161,12 @@ def test_pushing_again_makes_no_commit_and_changes_go_in_one(export, tmp_path):
         assert "pushed 1 file, deleted 1 to me/demo" in changed.stdout
         repo = hub.repo("me/demo")
         assert len(repo.commits) == commits + 1
-        assert set(repo.files) == {".gitattributes", "README.md", "data/train-00000-of-00001.parquet"}
+        assert set(repo.files) == {
+            ".gitattributes",
+            "README.md",
+            "funnel.svg",
+            "data/train-00000-of-00001.parquet",
+        }
         assert repo.files["README.md"] == card.read_bytes()
 
 
@@ -385,5 +391,5 @@ def test_the_fake_hub_answers_the_clients_other_calls(export, tmp_path):
         assert out.returncode == 0, out.stderr
         got = json.loads(out.stdout.strip().splitlines()[-1])
         assert got["info"] == ["RepoFile:README.md", "RepoFolder:data"]
-        assert got["top"] == [".gitattributes", "README.md", "data"]
+        assert got["top"] == [".gitattributes", "README.md", "data", "funnel.svg"]
         assert got["card"] == (export / "README.md").read_text(encoding="utf-8")
