@@ -33,10 +33,10 @@ def _fmt_s(s: float | None) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-class ProgressView:
-    """A progress bar with rate, tokens, cache hits, failures and ETA (a plain line when not a TTY)."""
+class _BarView:
+    """A rich progress display on stderr with one text column of details; plain lines when not a TTY."""
 
-    def __init__(self, total: int, done: int, label: str):
+    def __init__(self) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         self.console = _console()
@@ -45,15 +45,22 @@ class ProgressView:
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
             console=self.console, disable=not self.live, refresh_per_second=4,
         )  # fmt: skip
-        self.task = self.progress.add_task(label, total=total, completed=done, info="")
-        self._last_line = 0.0
 
-    def __enter__(self) -> ProgressView:
+    def __enter__(self) -> Any:
         self.progress.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.progress.__exit__(*exc)
+
+
+class ProgressView(_BarView):
+    """A progress bar with rate, tokens, cache hits, failures and ETA (a plain line when not a TTY)."""
+
+    def __init__(self, total: int, done: int, label: str):
+        super().__init__()
+        self.task = self.progress.add_task(label, total=total, completed=done, info="")
+        self._last_line = 0.0
 
     def update(self, p: Any) -> None:
         rate = p.requests_sent / p.elapsed_s if p.elapsed_s > 0 else 0.0
@@ -378,28 +385,14 @@ def cmd_teachers(args: argparse.Namespace) -> int:
     return 0
 
 
-class TrainView:
+class TrainView(_BarView):
     """Training steps with loss and ETA, then evaluation progress (plain lines when not a TTY)."""
 
     def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        self.console = _console()
-        self.live = self.console.is_terminal
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            console=self.console, disable=not self.live, refresh_per_second=4,
-        )  # fmt: skip
+        super().__init__()
         self.tasks: dict[str, Any] = {}
         self._last_line = -10.0
         self._last_done: tuple[str, int] | None = None
-
-    def __enter__(self) -> TrainView:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.progress.__exit__(*exc)
 
     def update(self, p: Any) -> None:
         label = "training steps" if p.phase == "train" else "evaluating"
