@@ -360,7 +360,19 @@ def test_boundary_on_embedded_teacher_end_to_end(tmp_path):
     assert 3 <= s1["requests_sent"] <= 3 + 3 * 2
     s2 = json.loads(cli("run", "b.yaml", "--json").strip().splitlines()[-1])
     assert s2["requests_sent"] == 0 and s2["records_added"] == 0
-    cli("export", "b-e2e", "--store", "s.duckdb", "--out", "out", "--format", "jsonl", "--include-rejected")
+    cli(
+        "export",
+        "b-e2e",
+        "--store",
+        "s.duckdb",
+        "--out",
+        "out",
+        "--format",
+        "jsonl",
+        "--include-rejected",
+        "--stage",
+        "all",
+    )
     rows = [json.loads(line) for line in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
     assert len(rows) == s1["records_added"]
     labels = {"card_lost", "card_not_arrived", "refund_request"}

@@ -130,7 +130,8 @@ def assert_learned(res, snap):
     from trainers.card import METRIC_KEYS
 
     curve = res.metrics["train"]["loss_curve"]
-    assert curve[-1]["loss"] < curve[0]["loss"], curve
+    first, last = [p["loss"] for p in curve[:2]], [p["loss"] for p in curve[-2:]]
+    assert sum(last) / len(last) < sum(first) / len(first), curve  # loss falls (ends of the curve, averaged)
     assert snap.trainable and snap.unchanged(snap.trainable) == []
     for part, keys in METRIC_KEYS.items():  # what the model card reads
         assert all(k in res.metrics[part] for k in keys), (part, res.metrics[part].keys())
@@ -240,7 +241,7 @@ def test_classifier_trains_and_reports_accuracy_and_macro_f1(tmp_path, exports):
     tok.save_pretrained(str(tiny))
 
     snap = snapshot_callback()
-    res = train(tmp_path, exports["text_label"], "classifier", tiny, [snap], max_steps=8, learning_rate=1e-3)
+    res = train(tmp_path, exports["text_label"], "classifier", tiny, [snap], max_steps=24, learning_rate=3e-3)
     assert_learned(res, snap)
     student = res.metrics["eval"]["models"][0]["metrics"]
     assert {"accuracy", "macro_f1", "n", "per_class"} <= set(student) and student["n"] > 0
