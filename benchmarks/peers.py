@@ -242,7 +242,8 @@ def rate_limit(n: int) -> tuple[str, list[str], dict]:
     print("rate limit:", file=sys.stderr, flush=True)
     limit = RPM / 60
     cases = [  # (client, extra args, how it learns the limit)
-        ("factory", [], "not told (no such option): 429 + Retry-After, per-request backoff"),
+        ("factory", [], "not told: learns a rate from the 429s, and pauses every request for Retry-After"),
+        ("factory", ["--rpm", str(RPM)], f"told: max_requests_per_minute={RPM}"),
         ("curator", ["--rpm", str(RPM)], f"told: max_requests_per_minute={RPM} (what it reads from a provider's x-ratelimit headers)"),
         ("distilabel", [], "not told (no such option): the openai SDK's retries (OpenAILLM max_retries=6)"),
     ]  # fmt: skip
@@ -250,8 +251,9 @@ def rate_limit(n: int) -> tuple[str, list[str], dict]:
     load0 = os.getloadavg()
     with start_subprocess(latency=LATENCY, rpm=RPM, rpm_burst=RPM_BURST) as srv:
         for client, extra, how in cases:
-            r = run_client(srv, client, n, RPM_IN_FLIGHT, "rpm", extra)
-            data[client] = r
+            key = client + ("_told" if client == "factory" and extra else "")
+            r = run_client(srv, client, n, RPM_IN_FLIGHT, f"rpm-{key}", extra)
+            data[key] = r
             if "error" in r:
                 rows.append([client, how, str(RPM_IN_FLIGHT), f"{n:,}", r["error"]] + [""] * 8)
                 if client == "factory":

@@ -42,6 +42,12 @@ class TeacherConfig(Strict):
     request_timeout_s: float = Field(
         120.0, gt=0, description="Give up on one attempt after this many seconds."
     )
+    max_requests_per_minute: float | None = Field(
+        None,
+        gt=0,
+        description="The provider's request limit: starts are spaced to stay under it (API teachers). "
+        "Without it, a rate is learnt from the first 429s.",
+    )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Backend-specific options (engine args ...)."
     )
@@ -63,6 +69,8 @@ class TeacherConfig(Strict):
             opts.setdefault("max_in_flight", self.max_in_flight)
             opts.setdefault("max_retries", self.max_retries)
             opts.setdefault("request_timeout_s", self.request_timeout_s)
+            if self.max_requests_per_minute:
+                opts.setdefault("max_requests_per_minute", self.max_requests_per_minute)
             if self.base_url:
                 opts.setdefault("base_url", self.base_url)
             if self.api_key_env:

@@ -1,6 +1,6 @@
 """Our side of `benchmarks/peers.py`, in the project venv: the factory runner, and the bare aiohttp bound.
 
-    python ours_client.py factory|raw --url URL --n N --c C [--e2e OUT_DIR]
+    python ours_client.py factory|raw --url URL --n N --c C [--e2e OUT_DIR] [--rpm RPM]
 
 `factory`: `factory.api` with the `prompt` recipe over N seeds (the same prompt texts as every client),
 persistence and the request cache on, a fresh DuckDB store per run: what `factory run` does. With --e2e
@@ -25,7 +25,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parent.parent)]
 from _measure import MAX_TOKENS, Monitor, Stages, emit, prompts  # noqa: E402
 
 
-def config(work: Path, url: str, n: int, c: int, dedup: bool) -> Path:
+def config(work: Path, url: str, n: int, c: int, dedup: bool, rpm: float | None = None) -> Path:
     import orjson
 
     seeds = work / "seeds.jsonl"
@@ -35,19 +35,21 @@ def config(work: Path, url: str, n: int, c: int, dedup: bool) -> Path:
     cfg = work / "bench.yaml"
     cfg.write_text(
         f"name: bench\nrecipe: prompt\nseeds: {seeds}\nstore: {work / 'bench.duckdb'}\n"
-        f"params: {{max_tokens: {MAX_TOKENS}}}\nteacher: {{spec: 'openai:m@{url}', max_in_flight: {c}}}\n"
+        f"params: {{max_tokens: {MAX_TOKENS}}}\nteacher: {{spec: 'openai:m@{url}', max_in_flight: {c}"
+        + (f", max_requests_per_minute: {rpm:g}" if rpm else "")
+        + "}\n"
         + ("filters:\n  - minhash_dedup\n" if dedup else "")
     )
     return cfg
 
 
-def run_factory(url: str, n: int, c: int, e2e: str | None) -> dict:
+def run_factory(url: str, n: int, c: int, e2e: str | None, rpm: float | None = None) -> dict:
     from factory import api
     from factory.export import export_configured
     from factory.store import Store
 
     work = Path(tempfile.mkdtemp(prefix="factory-peers-"))
-    cfg = config(work, url, n, c, dedup=bool(e2e))
+    cfg = config(work, url, n, c, dedup=bool(e2e), rpm=rpm)
     mon = Monitor(url, n).begin()
     stages = Stages()
     prep = api.prepare(cfg)
@@ -83,6 +85,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, required=True)
     ap.add_argument("--c", type=int, required=True)
     ap.add_argument("--e2e", default=None, help="export folder: run generation, dedup and export")
+    ap.add_argument("--rpm", type=float, default=None, help="teacher.max_requests_per_minute")
     a = ap.parse_args()
     os.environ.setdefault("OPENAI_API_KEY", "bench-dummy-key")
     # Libraries imported before the clock starts, as for every client.
@@ -90,7 +93,7 @@ def main() -> None:
         mods = ["factory.api", "factory.export", "factory.teachers.openai", "recipes.prompt"]
         for mod in mods + (["filters.minhash_dedup"] if a.e2e else []):
             importlib.import_module(mod)
-        emit(run_factory(a.url, a.n, a.c, a.e2e))
+        emit(run_factory(a.url, a.n, a.c, a.e2e, a.rpm))
     else:
         importlib.import_module("aiohttp")
         emit(run_raw(a.url, a.n, a.c))

@@ -5,9 +5,14 @@ flight, the SDK spends 1.6-2.9 ms of CPU per request and stalls at a fraction of
 aiohttp loop spends about 300 µs; the lean client about 50 µs (see benchmarks/README.md). Connections
 open as requests need them, up to the in-flight limit: there is no hidden cap.
 
-Retries: 429, 408, 409, 5xx, timeouts, resets and unreadable bodies are retried with exponential backoff
-and full jitter, honouring ``Retry-After`` / ``retry-after-ms``; any other 4xx is a deterministic
-rejection, returned at once (and cached by the runner so it is never paid for twice).
+Retries: 408, 409, 5xx, timeouts, resets and unreadable bodies are retried with exponential backoff
+and full jitter, up to ``max_retries``; any other 4xx is a deterministic rejection, returned at once (and
+cached by the runner so it is never paid for twice).
+
+Rate limits (factory.teachers.pacing): ``max_requests_per_minute`` spaces the starts evenly; without
+it, the first 429 starts pacing at a learnt rate. A 429's ``Retry-After`` / ``retry-after-ms`` pauses
+every start of the teacher. A 429 is not a failure of the request: it is retried without using up
+``max_retries``, for up to ``rate_limit_wait_s`` from its first 429.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import orjson
 from factory.errors import ConfigError, TeacherError, TeacherRejected, TeacherUnavailable
 from factory.teachers.base import Teacher
 from factory.teachers.http import HTTPFailure, Pool
+from factory.teachers.pacing import Pacer
 from factory.types import Completion, Request
 
 log = logging.getLogger(__name__)
@@ -67,6 +73,10 @@ class OpenAITeacher(Teacher):
         self.timeout_s = float(options.pop("request_timeout_s", 120.0))
         self.backoff_base_s = float(options.pop("backoff_base_s", 0.5))
         self.backoff_max_s = float(options.pop("backoff_max_s", 30.0))
+        rpm = options.pop("max_requests_per_minute", None)
+        self.max_requests_per_minute = _positive("max_requests_per_minute", rpm) if rpm is not None else None
+        self.learn_rate_limit = bool(options.pop("learn_rate_limit", True))
+        self.rate_limit_wait_s = _positive("rate_limit_wait_s", options.pop("rate_limit_wait_s", 600.0))
         self.extra_body: dict[str, Any] = dict(options.pop("extra_body", {}) or {})
         if options:
             raise ConfigError(f"unknown option(s) for the openai teacher: {', '.join(sorted(options))}")
@@ -74,6 +84,7 @@ class OpenAITeacher(Teacher):
         self._pool: Pool | None = None
         self._pool_get()  # a malformed base_url is a config error now, not at the first request
         self._sem = asyncio.Semaphore(self.max_in_flight)
+        self.pacer = Pacer(self.max_requests_per_minute, learn=self.learn_rate_limit)
 
     def _read_key(self) -> str | None:
         if self.api_key_env is None:
@@ -130,11 +141,30 @@ class OpenAITeacher(Teacher):
 
     async def _one(self, req: Request) -> Completion | TeacherError:
         data = orjson.dumps(self.payload(req))
-        attempt = 0
+        pacer = self.pacer
+        attempt = limited = 0
+        limited_since: float | None = None
         while True:
             async with self._sem:
+                epoch = await pacer.wait()
                 result = await self._attempt(data)
-            if not isinstance(result, TeacherUnavailable) or attempt >= self.max_retries:
+            if not isinstance(result, TeacherError):
+                pacer.answered()
+                return result
+            if not isinstance(result, TeacherUnavailable):
+                return result
+            if result.kind == "http_429":
+                # the pacer holds every start of this teacher back; this request just queues again
+                pacer.limited(epoch, result.retry_after)
+                now = time.monotonic()
+                limited_since = limited_since or now
+                if now + (result.retry_after or 0.0) - limited_since > self.rate_limit_wait_s:
+                    return result  # it would still be waiting past its budget
+                if pacer.rate is None and result.retry_after is None:  # nothing paces: back off alone
+                    limited += 1
+                    await asyncio.sleep(random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2**limited)))
+                continue
+            if attempt >= self.max_retries:
                 return result
             delay = random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2**attempt))
             if result.retry_after is not None:
@@ -188,6 +218,16 @@ class OpenAITeacher(Teacher):
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+
+
+def _positive(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if not number > 0:
+        raise ConfigError(f"teacher.{name} must be a positive number, got {value!r}")
+    return number
 
 
 def create(spec: str, model: str, options: dict[str, Any]) -> Teacher:
