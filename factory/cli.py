@@ -85,6 +85,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from factory import api
 
     prep = api.prepare(args.config, store=args.store)
+    if args.executor:
+        prep.config.executor.kind = args.executor
+    if args.address:
+        if prep.config.executor.kind != "ray":
+            raise ConfigError("--address: give --executor ray too (or executor: {kind: ray} in the config)")
+        prep.config.executor.address = args.address
     if args.dry_run:
         rep = api.dry_run(prep)
         if args.json:
@@ -491,6 +497,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--store", help="DuckDB store path (overrides the config)")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
+    r.add_argument(
+        "--executor", choices=["local", "ray"], help="where the shards run (overrides executor.kind)"
+    )
+    r.add_argument(
+        "--address", help="Ray cluster address: auto, ray://HOST:10001 (default: start a local one)"
+    )
     r.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("status", help="show a run: records, requests, cache hits, failures by kind")

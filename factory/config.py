@@ -98,6 +98,27 @@ class RunnerConfig(Strict):
     )
 
 
+class ExecutorConfig(Strict):
+    kind: Literal["local", "ray"] = Field(
+        "local", description="local: this process; ray: shards on a Ray cluster (`--executor ray`)."
+    )
+    address: str | None = Field(
+        None, description="Ray cluster: 'auto', 'ray://HOST:10001', or none to start a local one."
+    )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description="Shard workers at once (default: the cluster's CPUs, or its GPUs for a local engine).",
+    )
+    shard_seeds: int = Field(1000, ge=1, description="Seeds per shard.")
+    shard_dir: str | None = Field(
+        None,
+        description="Where workers write their shards: a folder every node sees, or an fsspec/pyarrow URL "
+        "(s3://...). Default: next to the store.",
+    )
+    keep_shards: bool = Field(False, description="Keep the shard files after a finished run.")
+
+
 ExportShape = Literal["records", "messages", "prompt_completion", "text_label", "triples", "step_by_step"]
 
 
@@ -153,6 +174,7 @@ class RunConfig(Strict):
     store: str | None = Field(None, description=f"DuckDB store path (default ./{DEFAULT_STORE}).")
     budget: BudgetConfig = Field(default_factory=lambda: BudgetConfig())
     runner: RunnerConfig = Field(default_factory=lambda: RunnerConfig())
+    executor: ExecutorConfig = Field(default_factory=lambda: ExecutorConfig())
     export: ExportConfig = Field(default_factory=lambda: ExportConfig())
     license: str | None = Field(None, description="License of the produced dataset (used by export cards).")
     source_datasets: list[str] = Field(

@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 Outcome = Completion | TeacherError
 
 
+class _Draining(Exception):
+    """A request not sent because the run is stopping (its seed is left for the next invocation)."""
+
+
 @dataclass(slots=True)
 class Budget:
     max_requests: int | None = None
@@ -184,12 +188,14 @@ class Runner:
         self._seeds_total = len(plan.seeds)
 
     # -- public ------------------------------------------------------------------------------------
-    def stop(self, reason: str = "interrupted") -> None:
-        """Stop taking new seeds; in-flight work is cancelled, everything finished is committed."""
+    def stop(self, reason: str = "interrupted", *, drain: bool = False) -> None:
+        """Stop taking new seeds; everything finished is committed. In-flight work is cancelled, or with
+        ``drain`` no new request is sent and the ones in flight are waited for (and kept)."""
         if self._stopping is None:
             self._stopping = reason
-            for t in list(self._tasks):
-                t.cancel()
+            if not drain:
+                for t in list(self._tasks):
+                    t.cancel()
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[None]:
@@ -271,7 +277,7 @@ class Runner:
             drafts = await self.plan.recipe.process(seed, self.plan.state, self.generate)
         except asyncio.CancelledError:
             return
-        except BudgetExhausted:
+        except (BudgetExhausted, _Draining):
             return
         except TeacherError as exc:
             self.seeds_failed += 1
@@ -359,6 +365,8 @@ class Runner:
                         latency_ms=row["latency_ms"] or 0.0, key=key, cached=True,
                     )  # fmt: skip
                 return TeacherRejected(row["error"] or "rejected (cached)", kind="rejected_cached")
+        if self._stopping is not None:
+            raise _Draining(self._stopping)
         self._check_budget(req)
         reserve = req.sampling.max_tokens
         self.reserved_tokens += reserve

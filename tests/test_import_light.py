@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-HEAVY = ("torch", "vllm", "transformers", "sentence_transformers", "datasets")
+HEAVY = ("torch", "vllm", "transformers", "sentence_transformers", "datasets", "ray")
 
 
 def test_import_factory_stays_light():

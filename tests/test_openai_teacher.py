@@ -146,7 +146,9 @@ def test_an_untold_rate_is_learnt_from_429s():
     # it, so few attempts are wasted.
     cfg = FaultConfig(latency=0.05, rpm=1200, rpm_burst=5)
     _, stats, t, wall = _limited_run(cfg, 160, max_in_flight=32)
-    assert t.pacer.rate is not None  # it paced (its last value says little: the tail sends less than it allows)
+    assert (
+        t.pacer.rate is not None
+    )  # it paced (its last value says little: the tail sends less than it allows)
     assert stats["rate_limited"] > 0
     assert t.attempts == stats["requests"] <= 1.3 * 160, stats
     # the start-up (half the rate being sent, then 10% more each second) weighs on a run this short:

@@ -188,7 +188,8 @@ class Store:
         With ``known_new`` (the runner's batches: each key is sent once and each seed finishes once) cache
         and seed rows go in with plain inserts, which cost about half of an insert that checks for
         conflicts; should a row exist after all, the transaction is rolled back and written again with
-        the checks. Journal replay passes ``known_new=False``."""
+        the checks. Journal replay and shard ingestion pass ``known_new=False``: then records and
+        verdicts already present are skipped too."""
         try:
             self._write(batch, checked=not known_new)
         except duckdb.ConstraintException:
@@ -216,8 +217,10 @@ class Store:
                     con,
                     "INSERT INTO records (id, run_id, recipe, stage, seed_id, sample_index, text, payload, "
                     "parent_ids, request_keys, teacher, template_version) "
-                    "SELECT * FROM _batch_records",
-                )
+                    + ("SELECT DISTINCT ON (id) * FROM _batch_records b "
+                       "WHERE NOT EXISTS (SELECT 1 FROM records r WHERE r.id = b.id)"
+                       if checked else "SELECT * FROM _batch_records"),
+                )  # fmt: skip
                 con.unregister("_batch_records")
             if batch.seeds_done:
                 run_ids, seed_ids, counts = zip(*batch.seeds_done, strict=True)
@@ -247,8 +250,11 @@ class Store:
                 _x(
                     con,
                     "INSERT INTO verdicts (record_id, run_id, filter, filter_version, keep, score, reason) "
-                    "SELECT * FROM _batch_verdicts",
-                )
+                    + ("SELECT DISTINCT ON (record_id, filter, filter_version) * FROM _batch_verdicts b "
+                       "WHERE NOT EXISTS (SELECT 1 FROM verdicts v WHERE v.record_id = b.record_id "
+                       "AND v.filter = b.filter AND v.filter_version = b.filter_version)"
+                       if checked else "SELECT * FROM _batch_verdicts"),
+                )  # fmt: skip
                 con.unregister("_batch_verdicts")
             if batch.stats is not None:
                 s = batch.stats

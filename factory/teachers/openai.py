@@ -162,7 +162,9 @@ class OpenAITeacher(Teacher):
                     return result  # it would still be waiting past its budget
                 if pacer.rate is None and result.retry_after is None:  # nothing paces: back off alone
                     limited += 1
-                    await asyncio.sleep(random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2**limited)))
+                    await asyncio.sleep(
+                        random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2**limited))
+                    )
                 continue
             if attempt >= self.max_retries:
                 return result

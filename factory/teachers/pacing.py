@@ -29,7 +29,7 @@ MIN_RATE = 1.0 / 60.0  # one request a minute
 class _Meter:
     """Events per second over the last one to two whole seconds: two counters, no timestamps kept."""
 
-    __slots__ = ("second", "now", "before")
+    __slots__ = ("before", "now", "second")
 
     def __init__(self) -> None:
         self.second, self.now, self.before = 0, 0, 0
@@ -51,8 +51,19 @@ class _Meter:
 
 
 class Pacer:
-    __slots__ = ("ceiling", "rate", "epoch", "_plan", "_next", "_paused_until", "_changed", "_learn",
-                 "_through", "_sent", "_answered")  # fmt: skip
+    __slots__ = (
+        "_answered",
+        "_changed",
+        "_learn",
+        "_next",
+        "_paused_until",
+        "_plan",
+        "_sent",
+        "_through",
+        "ceiling",
+        "epoch",
+        "rate",
+    )  # fmt: skip
 
     def __init__(self, requests_per_minute: float | None = None, *, learn: bool = True):
         self.ceiling = requests_per_minute / 60.0 if requests_per_minute else None
@@ -67,6 +78,19 @@ class Pacer:
         self._sent = _Meter()
         self._answered = _Meter()
 
+    @property
+    def active(self) -> bool:
+        """Whether starts are held back at all (a rate, or a pause since the first 429)."""
+        return self.rate is not None or self._paused_until != 0.0
+
+    def take(self, now: float) -> float:
+        """The start time of the next request, booked."""
+        start = max(now, self._paused_until, self._next)
+        if self.rate is not None:
+            self._next = start + 1.0 / self.rate
+        self._sent.add(now)
+        return start
+
     async def wait(self) -> int:
         """Wait for this request's start; return the epoch it starts in (pass it to :meth:`limited`)."""
         if self.rate is None and self._paused_until == 0.0:
@@ -75,14 +99,11 @@ class Pacer:
         while True:
             now = time.monotonic()
             plan = self._plan
-            start = max(now, self._paused_until, self._next)
-            if self.rate is not None:
-                self._next = start + 1.0 / self.rate
+            start = self.take(now)
             if start > now:
                 await asyncio.sleep(start - now)
                 if self._plan != plan:
                     continue
-            self._sent.add(time.monotonic())
             return self.epoch
 
     def limited(self, epoch: int, retry_after: float | None) -> None:

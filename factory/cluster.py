@@ -1,0 +1,628 @@
+"""Runs a config on Ray: the seeds in shards, each shard through the same runner on a worker, the results
+ingested into the store by the driver.
+
+- Shards: the seeds in file order, ``executor.shard_seeds`` at a time; shard ``i`` is ``{i:05d}``. The
+  run id covers the seed file, so a shard's seeds never change under it.
+- Workers: ``executor.workers`` Ray actors. Each prepares the config once (the config, seed and template
+  files must be at the same paths on every node, or shipped with ``ray job submit --working-dir``),
+  builds its teachers once (a local engine's model is loaded once per actor, one GPU each) and takes
+  shards one after another. A shard runs in the single-process runner against a scratch DuckDB file on
+  the worker; each commit also goes out as parquet parts to ``{shard_dir}/{shard}/{attempt}/``. Workers
+  never open the store.
+- The driver ingests a shard's parts into the store with checked inserts (records, answers, seeds done:
+  present rows are skipped), so an attempt that was retried, or read twice, adds nothing twice. Parts of
+  attempts that died are ingested too: what a killed worker was paid for is kept. A retried attempt
+  starts from the answers of the shard's earlier attempts and from the store's answers to the shard's
+  first-stage requests, so nothing is paid for twice.
+- API teachers share one budget across the cluster: one small actor (:class:`RateBudget`) paces every
+  worker's starts against the told ``max_requests_per_minute`` or the rate learnt from 429s, and each
+  worker gets an equal share of ``max_in_flight``.
+- Filters run on the driver after ingestion, as in a single-process run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from factory.errors import ConfigError, FactoryError, StoreError
+from factory.store import _CACHE_SCHEMA, _RECORD_SCHEMA, CACHE_COLUMNS, Batch, Store
+
+log = logging.getLogger(__name__)
+
+SUCCESS = "_SUCCESS.json"
+SNAPSHOT = "snapshot.cache.parquet"
+_DONE_SCHEMA = pa.schema([("run_id", pa.string()), ("seed_id", pa.string()), ("records", pa.int32())])
+_FAILURE_SCHEMA = pa.schema(
+    [("run_id", pa.string()), ("key", pa.string()), ("seed_id", pa.string()), ("kind", pa.string()),
+     ("message", pa.string()), ("attempts", pa.int32())]
+)  # fmt: skip
+_VERDICT_SCHEMA = pa.schema(
+    [("record_id", pa.string()), ("run_id", pa.string()), ("filter", pa.string()),
+     ("filter_version", pa.string()), ("keep", pa.bool_()), ("score", pa.float64()), ("reason", pa.string())]
+)  # fmt: skip
+# Batch field → (parquet schema, whether rows from an attempt that did not finish are ingested)
+TABLES: dict[str, pa.Schema] = {
+    "cache": _CACHE_SCHEMA,
+    "records": _RECORD_SCHEMA,
+    "seeds_done": _DONE_SCHEMA,
+    "verdicts": _VERDICT_SCHEMA,
+    "failures": _FAILURE_SCHEMA,
+}
+FINISHED_ONLY = {"failures"}  # a failure an attempt did not live to finish may still succeed on retry
+
+
+# ------------------------------------------------------------------------------------------ shard files
+
+
+class ShardFiles:
+    """The shard location: a local folder or any URL pyarrow's filesystems open (s3://, gs://, hdfs://)."""
+
+    def __init__(self, root: str):
+        if "://" in root:
+            try:
+                self.fs, self.root = pafs.FileSystem.from_uri(root)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise ConfigError(f"executor.shard_dir {root!r}: {exc}") from None
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), str(Path(root).resolve())
+        self.uri = root
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def write_table(self, rel: str, table: pa.Table) -> None:
+        """Whole or not at all: written under a temporary name, then moved (a copy on object stores,
+        which show an object only once it is complete)."""
+        final = self.path(rel)
+        tmp = final + f".tmp-{uuid.uuid4().hex[:8]}"
+        self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+        with self.fs.open_output_stream(tmp) as out:
+            pq.write_table(table, out, compression="zstd")
+        self.fs.move(tmp, final)
+
+    def write_json(self, rel: str, doc: Any) -> None:
+        final = self.path(rel)
+        tmp = final + f".tmp-{uuid.uuid4().hex[:8]}"
+        self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+        with self.fs.open_output_stream(tmp) as out:
+            out.write(orjson.dumps(doc))
+        self.fs.move(tmp, final)
+
+    def read_json(self, rel: str) -> Any:
+        with self.fs.open_input_stream(self.path(rel)) as f:
+            return orjson.loads(f.read())
+
+    def read_table(self, rel: str) -> pa.Table:
+        with self.fs.open_input_file(self.path(rel)) as f:
+            return pq.read_table(f)
+
+    def listing(self, rel: str) -> list[str]:
+        """Files under ``rel``, as paths relative to the root, sorted; temporary files left out."""
+        sel = pafs.FileSelector(self.path(rel), recursive=True, allow_not_found=True)
+        base = self.root.rstrip("/") + "/"
+        return sorted(
+            i.path[len(base) :]
+            for i in self.fs.get_file_info(sel)
+            if i.type == pafs.FileType.File and ".tmp-" not in i.path
+        )
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+
+    def remove(self, rel: str) -> None:
+        with contextlib.suppress(FileNotFoundError, OSError):
+            self.fs.delete_dir(self.path(rel))
+
+
+def _batch_tables(batch: Batch) -> Iterator[tuple[str, pa.Table]]:
+    for name, schema in TABLES.items():
+        rows = getattr(batch, name)
+        if rows:
+            cols = list(zip(*rows, strict=True))
+            yield name, pa.Table.from_arrays([pa.array(c, f.type) for c, f in zip(cols, schema, strict=True)],
+                                             schema=schema)  # fmt: skip
+
+
+def _rows(table: pa.Table) -> list[tuple[Any, ...]]:
+    cols = [table.column(i).to_pylist() for i in range(table.num_columns)]
+    return list(zip(*cols, strict=True))
+
+
+@dataclass(slots=True)
+class ShardParts:
+    """What the files of one shard hold, by table, across its attempts."""
+
+    tables: dict[str, list[tuple[Any, ...]]] = field(default_factory=lambda: {k: [] for k in TABLES})
+    finished: list[dict[str, Any]] = field(default_factory=list)  # the _SUCCESS documents
+    files: int = 0
+
+
+def read_shard(files: ShardFiles, shard: str, *, skip: set[str] | None = None) -> ShardParts:
+    """Every part of every attempt of a shard; failures only from attempts that finished."""
+    out = ShardParts()
+    paths = files.listing(shard)
+    finished = {p.rsplit("/", 2)[-2] for p in paths if p.endswith("/" + SUCCESS)}
+    for p in paths:
+        if skip and p in skip:
+            continue
+        name = p.rsplit("/", 1)[-1]
+        if name == SUCCESS:
+            out.finished.append(files.read_json(p))
+            continue
+        if not name.startswith("part-"):
+            continue
+        table_name = name.split(".")[1]
+        attempt = p.rsplit("/", 2)[-2]
+        if table_name not in TABLES or (table_name in FINISHED_ONLY and attempt not in finished):
+            continue
+        out.tables[table_name].extend(_rows(files.read_table(p)))
+        out.files += 1
+    return out
+
+
+class _PartStore(Store):
+    """A worker's scratch store: every commit also goes out as parquet parts of the attempt."""
+
+    def __init__(self, path: Path, files: ShardFiles, prefix: str):
+        self._files = files
+        self._prefix = prefix
+        self._n = 0
+        super().__init__(path)  # replays the journal of an attempt killed on this node: out as parts too
+
+    def commit(self, batch: Batch, *, known_new: bool = True) -> None:
+        super().commit(batch, known_new=known_new)
+        if not len(batch):
+            return
+        self._n += 1
+        try:
+            for name, table in _batch_tables(batch):
+                self._files.write_table(f"{self._prefix}/part-{self._n:06d}.{name}.parquet", table)
+        except OSError as exc:
+            raise StoreError(f"cannot write shard part to {self._files.uri}: {exc}") from exc
+
+
+# ------------------------------------------------------------------------------------------ rate budget
+
+
+class RateBudget:
+    """The cluster's one pacer for an API teacher (a Ray actor): starts are handed out in short blocks."""
+
+    def __init__(self, requests_per_minute: float | None, learn: bool):
+        from factory.teachers.pacing import Pacer
+
+        self.pacer = Pacer(requests_per_minute, learn=learn)
+
+    def reserve(self, n: int) -> tuple[list[float] | None, int]:
+        """Start delays (seconds from now) for up to ``n`` requests, or None while nothing is paced."""
+        p = self.pacer
+        if not p.active:
+            return None, p.epoch
+        now = time.monotonic()
+        horizon = now + 0.25  # a block covers at most a quarter second, so a cut takes effect quickly
+        delays: list[float] = []
+        while len(delays) < n:
+            start = p.take(now)
+            delays.append(start - now)
+            if start >= horizon:
+                break
+        return delays, p.epoch
+
+    def limited(self, epoch: int, retry_after: float | None) -> None:
+        self.pacer.limited(epoch, retry_after)
+
+    def answered(self, n: int) -> None:
+        for _ in range(n):
+            self.pacer.answered()
+
+    def state(self) -> dict[str, Any]:
+        return {"rate": self.pacer.rate, "epoch": self.pacer.epoch}
+
+
+class SharedPacer:
+    """A worker's side of :class:`RateBudget`, with the teacher's pacer interface."""
+
+    def __init__(self, budget: Any):
+        self._budget = budget
+        self._slots: deque[float] = deque()
+        self._lock = asyncio.Lock()
+        self._unpaced_until = 0.0
+        self._answered = 0
+        self._reported = 0.0
+        self.epoch = 0
+        self.rate: float | None = None
+
+    async def wait(self) -> int:
+        while True:
+            now = time.monotonic()
+            if now < self._unpaced_until:
+                return self.epoch
+            if self._slots:
+                start = self._slots.popleft()
+                if start > now:
+                    await asyncio.sleep(start - now)
+                return self.epoch
+            async with self._lock:
+                if self._slots or time.monotonic() < self._unpaced_until:
+                    continue
+                t0 = time.monotonic()
+                delays, self.epoch = await self._budget.reserve.remote(64)
+                if delays is None:
+                    self._unpaced_until = time.monotonic() + 0.5
+                else:
+                    self.rate = 1.0
+                    self._slots.extend(t0 + d for d in delays)
+
+    def limited(self, epoch: int, retry_after: float | None) -> None:
+        self._slots.clear()
+        self._unpaced_until = 0.0
+        self._budget.limited.remote(epoch, retry_after)
+
+    def answered(self) -> None:
+        self._answered += 1
+        now = time.monotonic()
+        if now - self._reported >= 0.25:
+            self._budget.answered.remote(self._answered)
+            self._answered, self._reported = 0, now
+
+
+# ----------------------------------------------------------------------------------------------- worker
+
+
+class ShardWorker:
+    """One worker (a Ray actor): the prepared config and its teachers, kept across the shards it runs."""
+
+    def __init__(self, config: dict[str, Any], base_dir: str, in_flight: int | None, budgets: dict[str, str]):
+        from factory import api
+        from factory.config import parse_config
+
+        cfg = parse_config(config, source="the driver's config", base_dir=Path(base_dir))
+        self.prep = api.prepare(cfg, store=os.devnull)
+        if in_flight is not None:
+            for tc in cfg.roles().values():
+                tc.max_in_flight = max(1, in_flight)
+        self.teachers = api.make_teachers(self.prep)
+        self._budgets = budgets  # actor names: one restarted by Ray finds them again
+        self.runner: Any = None
+
+    def _share_budgets(self) -> None:
+        """Point the API teachers' pacing at the cluster's budget actors (once, on the actor's loop)."""
+        if not self._budgets:
+            return
+        import ray
+
+        for role, name in self._budgets.items():
+            teacher = self.teachers.get(role)
+            if teacher is not None and hasattr(teacher, "pacer"):
+                teacher.pacer = SharedPacer(ray.get_actor(name))
+        self._budgets = {}
+
+    def ready(self) -> str:
+        return self.prep.run_id
+
+    async def run_shard(self, shard: str, lo: int, hi: int, done: list[str], root: str) -> dict[str, Any]:
+        from factory.runner import Budget, Plan, Runner
+
+        prep = self.prep
+        self._share_budgets()
+        files = ShardFiles(root)
+        attempt = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        earlier = read_shard(files, shard)
+        skip = set(done) | {s for _, s, _ in earlier.tables["seeds_done"]}
+        seeds = [s for s in prep.seeds[lo:hi] if s.id not in skip]
+        # The same folder for every attempt of this shard on this node: an attempt killed here left its
+        # journal of answers not yet written out, and this one recovers them.
+        scratch = Path(tempfile.gettempdir(), "factory-shards", prep.run_id, shard)
+        scratch.mkdir(parents=True, exist_ok=True)
+        try:
+            store = _PartStore(scratch / "shard.duckdb", files, f"{shard}/{attempt}")
+            try:
+                cache = earlier.tables["cache"]
+                if files.exists(f"{shard}/{SNAPSHOT}"):
+                    cache = cache + _rows(files.read_table(f"{shard}/{SNAPSHOT}"))
+                if cache:  # answers already paid for: into the scratch store only, not out as parts again
+                    Store.commit(store, Batch(cache=cache), known_new=False)
+                cfg = prep.config
+                invocation = store.start_run(
+                    run_id=prep.run_id, name=cfg.name, recipe=cfg.recipe, teacher=self.teachers["default"].name,
+                    config={}, config_hash="", version="",
+                )  # fmt: skip
+                plan = Plan(
+                    run_id=prep.run_id, recipe=prep.recipe, state=prep.state, seeds=seeds, budget=Budget(),
+                    commit_interval_s=cfg.runner.commit_interval_s,
+                    max_seeds_in_flight=cfg.runner.max_seeds_in_flight or max(16, cfg.teacher.max_in_flight),
+                    template_version=prep.template_version,
+                )  # fmt: skip
+                self.runner = Runner(store, self.teachers, plan, invocation)
+                result = await self.runner.run()
+                self.runner = None
+                p = result.progress
+                doc = {
+                    "shard": shard, "attempt": attempt, "status": result.status, "error": result.error,
+                    "seeds": len(seeds), "seeds_done": p.seeds_done, "seeds_failed": p.seeds_failed,
+                    "records": p.records, "requests_sent": p.requests_sent, "cache_hits": p.cache_hits,
+                    "prompt_tokens": p.prompt_tokens, "completion_tokens": p.completion_tokens,
+                    "attempts": sum(getattr(t, "attempts", 0) for t in {id(t): t for t in self.teachers.values()}.values()),
+                    "host": os.uname().nodename, "pid": os.getpid(), "elapsed_s": p.elapsed_s,
+                }  # fmt: skip
+                if result.status in ("done", "incomplete"):
+                    files.write_json(f"{shard}/{attempt}/{SUCCESS}", doc)
+                return doc
+            finally:
+                store.close()
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def stop(self) -> bool:
+        """Stop the shard in progress: no new request is sent, the ones in flight are waited for, and
+        everything answered is committed (and written out)."""
+        if self.runner is not None:
+            self.runner.stop("interrupted", drain=True)
+            return True
+        return False
+
+    async def close(self) -> None:
+        for t in {id(t): t for t in self.teachers.values()}.values():
+            await t.aclose()
+
+
+# ----------------------------------------------------------------------------------------------- driver
+
+
+@dataclass(slots=True)
+class ClusterReport:
+    shards: int = 0
+    shards_skipped: int = 0  # finished by an earlier invocation
+    shards_done: int = 0
+    attempts_failed: int = 0
+    ingest_s: float = 0.0
+    workers: int = 0
+    seeds_done: int = 0
+    seeds_failed: int = 0
+    records: int = 0
+    requests_sent: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    attempts: int = 0
+    per_worker: dict[str, int] = field(default_factory=dict)
+
+
+def shards_of(n_seeds: int, shard_seeds: int) -> list[tuple[str, int, int]]:
+    return [
+        (f"{i:05d}", lo, min(n_seeds, lo + shard_seeds))
+        for i, lo in enumerate(range(0, n_seeds, shard_seeds))
+    ]
+
+
+def shard_root(prep: Any) -> str:
+    ex = prep.config.executor
+    if ex.shard_dir:
+        base = ex.shard_dir if "://" in ex.shard_dir else str(prep.config.path(ex.shard_dir))
+    else:
+        base = str(prep.store_path.with_name(prep.store_path.name + ".shards"))
+    return base.rstrip("/") + "/" + prep.run_id
+
+
+def ray_init(address: str | None, *, num_cpus: int | None = None) -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "executor ray needs Ray: pip install 'distill-factory[ray]' (or pip install ray)"
+        ) from None
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"logging_level": "warning", "log_to_driver": False}
+        if address in (None, "local"):
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            kwargs.update(address="local", include_dashboard=False, object_store_memory=256 * 2**20)
+            if num_cpus:
+                kwargs["num_cpus"] = num_cpus
+        else:
+            kwargs["address"] = address
+        # The workers import the project from the driver's interpreter environment; the working folder
+        # goes with them so relative config and seed paths resolve as here.
+        kwargs["runtime_env"] = {"env_vars": {"FACTORY_EVENT_LOOP": "asyncio"}}
+        try:
+            ray.init(**kwargs)
+        except ConnectionError as exc:
+            raise ConfigError(f"executor.address {address!r}: cannot reach a Ray cluster: {exc}") from None
+    return ray
+
+
+def _local_engine(prep: Any) -> bool:
+    from factory.teachers import parse_spec
+
+    return any(parse_spec(tc.spec)[0] != "openai" for tc in prep.config.roles().values())
+
+
+async def run_on_ray(
+    prep: Any,
+    store: Store,
+    invocation: int,
+    *,
+    address: str | None = None,
+    workers: int | None = None,
+    on_progress: Callable[[ClusterReport, int], None] | None = None,
+    stop_event: asyncio.Event | None = None,
+) -> ClusterReport:
+    """Run the pending shards of ``prep`` on Ray and ingest them into ``store``; returns the totals."""
+    cfg = prep.config
+    ex = cfg.executor
+    if cfg.budget.max_requests is not None or cfg.budget.max_output_tokens is not None:
+        raise ConfigError(
+            "budget: max_requests and max_output_tokens are not enforced across a cluster yet; remove "
+            "`budget` or run with executor local"
+        )
+    ray = ray_init(address if address is not None else ex.address)
+    files = ShardFiles(shard_root(prep))
+    report = ClusterReport()
+    done = store.done_seeds(prep.run_id)
+    # Parts left by an earlier invocation (a driver stopped before ingesting them) go in first.
+    plan = shards_of(len(prep.seeds), ex.shard_seeds)
+    report.shards = len(plan)
+    for shard, _, _ in plan:
+        if files.listing(shard):
+            report.ingest_s += _ingest(store, files, shard, report, count=False)
+    done = store.done_seeds(prep.run_id)
+    pending = []
+    for shard, lo, hi in plan:
+        left = [s.id for s in prep.seeds[lo:hi] if s.id not in done]
+        if left:
+            pending.append((shard, lo, hi))
+        else:
+            report.shards_skipped += 1
+    if not pending:
+        return report
+
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    local = _local_engine(prep)
+    n = workers or ex.workers
+    if n is None:
+        n = int(gpus) if local and gpus >= 1 else int(ray.cluster_resources().get("CPU", 1))
+    n = max(1, min(n, len(pending)))
+    report.workers = n
+    budgets: dict[str, Any] = {}
+    names: dict[str, str] = {}
+    in_flight = None
+    if not local:
+        budget_cls = ray.remote(num_cpus=0)(RateBudget)
+        tag = uuid.uuid4().hex[:8]
+        for role, tc in cfg.roles().items():
+            opts = tc.backend_options()
+            names[role] = f"factory-budget-{prep.run_id}-{role}-{tag}"
+            budgets[role] = budget_cls.options(name=names[role]).remote(
+                opts.get("max_requests_per_minute"), opts.get("learn_rate_limit", True)
+            )
+        in_flight = max(1, cfg.teacher.max_in_flight // n)
+    worker_cls = ray.remote(
+        num_cpus=0 if (local and gpus >= 1) else 1,
+        num_gpus=1 if (local and gpus >= 1) else 0,
+        max_restarts=-1,
+        max_task_retries=3,
+    )(ShardWorker)
+    config = cfg.model_dump(mode="json")
+    actors = [worker_cls.remote(config, str(cfg._base_dir.resolve()), in_flight, names) for _ in range(n)]
+    try:
+        ids = await asyncio.gather(*[a.ready.remote() for a in actors])
+        if any(i != prep.run_id for i in ids):
+            raise FactoryError(
+                f"a worker prepared run {ids[0]}, the driver {prep.run_id}: the config or seed files differ "
+                "between the nodes; put them in a folder every node sees or ship them with --working-dir"
+            )
+        queue = deque(pending)
+        running: dict[asyncio.Future[Any], tuple[Any, str]] = {}
+        root = files.uri if "://" in files.uri else files.root
+
+        async def result_of(ref: Any) -> Any:
+            return await ref
+
+        def submit(actor: Any) -> None:
+            shard, lo, hi = queue.popleft()
+            _snapshot(store, files, prep, shard, lo, hi, done)
+            already = [s.id for s in prep.seeds[lo:hi] if s.id in done]
+            fut = asyncio.ensure_future(result_of(actor.run_shard.remote(shard, lo, hi, already, root)))
+            running[fut] = (actor, shard)
+
+        for actor in actors:
+            if queue:
+                submit(actor)
+        stopping = False
+        while running:
+            if stop_event is not None and stop_event.is_set() and not stopping:
+                stopping = True
+                queue.clear()
+                await asyncio.gather(*[a.stop.remote() for a in actors], return_exceptions=True)
+            finished, _ = await asyncio.wait(list(running), timeout=0.2, return_when=asyncio.FIRST_COMPLETED)
+            for fut in finished:
+                actor, shard = running.pop(fut)
+                try:
+                    doc = fut.result()
+                except Exception as exc:  # its retries are spent: the parts it wrote are still ingested
+                    report.attempts_failed += 1
+                    log.error("shard %s failed after its retries: %s", shard, exc)
+                    doc = None
+                report.ingest_s += _ingest(store, files, shard, report)
+                if doc is not None:
+                    report.shards_done += doc["status"] in ("done", "incomplete")
+                    worker = f"{doc['host']}:{doc['pid']}"
+                    report.per_worker[worker] = report.per_worker.get(worker, 0) + 1
+                    for k in ("seeds_failed", "requests_sent", "cache_hits", "prompt_tokens",
+                              "completion_tokens", "attempts"):  # fmt: skip
+                        setattr(report, k, getattr(report, k) + int(doc[k] or 0))
+                if on_progress is not None:
+                    on_progress(report, len(done) + report.seeds_done)
+                if queue and not stopping:
+                    submit(actor)
+    finally:
+        for a in actors:
+            with contextlib.suppress(Exception):
+                await a.close.remote()
+            with contextlib.suppress(Exception):
+                ray.kill(a)
+        for b in budgets.values():
+            with contextlib.suppress(Exception):
+                ray.kill(b)
+    if report.shards_done + report.shards_skipped == report.shards and not ex.keep_shards:
+        files.remove("")
+    return report
+
+
+def _snapshot(
+    store: Store, files: ShardFiles, prep: Any, shard: str, lo: int, hi: int, done: set[str]
+) -> None:
+    """The store's answers to the shard's first-stage requests, for its workers to start from."""
+    if files.exists(f"{shard}/{SNAPSHOT}"):
+        return
+    from factory import api
+    from factory.keys import request_key
+
+    sub = api.Prepared(prep.config, prep.recipe, prep.params, prep.state,
+                       [s for s in prep.seeds[lo:hi] if s.id not in done], prep.run_id, prep.store_path)  # fmt: skip
+    teachers = api.make_teachers(prep)
+    keys = sorted(
+        {request_key(teachers[role].identity(), r.body()) for role, r in api._first_stage_requests(sub)}
+    )
+    rows = store.lookup(keys) if keys else {}
+    if rows:
+        table = pa.Table.from_pylist(
+            [{c: r.get(c) for c in CACHE_COLUMNS} for r in rows.values()], schema=_CACHE_SCHEMA
+        )
+        files.write_table(f"{shard}/{SNAPSHOT}", table)
+
+
+def _ingest(
+    store: Store, files: ShardFiles, shard: str, report: ClusterReport, *, count: bool = True
+) -> float:
+    """Every part of the shard into the store; rows already there are skipped, so this may run again."""
+    t0 = time.perf_counter()
+    parts = read_shard(files, shard)
+    t = parts.tables
+    batch = Batch(cache=t["cache"], records=t["records"], seeds_done=t["seeds_done"],
+                  verdicts=t["verdicts"], failures=t["failures"])  # fmt: skip
+    if len(batch):
+        store.commit(batch, known_new=False)
+    if count:
+        report.seeds_done += len({s for _, s, _ in parts.tables["seeds_done"]})
+        report.records += len({r[0] for r in parts.tables["records"]})
+    return time.perf_counter() - t0
+
+
+__all__ = ["ClusterReport", "RateBudget", "ShardFiles", "ShardWorker", "run_on_ray", "shards_of"]

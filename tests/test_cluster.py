@@ -1,0 +1,184 @@
+"""The Ray executor on a local Ray instance (2 CPUs) against the fault server on 127.0.0.1: the same records
+as a single-process run, a worker killed mid-shard, a cluster run stopped and resumed, a shared rate limit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from factory import api  # noqa: E402
+from factory.cluster import ShardFiles, shard_root  # noqa: E402
+from factory.testing.fault_server import FaultConfig, serve_in_thread  # noqa: E402
+
+pytestmark = pytest.mark.slow  # a Ray instance takes 5-15 s to start here
+
+SEEDS = 60
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20,
+             logging_level="warning", log_to_driver=False)  # fmt: skip
+    yield
+    ray.shutdown()
+
+
+def write_run(tmp: Path, url: str, *, name: str = "cl", executor: str = "", seeds: int = SEEDS,
+              teacher: str = "") -> Path:  # fmt: skip
+    s = tmp / "seeds.jsonl"
+    if not s.exists():
+        s.write_text("".join(json.dumps({"id": f"s{i:03d}", "text": f"Say something about {i}."}) + "\n"
+                             for i in range(seeds)))  # fmt: skip
+    cfg = tmp / f"{name}.yaml"
+    cfg.write_text(
+        f"name: cl\nrecipe: prompt\nseeds: seeds.jsonl\nstore: {name}.duckdb\nparams: {{max_tokens: 24}}\n"
+        f"teacher: {{spec: 'openai:m@{url}', max_in_flight: 8{', ' + teacher if teacher else ''}}}\n"
+        f"runner: {{commit_interval_s: 0.2}}\n" + (f"executor: {executor}\n" if executor else "")
+    )
+    return cfg
+
+
+def records(store: Path) -> list[tuple]:
+    con = duckdb.connect(str(store), read_only=True)
+    try:
+        return con.execute(
+            "SELECT id, seed_id, stage, sample_index, text, request_keys FROM records ORDER BY id"
+        ).fetchall()
+    finally:
+        con.close()
+
+
+def single_process(tmp: Path, url: str) -> list[tuple]:
+    res = api.run(write_run(tmp, url, name="local"))
+    assert res.status == "done"
+    return records(tmp / "local.duckdb")
+
+
+def test_shards_on_two_workers_give_the_single_process_records(tmp_path, ray_local):
+    with serve_in_thread(FaultConfig(latency=0.02)) as srv:
+        expected = single_process(tmp_path, srv.base_url)
+        srv.reset()
+        cfg = write_run(
+            tmp_path, srv.base_url, name="ray", executor="{kind: ray, shard_seeds: 7, workers: 2}"
+        )
+        res = api.run(cfg)
+        stats = srv.stats()
+    assert res.status == "done", (res.error, res.progress)
+    got = records(tmp_path / "ray.duckdb")
+    assert got == expected and len(got) == SEEDS
+    # every request paid once, none twice: the store's cache answered nothing here (a new store)
+    assert stats["requests"] == SEEDS and stats["distinct_bodies"] == SEEDS
+    assert res.progress.requests_sent == SEEDS and res.progress.seeds_done == SEEDS
+    # the shard files are gone once the run is done, and a second run sends nothing
+    prep = api.prepare(cfg)
+    assert not ShardFiles(shard_root(prep)).listing("")
+    again = api.run(cfg)
+    assert again.status == "done" and again.progress.requests_sent == 0
+
+
+def _shard_workers() -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"ShardWorker.run_shard" in cmd:  # an actor busy with a shard (idle ones are "ShardWorker")
+                pids.append(int(d.name))
+    return pids
+
+
+def test_a_worker_killed_mid_shard_loses_and_duplicates_nothing(tmp_path, ray_local):
+    with serve_in_thread(FaultConfig(latency=0.15)) as srv:
+        expected = single_process(tmp_path, srv.base_url)
+        srv.reset()
+        cfg = write_run(tmp_path, srv.base_url, name="ray",
+                        executor="{kind: ray, shard_seeds: 30, workers: 2, keep_shards: true}")  # fmt: skip
+        prep = api.prepare(cfg)
+        files = ShardFiles(shard_root(prep))
+        import threading
+
+        killed: list[int] = []
+
+        def killer() -> None:  # once a shard has written a part, kill the worker running it
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not killed:
+                if any(".records." in p for p in files.listing("")):
+                    pids = _shard_workers()
+                    if pids:
+                        os.kill(pids[0], signal.SIGKILL)
+                        killed.append(pids[0])
+                        return
+                time.sleep(0.05)
+
+        t = threading.Thread(target=killer)
+        t.start()
+        res = api.run(cfg)
+        t.join()
+        stats = srv.stats(detail=True)
+    assert killed, "no worker was killed"
+    assert res.status == "done", (res.error, res.progress)
+    got = records(tmp_path / "ray.duckdb")
+    assert got == expected  # nothing lost, nothing twice
+    twice = sum(n - 1 for n in stats["per_body"].values())
+    # only answers in flight at the kill (at most the worker's 4 connections) may have been paid twice
+    assert twice <= 4, twice
+
+
+def test_a_cluster_run_stopped_part_way_resumes_without_paying_twice(tmp_path):
+    with serve_in_thread(FaultConfig(latency=0.1)) as srv:
+        expected = single_process(tmp_path, srv.base_url)
+        srv.reset()
+        cfg = write_run(tmp_path, srv.base_url, name="ray",
+                        executor="{kind: ray, shard_seeds: 10, workers: 2, keep_shards: true}")  # fmt: skip
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+        cmd = [sys.executable, "-m", "factory.cli", "run", str(cfg), "--json"]
+        p = subprocess.Popen(
+            cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        files = ShardFiles(shard_root(api.prepare(cfg)))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(
+            p_.endswith("_SUCCESS.json") for p_ in files.listing("")
+        ):
+            time.sleep(0.1)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 130, err[-2000:]
+        first = json.loads(out.strip().splitlines()[-1])
+        assert first["status"] == "interrupted" and 0 < first["seeds_done"] < SEEDS
+        p2 = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert p2.returncode == 0, p2.stderr[-2000:]
+        stats = srv.stats(detail=True)
+    assert records(tmp_path / "ray.duckdb") == expected
+    assert max(stats["per_body"].values()) == 1  # no request was sent twice across the two invocations
+    assert stats["requests"] == SEEDS
+
+
+def test_workers_share_one_rate_limit(tmp_path, ray_local):
+    # 600 a minute (10/s), bucket 3: two workers each pacing on their own to the told limit would send
+    # 20/s and meet many 429s; sharing one budget they meet (almost) none.
+    with serve_in_thread(FaultConfig(latency=0.02, rpm=600, rpm_burst=3)) as srv:
+        cfg = write_run(tmp_path, srv.base_url, name="ray", seeds=40, teacher="max_requests_per_minute: 600",
+                        executor="{kind: ray, shard_seeds: 5, workers: 2}")  # fmt: skip
+        t0 = time.perf_counter()
+        res = api.run(cfg)
+        wall = time.perf_counter() - t0
+        stats = srv.stats()
+    assert res.status == "done", (res.error, res.progress)
+    assert stats["rate_limited"] <= 3, stats
+    assert wall >= 40 / 10 * 0.8  # 40 starts at 10/s, across both workers
