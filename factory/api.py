@@ -316,10 +316,11 @@ async def _run_on_ray(
     """The same run, its shards on a Ray cluster (factory.cluster); the driver owns the store."""
     import time
 
-    from factory.cluster import run_on_ray
+    from factory.cluster import connect, run_on_ray
     from factory.store import Batch
 
     cfg = prep.config
+    connect(prep)  # bad input and an unreachable cluster are refused before the store is touched
     own_store = store is None
     st = store or Store(prep.store_path)
     stop = asyncio.Event()

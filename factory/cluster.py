@@ -151,6 +151,7 @@ class ShardParts:
 
     tables: dict[str, list[tuple[Any, ...]]] = field(default_factory=lambda: {k: [] for k in TABLES})
     finished: list[dict[str, Any]] = field(default_factory=list)  # the _SUCCESS documents
+    artefacts: list[str] = field(default_factory=list)  # filter caches (signatures), keys files last
     files: int = 0
 
 
@@ -163,6 +164,10 @@ def read_shard(files: ShardFiles, shard: str, *, skip: set[str] | None = None) -
         if skip and p in skip:
             continue
         name = p.rsplit("/", 1)[-1]
+        if "/filters/" in p:
+            if p.split("/filters/", 1)[0].rsplit("/", 1)[-1] in finished:
+                out.artefacts.append(p)
+            continue
         if name == SUCCESS:
             out.finished.append(files.read_json(p))
             continue
@@ -174,6 +179,7 @@ def read_shard(files: ShardFiles, shard: str, *, skip: set[str] | None = None) -
             continue
         out.tables[table_name].extend(_rows(files.read_table(p)))
         out.files += 1
+    out.artefacts.sort(key=lambda p: p.endswith(".keys.npy"))  # a signature shard counts once its keys exist
     return out
 
 
@@ -362,12 +368,35 @@ class ShardWorker:
                     "host": os.uname().nodename, "pid": os.getpid(), "elapsed_s": p.elapsed_s,
                 }  # fmt: skip
                 if result.status in ("done", "incomplete"):
+                    doc["signatures"] = self._signatures(store, files, f"{shard}/{attempt}", scratch)
                     files.write_json(f"{shard}/{attempt}/{SUCCESS}", doc)
                 return doc
             finally:
                 store.close()
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    def _signatures(self, store: Store, files: ShardFiles, prefix: str, scratch: Path) -> int:
+        """MinHash signatures of the shard's records for the run's minhash_dedup steps, computed here and
+        sent out with the shard: the driver's filter pass then only bands and verifies."""
+        steps = [s for s in self.prep.filters if s.filter.slug == "minhash_dedup"]
+        if not steps:
+            return 0
+        from filters.minhash_dedup import cached_signatures
+
+        texts = [t or "" for t in store.records_table(self.prep.run_id).column("text").to_pylist()]
+        local = scratch / "filters"
+        shutil.rmtree(local, ignore_errors=True)
+        for step in steps:
+            cached_signatures(texts, step.params, local)
+        for path in sorted(local.rglob("*.npy"), key=lambda p: p.name.endswith(".keys.npy")):  # keys last
+            rel = path.relative_to(local).as_posix()
+            tmp = files.path(prefix, "filters", rel) + ".tmp-" + uuid.uuid4().hex[:8]
+            files.fs.create_dir(tmp.rsplit("/", 1)[0], recursive=True)
+            with files.fs.open_output_stream(tmp) as out:
+                out.write(path.read_bytes())
+            files.fs.move(tmp, files.path(prefix, "filters", rel))
+        return len(texts)
 
     def stop(self) -> bool:
         """Stop the shard in progress: no new request is sent, the ones in flight are waited for, and
@@ -447,6 +476,17 @@ def ray_init(address: str | None, *, num_cpus: int | None = None) -> Any:
     return ray
 
 
+def connect(prep: Any, address: str | None = None) -> Any:
+    """Check what a cluster run cannot do and reach the cluster, before anything is stored."""
+    cfg = prep.config
+    if cfg.budget.max_requests is not None or cfg.budget.max_output_tokens is not None:
+        raise ConfigError(
+            "budget: max_requests and max_output_tokens are not enforced across a cluster yet; remove "
+            "`budget` from the config or run with --executor local"
+        )
+    return ray_init(address if address is not None else cfg.executor.address)
+
+
 def _local_engine(prep: Any) -> bool:
     from factory.teachers import parse_spec
 
@@ -466,12 +506,7 @@ async def run_on_ray(
     """Run the pending shards of ``prep`` on Ray and ingest them into ``store``; returns the totals."""
     cfg = prep.config
     ex = cfg.executor
-    if cfg.budget.max_requests is not None or cfg.budget.max_output_tokens is not None:
-        raise ConfigError(
-            "budget: max_requests and max_output_tokens are not enforced across a cluster yet; remove "
-            "`budget` or run with executor local"
-        )
-    ray = ray_init(address if address is not None else ex.address)
+    ray = connect(prep, address)
     files = ShardFiles(shard_root(prep))
     report = ClusterReport()
     done = store.done_seeds(prep.run_id)
@@ -611,9 +646,21 @@ def _snapshot(
 def _ingest(
     store: Store, files: ShardFiles, shard: str, report: ClusterReport, *, count: bool = True
 ) -> float:
-    """Every part of the shard into the store; rows already there are skipped, so this may run again."""
+    """Every part of the shard into the store; rows already there are skipped, so this may run again.
+    Filter artefacts the workers computed (MinHash signatures) go to the store's filter cache."""
+    from factory.curation import filters_dir
+
     t0 = time.perf_counter()
     parts = read_shard(files, shard)
+    target = filters_dir(store)
+    for rel in parts.artefacts:
+        dest = target.joinpath(*rel.split("/filters/", 1)[1].split("/"))
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(dest.name + ".tmp")
+            with files.fs.open_input_stream(files.path(rel)) as f:
+                tmp.write_bytes(f.read())
+            os.replace(tmp, dest)
     t = parts.tables
     batch = Batch(cache=t["cache"], records=t["records"], seeds_done=t["seeds_done"],
                   verdicts=t["verdicts"], failures=t["failures"])  # fmt: skip

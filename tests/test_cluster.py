@@ -182,3 +182,34 @@ def test_workers_share_one_rate_limit(tmp_path, ray_local):
     assert res.status == "done", (res.error, res.progress)
     assert stats["rate_limited"] <= 3, stats
     assert wall >= 40 / 10 * 0.8  # 40 starts at 10/s, across both workers
+
+
+def test_what_a_cluster_run_cannot_do_is_refused_before_the_store_is_touched(tmp_path):
+    cfg = write_run(tmp_path, "http://127.0.0.1:9/v1", name="ray", executor="{kind: ray}")
+    cfg.write_text(cfg.read_text() + "budget: {max_requests: 10}\n")
+    p = subprocess.run([sys.executable, "-m", "factory.cli", "run", str(cfg)], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert p.returncode == 2 and "budget" in p.stderr and "--executor local" in p.stderr, p.stderr
+    assert not (tmp_path / "ray.duckdb").exists()
+    # --address without the ray executor names the flag
+    local = write_run(tmp_path, "http://127.0.0.1:9/v1", name="local")
+    p = subprocess.run([sys.executable, "-m", "factory.cli", "run", str(local), "--address", "auto"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert p.returncode == 2 and "--address" in p.stderr and not (tmp_path / "local.duckdb").exists()
+
+
+def test_minhash_signatures_are_computed_in_the_workers(tmp_path, ray_local, caplog):
+    import logging
+
+    with serve_in_thread(FaultConfig(latency=0.01)) as srv:
+        cfg = write_run(
+            tmp_path, srv.base_url, name="ray", executor="{kind: ray, shard_seeds: 15, workers: 2}"
+        )
+        cfg.write_text(cfg.read_text() + "filters:\n  - minhash_dedup\n")
+        with caplog.at_level(logging.INFO, logger="filters.minhash_dedup"):
+            res = api.run(cfg)
+    assert res.status == "done", (res.error, res.progress)
+    assert res.curation is not None and res.curation.funnel["curated"] >= 1
+    # the driver's pass found every signature in its cache: the workers sent them with their shards
+    line = next(r.getMessage() for r in caplog.records if "signatures" in r.getMessage())
+    assert f"signatures 0 computed / {SEEDS} reused" in line, line
