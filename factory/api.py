@@ -49,7 +49,15 @@ class Prepared:
         return str(getattr(self.state, "version", ""))
 
 
-def prepare(config: str | Path | RunConfig, *, store: str | None = None) -> Prepared:
+def prepare(
+    config: str | Path | RunConfig,
+    *,
+    store: str | None = None,
+    seeds_of: tuple[list[Seed], str] | None = None,
+) -> Prepared:
+    """Validate a config and everything it names, before any store is touched. ``seeds_of`` (seeds and the
+    digest of the whole seed file) stands in for reading the seed file, for a cluster worker that gets its
+    seeds a shard at a time; a recipe that binds its state to all the seeds reads the file anyway."""
     cfg = config if isinstance(config, RunConfig) else load_config(config)
     recipe = get_recipe(cfg.recipe)
     params = validate_params(
@@ -76,14 +84,18 @@ def prepare(config: str | Path | RunConfig, *, store: str | None = None) -> Prep
                 f"define; add it under `teachers:` (e.g. `teachers: {{{role}: openai:MODEL@URL}}`). "
                 f"Defined roles: {', '.join(roles)}"
             )
-    seeds = load_seeds(cfg.path(cfg.seeds), recipe.required_fields(params))
+    if seeds_of is not None and recipe.bind is None:
+        seeds, digest_of_seeds = seeds_of
+    else:
+        seeds = load_seeds(cfg.path(cfg.seeds), recipe.required_fields(params))
+        digest_of_seeds = seeds_digest(seeds)
     if recipe.bind is not None:
         try:
             state = recipe.bind(state, seeds)
         except ConfigError as exc:
             raise ConfigError(f"{cfg.seeds}: {exc}") from None
     run_id = run_id_for(
-        cfg, seeds_digest(seeds), params.model_dump(mode="json"), str(getattr(state, "version", ""))
+        cfg, digest_of_seeds, params.model_dump(mode="json"), str(getattr(state, "version", ""))
     )
     from factory.curation import parse_steps
 

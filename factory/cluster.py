@@ -3,8 +3,9 @@ ingested into the store by the driver.
 
 - Shards: the seeds in file order, ``executor.shard_seeds`` at a time; shard ``i`` is ``{i:05d}``. The
   run id covers the seed file, so a shard's seeds never change under it.
-- Workers: ``executor.workers`` Ray actors. Each prepares the config once (the config, seed and template
-  files must be at the same paths on every node, or shipped with ``ray job submit --working-dir``),
+- Workers: ``executor.workers`` Ray actors. Each prepares the config once (the config and template files
+  must be at the same paths on every node, or shipped with ``ray job submit --working-dir``; the seeds
+  come with each shard, and the seed file is read only by a recipe that binds to all seeds),
   builds its teachers once (a local engine's model is loaded once per actor, one GPU each) and takes
   shards one after another. A shard runs in the single-process runner against a scratch DuckDB file on
   the worker; each commit also goes out as parquet parts to ``{shard_dir}/{shard}/{attempt}/``. Workers
@@ -294,12 +295,21 @@ class SharedPacer:
 class ShardWorker:
     """One worker (a Ray actor): the prepared config and its teachers, kept across the shards it runs."""
 
-    def __init__(self, config: dict[str, Any], base_dir: str, in_flight: int | None, budgets: dict[str, str]):
+    def __init__(
+        self,
+        config: dict[str, Any],
+        base_dir: str,
+        seeds_digest: str,
+        in_flight: int | None,
+        budgets: dict[str, str],
+    ):
         from factory import api
         from factory.config import parse_config
 
         cfg = parse_config(config, source="the driver's config", base_dir=Path(base_dir))
-        self.prep = api.prepare(cfg, store=os.devnull)
+        # The seeds come a shard at a time with run_shard; the seed file is not read here (unless the recipe
+        # binds its state to all the seeds).
+        self.prep = api.prepare(cfg, store=os.devnull, seeds_of=([], seeds_digest))
         if in_flight is not None:
             for tc in cfg.roles().values():
                 tc.max_in_flight = max(1, in_flight)
@@ -322,7 +332,9 @@ class ShardWorker:
     def ready(self) -> str:
         return self.prep.run_id
 
-    async def run_shard(self, shard: str, lo: int, hi: int, done: list[str], root: str) -> dict[str, Any]:
+    async def run_shard(
+        self, shard: str, shard_seeds: list[Any], done: list[str], root: str
+    ) -> dict[str, Any]:
         from factory.runner import Budget, Plan, Runner
 
         prep = self.prep
@@ -331,7 +343,7 @@ class ShardWorker:
         attempt = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
         earlier = read_shard(files, shard)
         skip = set(done) | {s for _, s, _ in earlier.tables["seeds_done"]}
-        seeds = [s for s in prep.seeds[lo:hi] if s.id not in skip]
+        seeds = [s for s in shard_seeds if s.id not in skip]
         # The same folder for every attempt of this shard on this node: an attempt killed here left its
         # journal of answers not yet written out, and this one recovers them.
         scratch = Path(tempfile.gettempdir(), "factory-shards", prep.run_id, shard)
@@ -554,7 +566,12 @@ async def run_on_ray(
         max_task_retries=3,
     )(ShardWorker)
     config = cfg.model_dump(mode="json")
-    actors = [worker_cls.remote(config, str(cfg._base_dir.resolve()), in_flight, names) for _ in range(n)]
+    from factory.seeds import seeds_digest
+
+    digest = seeds_digest(prep.seeds)
+    actors = [
+        worker_cls.remote(config, str(cfg._base_dir.resolve()), digest, in_flight, names) for _ in range(n)
+    ]
     try:
         ids = await asyncio.gather(*[a.ready.remote() for a in actors])
         if any(i != prep.run_id for i in ids):
@@ -573,7 +590,9 @@ async def run_on_ray(
             shard, lo, hi = queue.popleft()
             _snapshot(store, files, prep, shard, lo, hi, done)
             already = [s.id for s in prep.seeds[lo:hi] if s.id in done]
-            fut = asyncio.ensure_future(result_of(actor.run_shard.remote(shard, lo, hi, already, root)))
+            fut = asyncio.ensure_future(
+                result_of(actor.run_shard.remote(shard, prep.seeds[lo:hi], already, root))
+            )
             running[fut] = (actor, shard)
 
         for actor in actors:

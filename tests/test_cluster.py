@@ -213,3 +213,16 @@ def test_minhash_signatures_are_computed_in_the_workers(tmp_path, ray_local, cap
     # the driver's pass found every signature in its cache: the workers sent them with their shards
     line = next(r.getMessage() for r in caplog.records if "signatures" in r.getMessage())
     assert f"signatures 0 computed / {SEEDS} reused" in line, line
+
+
+def test_workers_get_their_seeds_with_each_shard(tmp_path, ray_local):
+    # The seed file is gone once the driver has read it: the workers never open it.
+    with serve_in_thread(FaultConfig(latency=0.01)) as srv:
+        cfg = write_run(
+            tmp_path, srv.base_url, name="ray", executor="{kind: ray, shard_seeds: 20, workers: 2}"
+        )
+        prep = api.prepare(cfg)
+        (tmp_path / "seeds.jsonl").rename(tmp_path / "elsewhere.jsonl")
+        res = api.run_sync(api.run_async(prep))
+    assert res.status == "done", (res.error, res.progress)
+    assert len(records(tmp_path / "ray.duckdb")) == SEEDS
