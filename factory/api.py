@@ -370,6 +370,8 @@ async def _run_on_ray(
             status = "failed"
         elif stop.is_set():
             status = "interrupted"
+        elif rep is not None and rep.budget_reached and seeds_done < len(prep.seeds):
+            status = "budget"
         elif seeds_done == len(prep.seeds):
             status = "done"
         else:

@@ -18,7 +18,10 @@ ingested into the store by the driver.
 - API teachers share one budget across the cluster: one small actor (:class:`RateBudget`) paces every
   worker's starts against the told ``max_requests_per_minute`` or the rate learnt from 429s, and each
   worker gets an equal share of ``max_in_flight``.
-- Filters run on the driver after ingestion, as in a single-process run.
+- ``budget.*`` holds for the whole run: each shard gets a share of what is neither spent nor held by
+  the shards running, and a shard that used up its share goes back in the queue for what is left.
+- Filters run on the driver after ingestion, as in a single-process run; the workers compute the MinHash
+  signatures for it.
 """
 
 from __future__ import annotations
@@ -333,7 +336,12 @@ class ShardWorker:
         return self.prep.run_id
 
     async def run_shard(
-        self, shard: str, shard_seeds: list[Any], done: list[str], root: str
+        self,
+        shard: str,
+        shard_seeds: list[Any],
+        done: list[str],
+        root: str,
+        budget: tuple[int | None, int | None] = (None, None),
     ) -> dict[str, Any]:
         from factory.runner import Budget, Plan, Runner
 
@@ -362,7 +370,7 @@ class ShardWorker:
                     config={}, config_hash="", version="",
                 )  # fmt: skip
                 plan = Plan(
-                    run_id=prep.run_id, recipe=prep.recipe, state=prep.state, seeds=seeds, budget=Budget(),
+                    run_id=prep.run_id, recipe=prep.recipe, state=prep.state, seeds=seeds, budget=Budget(*budget),
                     commit_interval_s=cfg.runner.commit_interval_s,
                     max_seeds_in_flight=cfg.runner.max_seeds_in_flight or max(16, cfg.teacher.max_in_flight),
                     template_version=prep.template_version,
@@ -442,7 +450,41 @@ class ClusterReport:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     attempts: int = 0
+    budget_reached: bool = False
     per_worker: dict[str, int] = field(default_factory=dict)
+
+
+class _Spending:
+    """The run's budget across shards: each shard gets a share of what is neither spent nor held by
+    running shards, and hands back what it did not use. The shares never add up to more than the budget."""
+
+    def __init__(self, max_requests: int | None, max_output_tokens: int | None):
+        self.limits = (max_requests, max_output_tokens)
+        self.spent = [0, 0]
+        self.held = [0, 0]
+
+    def share(self, idle: int) -> tuple[int | None, int | None] | None:
+        out: list[int | None] = []
+        for k, limit in enumerate(self.limits):
+            if limit is None:
+                out.append(None)
+                continue
+            left = limit - self.spent[k] - self.held[k]
+            part = left // max(1, idle)
+            if part <= 0:
+                return None
+            out.append(part)
+            self.held[k] += part
+        return out[0], out[1]
+
+    def returned(self, share: tuple[int | None, int | None], doc: dict[str, Any] | None) -> None:
+        used: tuple[Any, Any] = (doc["requests_sent"], doc["completion_tokens"]) if doc else (None, None)
+        for k, part in enumerate(share):
+            if part is None:
+                continue
+            self.held[k] -= part
+            # a shard lost for good may have spent all of its share
+            self.spent[k] += part if used[k] is None else min(part, int(used[k]))
 
 
 def shards_of(n_seeds: int, shard_seeds: int) -> list[tuple[str, int, int]]:
@@ -491,11 +533,6 @@ def ray_init(address: str | None, *, num_cpus: int | None = None) -> Any:
 def connect(prep: Any, address: str | None = None) -> Any:
     """Check what a cluster run cannot do and reach the cluster, before anything is stored."""
     cfg = prep.config
-    if cfg.budget.max_requests is not None or cfg.budget.max_output_tokens is not None:
-        raise ConfigError(
-            "budget: max_requests and max_output_tokens are not enforced across a cluster yet; remove "
-            "`budget` from the config or run with --executor local"
-        )
     return ray_init(address if address is not None else cfg.executor.address)
 
 
@@ -580,20 +617,28 @@ async def run_on_ray(
                 "between the nodes; put them in a folder every node sees or ship them with --working-dir"
             )
         queue = deque(pending)
-        running: dict[asyncio.Future[Any], tuple[Any, str]] = {}
+        running: dict[
+            asyncio.Future[Any], tuple[Any, tuple[str, int, int], tuple[int | None, int | None]]
+        ] = {}
         root = files.uri if "://" in files.uri else files.root
 
         async def result_of(ref: Any) -> Any:
             return await ref
 
+        spend = _Spending(cfg.budget.max_requests, cfg.budget.max_output_tokens)
+
         def submit(actor: Any) -> None:
+            share = spend.share(idle=n - len(running))
+            if share is None:  # the budget is spent
+                queue.clear()
+                report.budget_reached = True
+                return
             shard, lo, hi = queue.popleft()
             _snapshot(store, files, prep, shard, lo, hi, done)
             already = [s.id for s in prep.seeds[lo:hi] if s.id in done]
-            fut = asyncio.ensure_future(
-                result_of(actor.run_shard.remote(shard, prep.seeds[lo:hi], already, root))
-            )
-            running[fut] = (actor, shard)
+            ref = actor.run_shard.remote(shard, prep.seeds[lo:hi], already, root, share)
+            fut = asyncio.ensure_future(result_of(ref))
+            running[fut] = (actor, (shard, lo, hi), share)
 
         for actor in actors:
             if queue:
@@ -606,7 +651,8 @@ async def run_on_ray(
                 await asyncio.gather(*[a.stop.remote() for a in actors], return_exceptions=True)
             finished, _ = await asyncio.wait(list(running), timeout=0.2, return_when=asyncio.FIRST_COMPLETED)
             for fut in finished:
-                actor, shard = running.pop(fut)
+                actor, spec, share = running.pop(fut)
+                shard = spec[0]
                 try:
                     doc = fut.result()
                 except Exception as exc:  # its retries are spent: the parts it wrote are still ingested
@@ -614,6 +660,13 @@ async def run_on_ray(
                     log.error("shard %s failed after its retries: %s", shard, exc)
                     doc = None
                 report.ingest_s += _ingest(store, files, shard, report)
+                spend.returned(share, doc)
+                if doc is not None and doc["status"] == "budget" and not stopping:
+                    if doc["requests_sent"]:
+                        queue.append(spec)  # its share ran out: the rest of it waits for what is left
+                    else:  # a share too small for even one request of this shard
+                        queue.clear()
+                        report.budget_reached = True
                 if doc is not None:
                     report.shards_done += doc["status"] in ("done", "incomplete")
                     worker = f"{doc['host']}:{doc['pid']}"

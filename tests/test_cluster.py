@@ -184,12 +184,30 @@ def test_workers_share_one_rate_limit(tmp_path, ray_local):
     assert wall >= 40 / 10 * 0.8  # 40 starts at 10/s, across both workers
 
 
-def test_what_a_cluster_run_cannot_do_is_refused_before_the_store_is_touched(tmp_path):
-    cfg = write_run(tmp_path, "http://127.0.0.1:9/v1", name="ray", executor="{kind: ray}")
-    cfg.write_text(cfg.read_text() + "budget: {max_requests: 10}\n")
+def test_the_budget_holds_for_the_whole_cluster_run(tmp_path, ray_local):
+    with serve_in_thread(FaultConfig(latency=0.02)) as srv:
+        cfg = write_run(
+            tmp_path, srv.base_url, name="ray", executor="{kind: ray, shard_seeds: 10, workers: 2}"
+        )
+        body = cfg.read_text()
+        cfg.write_text(body + "budget: {max_requests: 25}\n")
+        first = api.run(cfg)
+        sent_first = srv.stats()["requests"]
+        cfg.write_text(body)  # the budget raised: the same run goes on
+        second = api.run(cfg)
+        stats = srv.stats(detail=True)
+    assert first.status == "budget" and sent_first <= 25 and first.progress.seeds_done == sent_first
+    assert second.status == "done" and len(records(tmp_path / "ray.duckdb")) == SEEDS
+    assert stats["requests"] == SEEDS and max(stats["per_body"].values()) == 1
+
+
+def test_an_unreachable_cluster_or_a_stray_flag_is_refused_before_the_store_is_touched(tmp_path):
+    cfg = write_run(
+        tmp_path, "http://127.0.0.1:9/v1", name="ray", executor="{kind: ray, address: 'ray://127.0.0.1:9'}"
+    )
     p = subprocess.run([sys.executable, "-m", "factory.cli", "run", str(cfg)], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=120)  # fmt: skip
-    assert p.returncode == 2 and "budget" in p.stderr and "--executor local" in p.stderr, p.stderr
+                       text=True, timeout=180)  # fmt: skip
+    assert p.returncode == 2 and "executor.address" in p.stderr, p.stderr[-2000:]
     assert not (tmp_path / "ray.duckdb").exists()
     # --address without the ray executor names the flag
     local = write_run(tmp_path, "http://127.0.0.1:9/v1", name="local")
