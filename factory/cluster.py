@@ -21,7 +21,7 @@ ingested into the store by the driver.
 - ``budget.*`` holds for the whole run: each shard gets a share of what is neither spent nor held by
   the shards running, and a shard that used up its share goes back in the queue for what is left.
 - Filters run on the driver after ingestion, as in a single-process run; the workers compute the MinHash
-  signatures for it.
+  signatures and sentence embeddings they need, and the driver's pass finds them in its cache.
 """
 
 from __future__ import annotations
@@ -388,7 +388,7 @@ class ShardWorker:
                     "host": os.uname().nodename, "pid": os.getpid(), "elapsed_s": p.elapsed_s,
                 }  # fmt: skip
                 if result.status in ("done", "incomplete"):
-                    doc["signatures"] = self._signatures(store, files, f"{shard}/{attempt}", scratch)
+                    doc["filter_texts"] = self._filter_artefacts(store, files, f"{shard}/{attempt}", scratch)
                     files.write_json(f"{shard}/{attempt}/{SUCCESS}", doc)
                 return doc
             finally:
@@ -396,19 +396,29 @@ class ShardWorker:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def _signatures(self, store: Store, files: ShardFiles, prefix: str, scratch: Path) -> int:
-        """MinHash signatures of the shard's records for the run's minhash_dedup steps, computed here and
-        sent out with the shard: the driver's filter pass then only bands and verifies."""
-        steps = [s for s in self.prep.filters if s.filter.slug == "minhash_dedup"]
+    def _filter_artefacts(self, store: Store, files: ShardFiles, prefix: str, scratch: Path) -> int:
+        """What the run's set-level filters derive from each record, computed here from the shard's records
+        and sent out with the shard, laid out as the store's filter cache: MinHash signatures
+        (minhash_dedup) and sentence embeddings (embed_dedup, diversity). The driver's pass then finds
+        them cached and only does the set-level step (LSH banding, nearest neighbours)."""
+        steps = [
+            s for s in self.prep.filters if s.filter.slug in ("minhash_dedup", "embed_dedup", "diversity")
+        ]
         if not steps:
             return 0
-        from filters.minhash_dedup import cached_signatures
-
         texts = [t or "" for t in store.records_table(self.prep.run_id).column("text").to_pylist()]
         local = scratch / "filters"
         shutil.rmtree(local, ignore_errors=True)
         for step in steps:
-            cached_signatures(texts, step.params, local)
+            if step.filter.slug == "minhash_dedup":
+                from filters.minhash_dedup import cached_signatures
+
+                cached_signatures(texts, step.params, local)
+            else:
+                from filters.vectors import EmbeddingCache, model_key
+
+                model = step.params.model
+                EmbeddingCache(local / "embeddings" / model_key(model), model).get(texts)
         for path in sorted(local.rglob("*.npy"), key=lambda p: p.name.endswith(".keys.npy")):  # keys last
             rel = path.relative_to(local).as_posix()
             tmp = files.path(prefix, "filters", rel) + ".tmp-" + uuid.uuid4().hex[:8]
@@ -719,7 +729,7 @@ def _ingest(
     store: Store, files: ShardFiles, shard: str, report: ClusterReport, *, count: bool = True
 ) -> float:
     """Every part of the shard into the store; rows already there are skipped, so this may run again.
-    Filter artefacts the workers computed (MinHash signatures) go to the store's filter cache."""
+    Filter artefacts the workers computed (MinHash signatures, embeddings) go to the store's filter cache."""
     from factory.curation import filters_dir
 
     t0 = time.perf_counter()

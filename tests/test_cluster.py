@@ -216,21 +216,25 @@ def test_an_unreachable_cluster_or_a_stray_flag_is_refused_before_the_store_is_t
     assert p.returncode == 2 and "--address" in p.stderr and not (tmp_path / "local.duckdb").exists()
 
 
-def test_minhash_signatures_are_computed_in_the_workers(tmp_path, ray_local, caplog):
+def test_signatures_and_embeddings_are_computed_in_the_workers(tmp_path, ray_local, caplog):
     import logging
 
     with serve_in_thread(FaultConfig(latency=0.01)) as srv:
         cfg = write_run(
             tmp_path, srv.base_url, name="ray", executor="{kind: ray, shard_seeds: 15, workers: 2}"
         )
-        cfg.write_text(cfg.read_text() + "filters:\n  - minhash_dedup\n")
-        with caplog.at_level(logging.INFO, logger="filters.minhash_dedup"):
+        cfg.write_text(cfg.read_text() + "filters:\n  - minhash_dedup\n  - embed_dedup\n")
+        with caplog.at_level(logging.INFO, logger="filters"):
             res = api.run(cfg)
     assert res.status == "done", (res.error, res.progress)
     assert res.curation is not None and res.curation.funnel["curated"] >= 1
-    # the driver's pass found every signature in its cache: the workers sent them with their shards
-    line = next(r.getMessage() for r in caplog.records if "signatures" in r.getMessage())
+    # the driver's pass found every signature and every vector in its cache: the workers sent them
+    messages = [r.getMessage() for r in caplog.records]
+    line = next(m for m in messages if "signatures" in m)
     assert f"signatures 0 computed / {SEEDS} reused" in line, line
+    assert any(m.startswith("embed_dedup:") for m in messages), messages
+    assert not [m for m in messages if m.startswith("encoded ")], messages
+    assert list((tmp_path / "ray.duckdb.filters" / "embeddings").rglob("*.keys.npy"))
 
 
 def test_workers_get_their_seeds_with_each_shard(tmp_path, ray_local):
