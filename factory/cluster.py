@@ -91,23 +91,27 @@ class ShardFiles:
     def path(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])
 
-    def write_table(self, rel: str, table: pa.Table) -> None:
-        """Whole or not at all: written under a temporary name, then moved (a copy on object stores,
-        which show an object only once it is complete)."""
+    @contextlib.contextmanager
+    def _create(self, rel: str) -> Iterator[Any]:
+        """A file written whole or not at all: under a temporary name, then moved (a copy on object
+        stores, which show an object only once it is complete)."""
         final = self.path(rel)
         tmp = final + f".tmp-{uuid.uuid4().hex[:8]}"
         self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
         with self.fs.open_output_stream(tmp) as out:
-            pq.write_table(table, out, compression="zstd")
+            yield out
         self.fs.move(tmp, final)
 
+    def write_table(self, rel: str, table: pa.Table) -> None:
+        with self._create(rel) as out:
+            pq.write_table(table, out, compression="zstd")
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        with self._create(rel) as out:
+            out.write(data)
+
     def write_json(self, rel: str, doc: Any) -> None:
-        final = self.path(rel)
-        tmp = final + f".tmp-{uuid.uuid4().hex[:8]}"
-        self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
-        with self.fs.open_output_stream(tmp) as out:
-            out.write(orjson.dumps(doc))
-        self.fs.move(tmp, final)
+        self.write_bytes(rel, orjson.dumps(doc))
 
     def read_json(self, rel: str) -> Any:
         with self.fs.open_input_stream(self.path(rel)) as f:
@@ -420,12 +424,7 @@ class ShardWorker:
                 model = step.params.model
                 EmbeddingCache(local / "embeddings" / model_key(model), model).get(texts)
         for path in sorted(local.rglob("*.npy"), key=lambda p: p.name.endswith(".keys.npy")):  # keys last
-            rel = path.relative_to(local).as_posix()
-            tmp = files.path(prefix, "filters", rel) + ".tmp-" + uuid.uuid4().hex[:8]
-            files.fs.create_dir(tmp.rsplit("/", 1)[0], recursive=True)
-            with files.fs.open_output_stream(tmp) as out:
-                out.write(path.read_bytes())
-            files.fs.move(tmp, files.path(prefix, "filters", rel))
+            files.write_bytes(f"{prefix}/filters/{path.relative_to(local).as_posix()}", path.read_bytes())
         return len(texts)
 
     def stop(self) -> bool:
