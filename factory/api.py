@@ -328,7 +328,7 @@ async def _run_on_ray(
     """The same run, its shards on a Ray cluster (factory.cluster); the driver owns the store."""
     import time
 
-    from factory.cluster import connect, run_on_ray
+    from factory.cluster import ClusterReport, connect, run_on_ray
     from factory.store import Batch
 
     cfg = prep.config
@@ -365,7 +365,6 @@ async def _run_on_ray(
             except FactoryError as exc:
                 error, rep = exc, None
         seeds_done = len(st.done_seeds(prep.run_id))
-        failed = rep.seeds_failed if rep else 0
         if error is not None:
             status = "failed"
         elif stop.is_set():
@@ -380,12 +379,12 @@ async def _run_on_ray(
             "run_id": prep.run_id, "invocation": invocation, "requests_sent": rep.requests_sent if rep else 0,
             "attempts": rep.attempts if rep else 0, "cache_hits": rep.cache_hits if rep else 0,
             "prompt_tokens": rep.prompt_tokens if rep else 0, "completion_tokens": rep.completion_tokens if rep else 0,
-            "failures": {}, "status": status,
+            "failures": dict(rep.failures) if rep else {}, "status": status,
         }  # fmt: skip
         st.commit(Batch(stats=stats))
         st.finish_run(prep.run_id, status)
-        prog = progress(rep, seeds_done) if rep else progress(_NoReport(), seeds_done)
-        prog.seeds_failed = failed
+        prog = progress(rep or ClusterReport(), seeds_done)
+        prog.failures = dict(rep.failures) if rep else {}
         result = Result(prep.run_id, status, prog, str(error) if error else None,
                         error.exit_code if error else None)  # fmt: skip
         if prep.filters and status == "done":
@@ -401,10 +400,6 @@ async def _run_on_ray(
     finally:
         if own_store:
             st.close()
-
-
-class _NoReport:
-    seeds_failed = records = requests_sent = cache_hits = prompt_tokens = completion_tokens = 0
 
 
 async def filter_run(store: Store, run_id: str, steps: list[Any], *, force: bool = True) -> Any:

@@ -34,7 +34,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -381,6 +381,7 @@ class ShardWorker:
                 )  # fmt: skip
                 self.runner = Runner(store, self.teachers, plan, invocation)
                 result = await self.runner.run()
+                failures = self.runner.stats(result.status)["failures"]
                 self.runner = None
                 p = result.progress
                 doc = {
@@ -389,7 +390,7 @@ class ShardWorker:
                     "records": p.records, "requests_sent": p.requests_sent, "cache_hits": p.cache_hits,
                     "prompt_tokens": p.prompt_tokens, "completion_tokens": p.completion_tokens,
                     "attempts": sum(getattr(t, "attempts", 0) for t in {id(t): t for t in self.teachers.values()}.values()),
-                    "host": os.uname().nodename, "pid": os.getpid(), "elapsed_s": p.elapsed_s,
+                    "host": os.uname().nodename, "pid": os.getpid(), "elapsed_s": p.elapsed_s, "failures": failures,
                 }  # fmt: skip
                 if result.status in ("done", "incomplete"):
                     doc["filter_texts"] = self._filter_artefacts(store, files, f"{shard}/{attempt}", scratch)
@@ -459,6 +460,7 @@ class ClusterReport:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     attempts: int = 0
+    failures: Counter[str] = field(default_factory=Counter)  # failed attempts by kind, final_* as in a run
     budget_reached: bool = False
     per_worker: dict[str, int] = field(default_factory=dict)
 
@@ -542,6 +544,7 @@ def ray_init(address: str | None, *, num_cpus: int | None = None) -> Any:
 def connect(prep: Any, address: str | None = None) -> Any:
     """Check what a cluster run cannot do and reach the cluster, before anything is stored."""
     cfg = prep.config
+    ShardFiles(shard_root(prep))  # a shard_dir URL no filesystem opens
     return ray_init(address if address is not None else cfg.executor.address)
 
 
@@ -683,6 +686,7 @@ async def run_on_ray(
                     for k in ("seeds_failed", "requests_sent", "cache_hits", "prompt_tokens",
                               "completion_tokens", "attempts"):  # fmt: skip
                         setattr(report, k, getattr(report, k) + int(doc[k] or 0))
+                    report.failures.update(doc.get("failures") or {})
                 if on_progress is not None:
                     on_progress(report, len(done) + report.seeds_done)
                 if queue and not stopping:

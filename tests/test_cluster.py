@@ -209,6 +209,14 @@ def test_an_unreachable_cluster_or_a_stray_flag_is_refused_before_the_store_is_t
                        text=True, timeout=180)  # fmt: skip
     assert p.returncode == 2 and "executor.address" in p.stderr, p.stderr[-2000:]
     assert not (tmp_path / "ray.duckdb").exists()
+    # a shard location no filesystem opens names the field
+    cfg.write_text(
+        cfg.read_text().replace("address: 'ray://127.0.0.1:9'", "shard_dir: 'nosuchfs://bucket/x'")
+    )
+    p = subprocess.run([sys.executable, "-m", "factory.cli", "run", str(cfg)], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=180)  # fmt: skip
+    assert p.returncode == 2 and "executor.shard_dir" in p.stderr, p.stderr[-2000:]
+    assert not (tmp_path / "ray.duckdb").exists()
     # --address without the ray executor names the flag
     local = write_run(tmp_path, "http://127.0.0.1:9/v1", name="local")
     p = subprocess.run([sys.executable, "-m", "factory.cli", "run", str(local), "--address", "auto"],
