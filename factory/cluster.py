@@ -242,8 +242,7 @@ class RateBudget:
         self.pacer.limited(epoch, retry_after)
 
     def answered(self, n: int) -> None:
-        for _ in range(n):
-            self.pacer.answered()
+        self.pacer.answered(n)
 
     def state(self) -> dict[str, Any]:
         return {"rate": self.pacer.rate, "epoch": self.pacer.epoch}
@@ -379,9 +378,13 @@ class ShardWorker:
                     max_seeds_in_flight=cfg.runner.max_seeds_in_flight or max(16, cfg.teacher.max_in_flight),
                     template_version=prep.template_version,
                 )  # fmt: skip
+                # the teachers live across shards: their counters before this one are taken off
+                distinct = list({id(t): t for t in self.teachers.values()}.values())
+                attempts0 = sum(t.attempts for t in distinct)
+                errors0: Counter[str] = sum((Counter(t.errors) for t in distinct), Counter())
                 self.runner = Runner(store, self.teachers, plan, invocation)
                 result = await self.runner.run()
-                failures = self.runner.stats(result.status)["failures"]
+                stats = self.runner.stats(result.status)
                 self.runner = None
                 p = result.progress
                 doc = {
@@ -389,8 +392,8 @@ class ShardWorker:
                     "seeds": len(seeds), "seeds_done": p.seeds_done, "seeds_failed": p.seeds_failed,
                     "records": p.records, "requests_sent": p.requests_sent, "cache_hits": p.cache_hits,
                     "prompt_tokens": p.prompt_tokens, "completion_tokens": p.completion_tokens,
-                    "attempts": sum(getattr(t, "attempts", 0) for t in {id(t): t for t in self.teachers.values()}.values()),
-                    "host": os.uname().nodename, "pid": os.getpid(), "elapsed_s": p.elapsed_s, "failures": failures,
+                    "attempts": stats["attempts"] - attempts0, "failures": dict(Counter(stats["failures"]) - errors0),
+                    "host": os.uname().nodename, "pid": os.getpid(), "elapsed_s": p.elapsed_s,
                 }  # fmt: skip
                 if result.status in ("done", "incomplete"):
                     doc["filter_texts"] = self._filter_artefacts(store, files, f"{shard}/{attempt}", scratch)
@@ -638,6 +641,9 @@ async def run_on_ray(
             return await ref
 
         spend = _Spending(cfg.budget.max_requests, cfg.budget.max_output_tokens)
+        from factory import api
+
+        identities = {role: t.identity() for role, t in api.make_teachers(prep).items()}
 
         def submit(actor: Any) -> None:
             share = spend.share(idle=n - len(running))
@@ -646,7 +652,7 @@ async def run_on_ray(
                 report.budget_reached = True
                 return
             shard, lo, hi = queue.popleft()
-            _snapshot(store, files, prep, shard, lo, hi, done)
+            _snapshot(store, files, prep, identities, shard, lo, hi, done)
             already = [s.id for s in prep.seeds[lo:hi] if s.id in done]
             ref = actor.run_shard.remote(shard, prep.seeds[lo:hi], already, root, share)
             fut = asyncio.ensure_future(result_of(ref))
@@ -706,7 +712,14 @@ async def run_on_ray(
 
 
 def _snapshot(
-    store: Store, files: ShardFiles, prep: Any, shard: str, lo: int, hi: int, done: set[str]
+    store: Store,
+    files: ShardFiles,
+    prep: Any,
+    identities: dict[str, dict[str, Any]],
+    shard: str,
+    lo: int,
+    hi: int,
+    done: set[str],
 ) -> None:
     """The store's answers to the shard's first-stage requests, for its workers to start from."""
     if files.exists(f"{shard}/{SNAPSHOT}"):
@@ -716,10 +729,7 @@ def _snapshot(
 
     sub = api.Prepared(prep.config, prep.recipe, prep.params, prep.state,
                        [s for s in prep.seeds[lo:hi] if s.id not in done], prep.run_id, prep.store_path)  # fmt: skip
-    teachers = api.make_teachers(prep)
-    keys = sorted(
-        {request_key(teachers[role].identity(), r.body()) for role, r in api._first_stage_requests(sub)}
-    )
+    keys = sorted({request_key(identities[role], r.body()) for role, r in api._first_stage_requests(sub)})
     rows = store.lookup(keys) if keys else {}
     if rows:
         table = pa.Table.from_pylist(

@@ -34,12 +34,12 @@ class _Meter:
     def __init__(self) -> None:
         self.second, self.now, self.before = 0, 0, 0
 
-    def add(self, t: float) -> None:
+    def add(self, t: float, n: int = 1) -> None:
         second = int(t)
         if second != self.second:
             self.before = self.now if second == self.second + 1 else 0
             self.now, self.second = 0, second
-        self.now += 1
+        self.now += n
 
     def rate(self, t: float) -> float:
         second = int(t)
@@ -93,7 +93,7 @@ class Pacer:
 
     async def wait(self) -> int:
         """Wait for this request's start; return the epoch it starts in (pass it to :meth:`limited`)."""
-        if self.rate is None and self._paused_until == 0.0:
+        if not self.active:
             self._sent.add(time.monotonic())
             return self.epoch
         while True:
@@ -120,8 +120,7 @@ class Pacer:
                 rate = self._sent.rate(now) / 2.0
             else:  # not below what the server has been letting through
                 rate = max(self.rate * DECREASE, ADMITTED * self._answered.rate(now))
-            rate = max(MIN_RATE, rate)
-            self.rate = min(rate, self.ceiling) if self.ceiling else rate
+            self._set_rate(max(MIN_RATE, rate))
             self.epoch += 1
             self._changed = now
             replan = True
@@ -129,14 +128,16 @@ class Pacer:
             self._plan += 1
             self._next = max(now, self._paused_until)
 
-    def answered(self) -> None:
-        """A request got through: after a quiet second, probe a little higher."""
+    def answered(self, n: int = 1) -> None:
+        """``n`` requests got through: after a quiet second, probe a little higher."""
         if self.rate is None or not self._learn:
             return
         now = time.monotonic()
-        self._answered.add(now)
+        self._answered.add(now, n)
         self._through = True
         if now - self._changed >= PROBE_EVERY_S:
-            rate = self.rate * INCREASE
-            self.rate = min(rate, self.ceiling) if self.ceiling else rate
+            self._set_rate(self.rate * INCREASE)
             self._changed = now
+
+    def _set_rate(self, rate: float) -> None:
+        self.rate = min(rate, self.ceiling) if self.ceiling else rate
