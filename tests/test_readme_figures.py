@@ -33,7 +33,7 @@ figures = _figures()
 
 # A measured figure: a rate, a ratio, a per-request cost, a duration or memory of a benchmark run.
 MEASURED = re.compile(
-    r"\d[\d,.]*\s?(?:×|µs\b|(?:records|rows|requests|req|tokens|sentences|inputs|examples)/s\b"
+    r"\d[\d,.]*\s?(?:×|x\b|µs\b|(?:records|rows|requests|req|tokens|sentences|inputs|examples)/s\b"
     r"|(?:records|rows|requests|output tokens|sentences) (?:a|per) second)"
 )
 
@@ -84,8 +84,9 @@ def test_a_block_of_an_unknown_name_is_caught(tmp_path: Path) -> None:
 
 
 def test_the_guard_sees_a_figure_outside_a_block() -> None:
-    prose = "ours runs at 88,230 records/s, 18× datasketch, at 374 µs a request"
-    assert [m.group() for m in MEASURED.finditer(prose)] == ["88,230 records/s", "18×", "374 µs"]
+    prose = "ours runs at 88,230 records/s, 18× datasketch (4x rensa), at 374 µs a request"
+    assert [m.group() for m in MEASURED.finditer(prose)] == ["88,230 records/s", "18×", "4x", "374 µs"]
+    assert [m.group() for m in MEASURED.finditer("seed 0x9E3779B9, 32 bands × 4 rows, 200 ms latency")] == []
 
 
 @pytest.mark.parametrize("path", sorted((BENCH / "results").glob("*.json")), ids=lambda p: p.name)
