@@ -44,6 +44,7 @@ from figures_clients import (  # noqa: E402
 from figures_local import (  # noqa: E402
     cluster,
     cluster_estimate,
+    cluster_ingest,
     cluster_reading,
     dedup_figures,
     dedup_summary,
@@ -162,6 +163,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "speed": speed,
     "view": view,
     "cluster": cluster,
+    "cluster-ingest": cluster_ingest,
     "cluster-reading": cluster_reading,
     "cluster-estimate": cluster_estimate,
 }

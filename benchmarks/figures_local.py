@@ -222,6 +222,15 @@ def cluster() -> str:
     return "\n" + "\n".join(lines) + "\n"
 
 
+def cluster_ingest() -> str:
+    d, f, v = _cluster()
+    per = v["local (one process)"]["store_bytes"] / f["seeds"]
+    return (
+        f"{f0(f['ingest']['rows_per_s'])} records a second on one core, and the store took {per:.0f} bytes a "
+        f"record for the short records of `benchmarks/bench_cluster.py` ({d['date'][:10]})"
+    )
+
+
 def cluster_reading() -> str:
     _, f, v = _cluster()
     two = v["ray, 1 worker"]["wall_s"] / v["ray, 2 workers"]["wall_s"]
