@@ -6,6 +6,8 @@ estimate in benchmarks/README.md is built from (worker CPU per record, ingest pe
 record). Each variant gets a fresh store; medians of --repeats.
 
     .venv/bin/python benchmarks/bench_cluster.py [--seeds 20000] [--in-flight 512] [--repeats 3]
+
+Writes benchmarks/results/cluster.json (with the date, load average and versions).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import _results  # noqa: E402
 
 
 def write(work: Path, url: str, n: int, in_flight: int, executor: str) -> Path:
@@ -107,6 +112,7 @@ def main() -> None:
         ("ray, 2 workers", f"{{kind: ray, workers: 2, shard_seeds: {a.shard_seeds}}}"),
     ]
     results: dict[str, list[dict]] = {v: [] for v, _ in variants}
+    ctx = _results.context(["ray", "duckdb", "pyarrow"])
     load0 = os.getloadavg()[0]
     with start_subprocess(FaultConfig(latency=a.latency)) as srv:
         for r in range(a.repeats):
@@ -122,6 +128,11 @@ def main() -> None:
         return statistics.median(x[key] for x in results[name])
 
     base = med("ray, 1 worker", "wall_s")
+    figs = {"seeds": a.seeds, "latency_s": a.latency, "in_flight": a.in_flight, "shard_seeds": a.shard_seeds,
+            "runs": a.repeats, "ingest": {k: round(v, 3) for k, v in ing.items()},
+            "variants": {name: {k: round(med(name, k), 3) for k in ("wall_s", "driver_cpu_s", "store_bytes")}
+                         for name, _ in variants}}  # fmt: skip
+    print(f"written: {_results.save('cluster', ctx, figs)}", file=sys.stderr)
     print(f"{a.seeds:,} seeds of the `prompt` recipe, {a.latency * 1000:.0f} ms server latency, {a.in_flight} in flight "
           f"in all, {a.shard_seeds:,} seeds a shard; medians of {a.repeats}; load average {load0:.1f} at the start, "
           f"{load1:.1f} at the end.\n")  # fmt: skip

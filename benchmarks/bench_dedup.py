@@ -1,30 +1,36 @@
-"""Near-duplicate dedup: `filters.minhash_dedup` against plain datasketch and plain rensa, side by side.
+"""Near-duplicate dedup: `filters.minhash_dedup` against datasketch (and rensa, when installed), side by side.
 
-    python benchmarks/bench_dedup.py [--n 100000] [--peer-n 10000] [--repeats 3] [--json]
+    python benchmarks/bench_dedup.py [--n 50000] [--repeats 3] [--write-readme]
 
 The corpus is generated here: ~200-character records of Zipf-distributed synthetic words, a fifth of them
 planted near-duplicates of an earlier record (surface changes, words added or cut at either end, words
 replaced inside), each with its exact word-5-gram Jaccard to its source measured in Python. The ground
 truth for precision is every record's exact highest Jaccard to any earlier record, from an inverted index.
 
-Figures, medians of --repeats runs, wall-clock and process CPU (the box is shared: CPU time is what a run
-was given, wall-clock includes waiting for it):
+Figures, medians of --repeats runs on every side, wall-clock and process CPU (the box is shared: CPU time is
+what a run was given, wall-clock includes waiting for it):
   signatures + LSH   records/s of hashing, MinHash at 128 permutations and banding (the target: 50,000/s)
-  whole filter       records/s of `score` (text digests, signatures, LSH, estimates, exact verification)
+  whole filter       records/s of the filter's scoring pass as `factory filter` runs it on a new store (text
+                     digests, signatures written to a fresh signature cache, LSH, estimates, exact
+                     verification), then its decision at 0.8
   recall             planted records with exact Jaccard ≥ 0.8 to their source that are dropped at 0.8
   precision          dropped records whose exact highest Jaccard to an earlier record is ≥ 0.8
-Peers (Python shingling, then the library's MinHash and LSH with the same bands, each record queried before
-it is inserted, its best estimate decided at 0.8) run on the first --peer-n records: datasketch is slow.
-Exits non-zero when our rate (CPU), recall or precision misses its target.
+Peers, whole filter against whole filter on the same records: the same word 5-gram shingles (Python: normalise,
+split, set), the library's MinHash on its fast path (datasketch `MinHash.bulk`, rensa `from_token_sets`) at 128
+permutations, its LSH with the same bands (each record queried, then inserted), and the same verification: the
+exact Jaccard of each candidate's shingle sets, dropped at 0.8.
+Writes benchmarks/results/dedup.json (with the date, load average and versions); --write-readme also rewrites
+the README blocks quoting it (benchmarks/figures.py). Exits non-zero when our rate (CPU), recall or
+precision misses its target.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -32,6 +38,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _results
 
 from filters import minhash_dedup as mh
 from filters.exact_dedup import normalise
@@ -150,37 +159,46 @@ def ours_core(texts: list[str], repeats: int, shingle: str = "word", ngram: int 
 
 
 def ours_filter(texts: list[str], repeats: int, verify: bool) -> dict:
-    """The whole `score` as a pass runs it (no signature cache), then `decide` at the threshold."""
+    """The whole scoring pass as `factory filter` runs it on a store that has no signatures yet (each run
+    gets a fresh signature cache, which it fills), then `decide` at the threshold."""
     params = mh.MinhashDedupParams(verify=verify, lsh_threshold=LSH_THRESHOLD, threshold=THRESHOLD)
     rows = [mh.Row(str(k), "s", "x", 0, t, {}) for k, t in enumerate(texts)]
-    (scored, _), wall, cpu = timed(lambda: mh._score_sync(rows, [], params, None), repeats)
-    dropped = np.array([not mh.decide(s, params)[0] for s in scored])
+
+    def run():  # type: ignore[no-untyped-def]
+        with tempfile.TemporaryDirectory(prefix="bench-dedup-") as cache:
+            scored, _ = mh._score_sync(rows, [], params, Path(cache))
+            return np.array([not mh.decide(s, params)[0] for s in scored])
+
+    dropped, wall, cpu = timed(run, repeats)
     return {"wall": wall, "cpu": cpu, "dropped": dropped}
 
 
-def datasketch_peer(texts: list[str]) -> dict:
+def verified(sets: list[set[str]], k: int, hits) -> bool:  # type: ignore[no-untyped-def]
+    """The same verification as ours: the exact Jaccard of the candidates' shingle sets, ≥ the threshold."""
+    s = sets[k]
+    return any(len(s & sets[h]) >= THRESHOLD * len(s | sets[h]) for h in hits)
+
+
+def datasketch_peer(texts: list[str], repeats: int) -> dict:
     from datasketch import MinHash, MinHashLSH
 
     b, r = mh.bands(LSH_THRESHOLD, NUM_PERM)
 
     def run():  # type: ignore[no-untyped-def]
+        sets = [shingle_set(t) for t in texts]
+        sigs = MinHash.bulk([[g.encode() for g in s] for s in sets], num_perm=NUM_PERM)
         lsh = MinHashLSH(num_perm=NUM_PERM, params=(b, r))
-        sigs: dict[int, MinHash] = {}
         dropped = np.zeros(len(texts), dtype=bool)
-        for k, t in enumerate(texts):
-            m = MinHash(num_perm=NUM_PERM)
-            m.update_batch([s.encode() for s in shingle_set(t)])
-            hits = lsh.query(m)
-            dropped[k] = bool(hits) and max(m.jaccard(sigs[h]) for h in hits) >= THRESHOLD
-            sigs[k] = m
+        for k, m in enumerate(sigs):
+            dropped[k] = verified(sets, k, lsh.query(m))
             lsh.insert(k, m)
         return dropped
 
-    dropped, wall, cpu = timed(run, 1)
+    dropped, wall, cpu = timed(run, repeats)
     return {"wall": wall, "cpu": cpu, "dropped": dropped}
 
 
-def rensa_peer(texts: list[str]) -> dict | None:
+def rensa_peer(texts: list[str], repeats: int) -> dict | None:
     try:
         from rensa import RMinHash, RMinHashLSH
     except ImportError:
@@ -188,44 +206,21 @@ def rensa_peer(texts: list[str]) -> dict | None:
     b, _ = mh.bands(LSH_THRESHOLD, NUM_PERM)
 
     def run():  # type: ignore[no-untyped-def]
-        sketches = RMinHash.from_token_sets([list(shingle_set(t)) for t in texts], num_perm=NUM_PERM, seed=42)
+        sets = [shingle_set(t) for t in texts]
+        sketches = RMinHash.from_token_sets([list(s) for s in sets], num_perm=NUM_PERM, seed=42)
         lsh = RMinHashLSH(threshold=LSH_THRESHOLD, num_perm=NUM_PERM, num_bands=b)
         dropped = np.zeros(len(texts), dtype=bool)
         for k, m in enumerate(sketches):
-            hits = lsh.query(m)
-            dropped[k] = bool(hits) and max(m.jaccard(sketches[h]) for h in hits) >= THRESHOLD
+            dropped[k] = verified(sets, k, lsh.query(m))
             lsh.insert(k, m)
         return dropped
 
-    dropped, wall, cpu = timed(run, 1)
+    dropped, wall, cpu = timed(run, repeats)
     return {"wall": wall, "cpu": cpu, "dropped": dropped}
 
 
-def rensa_kernel(texts: list[str], repeats: int) -> tuple[dict, dict] | None:
-    """rensa's MinHash on our shingle hashes (no Python shingling), alone and with its matrix brought to
-    numpy, which our LSH, estimates and signature cache need."""
-    try:
-        from rensa import RMinHash
-    except ImportError:
-        return None
-    g, off = mh.shingle_hashes(texts, "word", NGRAM)
-    offsets = off.astype(np.uint64)
-    _, wall, cpu = timed(
-        lambda: RMinHash.digest_matrix_from_flat_token_hashes(g, offsets, NUM_PERM, 42), repeats
-    )
-    _, xwall, xcpu = timed(lambda: np.array(
-        RMinHash.digest_matrix_from_flat_token_hashes(g, offsets, NUM_PERM, 42).to_rows(), dtype=np.uint32
-    ), 1)  # fmt: skip
-    _, owall, ocpu = timed(lambda: mh.signatures(texts, NUM_PERM, "word", NGRAM), repeats)
-    _, swall, scpu = timed(lambda: mh.shingle_hashes(texts, "word", NGRAM), repeats)
-    return (
-        {"rensa": (wall, cpu), "rensa + to numpy": (xwall, xcpu)},
-        {"ours": (owall - swall, ocpu - scpu)},
-    )
-
-
-def python_shingling(texts: list[str]) -> dict:
-    _, wall, cpu = timed(lambda: [shingle_set(t) for t in texts], 1)
+def python_shingling(texts: list[str], repeats: int) -> dict:
+    _, wall, cpu = timed(lambda: [shingle_set(t) for t in texts], repeats)
     return {"wall": wall, "cpu": cpu}
 
 
@@ -241,94 +236,66 @@ def one_word_jaccard(shingle: str, ngram: int) -> float:
 # ------------------------------------------------------------------------------------------------- main
 
 
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=100_000)
-    ap.add_argument("--peer-n", type=int, default=10_000, help="records for the peers (datasketch is slow)")
+    ap.add_argument("--n", type=int, default=50_000)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", help="also write the tables here")
+    ap.add_argument(
+        "--write-readme", action="store_true", help="rewrite the README blocks quoting the results"
+    )
     a = ap.parse_args()
-    load0 = os.getloadavg()[0]
+    ctx = _results.context(["numpy", "datasketch", "rensa"])
     texts, source = corpus(a.n)
     sets, best = truth(texts)
-    peer_n = min(a.peer_n, a.n)
     b, r = mh.bands(LSH_THRESHOLD, NUM_PERM)
 
     core = ours_core(texts, a.repeats)
-    ours_rate = a.n / core["cpu"]
-    runs: list[tuple[str, str, int, dict]] = [
-        ("ours", "signatures + LSH", a.n, core),
-        ("ours", "whole filter (verify, the default)", a.n, ours_filter(texts, a.repeats, verify=True)),
-        ("ours", "whole filter (verify: false)", a.n, ours_filter(texts, a.repeats, verify=False)),
-        ("Python", "shingling only (normalise, split, 5-gram set)", peer_n, python_shingling(texts[:peer_n])),
-        ("datasketch", "whole (shingling, MinHash, LSH, estimate ≥ 0.8)", peer_n, datasketch_peer(texts[:peer_n])),
+    runs: list[tuple[str, str, dict]] = [
+        ("ours", "signatures + LSH", core),
+        ("ours", "whole filter (verify, the default)", ours_filter(texts, a.repeats, verify=True)),
+        ("ours", "whole filter (verify: false)", ours_filter(texts, a.repeats, verify=False)),
+        ("Python", "shingling only (normalise, split, 5-gram set)", python_shingling(texts, a.repeats)),
+        ("datasketch", "whole filter (shingling, MinHash.bulk, MinHashLSH, exact verification)",
+         datasketch_peer(texts, a.repeats)),
     ]  # fmt: skip
-    rp = rensa_peer(texts[:peer_n])
+    rp = rensa_peer(texts, a.repeats)
     if rp is not None:
-        runs.append(("rensa", "whole (shingling, MinHash, LSH, estimate ≥ 0.8)", peer_n, rp))
-    rows, misses = [], []
-    for name, what, n, m in runs:
-        q = quality(m["dropped"], source[:n], sets[:n], best[:n]) if "dropped" in m else None
-        rows.append([name, what, f"{n:,}", f"{n / m['wall']:,.0f}", f"{n / m['cpu']:,.0f}",
-                     f"{n / m['cpu'] / ours_rate:.3f}", f"{q['recall']:.4f} of {q['planted']:,}" if q else "",
-                     f"{q['precision']:.4f} of {q['dropped']:,}" if q else ""])  # fmt: skip
+        runs.append(
+            ("rensa", "whole filter (shingling, from_token_sets, RMinHashLSH, exact verification)", rp)
+        )
+    methods, misses = [], []
+    for name, what, m in runs:
+        q = quality(m["dropped"], source, sets, best) if "dropped" in m else {}
+        methods.append({"method": name, "what": what, "records": a.n, "runs": a.repeats,
+                        "wall_s": round(m["wall"], 4), "cpu_s": round(m["cpu"], 4), **q})  # fmt: skip
         if what.startswith("whole filter (verify,"):
-            assert q is not None
             if q["recall"] < TARGET_RECALL:
                 misses.append(f"recall {q['recall']:.4f} < {TARGET_RECALL}")
             if q["precision"] < TARGET_PRECISION:
                 misses.append(f"precision {q['precision']:.4f} < {TARGET_PRECISION}")
-    if ours_rate < TARGET_RATE:
-        misses.append(f"signatures + LSH: {ours_rate:,.0f} records/s (CPU) < {TARGET_RATE:,}")
+    if a.n / core["cpu"] < TARGET_RATE:
+        misses.append(f"signatures + LSH: {a.n / core['cpu']:,.0f} records/s (CPU) < {TARGET_RATE:,}")
 
-    kernel_rows = []
-    rk = rensa_kernel(texts[:peer_n], a.repeats)
-    if rk is not None:
-        for label, (wall, cpu) in {**rk[1], **rk[0]}.items():
-            kernel_rows.append([label, f"{peer_n:,}", f"{peer_n / wall:,.0f}", f"{peer_n / cpu:,.0f}"])
-    shingle_rows = []
+    shingles = []
     for shingle, ngram in (("word", 5), ("char", 5), ("char", 9)):
-        m = ours_core(texts[:peer_n], a.repeats, shingle, ngram)
+        m = ours_core(texts, a.repeats, shingle, ngram)
         per = float(np.mean(np.diff(mh.shingle_hashes(texts[:1000], shingle, ngram)[1])))
-        shingle_rows.append([f"{shingle} {ngram}-grams", f"{per:.0f}", f"{peer_n / m['cpu']:,.0f}",
-                             f"{one_word_jaccard(shingle, ngram):.2f}"])  # fmt: skip
+        shingles.append({"shingle": shingle, "ngram": ngram, "per_record": round(per, 1),
+                         "cpu_s": round(m["cpu"], 4), "one_word_jaccard": round(one_word_jaccard(shingle, ngram), 4)})  # fmt: skip
 
-    near = sum(1 for k, s in enumerate(source) if s >= 0 and 0.75 <= best[k] < 0.85)
-    header = ["method", "what is timed", "records", "records/s (wall)", "records/s (CPU)", "÷ ours (CPU)",
-              "recall (planted J ≥ 0.8)", "precision (exact J ≥ 0.8)"]  # fmt: skip
-    text = (
-        f"### Near-duplicate dedup: {a.n:,} records of ~{np.mean([len(t) for t in texts]):.0f} characters\n\n"
-        f"Word {NGRAM}-grams, {NUM_PERM} permutations, LSH {b} bands × {r} rows (lsh_threshold "
-        f"{LSH_THRESHOLD}), threshold {THRESHOLD}. Ours: median of {a.repeats} runs on all records; peers: "
-        f"one run on the first {peer_n:,}. ÷ ours: CPU rate over ours' signatures + LSH.\n\n"
-        + table(header, rows)
-        + f"\n\nPlanted near-duplicates: {sum(s >= 0 for s in source):,}, of which {near:,} have an exact "
-        f"Jaccard in [0.75, 0.85). Load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, "
-        f"on {os.cpu_count()} CPUs.\n\n"
-        + "#### MinHash step alone (128 permutations, on our shingle hashes)\n\n"
-        + table(["kernel", "records", "records/s (wall)", "records/s (CPU)"], kernel_rows)
-        + "\n\n#### Shingles: speed and what one replaced word does\n\n"
-        + table(
-            [
-                "shingles",
-                "per record",
-                "signatures + LSH, records/s (CPU)",
-                "Jaccard after one word replaced",
-            ],
-            shingle_rows,
-        )
-        + "\n"
-    )
-    if misses:
-        text += "\nMissed targets:\n" + "\n".join(f"- {x}" for x in misses) + "\n"
-    print(text)
-    if a.out:
-        Path(a.out).write_text(text)
+    data = {
+        "records": a.n, "runs": a.repeats, "chars": round(float(np.mean([len(t) for t in texts])), 1),
+        "ngram": NGRAM, "num_perm": NUM_PERM, "bands": b, "rows": r, "lsh_threshold": LSH_THRESHOLD,
+        "threshold": THRESHOLD, "planted": int(sum(s >= 0 for s in source)),
+        "planted_near": int(sum(1 for k, s in enumerate(source) if s >= 0 and 0.75 <= best[k] < 0.85)),
+        "methods": methods, "shingles": shingles, "missed": misses,
+    }  # fmt: skip
+    print(f"written: {_results.save('dedup', ctx, data)}")
+    import figures
+
+    print(figures.render("dedup-table"))
+    if a.write_readme:
+        figures.write()
     return 1 if misses else 0
 
 

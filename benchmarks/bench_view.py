@@ -2,6 +2,8 @@
 
     python benchmarks/bench_view.py [--n 1000000] [--tries 5] [--rebuild] [--json]
 
+Writes benchmarks/results/view.json (with the date, load average and versions).
+
 The store is built here once (kept in benchmarks/.cache/, rebuilt with --rebuild or another --n) with
 `Store.commit` in 20,000-row batches: synthetic rationales records of 150-300 characters with a label, a
 request and its cached answer each, recipe parse failures, and one filter pass of heuristics, exact dedup
@@ -42,6 +44,9 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import _results  # noqa: E402
 
 from factory.store import Batch, Store  # noqa: E402
 
@@ -236,8 +241,9 @@ def main() -> int:
     ap.add_argument("--tries", type=int, default=5)
     ap.add_argument("--rebuild", action="store_true")
     ap.add_argument("--store", type=Path, default=ROOT / "benchmarks" / ".cache" / "view" / "bench.duckdb")
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json", action="store_true")  # the figures are also written to results/view.json
     args = ap.parse_args()
+    ctx = _results.context(["duckdb", "pyarrow", "selenium"])
 
     path = args.store
     stamp = path.with_name(path.name + ".n")
@@ -294,6 +300,9 @@ def main() -> int:
     peer_ms = statistics.median(peer)
 
     results = {name: (statistics.median(v) if v else None) for name, v in rows}
+    saved = _results.save("view", ctx, {"records": n, "tries": args.tries, "peer_ms": round(peer_ms, 1),
+                                        "ms": {k: None if v is None else round(v, 1) for k, v in results.items()}})  # fmt: skip
+    log(f"written: {saved}")
     if args.json:
         print(json.dumps({"records": n, "peer_ms": peer_ms, "results": results}, indent=2))
     print(f"\n`factory view` on {n:,} records (medians of {args.tries}; ms)\n")

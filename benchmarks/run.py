@@ -15,7 +15,10 @@ Every figure is measured side by side with its bound or peer in the same run, as
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -192,6 +195,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(HERE / "results.md"))
     a = ap.parse_args()
     levels = [int(x) for x in a.levels.split(",")]
+    started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load0 = os.getloadavg()[0]
     parts, misses = [], []
     rows, m = throughput(levels, a.n, a.repeats, a.sdk_n)
     misses += m
@@ -226,7 +231,17 @@ def main() -> int:
             parts.append(
                 "### Embedded teacher\n\n" + table(["engine", "prompts", "output tokens/s", "load"], rows)
             )
-    text = "\n\n".join(parts) + "\n"
+    from importlib import metadata
+
+    versions = ", ".join(
+        f"{d} {metadata.version(d)}"
+        for d in ("distill-factory", "aiohttp", "openai", "duckdb", "pyarrow", "uvloop")
+    )
+    head = (
+        f"Measured {started} on {os.cpu_count()} CPUs (load average {load0:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end). Python {platform.python_version()}, {versions}."
+    )
+    text = head + "\n\n" + "\n\n".join(parts) + "\n"
     if misses:
         text += "\nMissed targets:\n" + "\n".join(f"- {x}" for x in misses) + "\n"
     print(text)
