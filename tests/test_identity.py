@@ -14,12 +14,15 @@ import orjson
 import pytest
 from safetensors.numpy import save_file
 
+from factory.config import TeacherConfig
 from factory.errors import StoreError
-from factory.keys import KEY_FORMAT, request_key
+from factory.keys import KEY_FORMAT, canonical_json, request_key
 from factory.store import Batch, Store
+from factory.store.keyformat import OPENAI_URL, openai_identities
 from factory.store.migrations import m001_initial, m002_filter_passes
 from factory.teachers import build_teacher
 from factory.teachers import weights as weights_mod
+from factory.teachers.openai import DEFAULT_BASE_URL
 from factory.types import Request
 
 CONFIG = {"model_type": "llama", "hidden_size": 8, "num_hidden_layers": 1, "max_position_embeddings": 64}
@@ -235,63 +238,128 @@ def test_big_folders_log_progress(tmp_path, monkeypatch, caplog):
 
 # -- the key format in the store --------------------------------------------------------------------------
 def _old_store(path, runs, cache):
-    """A store as the version before key format 2 wrote it: migrations m001 and m002 only."""
+    """A store as the version before key format 2 wrote it: migrations m001 and m002 only. ``runs``:
+    (id, config, invocations); ``cache``: (key, teacher name, run id, request body JSON, text)."""
     con = duckdb.connect(str(path))
     con.execute("CREATE TABLE _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ DEFAULT now())")
     for fn in (m001_initial, m002_filter_passes):
         fn(con)
         con.execute("INSERT INTO _migrations (name) VALUES (?)", [fn.__name__])
-    for run_id, config in runs:
+    for run_id, config, invocations in runs:
         con.execute(
             "INSERT INTO runs (id, name, recipe, teacher, config, config_hash, status) "
             "VALUES (?, ?, 'prompt', 't', ?, 'h', 'done')",
             [run_id, run_id, orjson.dumps(config).decode()],
         )
-    for key, teacher, run_id in cache:
+        for i in range(1, invocations + 1):
+            con.execute("INSERT INTO run_stats (run_id, invocation) VALUES (?, ?)", [run_id, i])
+    for key, teacher, run_id, request, text in cache:
         con.execute(
-            "INSERT INTO cache (key, teacher, status, request, text, run_id) VALUES (?, ?, 'ok', '{}', 'answer', ?)",
-            [key, teacher, run_id],
+            "INSERT INTO cache (key, teacher, status, request, text, run_id) VALUES (?, ?, 'ok', ?, ?, ?)",
+            [key, teacher, request, text, run_id],
         )
     con.close()
 
 
-def test_a_new_store_records_the_current_key_format(tmp_path):
-    with Store(tmp_path / "s.duckdb") as st:
-        assert st.con.execute("SELECT value FROM store_meta WHERE name = 'key_format'").fetchall() == [
-            (str(KEY_FORMAT),)
-        ]
+def _role(spec, **options):
+    return {"spec": spec, "base_url": None, "options": options}
 
 
-def test_an_older_store_sets_aside_answers_a_new_key_could_serve_wrongly(tmp_path, caplog):
+def _format1_row(role, run_id, prompt, text):
+    """A cache row as format 1 wrote it: the key of the request without extra_body."""
+    body = Request.chat(prompt).body()
+    options = {k: v for k, v in role["options"].items() if k != "extra_body"}
+    old = build_teacher(role["spec"], options).identity()
+    return (request_key(old, body), role["spec"].split("@")[0], run_id, canonical_json(body).decode(), text)
+
+
+def _format2_key(role, prompt):
+    return request_key(
+        build_teacher(role["spec"], dict(role["options"])).identity(), Request.chat(prompt).body()
+    )
+
+
+def test_an_older_store_rekeys_or_sets_aside_answers_sent_with_extra_body(tmp_path, caplog):
     path = tmp_path / "old.duckdb"
-    plain = {"teacher": {"spec": "openai:gpt@http://h/v1", "options": {}}, "teachers": {}}
-    extra = {
-        "teacher": {"spec": "openai:gpt@http://h/v1", "options": {"extra_body": {"top_k": 5}}},
-        "teachers": {"judge": {"spec": "openai:judge", "options": {}}},
+    url = "http://127.0.0.1:9/v1"
+    gpt, gpt_extra = _role(f"openai:gpt@{url}"), _role(f"openai:gpt@{url}", extra_body={"top_k": 5})
+    judge = _role("openai:judge", base_url=url)
+    rows = {
+        "plain": _format1_row(gpt, "plain-run", "q1", "plain answer"),
+        "once": _format1_row(gpt_extra, "once-run", "q2", "top_k answer"),
+        "judge": _format1_row(judge, "once-run", "q3", "judge answer"),
+        "twice": _format1_row(gpt_extra, "twice-run", "q4", "top_k answer, maybe"),
+        "mixed": _format1_row(gpt_extra, "mixed-run", "q5", "which one?"),
+        "local": ("k-local", "vllm:m", "plain-run", "{}", "local answer"),
     }
     _old_store(
         path,
-        runs=[("plain-run", plain), ("extra-run", extra)],
-        cache=[
-            ("k-plain", "openai:gpt", "plain-run"),
-            ("k-extra", "openai:gpt", "extra-run"),
-            ("k-judge", "openai:judge", "extra-run"),  # the same run's other teacher sent no extra_body
-            ("k-local", "vllm:m", "plain-run"),
+        runs=[
+            ("plain-run", {"teacher": gpt, "teachers": {}}, 1),
+            ("once-run", {"teacher": gpt_extra, "teachers": {"judge": judge}}, 1),
+            ("twice-run", {"teacher": gpt_extra, "teachers": {}}, 2),  # extra_body may have changed between
+            ("mixed-run", {"teacher": gpt_extra, "teachers": {"plain": gpt}}, 1),  # same name, same endpoint
         ],
+        cache=list(rows.values()),
     )
+    new_once = _format2_key(gpt_extra, "q2")
     with caplog.at_level(logging.WARNING, logger="factory.store.keyformat"), Store(path) as st:
-        served = st.lookup(["k-plain", "k-extra", "k-judge", "k-local"])
-        retired = st.con.execute("SELECT key, text, retired_reason FROM cache_retired").fetchall()
+        served = st.lookup([r[0] for r in rows.values()] + [new_once])
+        retired = dict(st.con.execute("SELECT key, text FROM cache_retired").fetchall())
         fmt = st.con.execute("SELECT value FROM store_meta WHERE name = 'key_format'").fetchone()
-    assert set(served) == {"k-plain", "k-judge", "k-local"}  # k-local is never asked for again (new identity)
-    assert [(k, t) for k, t, _ in retired] == [("k-extra", "answer")]  # kept, not served
-    assert "extra_body" in retired[0][2] and fmt == (str(KEY_FORMAT),)
-    assert "format 1 to 2" in caplog.text and "1 API answer(s) sent with extra_body" in caplog.text
-    assert "1 cached answer(s) of local teachers" in caplog.text and "Plain API requests keep" in caplog.text
+    old = {name: r[0] for name, r in rows.items()}
+    # kept: a plain run's answer (same key as before), a judge without extra_body, local rows (never asked again)
+    assert {k: v["text"] for k, v in served.items()} == {
+        old["plain"]: "plain answer",
+        old["judge"]: "judge answer",
+        old["local"]: "local answer",
+        new_once: "top_k answer",  # re-keyed: the request with extra_body finds its answer, not paid twice
+    }
+    # the old keys of answers sent with extra_body are served no more; every such answer is kept aside
+    assert retired == {
+        old["once"]: "top_k answer",
+        old["twice"]: "top_k answer, maybe",
+        old["mixed"]: "which one?",
+    }
+    assert fmt == (str(KEY_FORMAT),)
+    text = caplog.text
+    assert "format 1 to 2" in text and "1 API answer(s) sent with extra_body now have the key" in text
+    assert (
+        "2 API answer(s) of runs that sent extra_body cannot be told apart" in text
+        and "cache_retired" in text
+    )
+    assert "1 cached answer(s) of local teachers" in text and "Plain API requests keep" in text
     caplog.clear()
     with caplog.at_level(logging.WARNING), Store(path):  # moved once; the next open says nothing
         pass
     assert caplog.text == ""
+
+
+@pytest.mark.parametrize(
+    "role",
+    [
+        {"spec": "openai:gpt", "options": {"extra_body": {"top_k": 5}}},
+        {"spec": "openai: gpt@http://h:1/v1/ ", "options": {}},
+        {
+            "spec": "openai:gpt@http://h:1/v1",
+            "base_url": "http://other/v1",
+            "options": {"extra_body": {"a": [1]}},
+        },
+        {
+            "spec": "openai:gpt@http://h:1/v1",
+            "base_url": "http://b/v1",
+            "options": {"base_url": "http://o/v1/"},
+        },
+    ],
+)
+def test_identities_rebuilt_from_a_stored_config_match_the_teachers(role):
+    cfg = TeacherConfig(**role)
+    name, old, new = openai_identities(cfg.model_dump(mode="json"))
+    teacher = build_teacher(cfg.spec, cfg.backend_options())
+    assert new == teacher.identity() and name == teacher.name
+    plain_options = {k: v for k, v in cfg.backend_options().items() if k != "extra_body"}
+    assert old == build_teacher(cfg.spec, plain_options).identity()
+    assert OPENAI_URL == DEFAULT_BASE_URL
 
 
 def test_an_empty_older_store_moves_silently(tmp_path, caplog):
@@ -312,3 +380,18 @@ def test_a_store_of_a_newer_key_format_is_refused_for_writing_and_left_as_it_was
     with Store(path, read_only=True) as st:  # reading still works
         assert st.count_cache() == 1
         assert st.con.execute("SELECT value FROM store_meta").fetchone() == (str(KEY_FORMAT + 1),)
+
+
+def test_a_trainers_own_state_is_not_hashed(tmp_path, reads):
+    folder = make_model(tmp_path / "checkpoint-500")
+    before = identity(folder)
+    for name in (
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng_state_0.pth",
+        "training_args.bin",
+        "trainer_state.json",
+    ):
+        (folder / name).write_bytes(b"state")
+    reads.clear()
+    assert identity(folder) == before and reads == []

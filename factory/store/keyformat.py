@@ -9,8 +9,12 @@ differently.
 
 Format 1 → 2: ``extra_body`` of API teachers is keyed (when not empty), and local teachers are keyed by the
 content digest of their files and their output-changing options. A plain API request keeps its key.
-  * API answers of runs whose config sent a non-empty ``extra_body`` to that teacher were stored under the
-    key of the same request without it: they are retired, so a plain request is asked again.
+  * API answers sent with a non-empty ``extra_body`` were stored under the key of the same request
+    without it. Each moves to ``cache_retired``; when its run had one invocation (so the run's stored
+    config is what was sent) and one teacher of that name and endpoint, a copy goes back into the cache
+    under its format 2 key, so it is not paid for again. Runs that sent no ``extra_body`` keep theirs.
+    Limit: a store keeps only the latest config of a run, so answers of a run whose ``extra_body`` was
+    removed before its last invocation cannot be found.
   * Answers of vllm, transformers and embedded teachers keep their rows; no new key equals their old
     keys, so they are not served again (local engines recompute them).
 """
@@ -23,13 +27,16 @@ from typing import Any
 
 import duckdb
 import orjson
+import pyarrow as pa
 
 from factory.errors import StoreError
-from factory.keys import KEY_FORMAT
+from factory.keys import KEY_FORMAT, canonical_json, request_key_raw
 
 log = logging.getLogger(__name__)
 
 LOCAL_BACKENDS = ("vllm", "transformers", "embedded")
+OPENAI_URL = "https://api.openai.com/v1"  # the openai teacher's default endpoint
+_MOVES = pa.schema([("key", pa.string()), ("new_key", pa.string())])
 _COLUMNS = (
     "key, teacher, status, request, text, finish_reason, prompt_tokens, completion_tokens, latency_ms, "
     "error, run_id, created_at"
@@ -73,25 +80,17 @@ def upgrade(con: duckdb.DuckDBPyConnection, path: Path) -> None:
 
 def _v1_to_v2(con: duckdb.DuckDBPyConnection) -> list[str]:
     notes: list[str] = []
-    retired = 0
-    for run_id, teacher in _extra_body_teachers(con):
-        n = con.execute(
-            "SELECT count(*) FROM cache WHERE run_id = ? AND teacher = ?", [run_id, teacher]
-        ).fetchone()
-        if not n or not n[0]:
-            continue
-        con.execute(
-            f"INSERT INTO cache_retired ({_COLUMNS}, retired_reason, retired_at) "  # column names only
-            f"SELECT {_COLUMNS}, ?, now() FROM cache WHERE run_id = ? AND teacher = ?",
-            ["key format 2: sent with extra_body, which the format 1 key did not hold", run_id, teacher],
-        ).fetchall()
-        con.execute("DELETE FROM cache WHERE run_id = ? AND teacher = ?", [run_id, teacher]).fetchall()
-        retired += int(n[0])
+    rekeyed, retired = _rekey_extra_body(con)
+    if rekeyed:
+        notes.append(
+            f"{rekeyed} API answer(s) sent with extra_body now have the key of their request with it (their "
+            "runs had one invocation, so their config says what was sent)."
+        )
     if retired:
         notes.append(
-            f"{retired} API answer(s) sent with extra_body were stored under the key of the same request "
-            "without it: they are set aside in the table cache_retired and will not be served; those "
-            "requests are asked again."
+            f"{retired} API answer(s) of runs that sent extra_body cannot be told apart from answers without "
+            "it (the run had several invocations, or several teachers of that name): they are set aside in "
+            "the table cache_retired and will not be served; those requests are asked again."
         )
     local = con.execute(
         "SELECT count(*) FROM cache WHERE " + " OR ".join("teacher LIKE ?" for _ in LOCAL_BACKENDS),
@@ -107,9 +106,61 @@ def _v1_to_v2(con: duckdb.DuckDBPyConnection) -> list[str]:
     return notes
 
 
-def _extra_body_teachers(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
-    """(run id, teacher name) of each openai teacher a run's stored config sent a non-empty extra_body."""
-    out = []
+def _rekey_extra_body(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
+    """Format 1 keyed an API answer sent with extra_body as the same request without it. Each such answer
+    moves to cache_retired; when its run had one invocation (its stored config is what was sent) and one
+    teacher of its name and endpoint, a copy goes back into the cache under its format 2 key. A row is
+    re-keyed only when its old key, recomputed from the stored request and the identity reconstructed
+    from the config, is the key it has: anything not understood is retired, never guessed."""
+    invocations = dict(con.execute("SELECT run_id, count(*) FROM run_stats GROUP BY run_id").fetchall())
+    moves: list[tuple[str, str | None]] = []  # (old key, new key or None: retired only)
+    for (run_id, name), roles in _openai_roles(con).items():
+        if all(old == new for old, new in roles):
+            continue  # no extra_body: the keys did not change
+        single = int(invocations.get(run_id, 0)) <= 1
+        rows = con.execute(
+            "SELECT key, request FROM cache WHERE run_id = ? AND teacher = ?", [run_id, name]
+        ).fetchall()
+        for key, request in rows:
+            body = str(request).encode()
+            matched = [(old, new) for old, new in roles if request_key_raw(old, body) == key]
+            if matched and all(old == new for old, new in matched):
+                continue  # made by a teacher without extra_body: its key stays right
+            news = {new for _, new in matched}
+            if single and len(news) == 1:
+                moves.append((key, request_key_raw(news.pop(), body)))
+            else:
+                moves.append((key, None))
+    if not moves:
+        return 0, 0
+    table = pa.table({"key": [m[0] for m in moves], "new_key": [m[1] for m in moves]}, schema=_MOVES)
+    con.register("_key_moves", table)
+    try:
+        con.execute(
+            f"INSERT INTO cache_retired ({_COLUMNS}, retired_reason, retired_at) "  # column names only
+            f"SELECT {_COLUMNS}, ?, now() FROM cache SEMI JOIN _key_moves m ON cache.key = m.key",
+            ["key format 2: sent with extra_body, which the format 1 key did not hold"],
+        ).fetchall()
+        new_columns = _COLUMNS.replace("key, ", "m.new_key, ", 1)
+        con.execute(
+            f"CREATE TEMP TABLE _rekeyed AS SELECT {new_columns} FROM cache "
+            "JOIN _key_moves m ON cache.key = m.key WHERE m.new_key IS NOT NULL"
+        ).fetchall()
+        con.execute("DELETE FROM cache WHERE key IN (SELECT key FROM _key_moves)").fetchall()
+        con.execute(
+            f"INSERT INTO cache ({_COLUMNS}) SELECT * FROM _rekeyed ON CONFLICT DO NOTHING"
+        ).fetchall()
+        con.execute("DROP TABLE _rekeyed").fetchall()
+    finally:
+        con.unregister("_key_moves")
+    rekeyed = sum(1 for _, new in moves if new is not None)
+    return rekeyed, len(moves) - rekeyed
+
+
+def _openai_roles(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], list[tuple[bytes, bytes]]]:
+    """Per (run id, teacher name) of the openai teachers in each run's stored config: the canonical JSON of
+    each one's identity under format 1 and under format 2 (equal when it sent no extra_body)."""
+    out: dict[tuple[str, str], list[tuple[bytes, bytes]]] = {}
     for run_id, blob in con.execute("SELECT id, config FROM runs").fetchall():
         try:
             config: Any = orjson.loads(blob)
@@ -118,14 +169,28 @@ def _extra_body_teachers(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]
         if not isinstance(config, dict):
             continue
         others = config.get("teachers")
-        roles = [config.get("teacher"), *(others.values() if isinstance(others, dict) else ())]
-        for role in roles:
-            if not isinstance(role, dict):
-                continue
-            spec = str(role.get("spec") or "")
-            options = role.get("options")
-            backend, _, model = spec.partition(":")
-            if backend.strip() == "openai" and isinstance(options, dict) and options.get("extra_body"):
-                name = f"openai:{model.strip().partition('@')[0]}"
-                out.append((str(run_id), name))
-    return sorted(set(out))
+        for role in [config.get("teacher"), *(others.values() if isinstance(others, dict) else ())]:
+            found = openai_identities(role)
+            if found is not None:
+                name, old, new = found
+                out.setdefault((str(run_id), name), []).append((canonical_json(old), canonical_json(new)))
+    return out
+
+
+def openai_identities(role: Any) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+    """(teacher name, format 1 identity, format 2 identity) of a stored openai teacher config, built as
+    the openai teacher builds them (tests check they agree); None for any other teacher."""
+    if not isinstance(role, dict):
+        return None
+    backend, _, spec_model = str(role.get("spec") or "").strip().partition(":")
+    if backend.strip() != "openai":
+        return None
+    options = role.get("options")
+    if not isinstance(options, dict):
+        options = {}
+    model, _, url = spec_model.strip().partition("@")
+    base_url = str(options.get("base_url") or role.get("base_url") or url or OPENAI_URL).rstrip("/")
+    old = {"backend": "openai", "model": model, "base_url": base_url}
+    extra = options.get("extra_body")
+    new = {**old, "extra_body": extra} if isinstance(extra, dict) and extra else old
+    return f"openai:{model}", old, new

@@ -4,9 +4,10 @@ What is hashed: the files at the top of the model folder whose suffix is in :dat
 (weights: ``*.safetensors``, ``*.bin``, ``*.pt``, ``*.gguf``; config, tokenizer, chat template and
 generation defaults: ``*.json``, ``*.jinja``, ``*.model``, ``*.txt``, ``*.tiktoken``; remote code:
 ``*.py``). For a teacher that loads one GGUF file, that file stands for the weights. Hidden files,
-READMEs, licences, images and sub-folders (``original/`` copies of the weights that no engine here
-reads) are not hashed. The folder digest is SHA-256 over the sorted (file name, file digest) pairs:
-moving or renaming the folder keeps it; changing one byte of one of those files changes it.
+READMEs, licences, images, a trainer's own state (optimizer, scheduler, RNG, arguments) and sub-folders
+(``original/`` copies of the weights that no engine here reads) are not hashed. The folder digest is
+SHA-256 over the sorted (file name, file digest) pairs: moving or renaming the folder keeps it; changing
+one byte of one of those files changes it.
 
 Each file's digest is computed once and kept in ``$FACTORY_CACHE_DIR/digests.json`` (default
 ``~/.cache/factory/digests.json``, next to the embedded model's folder; ``$FACTORY_DIGEST_CACHE`` names
@@ -37,7 +38,13 @@ CONTENT_SUFFIXES = frozenset(
     {".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".jinja", ".model", ".txt", ".tiktoken", ".py"}
 )
 WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".gguf"})
-IGNORED_NAMES = frozenset({"license.txt", "notice.txt", "readme.txt", "requirements.txt"})
+# a trainer's checkpoint folder also holds its own state (the optimizer's is twice the weights): no answer
+# depends on it, and a resumed training changes it
+IGNORED_NAMES = frozenset(
+    {"license.txt", "notice.txt", "readme.txt", "requirements.txt", "optimizer.pt", "scheduler.pt",
+     "scaler.pt", "training_args.bin", "trainer_state.json"}
+)  # fmt: skip
+IGNORED_PREFIXES = ("rng_state",)
 CACHE_FILE = "digests.json"
 CACHE_FORMAT = 1
 READ_SIZE = 8 << 20
@@ -59,7 +66,9 @@ def content_files(folder: Path, weights: Sequence[Path] | None = None) -> list[P
     out = []
     for p in folder.iterdir():
         name, suffix = p.name, p.suffix.lower()
-        if name.startswith(".") or name.lower() in IGNORED_NAMES or suffix not in CONTENT_SUFFIXES:
+        if name.startswith(".") or suffix not in CONTENT_SUFFIXES:
+            continue
+        if name.lower() in IGNORED_NAMES or name.lower().startswith(IGNORED_PREFIXES):
             continue
         if weights is not None and suffix in WEIGHT_SUFFIXES:
             continue
