@@ -82,7 +82,13 @@ class VLLMTeacher(LocalEngineTeacher):
         self._tokenizer: Any = None
 
     def output_options(self) -> dict[str, Any]:
-        """dtype, max_model_len, the engine seed and every engine argument not in THROUGHPUT_ARGS."""
+        """dtype, max_model_len, the engine seed and every engine argument not in THROUGHPUT_ARGS.
+
+        ``dtype`` is keyed as written. ``auto`` means the checkpoint's dtype (its config.json is in the
+        weights digest), except on a CPU without native bfloat16, where float32 runs (``_cpu_dtype``): one
+        store shared by such a CPU box and a GPU box serves either one's ``auto`` answers to the other.
+        Write the dtype to keep them apart; resolving ``auto`` here would import torch and vLLM for every
+        run, even one served wholly from the cache."""
         out: dict[str, Any] = {"dtype": self.dtype, "max_model_len": self.max_model_len, "seed": self.seed}
         engine = {k: v for k, v in self.engine_args.items() if k not in THROUGHPUT_ARGS}
         if engine:
