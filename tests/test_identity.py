@@ -15,7 +15,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from factory.config import TeacherConfig
-from factory.errors import StoreError
+from factory.errors import ConfigError, StoreError
 from factory.keys import KEY_FORMAT, canonical_json, request_key
 from factory.store import Batch, Store
 from factory.store.keyformat import OPENAI_URL, openai_identities
@@ -395,3 +395,18 @@ def test_a_trainers_own_state_is_not_hashed(tmp_path, reads):
         (folder / name).write_bytes(b"state")
     reads.clear()
     assert identity(folder) == before and reads == []
+
+
+def test_an_unreadable_model_file_is_a_config_error_naming_it(tmp_path, monkeypatch):
+    folder = make_model(tmp_path / "m")
+
+    real = weights_mod._sha256
+
+    def refuse(path):
+        if path.name == "model.safetensors":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(weights_mod, "_sha256", refuse)
+    with pytest.raises(ConfigError, match=r"model\.safetensors.*Permission denied.*readable"):
+        identity(folder)

@@ -28,11 +28,14 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from factory.errors import ConfigError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CONTENT_SUFFIXES = frozenset(
     {".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".jinja", ".model", ".txt", ".tiktoken", ".py"}
@@ -107,7 +110,7 @@ def file_digests(files: Iterable[Path]) -> dict[Path, str]:
     todo: list[tuple[Path, str, dict[str, int]]] = []
     for p in files:
         real = os.path.realpath(p)
-        stamp = _stamp(Path(real))
+        stamp = _checked(p, _stamp, Path(real))
         hit = cache.get(real)
         if hit is not None and {k: hit.get(k) for k in stamp} == stamp and isinstance(hit.get("sha256"), str):
             out[p] = hit["sha256"]
@@ -125,8 +128,8 @@ def file_digests(files: Iterable[Path]) -> dict[Path, str]:
     done = 0
     fresh: dict[str, dict[str, Any]] = {}
     for p, real, stamp in todo:
-        sha = _sha256(Path(real))
-        after = _stamp(Path(real))
+        sha = _checked(p, _sha256, Path(real))
+        after = _checked(p, _stamp, Path(real))
         out[p] = sha
         done += stamp["size"]
         if after == stamp:  # a file changing while it is read is hashed again next time
@@ -138,6 +141,17 @@ def file_digests(files: Iterable[Path]) -> dict[Path, str]:
             )
     _write_cache(path, fresh)
     return out
+
+
+def _checked(path: Path, read: Callable[[Path], T], real: Path) -> T:
+    """``read(real)``; an OSError becomes a ConfigError naming ``path``."""
+    try:
+        return read(real)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the model file {str(path)!r} to identify the model: {exc.strerror or exc}. "
+            "Make it readable (or remove it from the model folder) and run again."
+        ) from exc
 
 
 def _stamp(real: Path) -> dict[str, int]:
