@@ -410,3 +410,10 @@ def test_an_unreadable_model_file_is_a_config_error_naming_it(tmp_path, monkeypa
     monkeypatch.setattr(weights_mod, "_sha256", refuse)
     with pytest.raises(ConfigError, match=r"model\.safetensors.*Permission denied.*readable"):
         identity(folder)
+
+
+def test_the_digest_is_taken_when_the_teacher_is_built(tmp_path, reads):
+    """So that an unreadable model stops a run before the store records it."""
+    folder = make_model(tmp_path / "m")
+    build_teacher(f"vllm:{folder}")
+    assert "model.safetensors" in reads

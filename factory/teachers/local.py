@@ -70,7 +70,10 @@ class LocalEngineTeacher(Teacher):
 
     def _init_local(self, folder: Path) -> None:
         self._folder = folder
-        self._weights: str | None = None  # the content digest, computed on first use (see identity)
+        self._weights: str | None = None
+        # now, not at the first request: an unreadable model is a config error before a run is started
+        # (it is cached: a second construction only stats the files)
+        self.weights_digest()
         self._load_error: BaseException | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.thread_name)
 
