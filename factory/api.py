@@ -273,11 +273,15 @@ async def run_async(
     store: Store | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     handle_signals: bool = False,
+    retry_failed: bool = False,
 ) -> Result:
     """Run (or resume) a prepared run. Teachers passed in (``teacher`` is the default role) are the caller's
-    to close; the ones built here are closed here."""
+    to close; the ones built here are closed here. ``retry_failed`` asks again the requests whose cached
+    answer is a rejection, and keeps the new outcome in its place."""
     cfg = prep.config
     if cfg.executor.kind == "ray":
+        if retry_failed:
+            raise ConfigError("--retry-failed: run it without --executor ray (one process re-asks them)")
         return await _run_on_ray(prep, store=store, on_progress=on_progress, handle_signals=handle_signals)
     given = dict(teachers or {})
     if teacher is not None:
@@ -298,7 +302,7 @@ async def run_async(
             budget=Budget(cfg.budget.max_requests, cfg.budget.max_output_tokens),
             commit_interval_s=cfg.runner.commit_interval_s,
             max_seeds_in_flight=cfg.runner.max_seeds_in_flight or max(16, cfg.teacher.max_in_flight),
-            template_version=prep.template_version,
+            template_version=prep.template_version, retry_rejected=retry_failed,
         )  # fmt: skip
         runner = Runner(st, roles, plan, invocation, on_progress=on_progress)
         if handle_signals:

@@ -108,7 +108,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     view = ProgressView(len(prep.seeds), 0, prep.config.name)
     with view:
-        result = api.run_sync(api.run_async(prep, on_progress=view.update, handle_signals=True))
+        result = api.run_sync(
+            api.run_async(prep, on_progress=view.update, handle_signals=True, retry_failed=args.retry_failed)
+        )
     p = result.progress
     summary = {
         "run_id": result.run_id, "status": result.status, "store": str(prep.store_path), "seeds_done": p.seeds_done,
@@ -497,6 +499,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--store", help="DuckDB store path (overrides the config)")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
+    r.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="ask again the requests whose cached answer is a rejection (a prompt over max_model_len, a "
+        "schema the engine refused); their new outcome replaces the cached one",
+    )
     r.add_argument(
         "--executor", choices=["local", "ray"], help="where the shards run (overrides executor.kind)"
     )

@@ -6,8 +6,12 @@ FactoryError
 │   └── StoreInUse      another process holds the store.
 ├── BudgetExhausted     a hard cap from the config was reached; re-run with a higher cap to go on.
 └── TeacherError        a teacher call failed.
-    ├── TeacherUnavailable  transient: timeouts, resets, 429, 5xx. Retried, never cached.
-    ├── TeacherRejected     deterministic: other 4xx, a prompt too long. Cached, never retried.
+    ├── TeacherUnavailable  transient: timeouts, resets, 429, 5xx, an empty answer. Retried, never cached.
+    ├── TeacherRejected     refused for this request: not retried in this run. Cached only when
+    │                       ``cacheable`` (the exact keyed request always gets it: a schema the local
+    │                       engine refuses, a prompt over the keyed max_model_len); an API's 4xx is not.
+    ├── TeacherMisconfigured  the account or the endpoint is wrong (401, 403, 404): no request of the
+    │                       run can succeed, so the run stops at once. Never cached; fix and re-run.
     └── MalformedOutput     the reply does not parse; a recipe may re-ask.
 """
 
@@ -54,7 +58,22 @@ class TeacherUnavailable(TeacherError):
 
 
 class TeacherRejected(TeacherError):
-    pass
+    """``cacheable``: the exact keyed request will always get this answer, so it may be cached."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str = "rejected",
+        retry_after: float | None = None,
+        cacheable: bool = False,
+    ):
+        super().__init__(message, kind=kind, retry_after=retry_after)
+        self.cacheable = cacheable
+
+
+class TeacherMisconfigured(TeacherError):
+    """Wrong key, no permission, wrong model or URL: stops the run; the message names the fix."""
 
 
 class MalformedOutput(TeacherError):

@@ -27,6 +27,7 @@ from factory.errors import (
     FactoryError,
     StoreError,
     TeacherError,
+    TeacherMisconfigured,
     TeacherRejected,
 )
 from factory.keys import canonical_json, record_id, request_key_raw
@@ -61,6 +62,7 @@ class Plan:
     commit_interval_s: float = 1.0
     max_seeds_in_flight: int = 64
     template_version: str = ""
+    retry_rejected: bool = False  # re-ask requests whose cached answer is a rejection (--retry-failed)
 
 
 @dataclass(slots=True)
@@ -163,6 +165,7 @@ class Runner:
         self._uncommitted: list[str] = []
         self._committed_keys: set[str] = set()
         self._batch = Batch()
+        self._replace: set[str] = set()  # keys whose cached rejection is being asked again
         self._stopping: str | None = None
         self._fatal: BaseException | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="factory-store")
@@ -279,6 +282,12 @@ class Runner:
             return
         except (BudgetExhausted, _Draining):
             return
+        except TeacherMisconfigured as exc:  # wrong key, model or URL: no request can succeed
+            if self._fatal is None:
+                self._fatal = exc
+                log.error("%s", exc)
+            self.stop("failed")
+            return
         except TeacherError as exc:
             self.seeds_failed += 1
             self._batch.failures.append(
@@ -355,6 +364,9 @@ class Runner:
     async def _resolve(self, lane: _Lane, key: str, req: Request, body: bytes) -> Outcome:
         if not lane.skip_lookup or key in self._committed_keys:
             row = await self._lookup.submit(key)
+            if row is not None and row["status"] != "ok" and self.plan.retry_rejected:
+                self._replace.add(key)  # asked again; its new outcome takes the cached rejection's place
+                row = None
             if row is not None:
                 self.cache_hits += 1
                 self._inflight.pop(key, None)
@@ -385,10 +397,10 @@ class Runner:
             self.prompt_tokens += outcome.prompt_tokens
             self.completion_tokens += outcome.completion_tokens
             self._remember(lane, key, body, "ok", outcome, None)
-        elif isinstance(outcome, TeacherRejected):
+        elif isinstance(outcome, TeacherRejected) and outcome.cacheable:
             self._remember(lane, key, body, "rejected", None, str(outcome)[:1000])
-        else:
-            self._inflight.pop(key, None)  # transient: not cached, a later call may try again
+        else:  # transient, or about the server or account: never cached, a later call may try again
+            self._inflight.pop(key, None)
         return outcome
 
     def _check_budget(self, req: Request) -> None:
@@ -431,6 +443,9 @@ class Runner:
             asyncio.get_running_loop().call_soon(self._flush_journal)
         self._batch.cache.append(row)
         self._uncommitted.append(key)
+        if key in self._replace:
+            self._replace.discard(key)
+            self._batch.replace.append(key)
 
     def _flush_journal(self) -> None:
         try:

@@ -97,6 +97,21 @@ def test_unparsed_answers_are_kept_with_a_verdict(tmp_path, seeds_file):
     assert drops == [("rationales.parse", "no answer found in the completion", 8)]
 
 
+def test_an_api_refusal_is_not_cached_and_a_rerun_asks_again(tmp_path, seeds_file):
+    from factory.errors import TeacherRejected
+
+    cfg = _cfg(tmp_path, seeds_file)
+    refusal = TeacherRejected("HTTP 400: the server refused it", kind="http_400")
+    t = _teacher(lambda r: refusal if "Maya" in r.messages[-1]["content"] else "ok. The answer is 1.")
+    res = _run(cfg, t)
+    assert res.status == "incomplete" and res.progress.seeds_failed == 1
+    with Store(tmp_path / "s.duckdb", read_only=True) as st:
+        assert st.con.execute("SELECT count(*) FROM cache WHERE status <> 'ok'").fetchone()[0] == 0
+    healed = _teacher(lambda r: "ok. The answer is 1.")
+    res2 = _run(cfg, healed)
+    assert res2.status == "done" and res2.progress.requests_sent == 3 == len(healed.calls)
+
+
 def test_rejections_are_cached_and_transient_failures_are_not(tmp_path, seeds_file):
     cfg = _cfg(tmp_path, seeds_file)
     t = _teacher(lambda r: None if "Maya" in r.messages[-1]["content"] else "ok. The answer is 1.")

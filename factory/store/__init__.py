@@ -68,6 +68,7 @@ class Batch:
     failures: list[tuple[str, str, str | None, str, str, int]] = field(default_factory=list)
     verdicts: list[tuple[str, str, str, str, bool, float | None, str | None]] = field(default_factory=list)
     stats: dict[str, Any] | None = None  # absolute counters of the current invocation
+    replace: list[str] = field(default_factory=list)  # keys whose cached rejection the new row replaces
 
     def __len__(self) -> int:
         return (
@@ -210,6 +211,12 @@ class Store:
         con = self.con
         try:
             _x(con, "BEGIN TRANSACTION")
+            if batch.replace:
+                _x(
+                    con,
+                    "DELETE FROM cache WHERE status <> 'ok' AND key IN (SELECT unnest(?::VARCHAR[]))",
+                    [batch.replace],
+                )
             if batch.cache:
                 t = _table(batch.cache, _CACHE_SCHEMA)
                 con.register("_batch_cache", t)

@@ -5,9 +5,12 @@ Each migration is a named function; a released one is never edited, only followe
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import duckdb
+
+log = logging.getLogger(__name__)
 
 
 def m001_initial(con: duckdb.DuckDBPyConnection) -> None:
@@ -159,10 +162,28 @@ def m003_key_format(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def m004_uncached_failures(con: duckdb.DuckDBPyConnection) -> None:
+    """Only rejections that the exact keyed request always gets stay cached (a local engine refusing a
+    schema or a prompt over its keyed max_model_len). Earlier versions also cached an API's 4xx answers (a
+    wrong key, a wrong model name, a bad URL), which a re-run then served for ever: they move to
+    ``cache_retired`` (never served), so the next run asks again. Records are not touched."""
+    where = "status <> 'ok' AND split_part(teacher, ':', 1) NOT IN ('vllm', 'transformers', 'embedded')"
+    row = con.execute(f"SELECT count(*) FROM cache WHERE {where}").fetchone()
+    n = row[0] if row else 0
+    if not n:
+        return
+    con.execute(
+        f"INSERT INTO cache_retired SELECT *, 'an API refusal, no longer cached', now() FROM cache WHERE {where}"
+    )
+    con.execute(f"DELETE FROM cache WHERE {where}")
+    log.warning("%d cached API refusals set aside: the next run asks those requests again", n)
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     m001_initial,
     m002_filter_passes,
     m003_key_format,
+    m004_uncached_failures,
 ]
 
 

@@ -168,6 +168,7 @@ class TransformersTeacher(LocalEngineTeacher):
                 out[i] = TeacherRejected(
                     f"the prompt has {len(ids)} tokens; the model takes {self.max_model_len}",
                     kind="too_long",
+                    cacheable=True,
                 )
                 continue
             groups.setdefault(req.sampling, []).append((i, ids))

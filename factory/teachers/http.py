@@ -137,10 +137,23 @@ class Pool:
 
     def __init__(self, base_url: str, *, headers: dict[str, str], timeout_s: float):
         u = urlsplit(base_url)
-        if u.scheme not in ("http", "https") or not u.hostname:
-            raise ConfigError(f"teacher base_url {base_url!r}: expected http(s)://HOST[:PORT][/PATH]")
+        try:
+            port = u.port
+        except ValueError:  # out of range or not a number
+            port = -1
+        if u.scheme not in ("http", "https") or not u.hostname or port == -1:
+            raise ConfigError(
+                f"teacher base URL {base_url!r}: expected http(s)://HOST[:PORT][/PATH] with a port "
+                "from 1 to 65535; fix the @URL in teacher.spec or teacher.options.base_url"
+            )
+        for name, value in headers.items():
+            if any(ord(c) < 32 or ord(c) == 127 for c in value) or not _latin1(value):
+                raise ConfigError(
+                    f"the {name} header of the teacher holds a line break or a control character; "
+                    "remove it from the variable it comes from"
+                )
         self.host = u.hostname
-        self.port = u.port or (443 if u.scheme == "https" else 80)
+        self.port = port or (443 if u.scheme == "https" else 80)
         self.ssl: ssl.SSLContext | None = ssl.create_default_context() if u.scheme == "https" else None
         self.prefix = u.path.rstrip("/")
         self.timeout_s = timeout_s
@@ -156,6 +169,19 @@ class Pool:
             (b"POST ", (self.prefix + path).encode(), b" HTTP/1.1\r\n", self._fixed,
              b"Content-Length: ", str(len(body)).encode(), b"\r\n\r\n", body)
         )  # fmt: skip
+        conn = await self._take()
+        try:
+            resp = await conn.send(data, self.timeout_s)
+        finally:
+            if not conn.alive:
+                self._all.discard(conn)
+        if conn.alive:
+            self._idle.append(conn)
+        return resp
+
+    async def get(self, path: str) -> Response:
+        """One GET (``/models`` when explaining a 404); same connections and time-out as ``post``."""
+        data = b"".join((b"GET ", (self.prefix + path).encode(), b" HTTP/1.1\r\n", self._fixed, b"\r\n"))
         conn = await self._take()
         try:
             resp = await conn.send(data, self.timeout_s)
@@ -200,3 +226,11 @@ class Pool:
             conn._close()
         self._all.clear()
         self._idle.clear()
+
+
+def _latin1(value: str) -> bool:
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True

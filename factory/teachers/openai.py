@@ -5,9 +5,10 @@ flight, the SDK spends 1.6-2.9 ms of CPU per request and stalls at a fraction of
 aiohttp loop spends about 300 µs; the lean client about 50 µs (see benchmarks/README.md). Connections
 open as requests need them, up to the in-flight limit: there is no hidden cap.
 
-Retries: 408, 409, 5xx, timeouts, resets and unreadable bodies are retried with exponential backoff
-and full jitter, up to ``max_retries``; any other 4xx is a deterministic rejection, returned at once (and
-cached by the runner so it is never paid for twice).
+Retries: 408, 409, 5xx, timeouts, resets, unreadable bodies and a 200 without content are retried with
+exponential backoff and full jitter, up to ``max_retries``. A 401, 403 or 404 stops the run at once with
+the server's message and the fix; any other 4xx refuses that request (not retried, never cached: a
+re-run asks again). See factory.teachers.api_errors.
 
 Rate limits (factory.teachers.pacing): ``max_requests_per_minute`` spaces the starts evenly; without
 it, the first 429 starts pacing at a learnt rate. A 429's ``Retry-After`` / ``retry-after-ms`` pauses
@@ -25,11 +26,19 @@ import random
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
-from factory.errors import ConfigError, TeacherError, TeacherRejected, TeacherUnavailable
+from factory.errors import (
+    ConfigError,
+    TeacherError,
+    TeacherMisconfigured,
+    TeacherRejected,
+    TeacherUnavailable,
+)
 from factory.keys import canonical_json
+from factory.teachers import api_errors
 from factory.teachers.base import Teacher
 from factory.teachers.http import HTTPFailure, Pool
 from factory.teachers.pacing import Pacer
@@ -67,7 +76,7 @@ class OpenAITeacher(Teacher):
     def __init__(self, spec: str, model: str, options: dict[str, Any]):
         model, _, url = model.partition("@")
         super().__init__(spec, model)
-        self.base_url = (options.pop("base_url", None) or url or DEFAULT_BASE_URL).rstrip("/")
+        self.base_url = _base_url(options.pop("base_url", None) or url or DEFAULT_BASE_URL)
         self.api_key_env: str | None = options.pop("api_key_env", None)
         self.max_in_flight = int(options.pop("max_in_flight", 64))
         self.max_retries = int(options.pop("max_retries", 8))
@@ -86,16 +95,33 @@ class OpenAITeacher(Teacher):
         self._pool_get()  # a malformed base_url is a config error now, not at the first request
         self._sem = asyncio.Semaphore(self.max_in_flight)
         self.pacer = Pacer(self.max_requests_per_minute, learn=self.learn_rate_limit)
+        # set at the first 401/403/404: every call from then on returns its error, sending nothing
+        self._halt: asyncio.Future[TeacherMisconfigured] | None = None
+        self._answered = 0
+        self._same_400: tuple[str, int] = ("", 0)
 
     def _read_key(self) -> str | None:
-        if self.api_key_env is None:
-            return os.environ.get("OPENAI_API_KEY") if self.base_url == DEFAULT_BASE_URL else None
-        key = os.environ.get(self.api_key_env)
-        if not key:
-            raise ConfigError(
-                f"teacher.api_key_env names {self.api_key_env!r}, but that environment variable is empty. "
-                f"Export it (export {self.api_key_env}=...) and run again."
-            )
+        env = self.api_key_env
+        if env is None:
+            if self.base_url != DEFAULT_BASE_URL:
+                return None
+            env = "OPENAI_API_KEY"
+            key = os.environ.get(env)
+        else:
+            key = os.environ.get(env)
+            if not key:
+                raise ConfigError(
+                    f"teacher.api_key_env names {env!r}, but that environment variable is empty. "
+                    f"Export it (export {env}=...) and run again."
+                )
+        if key is not None:
+            bad = next((c for c in key if ord(c) < 32 or ord(c) == 127 or ord(c) > 255), None)
+            if bad is not None:
+                what = "a line break" if bad in "\r\n" else f"the character {bad!r}"
+                raise ConfigError(
+                    f"${env} contains {what}, which cannot be sent in an HTTP header: remove it "
+                    f'(e.g. export {env}="$(printf %s "${env}" | tr -d \'\\r\\n\')") and run again'
+                )
         return key
 
     def identity(self) -> dict[str, Any]:
@@ -111,6 +137,11 @@ class OpenAITeacher(Teacher):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "base_url": self.base_url, "api_key_env": self.api_key_env}
+
+    @property
+    def endpoint(self) -> str:
+        """Where requests go, for the user to see before the first one."""
+        return self.base_url + "/chat/completions"
 
     def _pool_get(self) -> Pool:
         if self._pool is None:
@@ -155,11 +186,19 @@ class OpenAITeacher(Teacher):
         limited_since: float | None = None
         while True:
             async with self._sem:
+                if self._halt is not None:
+                    return await asyncio.shield(self._halt)
                 epoch = await pacer.wait()
+                if self._halt is not None:
+                    return await asyncio.shield(self._halt)
                 result = await self._attempt(data)
             if not isinstance(result, TeacherError):
                 pacer.answered()
+                self._answered += 1
+                self._same_400 = ("", 0)
                 return result
+            if isinstance(result, (TeacherRejected, TeacherMisconfigured)):
+                return await self._refused(result)
             if not isinstance(result, TeacherUnavailable):
                 return result
             if result.kind == "http_429":
@@ -194,22 +233,27 @@ class OpenAITeacher(Teacher):
         status, headers, body = resp.status, resp.headers, resp.body
         latency_ms = (time.perf_counter() - t0) * 1000.0
         if status != 200:
-            message = body[:300].decode("utf-8", "replace")
+            message = api_errors.scrub(api_errors.server_message(body), self._api_key)
             if status in RETRY_STATUS or status >= 500:
                 return self._fail(
                     TeacherUnavailable(
                         f"HTTP {status}: {message}", kind=f"http_{status}", retry_after=_retry_after(headers)
                     )
                 )
+            if status in (401, 403, 404):
+                return self._fail(TeacherMisconfigured(message, kind=f"http_{status}"))
             return self._fail(TeacherRejected(f"HTTP {status}: {message}", kind=f"http_{status}"))
         try:
             doc = orjson.loads(body)
             choice = doc["choices"][0]
-            text = choice["message"]["content"] or ""
+            message_doc = choice["message"]
+            text = message_doc["content"]
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
             return self._fail(
                 TeacherUnavailable("unreadable response body (truncated JSON?)", kind="bad_body")
             )
+        if not isinstance(text, str):
+            return self._fail(_no_content(message_doc, choice.get("finish_reason")))
         usage = doc.get("usage") or {}
         lp = choice.get("logprobs")
         return Completion(
@@ -225,10 +269,88 @@ class OpenAITeacher(Teacher):
         self.errors[err.kind] += 1
         return err
 
+    async def _refused(self, err: TeacherError) -> TeacherError:
+        """A 4xx: a 401/403/404 becomes the teacher's fatal error (with the fix); other refusals are
+        returned, unless every answer so far has been the same one."""
+        if isinstance(err, TeacherMisconfigured):
+            if self._halt is None:
+                self._halt = halt = asyncio.get_running_loop().create_future()
+                status = int(err.kind.removeprefix("http_"))
+                served = await self._served_models() if status == 404 else None
+                fix = api_errors.fix_for(
+                    status, base_url=self.base_url, model=self.model, api_key_env=self.api_key_env,
+                    has_key=bool(self._api_key), served=served,
+                )  # fmt: skip
+                halt.set_result(
+                    TeacherMisconfigured(
+                        f"{status} from {api_errors.origin(self.base_url)} for model {self.model!r}: "
+                        f"{err} — {fix}",
+                        kind=err.kind,
+                    )
+                )
+            return await asyncio.shield(self._halt)
+        message, n = self._same_400
+        n = n + 1 if str(err) == message else 1
+        self._same_400 = (str(err), n)
+        if self._answered == 0 and n >= api_errors.SAME_400_LIMIT and self._halt is None:
+            self._halt = asyncio.get_running_loop().create_future()
+            self._halt.set_result(
+                TeacherMisconfigured(
+                    f"the first {n} requests to {api_errors.origin(self.base_url)} all got {err}; "
+                    "the set-up is wrong, not the requests: check the model, teacher.options.extra_body "
+                    "and the server",
+                    kind=err.kind,
+                )
+            )
+            return self._halt.result()
+        return err
+
+    async def _served_models(self) -> list[str] | None:
+        try:
+            resp = await self._pool_get().get("/models")
+        except HTTPFailure:
+            return None
+        return api_errors.served_models(resp.body) if resp.status == 200 else None
+
     async def aclose(self) -> None:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+
+
+def _no_content(message: Any, finish_reason: Any) -> TeacherError:
+    """A 200 whose message has no text content: never an empty success."""
+    refusal = message.get("refusal") if isinstance(message, dict) else None
+    if isinstance(refusal, str) and refusal:
+        return TeacherRejected(f"the model refused: {refusal[:300]}", kind="refusal")
+    if finish_reason == "length":
+        return TeacherRejected(
+            "the answer has no content: max_tokens ran out before any (spent on reasoning?); "
+            "raise params.max_tokens",
+            kind="empty_content",
+        )
+    return TeacherUnavailable(
+        f"the server answered 200 with no content (finish_reason={finish_reason!r})", kind="empty_content"
+    )
+
+
+def _base_url(url: str) -> str:
+    """The base URL, checked: no credentials in it, not the chat-completions path itself."""
+    url = url.strip().rstrip("/")
+    u = urlsplit(url)
+    if u.username is not None or u.password is not None:
+        shown = u._replace(netloc="***@" + u.netloc.rpartition("@")[2]).geturl()
+        raise ConfigError(
+            f"the teacher URL {shown} carries credentials; remove them from teacher.spec/base_url and put "
+            "the key in an environment variable named by teacher.api_key_env (it is sent as a Bearer token "
+            "and never stored)"
+        )
+    if u.path.rstrip("/").endswith("/chat/completions"):
+        raise ConfigError(
+            f"the teacher URL {url} ends in /chat/completions; give the API's base "
+            f"({url[: -len('/chat/completions')]}): /chat/completions is added to it"
+        )
+    return url
 
 
 def _positive(name: str, value: Any) -> float:

@@ -2,7 +2,9 @@
 
 ``scripted:NAME`` answers each request with ``options["answers"]`` looked up by the last user message
 (a dict), or by a callable ``options["fn"](request) -> str``; anything else gets ``options["default"]``.
-It counts calls, so tests can assert that a cached request never reached it.
+An answer of None is a rejection the exact request always gets (cacheable, like a local engine refusing
+it); an answer that is a TeacherError is returned as it is. It counts calls, so tests can assert that a
+cached request never reached it.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ class ScriptedTeacher(Teacher):
 
     def __init__(self, spec: str, model: str, options: dict[str, Any]):
         super().__init__(spec, model or "script")
-        self.answers: dict[str, str] = dict(options.get("answers", {}))
-        self.fn: Callable[[Request], str] | None = options.get("fn")
-        self.default: str = options.get("default", "")
+        self.answers: dict[str, str | TeacherError | None] = dict(options.get("answers", {}))
+        self.fn: Callable[[Request], str | TeacherError | None] | None = options.get("fn")
+        self.default: str | TeacherError | None = options.get("default", "")
         self.calls: list[Request] = []
 
     async def complete(self, requests: Sequence[Request]) -> list[Completion | TeacherError]:
@@ -34,7 +36,10 @@ class ScriptedTeacher(Teacher):
             prompt = req.messages[-1]["content"]
             text = self.fn(req) if self.fn else self.answers.get(prompt, self.default)
             if text is None:
-                out.append(TeacherRejected("scripted rejection", kind="http_400"))
+                out.append(TeacherRejected("scripted rejection", kind="invalid_request", cacheable=True))
+                continue
+            if isinstance(text, TeacherError):
+                out.append(text)
                 continue
             out.append(
                 Completion(

@@ -205,12 +205,15 @@ class VLLMTeacher(LocalEngineTeacher):
                     f"the prompt has {n} tokens; max_model_len is {self.max_model_len} "
                     "(raise the vllm teacher option max_model_len, or shorten the prompt)",
                     kind="too_long",
+                    cacheable=True,
                 )
                 continue
             try:
                 params.append(self._params(req))
             except Exception as exc:  # vLLM validates SamplingParams on construction
-                out[i] = TeacherRejected(f"vLLM refused the request: {exc}", kind="invalid_request")
+                out[i] = TeacherRejected(
+                    f"vLLM refused the request: {exc}", kind="invalid_request", cacheable=True
+                )
                 continue
             todo.append(i)
             convs.append(msgs)
@@ -237,7 +240,11 @@ class VLLMTeacher(LocalEngineTeacher):
                 log.debug("vLLM refused a batch (%s); retrying its %d requests one by one", exc, len(convs))
                 return [self._generate(llm, [c], [p])[0] for c, p in zip(convs, params, strict=True)]
             if _is_request_error(exc):
-                return [TeacherRejected(f"vLLM refused the request: {exc}", kind="invalid_request")]
+                return [
+                    TeacherRejected(
+                        f"vLLM refused the request: {exc}", kind="invalid_request", cacheable=True
+                    )
+                ]
             log.warning("vLLM batch of %d failed: %r", len(convs), exc)
             err = f"the vLLM engine failed on a batch of {len(convs)}: {type(exc).__name__}: {exc}"
             return [TeacherUnavailable(err, kind="engine") for _ in convs]

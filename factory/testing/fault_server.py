@@ -114,6 +114,11 @@ class FaultConfig:
     """Model id listed by /v1/models and echoed when a request names none."""
     hang_seconds: float = 3600.0
     """How long a ``timeout`` fault holds the request (the server answers nothing before)."""
+    api_key: str | None = None
+    """When set, a request without ``Authorization: Bearer <api_key>`` gets 401, whose message echoes the
+    header it got (as some servers do: what a client stores of it must be scrubbed)."""
+    strict_model: bool = False
+    """A request naming another model than ``model`` gets 404, worded as vLLM's server words it."""
     reply: ReplyFn | None = field(default=None, repr=False)
     """``reply(messages, body) -> str`` (or an awaitable of str) overriding the default text."""
 
@@ -214,6 +219,7 @@ class FaultServer:
         self.faults: dict[str, int] = {}
         self.rate_limited = 0
         self.rejected = 0
+        self.unauthorized = 0
         self.per_body: dict[str, int] = {}
         self._attempts: dict[str, int] = {}
         self.in_flight = getattr(self, "in_flight", 0)  # requests still running keep counting
@@ -240,6 +246,7 @@ class FaultServer:
             "faults": dict(self.faults),
             "rate_limited": self.rate_limited,
             "rejected": self.rejected,
+            "unauthorized": self.unauthorized,
             "distinct_bodies": len(self.per_body),
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
@@ -386,6 +393,10 @@ class FaultServer:
             per_body = self.per_body
             per_body[key] = per_body.get(key, 0) + 1
 
+            refused = self._refuse(request, raw)
+            if refused is not None:
+                return refused
+
             if self._outage_until and time.monotonic() < self._outage_until:
                 return await self._fail(request, self._outage_kind, key, outage=True)
 
@@ -448,6 +459,25 @@ class FaultServer:
             return self._respond(200, orjson.dumps(self._completion(body, messages, key, text)))
         finally:
             self.in_flight -= 1
+
+    def _refuse(self, request: web.BaseRequest, raw: bytes) -> web.Response | None:
+        """The account and model checks (``api_key``, ``strict_model``), before anything else."""
+        cfg = self.config
+        if cfg.api_key is not None:
+            got = request.headers.get("Authorization", "")
+            if got != f"Bearer {cfg.api_key}":
+                self.unauthorized += 1
+                message = f"Incorrect API key provided. You sent: Authorization: {got or '(none)'}"
+                return self._respond(401, _error_body(message, "invalid_request_error", "invalid_api_key"))
+        if cfg.strict_model:
+            try:
+                model = orjson.loads(raw).get("model")
+            except (orjson.JSONDecodeError, AttributeError):
+                model = None
+            if model != cfg.model:
+                message = f"The model `{model}` does not exist."
+                return self._respond(404, _error_body(message, "NotFoundError", "404"))
+        return None
 
     async def models(self, request: web.BaseRequest) -> web.Response:
         data = {
@@ -745,6 +775,9 @@ def _cli_args(config: FaultConfig) -> list[str]:
             continue
         if f.name == "fault_kinds":
             value = ",".join(value)
+        if isinstance(value, bool):
+            args.append("--" + f.name.replace("_", "-"))
+            continue
         args += ["--" + f.name.replace("_", "-"), str(value)]
     return args
 
@@ -842,6 +875,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="fault-server")
     p.add_argument("--hang-seconds", type=float, default=3600.0)
+    p.add_argument("--api-key", default=None, help="answer 401 unless this Bearer key is sent")
+    p.add_argument("--strict-model", action="store_true", help="answer 404 for any other model than --model")
     p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
     return p
 
@@ -878,6 +913,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             model=args.model,
             hang_seconds=args.hang_seconds,
+            api_key=args.api_key,
+            strict_model=args.strict_model,
         )
     except ValueError as exc:
         print(f"fault_server: {exc}", file=sys.stderr)

@@ -1,0 +1,119 @@
+"""What an OpenAI-compatible server's refusals mean for a run, and how they are told to the user.
+
+* 401 and 403 are about the account: no request of the run can succeed. The first one stops the run.
+* 404 is about the endpoint (a model the server does not serve, a base URL that misses the API's root):
+  the same for every request, so the first one stops the run too. The message names what the server
+  does serve when it can be asked (``GET /models``).
+* Any other 4xx is a refusal of one request. It is not retried within the run, and it is never cached:
+  the answer depends on the server and the account as much as on the request, and a re-run must be able
+  to heal it. When every answer so far is the same 400 (``SAME_400_LIMIT`` in a row, no success in
+  between), the cause is the set-up, not the requests, and the run stops.
+
+Server text is stored and shown, so it is scrubbed first: the key itself, ``Bearer`` tokens,
+``Authorization``/``api-key`` header values a server echoes back, and key-shaped strings.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+import orjson
+
+SAME_400_LIMIT = 10
+
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s\"',;}]+")
+_HEADER = re.compile(
+    r"(?i)((?:authorization|x-api-key|api-key|api_key)[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token)\s+)?)"
+    r"[^\s\"',;}]+"
+)
+_KEY_SHAPED = re.compile(r"\b(?:sk|pk|rk|gsk|xai|hf|key)[-_][A-Za-z0-9_\-]{16,}")
+
+
+def scrub(text: str, secret: str | None = None) -> str:
+    """``text`` without the secret, bearer tokens, echoed auth header values and key-shaped strings."""
+    if secret:
+        text = text.replace(secret, "***")
+    text = _BEARER.sub(r"\1***", text)
+    text = _HEADER.sub(r"\1***", text)
+    return _KEY_SHAPED.sub("***", text)
+
+
+def server_message(body: bytes, limit: int = 300) -> str:
+    """The human part of an error body: ``error.message`` (OpenAI, vLLM), ``detail`` or ``message``;
+    else the text itself, whitespace collapsed and cut to ``limit``."""
+    text = ""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict):
+        err = doc.get("error")
+        if isinstance(err, dict):
+            err = err.get("message")
+        for found in (err, doc.get("detail"), doc.get("message")):
+            if isinstance(found, str) and found.strip():
+                text = found
+                break
+    if not text:
+        text = body.decode("utf-8", "replace")
+        if "<html" in text[:500].lower():
+            text = "an HTML page (" + " ".join(_html_title(text).split())[:80] + ")"
+    text = " ".join(text.split())
+    return text[:limit] + ("…" if len(text) > limit else "")
+
+
+def _html_title(text: str) -> str:
+    m = re.search(r"(?is)<title>(.*?)</title>", text)
+    return m.group(1) if m else "no title"
+
+
+def origin(base_url: str) -> str:
+    u = urlsplit(base_url)
+    return u.netloc.rpartition("@")[2] or base_url
+
+
+def fix_for(
+    status: int,
+    *,
+    base_url: str,
+    model: str,
+    api_key_env: str | None,
+    has_key: bool,
+    served: list[str] | None,
+) -> str:
+    """The advice that follows a 401/403/404's own message."""
+    env = f"${api_key_env}" if api_key_env else "$OPENAI_API_KEY"
+    if status == 401:
+        if not has_key:
+            return (
+                "the server wants an API key: export it and name its variable in teacher.api_key_env "
+                "(e.g. api_key_env: OPENAI_API_KEY)"
+            )
+        return f"check the key in {env} (teacher.api_key_env) and that it belongs to {origin(base_url)}"
+    if status == 403:
+        return (
+            f"the key in {env} is not allowed to use model {model!r} here: check its project and permissions"
+        )
+    path = urlsplit(base_url).path.rstrip("/")
+    if served is not None and model not in served:
+        listed = ", ".join(served[:10]) + (" …" if len(served) > 10 else "") if served else "nothing"
+        return f"the server serves: {listed}. Fix the model in teacher.spec (openai:MODEL@URL)"
+    if path.endswith("/chat/completions") or path.endswith("/completions"):
+        return "the base URL must stop before /chat/completions (e.g. http://HOST:PORT/v1): it is added to it"
+    return (
+        f"check the base URL {base_url} (OpenAI-compatible servers usually answer under /v1) "
+        f"and the model name {model!r}"
+    )
+
+
+def served_models(body: bytes) -> list[str] | None:
+    """Model ids from a ``GET /models`` answer, or None when it is not one."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    data = doc.get("data") if isinstance(doc, dict) else None
+    if not isinstance(data, list):
+        return None
+    return [str(m["id"]) for m in data if isinstance(m, dict) and "id" in m]
