@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from factory.errors import ConfigError
+from factory.outputs import temp_beside, user_modes
 from factory.store import Store
 
 FORMATS = ("hf", "parquet", "jsonl")
@@ -141,6 +141,9 @@ def _shaped(
 
 def _out_ready(out: Path, overwrite: bool) -> Path:
     out = out.resolve()
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(f"--out {out}: {blocker} is a file, not a folder; give another path")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -176,8 +179,7 @@ def export_run(
                                             batch_rows=batch_rows):  # fmt: skip
             yield split_of(seed_id if split_by == "seed" else rec_id, splits), row
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_beside(out, "export", "--out", folder=True)
     try:
         store.limit_memory(EXPORT_MEMORY)
         if fmt == "jsonl":
@@ -208,6 +210,7 @@ def export_run(
                 _card(store, run_id, w, sizes, plan, slim, include_rejected, split_by), "utf-8"
             )
             files.append(tmp / "README.md")
+        user_modes(tmp)  # mkdtemp made it 0700
         _swap_in(tmp, out)
     finally:
         store.limit_memory(None)
@@ -221,8 +224,7 @@ def export_run(
 
 def _swap_in(tmp: Path, out: Path) -> None:
     if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
+        old = tmp.with_name(tmp.name + "-old")  # named like tmp: swept if this process dies here
         os.replace(out, old)
         os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)

@@ -20,7 +20,8 @@ import orjson
 import pyarrow as pa
 
 from factory.errors import ConfigError, StoreError, StoreInUse
-from factory.store.journal import Journal, journal_dir, read_segments
+from factory.store import doctor
+from factory.store.journal import BadLine, Journal, journal_dir, read_segments
 from factory.store.migrations import migrate, pending_migrations
 
 log = logging.getLogger(__name__)
@@ -104,10 +105,43 @@ def _table(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
     )
 
 
+def store_error_from(exc: BaseException) -> StoreError | None:
+    """The StoreError for a DuckDB error met while reading the store opened last (None: not DuckDB's)."""
+    if not isinstance(exc, duckdb.Error):
+        return None
+    path = Store.last_opened or Path("(the store)")
+    if doctor.is_damage(exc):
+        return doctor.damaged(path, exc)
+    return StoreError(f"the store {path} could not be read: {doctor.first_line(exc)}")
+
+
+def _unwritable(path: Path) -> StoreError | None:
+    """Why the store's folder cannot take its WAL and journal, or None. os.access also sees a read-only
+    file system, for root too."""
+    folder = path.parent
+    if os.access(folder, os.W_OK | os.X_OK) and (not path.exists() or os.access(path, os.W_OK)):
+        return None
+    what = f"the folder {folder}" if not os.access(folder, os.W_OK | os.X_OK) else f"the file {path}"
+    return StoreError(
+        f"cannot write to the store {path}: {what} is read-only (the store writes its WAL and answer journal "
+        "beside it). Make it writable, or copy the store to a writable folder and pass --store NEW_PATH"
+    )
+
+
+def diagnose(path: Path) -> doctor.Diagnosis:
+    """What `factory doctor` reports: the file, its migrations, every table, the journal. Changes nothing."""
+    return doctor.diagnose(path, _CACHE_SCHEMA)
+
+
 class Store:
-    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False):
+    last_opened: Path | None = None  # named by messages about DuckDB errors met after the open
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, read_only: bool = False, repair_journal: bool = False
+    ):
         self.path = Path(path)
         self.read_only = read_only
+        Store.last_opened = self.path
         if self.path.is_dir():
             raise ConfigError(
                 f"the store path {self.path} is a folder; give a file, e.g. {self.path / 'factory.duckdb'}"
@@ -116,9 +150,17 @@ class Store:
             raise StoreError(
                 f"no store at {self.path}: run `factory run CONFIG.yaml` first, or pass --store PATH"
             )
-        try:
-            if not read_only:
+        if not read_only:
+            try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(
+                    f"the store path {self.path}: its folder cannot be made ({exc.strerror or exc}: "
+                    f"{exc.filename or self.path.parent}); give a path in a folder, e.g. data/factory.duckdb"
+                ) from None
+            if (err := _unwritable(self.path)) is not None:
+                raise err
+        try:
             self.con = duckdb.connect(str(self.path), read_only=read_only)
         except duckdb.IOException as exc:
             msg = str(exc)
@@ -127,9 +169,25 @@ class Store:
                     f"the store {self.path} is in use by another process ({msg.strip()}). "
                     "Wait for that run to finish or stop it, then run again."
                 ) from exc
+            if doctor.is_damage(exc):
+                raise doctor.damaged(self.path, exc) from None
             raise StoreError(f"cannot open the store {self.path}: {msg}") from exc
         except duckdb.Error as exc:
+            if doctor.is_damage(exc):
+                raise doctor.damaged(self.path, exc) from None
             raise StoreError(f"cannot open the store {self.path}: {exc}. Is it a DuckDB file?") from exc
+        try:
+            self._prepare(read_only, repair_journal)
+        except duckdb.Error as exc:
+            self.con.close()
+            if doctor.is_damage(exc):
+                raise doctor.damaged(self.path, exc) from None
+            raise StoreError(f"cannot open the store {self.path}: {doctor.first_line(exc)}") from exc
+        except BaseException:
+            self.con.close()
+            raise
+
+    def _prepare(self, read_only: bool, repair_journal: bool) -> None:
         _warm_arrow()
         _x(self.con, "SET enable_progress_bar = false")  # long reads would draw a bar on stderr
         if read_only and pending_migrations(self.con):
@@ -148,11 +206,12 @@ class Store:
             try:
                 applied = migrate(self.con)
             except duckdb.Error as exc:
-                self.con.close()
+                if doctor.is_damage(exc):
+                    raise
                 raise StoreError(f"cannot migrate the store {self.path}: {exc}") from exc
             if applied:
                 log.info("store %s: applied migrations %s", self.path, ", ".join(applied))
-            self.replay_journal()
+            self.replay_journal(set_aside=repair_journal)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def close(self) -> None:
@@ -167,9 +226,22 @@ class Store:
     def journal(self) -> Journal:
         return Journal(journal_dir(self.path))
 
-    def replay_journal(self) -> int:
-        """Commit answers a crashed process journaled but never committed. Returns rows recovered."""
-        paths, rows = read_segments(journal_dir(self.path), CACHE_COLUMNS)
+    def replay_journal(self, *, set_aside: bool = False) -> int:
+        """Commit answers a crashed process journaled but never committed. Returns rows recovered.
+
+        A line that is not a cache row stops the open with a StoreError (nothing changed) that points to
+        `factory doctor --repair`; with ``set_aside`` such lines are appended to ``STORE.journal.rejected``
+        first and the others are committed."""
+        bad: list[BadLine] = []
+        check = doctor.row_check(_CACHE_SCHEMA, doctor.required_columns(self.con, "cache"))
+        paths, rows = read_segments(journal_dir(self.path), CACHE_COLUMNS, check=check, bad=bad)
+        if bad and not set_aside:
+            raise doctor.journal_problem(self.path, bad, len(rows))
+        if bad:
+            doctor.set_aside(bad, doctor.rejected_path(self.path))
+            log.warning(
+                "set %d unreadable journal lines aside in %s", len(bad), doctor.rejected_path(self.path)
+            )
         if not paths:
             return 0
         n_before = self.count_cache()
@@ -274,6 +346,10 @@ class Store:
                 _x(con, "ROLLBACK")
             if not checked and isinstance(exc, duckdb.ConstraintException):
                 raise  # commit() writes the batch again with the checks
+            if doctor.is_damage(exc):
+                raise doctor.damaged(
+                    self.path, exc, note="this batch was not written (its answers stay in the journal)"
+                ) from exc
             raise StoreError(
                 f"cannot write to the store {self.path}: {exc}. If the disk is full, free space and re-run "
                 "the same command: answers not yet committed are kept in the journal."
