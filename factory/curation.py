@@ -82,12 +82,11 @@ def parse_steps(
             raise ConfigError(
                 f"--set {ov!r}: filter {slug!r} is not in this run's filters ({', '.join(slugs) or 'none'})"
             )
+        flag = f"--set {(ov if len(ov) <= 80 else ov[:60] + '...')!r}"  # a long value is not echoed whole
         try:
-            raw[slugs.index(slug)][1][param] = load_yaml(value, f"--set {ov!r}")
+            raw[slugs.index(slug)][1][param] = load_yaml(value, flag)
         except yaml.YAMLError as exc:
-            raise ConfigError(
-                f"--set {ov!r}: the value is not valid YAML ({str(exc).splitlines()[0]})"
-            ) from None
+            raise ConfigError(f"{flag}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
     steps = []
     for i, (slug, params) in enumerate(raw):
         flt = get_filter(slug, where=f"{where}[{i}]")

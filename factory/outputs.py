@@ -54,7 +54,11 @@ def ensure_folder(folder: Path, flag: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
-        why = f"{blocker} is a file, not a folder" if blocker else f"{exc.strerror or exc}: {exc.filename or folder}"
+        why = (
+            f"{blocker} is a file, not a folder"
+            if blocker
+            else f"{exc.strerror or exc}: {exc.filename or folder}"
+        )
         raise ConfigError(f"{flag} {folder}: cannot make the folder ({why}); give another path") from None
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.errors import ConfigError
-from factory.outputs import temp_beside, user_modes
+from factory.outputs import ensure_folder, temp_beside, user_modes
 from factory.report import charts
 from factory.store import Store
 
@@ -68,10 +68,11 @@ def render_report(store: Store, run_id: str, *, map_points: int = 1500) -> tuple
 
 def write_report(store: Store, run_id: str, out: Path, *, map_points: int = 1500) -> ReportResult:
     """Render the report and write it to ``out`` (whole or not at all)."""
-    page, notes = render_report(store, run_id, map_points=map_points)
     out = out.resolve()
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give the path of the HTML file to write")
+    ensure_folder(out.parent, "--out")
+    page, notes = render_report(store, run_id, map_points=map_points)
     tmp = temp_beside(out, "report", "--out", folder=False)
     try:
         with open(tmp, "w", encoding="utf-8") as fh:

@@ -20,6 +20,7 @@ import orjson
 import pyarrow as pa
 
 from factory.errors import ConfigError, StoreError, StoreInUse
+from factory.outputs import ensure_folder
 from factory.store import doctor
 from factory.store.journal import BadLine, Journal, journal_dir, read_segments
 from factory.store.migrations import migrate, pending_migrations
@@ -151,13 +152,7 @@ class Store:
                 f"no store at {self.path}: run `factory run CONFIG.yaml` first, or pass --store PATH"
             )
         if not read_only:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ConfigError(
-                    f"the store path {self.path}: its folder cannot be made ({exc.strerror or exc}: "
-                    f"{exc.filename or self.path.parent}); give a path in a folder, e.g. data/factory.duckdb"
-                ) from None
+            ensure_folder(self.path.parent, f"the store path {self.path}: folder")
             if (err := _unwritable(self.path)) is not None:
                 raise err
         try:
