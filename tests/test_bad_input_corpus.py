@@ -147,7 +147,7 @@ CASES = [
              config().replace("store: '{store}'", "store: 'f.txt/x.duckdb'"), **{"f.txt": "a file"}),
     run_case("config-yaml-alias-bomb", r"c\.yaml: aliases \(\*e at line \d+.*expand the document by more than 100,000 values",
              config("bomb: {a: &a [x, x, x, x, x, x, x, x, x], " + ", ".join(
-                 f"{k}: &{k} [" + ", ".join([f"*{p}"] * 9) + "]" for p, k in zip("abcdefgh", "bcdefghi")) + "}\n")),
+                 f"{k}: &{k} [" + ", ".join([f"*{p}"] * 9) + "]" for p, k in zip("abcdefgh", "bcdefghi", strict=True)) + "}\n")),
     run_case("config-nested-50000-deep", r"c\.yaml: nested more than 100 levels deep", config("params: " + "[" * 50_000 + "]" * 50_000 + "\n")),
     run_case("config-nested-block-style", r"c\.yaml: nested more than 100 levels deep at line 7", config("params:\n  " + "- " * 50_000 + "x\n")),
     run_case("config-alias-cycle", r"c\.yaml: alias \*p at line 6.* refers to a node that contains it", config("params: &p {n: *p}\n")),
