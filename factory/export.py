@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from factory.errors import ConfigError
-from factory.outputs import temp_beside, user_modes
+from factory.outputs import sweep_stale, temp_beside, user_modes
 from factory.store import Store
 
 FORMATS = ("hf", "parquet", "jsonl")
@@ -170,6 +170,8 @@ def export_run(
         raise ConfigError(f"--max-shard-mb must be positive, got {max_shard_mb}")
     splits = splits or {"train": 1.0}
     _check_splits(splits)
+    if out.resolve().parent.is_dir():
+        sweep_stale(out.resolve(), "export")  # first: it may move back an export a killed one set aside
     out = _out_ready(out, overwrite)
     summary = store.run_summary(run_id)
     plan = _plan(summary["recipe"], shape, stage)

@@ -81,12 +81,18 @@ def _alive(pid: int) -> bool:
 
 
 def sweep_stale(target: Path, kind: str) -> list[Path]:
-    """Remove temporaries of ``kind`` for ``target`` left by processes of this host that are gone."""
+    """Remove temporaries of ``kind`` for ``target`` left by processes of this host that are gone. A
+    previous output set aside (``...-old``) by a process killed before it could move the new one in is
+    moved back to ``target`` instead, when ``target`` is missing."""
     pattern, host, removed = _owner_pattern(target, kind), _host(), []
     with contextlib.suppress(OSError):
-        for p in target.parent.iterdir():
+        for p in sorted(target.parent.iterdir(), key=lambda p: not p.name.endswith("-old")):
             m = pattern.fullmatch(p.name)
             if not m or m["host"] != host or int(m["pid"]) == os.getpid() or _alive(int(m["pid"])):
+                continue
+            if p.name.endswith("-old") and not os.path.lexists(target):
+                os.replace(p, target)
+                log.warning("moved %s back to %s: the process replacing it was killed", p, target)
                 continue
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)

@@ -130,3 +130,19 @@ def test_a_closed_pipe_exits_quietly(store: Path, argv):
         f"{' '.join(cmd)} | head -1", shell=True, capture_output=True, text=True, timeout=120
     )
     assert shell.returncode == 0 and shell.stderr == "" and len(shell.stdout.splitlines()) == 1
+
+
+def test_an_export_set_aside_by_a_killed_swap_is_moved_back_not_deleted(store: Path, tmp_path: Path):
+    """Killed between the swap's two renames: the previous export sits aside as `...-old`, --out is gone.
+    The next export moves it back first, so a refusal (no --overwrite) leaves the user's export in place."""
+    from factory.errors import ConfigError
+
+    aside = leftover(tmp_path, f".o.export-{_host()}-{dead_pid()}-swap-old")
+    (aside / "README.md").write_text("the previous export")
+    with Store(store, read_only=True) as st, pytest.raises(ConfigError, match="exists and is not empty"):
+        export_run(st, st.resolve_run(None), tmp_path / "o")
+    assert not aside.exists() and (tmp_path / "o" / "README.md").read_text() == "the previous export"
+    with Store(store, read_only=True) as st:
+        export_run(st, st.resolve_run(None), tmp_path / "o", overwrite=True)
+    assert "the previous export" not in (tmp_path / "o" / "README.md").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o.export-")]
