@@ -44,7 +44,7 @@ def check_events(text: str, source: str) -> None:
                         f"{source}: alias *{ev.anchor}{_where(ev)} refers to a node that contains it (a cycle); "
                         "write the value out instead"
                     )
-                n = size.get(ev.anchor, 1)
+                n = size.get(ev.anchor or "", 1)
                 expanded += n
                 if stack:
                     stack[-1][1] += n

@@ -107,13 +107,16 @@ def _table(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
 
 
 def store_error_from(exc: BaseException) -> StoreError | None:
-    """The StoreError for a DuckDB error met while reading the store opened last (None: not DuckDB's)."""
+    """The StoreError for a DuckDB error met while using the store opened last: damage or an I/O error.
+    Anything else (None) is a bug and keeps its traceback."""
     if not isinstance(exc, duckdb.Error):
         return None
     path = Store.last_opened or Path("(the store)")
     if doctor.is_damage(exc):
         return doctor.damaged(path, exc)
-    return StoreError(f"the store {path} could not be read: {doctor.first_line(exc)}")
+    if isinstance(exc, duckdb.IOException):
+        return StoreError(f"the store {path} could not be read or written: {doctor.first_line(exc)}")
+    return None
 
 
 def _unwritable(path: Path) -> StoreError | None:
