@@ -368,8 +368,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     elif any(c.what == "journal" for c in d.checks if not c.ok) and not d.bad_lines:
         hint = "move the journal path named above away, then run again"
     else:
+        readable = any(c.ok for c in d.checks if c.what.startswith("table "))
         hint = (f"the store file cannot be read whole: restore {path} from a backup, or start a new store with "
-                "--store NEW.duckdb; tables marked ok can still be read with DuckDB")  # fmt: skip
+                "--store NEW.duckdb" + ("; tables marked ok can still be read with DuckDB" if readable else ""))  # fmt: skip
     print(f"next: {hint}", file=sys.stderr)
     return 3
 
