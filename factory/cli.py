@@ -719,7 +719,7 @@ def _store_error(exc: Exception) -> FactoryError | None:
     """A DuckDB error met while reading a store (a corrupt block found by a query) as a StoreError."""
     if "duckdb" not in sys.modules:
         return None
-    from factory.store import store_error_from
+    from factory.store.doctor import store_error_from
 
     return store_error_from(exc)
 

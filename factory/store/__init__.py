@@ -106,46 +106,18 @@ def _table(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
     )
 
 
-def store_error_from(exc: BaseException) -> StoreError | None:
-    """The StoreError for a DuckDB error met while using the store opened last: damage or an I/O error.
-    Anything else (None) is a bug and keeps its traceback."""
-    if not isinstance(exc, duckdb.Error):
-        return None
-    path = Store.last_opened or Path("(the store)")
-    if doctor.is_damage(exc):
-        return doctor.damaged(path, exc)
-    if isinstance(exc, duckdb.IOException):
-        return StoreError(f"the store {path} could not be read or written: {doctor.first_line(exc)}")
-    return None
-
-
-def _unwritable(path: Path) -> StoreError | None:
-    """Why the store's folder cannot take its WAL and journal, or None. os.access also sees a read-only
-    file system, for root too."""
-    folder = path.parent
-    if os.access(folder, os.W_OK | os.X_OK) and (not path.exists() or os.access(path, os.W_OK)):
-        return None
-    what = f"the folder {folder}" if not os.access(folder, os.W_OK | os.X_OK) else f"the file {path}"
-    return StoreError(
-        f"cannot write to the store {path}: {what} is read-only (the store writes its WAL and answer journal "
-        "beside it). Make it writable, or copy the store to a writable folder and pass --store NEW_PATH"
-    )
-
-
 def diagnose(path: Path) -> doctor.Diagnosis:
     """What `factory doctor` reports: the file, its migrations, every table, the journal. Changes nothing."""
     return doctor.diagnose(path, _CACHE_SCHEMA)
 
 
 class Store:
-    last_opened: Path | None = None  # named by messages about DuckDB errors met after the open
-
     def __init__(
         self, path: str | os.PathLike[str], *, read_only: bool = False, repair_journal: bool = False
     ):
         self.path = Path(path)
         self.read_only = read_only
-        Store.last_opened = self.path
+        doctor.note_opened(self.path)
         if self.path.is_dir():
             raise ConfigError(
                 f"the store path {self.path} is a folder; give a file, e.g. {self.path / 'factory.duckdb'}"
@@ -156,7 +128,7 @@ class Store:
             )
         if not read_only:
             ensure_folder(self.path.parent, f"the store path {self.path}: folder")
-            if (err := _unwritable(self.path)) is not None:
+            if (err := doctor.unwritable(self.path)) is not None:
                 raise err
         try:
             self.con = duckdb.connect(str(self.path), read_only=read_only)

@@ -44,6 +44,41 @@ def damaged(path: Path, exc: BaseException, *, note: str = "nothing was changed"
     )
 
 
+_last_opened: Path | None = None
+
+
+def note_opened(path: Path) -> None:
+    """Remember the store opened last: messages about DuckDB errors met after the open name it."""
+    global _last_opened
+    _last_opened = path
+
+
+def store_error_from(exc: BaseException) -> StoreError | None:
+    """The StoreError for a DuckDB error met while using the store opened last: damage or an I/O error.
+    Anything else (None) is a bug and keeps its traceback."""
+    if not isinstance(exc, duckdb.Error):
+        return None
+    path = _last_opened or Path("(the store)")
+    if is_damage(exc):
+        return damaged(path, exc)
+    if isinstance(exc, duckdb.IOException):
+        return StoreError(f"the store {path} could not be read or written: {first_line(exc)}")
+    return None
+
+
+def unwritable(path: Path) -> StoreError | None:
+    """Why the store's folder cannot take its WAL and journal, or None. os.access also sees a read-only
+    file system, for root too."""
+    folder = path.parent
+    if os.access(folder, os.W_OK | os.X_OK) and (not path.exists() or os.access(path, os.W_OK)):
+        return None
+    what = f"the folder {folder}" if not os.access(folder, os.W_OK | os.X_OK) else f"the file {path}"
+    return StoreError(
+        f"cannot write to the store {path}: {what} is read-only (the store writes its WAL and answer journal "
+        "beside it). Make it writable, or copy the store to a writable folder and pass --store NEW_PATH"
+    )
+
+
 def rejected_path(db_path: Path) -> Path:
     jdir = journal_dir(db_path)
     return jdir.with_name(jdir.name + ".rejected")
