@@ -230,6 +230,10 @@ CASES = [
     Case("why-unknown-record", ("why", "0000ffff", "--store", "{store}"), r"no record with id '0000ffff'"),
     Case("run-unknown-flag", ("run", "c.yaml", "--fast"), r"unrecognized arguments: --fast"),
     Case("unknown-command", ("frobnicate",), r"argument COMMAND: invalid choice: 'frobnicate'"),
+    Case("push-card-alias-bomb", ("push", "o", "--repo-id", "me/data"), r"o/README\.md: the dataset card's YAML header: aliases .*100,000 values",
+         {"o/README.md": "---\nlicense: mit\na: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+             f"{k}: &{k} [{', '.join([f'*{p}'] * 9)}]\n" for p, k in zip("abcdefgh", "bcdefghi", strict=True)) + "---\n# data\n",
+          "o/data/train-00000-of-00001.parquet": _parquet(pa.table({"text": ["a"]}))}),
     Case("push-bad-repo-id", ("push", "o", "--repo-id", "no-slash"), r"--repo-id 'no-slash' is not a Hub dataset id", {"o/x.txt": "x"}),
 ]  # fmt: skip
 
