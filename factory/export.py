@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from factory.errors import ConfigError
+from factory.errors import ConfigError, FactoryError
 from factory.outputs import sweep_stale, temp_beside, user_modes
 from factory.store import Store
 
@@ -214,6 +214,11 @@ def export_run(
             files.append(tmp / "README.md")
         user_modes(tmp)  # mkdtemp made it 0700
         _swap_in(tmp, out)
+    except OSError as exc:  # the disk filled up, a file-size limit, the folder went away
+        raise FactoryError(
+            f"cannot write the export to {out.parent}: {exc.strerror or exc}; free space (or fix the folder) and "
+            "export again. Nothing was replaced" + (f": {out} is as it was" if out.exists() else "")
+        ) from None
     finally:
         store.limit_memory(None)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -146,3 +146,27 @@ def test_an_export_set_aside_by_a_killed_swap_is_moved_back_not_deleted(store: P
         export_run(st, st.resolve_run(None), tmp_path / "o", overwrite=True)
     assert "the previous export" not in (tmp_path / "o" / "README.md").read_text()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o.export-")]
+
+
+def test_an_export_that_runs_out_of_room_is_one_message_and_replaces_nothing(store: Path, tmp_path: Path):
+    """A full disk, reproduced with a file-size limit (RLIMIT_FSIZE; Python ignores SIGXFSZ, so writes fail
+    with EFBIG): one message, the earlier export kept as it was, no temporary left."""
+    import resource
+
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "keep.txt").write_text("the earlier export")
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+
+    cmd = [sys.executable, "-m", "factory.cli", "export", "--store", str(store), "--out", "o", "--overwrite"]
+    out = subprocess.run(cmd, cwd=tmp_path, preexec_fn=limit, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stderr
+    lines = [x for x in out.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert lines[0].startswith("error: cannot write the export to ") and "File too large" in lines[0], lines[
+        0
+    ]
+    assert "Nothing was replaced" in lines[0] and "is as it was" in lines[0]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["keep.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o.")]
