@@ -115,10 +115,12 @@ def test_the_converted_embedded_model_gets_the_umask_modes(tmp_path: Path, monke
     assert _modes(target) == {("d", 0o755), ("f", 0o644)}
 
 
-@pytest.mark.parametrize("argv", [("status",), ("status", "--all"), ("doctor",)])
+@pytest.mark.parametrize(
+    "argv", [("status", "--store"), ("status", "--all", "--store"), ("doctor", "--store"), ("recipes", "-v")]
+)
 def test_a_closed_pipe_exits_quietly(store: Path, argv):
     """`factory status | head -1`: the reader goes away; no BrokenPipeError traceback, exit 0 or 141."""
-    cmd = [sys.executable, "-m", "factory.cli", *argv, "--store", str(store)]
+    cmd = [sys.executable, "-m", "factory.cli", *argv, *([str(store)] if argv[-1] == "--store" else [])]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert p.stdout is not None and p.stderr is not None
     p.stdout.close()  # before the command has written anything: every write meets a closed pipe

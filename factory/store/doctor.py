@@ -129,12 +129,18 @@ def journal_problem(db_path: Path, bad: list[BadLine], good: int) -> StoreError:
 
 def set_aside(bad: list[BadLine], target: Path) -> None:
     """Append the raw lines to ``target``, on disk before anything else is changed."""
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
     try:
-        os.write(fd, b"".join(b.raw if b.raw.endswith(b"\n") else b.raw + b"\n" for b in bad))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        try:
+            os.write(fd, b"".join(b.raw if b.raw.endswith(b"\n") else b.raw + b"\n" for b in bad))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot set {len(bad)} unreadable journal line(s) aside in {target}: {exc.strerror or exc}; "
+            "nothing was changed. Free space or move that path away, then repair again"
+        ) from None
 
 
 # -- the doctor's report ---------------------------------------------------------------------------
