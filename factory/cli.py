@@ -18,6 +18,7 @@ from factory import __version__
 from factory.errors import ConfigError, FactoryError
 
 EXIT_INTERRUPTED = 130
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command whose reader went away
 
 
 def _console() -> Any:
@@ -330,6 +331,52 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from factory.config import DEFAULT_STORE
+    from factory.store import Store, diagnose
+
+    path = Path(args.store or os.environ.get("FACTORY_STORE", DEFAULT_STORE))
+    if not path.exists() and not Path(f"{path}.journal").exists():
+        raise ConfigError(f"--store: no store at {path}; pass --store PATH")
+    d = diagnose(path)
+    repaired = None
+    if args.repair and d.bad_lines and all(c.ok for c in d.checks if c.what != "journal"):
+        n_bad = len(d.bad_lines)
+        with Store(path, repair_journal=True) as st:
+            rejected = st.path.with_name(st.path.name + ".journal.rejected")
+        repaired = f"set {n_bad} unreadable line(s) aside in {rejected}; committed {d.journal_rows} answer(s)"
+        d = diagnose(path)
+    if args.json:
+        print(json.dumps({"store": str(path), "ok": d.ok, "repaired": repaired,
+                          "checks": [{"what": c.what, "ok": c.ok, "detail": c.detail} for c in d.checks],
+                          "unreadable_lines": [{"segment": str(b.path), "line": b.line, "reason": b.reason}
+                                               for b in d.bad_lines]}))  # fmt: skip
+    else:
+        print(f"store {path}")
+        for c in d.checks:
+            print(f"  {'ok' if c.ok else 'FAIL':<5} {c.what}: {c.detail}")
+        for b in d.bad_lines[:10]:
+            print(f"        {b.path.name} line {b.line}: {b.reason}")
+        if len(d.bad_lines) > 10:
+            print(f"        ... and {len(d.bad_lines) - 10} more")
+        if repaired:
+            print(f"repaired: {repaired}")
+    if d.ok:
+        return 0
+    if d.bad_lines and not args.repair:
+        hint = (
+            f"`factory doctor --store {path} --repair` sets the unreadable lines aside and commits the rest"
+        )
+    elif any(c.what == "journal" for c in d.checks if not c.ok) and not d.bad_lines:
+        hint = "move the journal path named above away, then run again"
+    else:
+        readable = any(c.ok for c in d.checks if c.what.startswith("table "))
+        hint = (f"the store file cannot be read whole: restore {path} from a backup, or start a new store with "
+                "--store NEW.duckdb" + ("; tables marked ok can still be read with DuckDB" if readable else ""))  # fmt: skip
+    print(f"next: {hint}", file=sys.stderr)
+    return 3
+
+
 def cmd_push(args: argparse.Namespace) -> int:
     from factory import hub
 
@@ -637,6 +684,15 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("-v", "--verbose", action="store_true", help="also show seed/record formats and params")
     rc.set_defaults(fn=cmd_recipes)
 
+    dr = sub.add_parser("doctor", help="check a store: the file, migrations, every table, the journal")
+    dr.add_argument("--store", help="DuckDB store path")
+    dr.add_argument(
+        "--repair", action="store_true",
+        help="set unreadable journal lines aside (STORE.journal.rejected) and commit the others",
+    )  # fmt: skip
+    dr.add_argument("--json", action="store_true", help="machine-readable output")
+    dr.set_defaults(fn=cmd_doctor)
+
     t = sub.add_parser("teachers", help="list teacher backends and whether their engines are installed")
     t.set_defaults(fn=cmd_teachers)
     return p
@@ -648,13 +704,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.fn(args))
+        code = int(args.fn(args))
+        sys.stdout.flush()  # here, so that a reader gone away is met inside the boundary
+        return code
     except FactoryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return _closed_pipe()
+    except Exception as exc:
+        err = _store_error(exc)
+        if err is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+def _store_error(exc: Exception) -> FactoryError | None:
+    """A DuckDB error met while reading a store (a corrupt block found by a query) as a StoreError."""
+    if "duckdb" not in sys.modules:
+        return None
+    from factory.store.doctor import store_error_from
+
+    return store_error_from(exc)
+
+
+def _closed_pipe() -> int:
+    """The reader of stdout went away (`factory status | head -1`): stop quietly. stdout is pointed at
+    /dev/null so that the interpreter's final flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_CLOSED_PIPE
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from factory.errors import ConfigError
 from factory.keys import digest
+from factory.yamlsafe import load_yaml
 
 DEFAULT_STORE = "data/factory.duckdb"
 ROLE = re.compile(r"[a-z][a-z0-9_]{0,39}")
@@ -322,7 +323,7 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{p}: not valid UTF-8 (byte {exc.start}); save the file as UTF-8") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
+        data = load_yaml(text, str(p), loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -24,6 +24,7 @@ from factory.errors import ConfigError
 from factory.runner import Plan, Runner
 from factory.store import Store
 from factory.teachers.base import Teacher
+from factory.yamlsafe import load_yaml
 from filters import get_filter
 from filters.base import Context, Filter, FilterParams, Row, Scored
 
@@ -81,7 +82,11 @@ def parse_steps(
             raise ConfigError(
                 f"--set {ov!r}: filter {slug!r} is not in this run's filters ({', '.join(slugs) or 'none'})"
             )
-        raw[slugs.index(slug)][1][param] = yaml.safe_load(value)
+        flag = f"--set {(ov if len(ov) <= 80 else ov[:60] + '...')!r}"  # a long value is not echoed whole
+        try:
+            raw[slugs.index(slug)][1][param] = load_yaml(value, flag)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{flag}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
     steps = []
     for i, (slug, params) in enumerate(raw):
         flt = get_filter(slug, where=f"{where}[{i}]")

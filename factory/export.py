@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from factory.errors import ConfigError
+from factory.errors import ConfigError, FactoryError
+from factory.outputs import sweep_stale, temp_beside, user_modes
 from factory.store import Store
 
 FORMATS = ("hf", "parquet", "jsonl")
@@ -141,6 +141,9 @@ def _shaped(
 
 def _out_ready(out: Path, overwrite: bool) -> Path:
     out = out.resolve()
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(f"--out {out}: {blocker} is a file, not a folder; give another path")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -167,6 +170,8 @@ def export_run(
         raise ConfigError(f"--max-shard-mb must be positive, got {max_shard_mb}")
     splits = splits or {"train": 1.0}
     _check_splits(splits)
+    if out.resolve().parent.is_dir():
+        sweep_stale(out.resolve(), "export")  # first: it may move back an export a killed one set aside
     out = _out_ready(out, overwrite)
     summary = store.run_summary(run_id)
     plan = _plan(summary["recipe"], shape, stage)
@@ -176,8 +181,7 @@ def export_run(
                                             batch_rows=batch_rows):  # fmt: skip
             yield split_of(seed_id if split_by == "seed" else rec_id, splits), row
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_beside(out, "export", "--out", folder=True)
     try:
         store.limit_memory(EXPORT_MEMORY)
         if fmt == "jsonl":
@@ -208,7 +212,13 @@ def export_run(
                 _card(store, run_id, w, sizes, plan, slim, include_rejected, split_by), "utf-8"
             )
             files.append(tmp / "README.md")
+        user_modes(tmp)  # mkdtemp made it 0700
         _swap_in(tmp, out)
+    except OSError as exc:  # the disk filled up, a file-size limit, the folder went away
+        raise FactoryError(
+            f"cannot write the export to {out.parent}: {exc.strerror or exc}; free space (or fix the folder) and "
+            "export again. Nothing was replaced" + (f": {out} is as it was" if out.exists() else "")
+        ) from None
     finally:
         store.limit_memory(None)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -221,8 +231,7 @@ def export_run(
 
 def _swap_in(tmp: Path, out: Path) -> None:
     if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
+        old = tmp.with_name(tmp.name + "-old")  # named like tmp: swept if this process dies here
         os.replace(out, old)
         os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)

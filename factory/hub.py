@@ -100,8 +100,15 @@ def local_files(folder: Path) -> list[str]:
 def _card_license(readme: Path) -> str | None:
     from huggingface_hub import DatasetCard
 
+    from factory.yamlsafe import check_events
+
     try:
-        card = DatasetCard(readme.read_text(encoding="utf-8"))
+        text = readme.read_text(encoding="utf-8")
+        header = text.split("---", 2)[1] if text.startswith("---") and text.count("---") >= 2 else ""
+        check_events(header, f"{readme}: the dataset card's YAML header")  # no alias bomb, no deep nesting
+        card = DatasetCard(text)
+    except ConfigError:
+        raise
     except Exception as exc:  # yaml.YAMLError, ValueError (not a mapping), UnicodeDecodeError
         raise ConfigError(
             f"{readme}: the dataset card's YAML header does not parse ({exc}); export the run again"

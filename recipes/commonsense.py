@@ -25,6 +25,7 @@ from factory.errors import ConfigError
 from factory.keys import digest
 from factory.seeds import Seed
 from factory.types import Completion, Request, Sampling
+from factory.yamlsafe import load_yaml
 from recipes.base import TEMPLATES, Draft, Generate, Params, Recipe, Shape, Template, gather_all, sample_seed
 
 EVENTS, TAILS = "events", "tails"
@@ -127,9 +128,7 @@ def load_relations(path: Path) -> tuple[list[Relation], dict[str, Any]]:
     """The relations in a file, in file order, and the file's parsed content (what the version hashes)."""
     try:
         # libyaml's loader when built in: the pure-Python one takes ~0.1 s on this small file
-        data = yaml.load(
-            path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        )
+        data = load_yaml(path.read_text(encoding="utf-8"), str(path))
         parsed = _RelationsFile.model_validate(data)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: malformed YAML: {str(exc).splitlines()[0]}") from None

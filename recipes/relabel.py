@@ -36,6 +36,7 @@ from factory.errors import ConfigError
 from factory.keys import digest
 from factory.seeds import Seed
 from factory.types import Completion, Request, Sampling
+from factory.yamlsafe import load_yaml
 from recipes.base import (
     Draft,
     Generate,
@@ -167,7 +168,11 @@ def load_labels(path: Path) -> tuple[Label, ...]:
         raise ConfigError(f"params.labels: file {path} not found; give {FORMAT}")
     try:
         text = path.read_text(encoding="utf-8")
-        data = orjson.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        data = (
+            orjson.loads(text)
+            if path.suffix.lower() == ".json"
+            else load_yaml(text, f"params.labels: {path}")
+        )
     except (UnicodeDecodeError, orjson.JSONDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"params.labels: {path} cannot be read: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, list) or len(data) < 2:

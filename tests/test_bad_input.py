@@ -96,3 +96,86 @@ def test_unknown_run_in_status(tmp_path, store_with_run):
 def test_bad_cli_flag(tmp_path):
     out = factory_cli("export", "--format", "xml", cwd=tmp_path)
     assert out.returncode == 2 and "invalid choice: 'xml'" in out.stderr
+
+
+# -- YAML that would exhaust memory or the stack ---------------------------------------------------------
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{k}: &{k} [{', '.join([f'*{p}'] * 9)}]\n" for p, k in zip("abcdefgh", "bcdefghi", strict=True)
+)  # 9**9 (387 million) values once expanded
+DEEP = "x: " + "[" * 50_000 + "]" * 50_000 + "\n"
+
+
+def _loaders(tmp_path: Path):
+    """Every place a user's YAML file is loaded, each as (name, function of a path)."""
+    from factory.config import load_config
+    from recipes.commonsense import load_relations
+    from recipes.relabel import load_labels
+    from trainers.config import load_train_config
+
+    return [("run config", load_config), ("training config", load_train_config),
+            ("labels file", load_labels), ("relations file", load_relations)]  # fmt: skip
+
+
+@pytest.mark.parametrize("doc", ["bomb", "deep", "cycle"])
+def test_every_yaml_loader_refuses_bombs_and_deep_nesting_cheaply(tmp_path, doc):
+    import tracemalloc
+
+    from factory.errors import ConfigError
+
+    text = {"bomb": BOMB, "deep": DEEP, "cycle": "a: &a [1, *a]\n"}[doc]
+    expect = {"bomb": "expand the document by more than 100,000", "deep": "nested more than 100 levels deep",
+              "cycle": "refers to a node that contains it"}[doc]  # fmt: skip
+    for name, load in _loaders(tmp_path):
+        path = tmp_path / f"{name.replace(' ', '_')}.yaml"
+        path.write_text(text)
+        tracemalloc.start()
+        try:
+            with pytest.raises(ConfigError) as err:
+                load(path)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert str(path) in str(err.value) and expect in str(err.value), (name, str(err.value))
+        assert peak < 8 * 2**20, (name, peak)  # a few MB at most: the document is never expanded
+
+
+def test_yaml_aliases_within_the_limit_still_work(tmp_path):
+    from factory.yamlsafe import load_yaml
+
+    data = load_yaml(
+        "base: &b {temperature: 0.7, top_p: 0.9}\none: *b\ntwo: {<<: *b, top_p: 1.0}\n", "x.yaml"
+    )
+    assert data["one"] == {"temperature": 0.7, "top_p": 0.9} and data["two"] == {
+        "temperature": 0.7,
+        "top_p": 1.0,
+    }
+    nested = "x: " + "[" * 99 + "]" * 99 + "\n"  # the mapping and 99 lists: 100 levels, the limit
+    assert load_yaml(nested, "x.yaml")["x"] is not None
+
+
+# -- exit codes ----------------------------------------------------------------------------------------
+def test_the_readme_exit_code_table_matches_the_code():
+    """Every FactoryError class is named in the README's exit-code table in the row of its exit_code, and
+    every row's code is one the CLI really returns."""
+    import re
+
+    from factory import cli, errors, hub
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Exit codes", 1)[1].split("\n## ", 1)[0]
+    cells = [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in section.splitlines()]
+    rows = {int(c[0]): c[2] for c in cells if len(c) == 3 and c[0].isdigit()}
+    classes: dict[str, int] = {}
+    todo = [errors.FactoryError]
+    while todo:
+        c = todo.pop()
+        classes[c.__name__] = c.exit_code
+        todo.extend(c.__subclasses__())
+    assert "PushFailed" in classes and hub.PushFailed.exit_code == 6
+    for name, code in classes.items():
+        assert code in rows, f"exit code {code} of {name} is not in the README's table"
+        assert f"`{name}`" in rows[code], f"{name} (exit {code}) is not named in the README's row for {code}"
+    named = set(re.findall(r"`(\w+)`", "".join(rows.values())))
+    assert named <= set(classes), named - set(classes)  # no class the code does not have
+    assert {0, cli.EXIT_INTERRUPTED, cli.EXIT_CLOSED_PIPE, 2} <= set(rows)
+    assert set(rows) == {0, cli.EXIT_INTERRUPTED, cli.EXIT_CLOSED_PIPE, *classes.values()}

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from factory.errors import ConfigError
 from factory.keys import digest
+from factory.yamlsafe import load_yaml
 
 TASKS = ("sft", "step_by_step", "classifier", "triples")
 Task = Literal["sft", "step_by_step", "classifier", "triples"]
@@ -151,7 +152,7 @@ def load_train_config(
         if not p.is_file():
             raise ConfigError(f"--config: no file at {p}; give a training YAML (see README: Train a student)")
         try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8"))
+            data = load_yaml(p.read_text(encoding="utf-8"), str(p))
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{p}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):

@@ -19,6 +19,7 @@ from typing import Any
 
 from factory import __version__
 from factory.errors import ConfigError
+from factory.outputs import ensure_folder
 from trainers import card, data, evaluate, harness, student
 from trainers.config import TrainConfig
 from trainers.harness import OnProgress
@@ -56,7 +57,7 @@ def _prepare_out(out: Path, identity: str, cfg: TrainConfig, keep: tuple[Path, .
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder")
     if not out.is_dir() or not any(out.iterdir()):
-        out.mkdir(parents=True, exist_ok=True)
+        ensure_folder(out, "--out")
         return "fresh"
     try:
         meta = json.loads((out / META).read_text("utf-8"))

@@ -9,11 +9,12 @@ Policy forbids any request. ``funnel_svg`` is also the image an HF export puts b
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from factory.errors import ConfigError
+from factory.outputs import ensure_folder, temp_beside, user_modes
 from factory.report import charts
 from factory.store import Store
 
@@ -67,13 +68,16 @@ def render_report(store: Store, run_id: str, *, map_points: int = 1500) -> tuple
 
 def write_report(store: Store, run_id: str, out: Path, *, map_points: int = 1500) -> ReportResult:
     """Render the report and write it to ``out`` (whole or not at all)."""
-    page, notes = render_report(store, run_id, map_points=map_points)
     out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give the path of the HTML file to write")
+    ensure_folder(out.parent, "--out")
+    page, notes = render_report(store, run_id, map_points=map_points)
+    tmp = temp_beside(out, "report", "--out", folder=False)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(page)
+        user_modes(tmp)  # mkstemp made it 0600
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

@@ -20,8 +20,9 @@ import orjson
 import pyarrow as pa
 
 from factory.errors import ConfigError, StoreError, StoreInUse
-from factory.store import keyformat
-from factory.store.journal import Journal, journal_dir, read_segments
+from factory.outputs import ensure_folder
+from factory.store import doctor, keyformat
+from factory.store.journal import BadLine, Journal, journal_dir, read_segments
 from factory.store.migrations import migrate, pending_migrations
 
 log = logging.getLogger(__name__)
@@ -106,10 +107,18 @@ def _table(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
     )
 
 
+def diagnose(path: Path) -> doctor.Diagnosis:
+    """What `factory doctor` reports: the file, its migrations, every table, the journal. Changes nothing."""
+    return doctor.diagnose(path, _CACHE_SCHEMA)
+
+
 class Store:
-    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False):
+    def __init__(
+        self, path: str | os.PathLike[str], *, read_only: bool = False, repair_journal: bool = False
+    ):
         self.path = Path(path)
         self.read_only = read_only
+        doctor.note_opened(self.path)
         if self.path.is_dir():
             raise ConfigError(
                 f"the store path {self.path} is a folder; give a file, e.g. {self.path / 'factory.duckdb'}"
@@ -118,9 +127,11 @@ class Store:
             raise StoreError(
                 f"no store at {self.path}: run `factory run CONFIG.yaml` first, or pass --store PATH"
             )
+        if not read_only:
+            ensure_folder(self.path.parent, f"the store path {self.path}: folder")
+            if (err := doctor.unwritable(self.path)) is not None:
+                raise err
         try:
-            if not read_only:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
             self.con = duckdb.connect(str(self.path), read_only=read_only)
         except duckdb.IOException as exc:
             msg = str(exc)
@@ -129,9 +140,25 @@ class Store:
                     f"the store {self.path} is in use by another process ({msg.strip()}). "
                     "Wait for that run to finish or stop it, then run again."
                 ) from exc
+            if doctor.is_damage(exc):
+                raise doctor.damaged(self.path, exc) from None
             raise StoreError(f"cannot open the store {self.path}: {msg}") from exc
         except duckdb.Error as exc:
+            if doctor.is_damage(exc):
+                raise doctor.damaged(self.path, exc) from None
             raise StoreError(f"cannot open the store {self.path}: {exc}. Is it a DuckDB file?") from exc
+        try:
+            self._prepare(read_only, repair_journal)
+        except duckdb.Error as exc:
+            self.con.close()
+            if doctor.is_damage(exc):
+                raise doctor.damaged(self.path, exc) from None
+            raise StoreError(f"cannot open the store {self.path}: {doctor.first_line(exc)}") from exc
+        except BaseException:
+            self.con.close()
+            raise
+
+    def _prepare(self, read_only: bool, repair_journal: bool) -> None:
         _warm_arrow()
         _x(self.con, "SET enable_progress_bar = false")  # long reads would draw a bar on stderr
         if read_only and pending_migrations(self.con):
@@ -150,11 +177,12 @@ class Store:
             try:
                 applied = migrate(self.con)
             except duckdb.Error as exc:
-                self.con.close()
+                if doctor.is_damage(exc):
+                    raise
                 raise StoreError(f"cannot migrate the store {self.path}: {exc}") from exc
             if applied:
                 log.info("store %s: applied migrations %s", self.path, ", ".join(applied))
-            self.replay_journal()
+            self.replay_journal(set_aside=repair_journal)
             try:  # after the replay: journaled answers of an older version are judged too
                 keyformat.upgrade(self.con, self.path)
             except duckdb.Error as exc:
@@ -179,9 +207,22 @@ class Store:
     def journal(self) -> Journal:
         return Journal(journal_dir(self.path))
 
-    def replay_journal(self) -> int:
-        """Commit answers a crashed process journaled but never committed. Returns rows recovered."""
-        paths, rows = read_segments(journal_dir(self.path), CACHE_COLUMNS)
+    def replay_journal(self, *, set_aside: bool = False) -> int:
+        """Commit answers a crashed process journaled but never committed. Returns rows recovered.
+
+        A line that is not a cache row stops the open with a StoreError (nothing changed) that points to
+        `factory doctor --repair`; with ``set_aside`` such lines are appended to ``STORE.journal.rejected``
+        first and the others are committed."""
+        bad: list[BadLine] = []
+        check = doctor.row_check(_CACHE_SCHEMA, doctor.required_columns(self.con, "cache"))
+        paths, rows = read_segments(journal_dir(self.path), CACHE_COLUMNS, check=check, bad=bad)
+        if bad and not set_aside:
+            raise doctor.journal_problem(self.path, bad, len(rows))
+        if bad:
+            doctor.set_aside(bad, doctor.rejected_path(self.path))
+            log.warning(
+                "set %d unreadable journal lines aside in %s", len(bad), doctor.rejected_path(self.path)
+            )
         if not paths:
             return 0
         n_before = self.count_cache()
@@ -292,6 +333,10 @@ class Store:
                 _x(con, "ROLLBACK")
             if not checked and isinstance(exc, duckdb.ConstraintException):
                 raise  # commit() writes the batch again with the checks
+            if doctor.is_damage(exc):
+                raise doctor.damaged(
+                    self.path, exc, note="this batch was not written (its answers stay in the journal)"
+                ) from exc
             raise StoreError(
                 f"cannot write to the store {self.path}: {exc}. If the disk is full, free space and re-run "
                 "the same command: answers not yet committed are kept in the journal."

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,28 +77,75 @@ class Journal:
         return self.rotate()
 
 
-def read_segments(directory: Path, columns: tuple[str, ...]) -> tuple[list[Path], list[tuple[Any, ...]]]:
-    """All complete rows from leftover segments as tuples in ``columns`` order (a torn last line is
-    skipped). Lines are JSON arrays in that order; JSON objects (an older journal) are mapped by name."""
+@dataclass(slots=True)
+class BadLine:
+    """A complete journal line that cannot be replayed: where it is, its bytes, and why."""
+
+    path: Path
+    line: int
+    raw: bytes
+    reason: str
+
+
+def check_journal_path(directory: Path) -> None:
+    """StoreError when the journal's folder, or a segment in it, is not what the store writes there."""
+    if directory.exists() and not directory.is_dir():
+        raise StoreError(
+            f"{directory} should be the store's answer journal (a folder) but is a file; nothing was changed. "
+            f"Move it away (e.g. `mv {directory} {directory}.bak`) and run again"
+        )
+    for p in sorted(directory.glob("seg-*.jsonl")) if directory.is_dir() else []:
+        if not p.is_file():
+            raise StoreError(
+                f"{p} should be a journal segment (a file) but is not; nothing was changed. Move it out of "
+                f"{directory} and run again"
+            )
+
+
+def read_segments(
+    directory: Path,
+    columns: tuple[str, ...],
+    *,
+    check: Callable[[tuple[Any, ...]], str | None] | None = None,
+    bad: list[BadLine] | None = None,
+) -> tuple[list[Path], list[tuple[Any, ...]]]:
+    """All complete rows from leftover segments as tuples in ``columns`` order (a torn last line, the one
+    a crash cut short, is skipped: it was in flight). Lines are JSON arrays in that order; JSON objects (an
+    older journal) are mapped by name. A complete line that does not parse, has the wrong number of
+    values, or that ``check`` refuses (it returns a reason) is left out and added to ``bad``."""
+    check_journal_path(directory)
     if not directory.is_dir():
         return [], []
+    bad = [] if bad is None else bad
     paths = sorted(directory.glob("seg-*.jsonl"))
     rows: list[tuple[Any, ...]] = []
     for p in paths:
-        for row in _rows(p):
-            if isinstance(row, dict):
-                rows.append(tuple(row.get(c) for c in columns))
-            elif isinstance(row, list) and len(row) == len(columns):
-                rows.append(tuple(row))
+        for n, raw in _lines(p):
+            try:
+                value = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                bad.append(BadLine(p, n, raw, f"not valid JSON ({exc})"))
+                continue
+            if isinstance(value, dict):
+                row = tuple(value.get(c) for c in columns)
+            elif isinstance(value, list) and len(value) == len(columns):
+                row = tuple(value)
+            else:
+                what = f"{len(value)} values" if isinstance(value, list) else f"a JSON {type(value).__name__}"
+                bad.append(BadLine(p, n, raw, f"{what}, expected a list of {len(columns)}"))
+                continue
+            reason = check(row) if check is not None else None
+            if reason:
+                bad.append(BadLine(p, n, raw, reason))
+            else:
+                rows.append(row)
     return paths, rows
 
 
-def _rows(path: Path) -> Iterator[Any]:
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     with open(path, "rb") as f:
-        for line in f:
+        for n, line in enumerate(f, 1):
             if not line.endswith(b"\n"):
                 break
-            try:
-                yield orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
+            if line.strip():
+                yield n, line

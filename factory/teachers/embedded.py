@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from factory.errors import ConfigError
+from factory.outputs import user_modes
 from factory.teachers.base import Teacher
 from factory.teachers.hf import TransformersTeacher
 from factory.teachers.vllm import VLLMTeacher
@@ -143,6 +144,7 @@ def ensure_safetensors(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     try:
         _convert(gguf, tmp)
         (tmp / MARKER).write_text(json.dumps(stamp, sort_keys=True), encoding="utf-8")
+        user_modes(tmp)  # mkdtemp made it 0700: a server in a container or another user reads it too
         stale: Path | None = None
         if target.exists():
             if _is_current(target, stamp):  # another process finished first
