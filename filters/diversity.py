@@ -16,8 +16,8 @@ is a balanced selection (a label with fewer records than its share leaves the re
 ``quotas`` gives each label its count.
 
 Cost: the greedy is exact, and costs records × size dot products: the similarities of each batch of likely
-next picks to every record are one matrix product (see ``_picks``). 100,000 records, size 10,000: 11-21 s on
-the shared 2-core box, 9-16× faster than one matrix-vector product per pick (benchmarks/bench_embed.py). A
+next picks to every record are one matrix product (see ``_picks``), against one matrix-vector product per
+pick in the plain greedy (benchmarks/bench_embed.py measures both; figures in benchmarks/results/). A
 cell-restricted approximation was tried and dropped: early picks change the distances of records everywhere,
 and without those updates the selection covered no better than a random sample on clustered data.
 

@@ -9,11 +9,11 @@ The score is that largest cosine (``detail.duplicate_of`` names the record), mea
 Search: up to ``EXACT_MAX`` vectors, every earlier pair is compared (blocked matrix products). Above, an
 inverted-file index (spherical k-means cells, ``filters.vectors.partition``): each vector is compared with
 the members of its ``probes`` nearest cells, and so with every vector that probes its own cell, in one small
-matrix product per cell on a thread per core. benchmarks/bench_embed.py, 100,000 vectors of dim 384 on the
-shared 2-core box: 2.6-6 s against 33-90 s for blocked brute force, and against brute force it finds
-0.997-1.0 of the pairs at 0.95 or more (0.99-1.0 at 0.9; the low ends on vectors uniform on the sphere, the
-hard case; clustered vectors, like sentence embeddings, give 1.0). faiss-cpu's IVF with the same cells and
-probes took 18 s (its range search scans lists pair by pair), HNSW (hnswlib, usearch) minutes to build.
+matrix product per cell on a thread per core. benchmarks/bench_embed.py measures it against
+sentence-transformers' ``paraphrase_mining_embeddings`` and blocked brute force on the same vectors, and the
+pairs it finds against brute force (clustered vectors, like sentence embeddings, give all of them; vectors
+uniform on the sphere are the hard case); figures in benchmarks/results/. faiss-cpu's IVF with the same
+cells and probes was slower (its range search scans lists pair by pair), HNSW (hnswlib, usearch) minutes to build.
 """
 
 from __future__ import annotations

@@ -14,15 +14,14 @@ is a candidate, so re-thresholding hashes nothing again. Verifying is the defaul
 estimate has a standard error of 0.035 at J = 0.8: deciding on it loses about 2% of the pairs at or above 0.8
 and drops about 1% below it; the exact Jaccard of the candidate pairs costs a few µs each.
 
-Engine, measured side by side on the shared 2-core box (benchmarks/bench_dedup.py: 100,000 records of ~220
-characters, CPU time, three runs): signatures + LSH at 80,000-99,000 records/s, the whole filter with
-verification at 46,000-60,000/s; Python shingling alone runs at 17,000-35,000/s, datasketch at 850-1,300/s,
-rensa (bound by that shingling) at 14,000-22,000/s. Word 5-grams, not characters: 29 shingles a record instead of ~210,
-3.8× faster; character 5-grams forgive a replaced word more (Jaccard 0.90, not 0.72, for one word in 35),
+Engine: measured whole filter against whole filter with datasketch (`MinHash.bulk` + `MinHashLSH`, same
+shingles and the same exact check) by benchmarks/bench_dedup.py; the figures are in
+benchmarks/results/dedup.json and the README. Word 5-grams, not characters: 29 shingles a record
+instead of ~210, several times faster; character 5-grams forgive a replaced word more (Jaccard 0.90, not 0.72, for one word in 35),
 so `shingle: char` suits short texts. Here everything is numpy over the batch: one NFKC/lower pass over the
 joined texts, code points to an alphanumeric mask, word and n-gram hashes as differences of a polynomial
 prefix sum mod 2^64 with a splitmix64 finaliser, then per permutation `a·x + b mod 2^32` over (width × texts)
-blocks of similar-length texts, min-reduced down the columns. rensa's Rust kernel is 1.5× faster on the
+blocks of similar-length texts, min-reduced down the columns. rensa's Rust kernel is faster on the
 MinHash step alone, but its signatures reach numpy only through a 20 µs-a-record list conversion and its
 algorithm changes between releases (0.5 rejects 0.4's sketches), while ours are persisted: no new dependency.
 
