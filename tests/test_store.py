@@ -8,6 +8,7 @@ import pytest
 from factory.errors import StoreError, StoreInUse
 from factory.store import CACHE_COLUMNS, Batch, Store
 from factory.store.journal import journal_dir
+from factory.store.migrations import MIGRATIONS
 
 
 def _row(key, text="t"):
@@ -21,7 +22,11 @@ def test_migrations_run_once_and_tables_exist(tmp_path):
         names = {r[0] for r in st.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         applied = st.con.execute("SELECT name FROM _migrations").fetchall()
     assert {"runs", "cache", "records", "verdicts", "seeds_done", "failures", "run_stats"} <= names
-    assert applied == [("m001_initial",), ("m002_filter_passes",)]
+    assert "cache_forgotten" in names
+    assert applied == [(fn.__name__,) for fn in MIGRATIONS]
+    assert (
+        applied[:2] == [("m001_initial",), ("m002_filter_passes",)] and ("m005_cache_forgotten",) in applied
+    )
 
 
 def test_commit_is_idempotent(tmp_path):
