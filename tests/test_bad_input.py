@@ -88,9 +88,19 @@ def test_missing_config_file(tmp_path):
     assert out.returncode == 2 and "config file nope.yaml not found" in out.stderr
 
 
-def test_unknown_run_in_status(tmp_path, store_with_run):
-    out = factory_cli("status", "zzz", "--store", str(store_with_run), cwd=tmp_path)
-    assert out.returncode != 0 and "no run 'zzz'" in out.stderr and "known runs: ok-" in out.stderr
+@pytest.mark.parametrize("command", ["status", "export", "report", "filter", "cache-ls"])
+def test_unknown_run(command, tmp_path, store_with_run):
+    """Exit 2 naming the store searched, the runs it holds and how to look elsewhere; nothing changes."""
+    before = _digest(store_with_run)
+    args = ["cache", "ls", "--run", "zzz"] if command == "cache-ls" else [command, "zzz"]
+    out = factory_cli(*args, "--store", str(store_with_run), cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: no run 'zzz' in {store_with_run}")
+    assert (
+        "known runs: ok-" in lines[0] and "(ok, updated " in lines[0] and "--config CONFIG.yaml" in lines[0]
+    )
+    assert _digest(store_with_run) == before and not (tmp_path / "out").exists()
 
 
 def test_bad_cli_flag(tmp_path):
