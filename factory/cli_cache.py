@@ -106,6 +106,7 @@ def _confirm(n: int) -> bool:
 
 def cmd_cache_forget(args: argparse.Namespace) -> int:
     from factory.store.cache_admin import count_selected, forget
+    from factory.store.compact import compact
 
     if not (
         args.run or args.teacher or args.status or args.kind or args.failed or args.older_than is not None
@@ -126,17 +127,25 @@ def cmd_cache_forget(args: argparse.Namespace) -> int:
     if go:
         with _open(args, write=True) as st:
             done = forget(st, sel)
+            after = done.file_bytes_after
+            if not args.no_compact:
+                after = compact(st)[1]
         out.update(dry_run=False, rows=done.rows, bytes=done.bytes, file_bytes_before=done.file_bytes_before,
-                   file_bytes_after=done.file_bytes_after, notes=done.notes)  # fmt: skip
+                   file_bytes_after=after, compacted=not args.no_compact, notes=done.notes)  # fmt: skip
     if args.json:
         print(json.dumps(out))
         return 0
     if not go:
         print("dry run: nothing changed" + ("; add --yes to forget them" if plan["rows"] else ""))
         return 0
+    how = (
+        "compacted"
+        if out["compacted"]
+        else "not compacted (--no-compact): its free blocks are reused by later writes"
+    )
     print(f"forgot {out['rows']:,} cache rows ({_human(out['bytes'])} of text); records, verdicts and exports are "
           f"unchanged; the store file went from {_human(out['file_bytes_before'])} to "
-          f"{_human(out['file_bytes_after'])} (freed space is reused by later writes)")  # fmt: skip
+          f"{_human(out['file_bytes_after'])}, {how}")  # fmt: skip
     for note in out["notes"]:
         print(f"note: {note}", file=sys.stderr)
     return 0
@@ -174,6 +183,8 @@ def add_cache_parser(sub: Any) -> None:
     fg = csub.add_parser("forget", help="delete cache rows so they are asked again; a dry-run count first")
     common(fg)
     selectors(fg, "--failed-only")
+    fg.add_argument("--no-compact", action="store_true",
+                    help="skip rewriting the store afterwards (quicker on a large store; the file keeps its size)")  # fmt: skip
     fg.add_argument(
         "--yes", action="store_true", help="forget without asking (else: ask on a terminal, or a dry run)"
     )

@@ -118,7 +118,9 @@ def test_forget_by_teacher_dry_run_then_yes_and_a_rerun_resends_exactly_those(tw
     assert out.returncode == 0, out.stderr
     done = json.loads(out.stdout)
     assert done["dry_run"] is False and done["rows"] == 12
-    assert done["file_bytes_after"] <= done["file_bytes_before"]  # checkpointed; freed blocks are reused
+    # compacted: rewritten with the live data only (the later runs below write to the rewritten file)
+    assert done["compacted"] is True and done["file_bytes_after"] < done["file_bytes_before"]
+    assert done["file_bytes_after"] == store.stat().st_size and not list(store.parent.glob("*.compact-*"))
     with Store(store, read_only=True) as st:
         assert st.count_cache() == 24 and st.count_cache(m2) == 0
         assert st._rows("SELECT * FROM records ORDER BY id") == records
@@ -142,11 +144,12 @@ def test_forget_by_run_removes_exactly_its_rows(two_teachers):
     store = tmp / "st" / "store.duckdb"
     with Store(store, read_only=True) as st:
         fb_keys = {r[0] for r in st._rows("SELECT key FROM cache WHERE run_id = ?", [fb])}
-    out = cli("cache", "forget", "--store", str(store), "--run", fa, "--yes", cwd=tmp)
+    out = cli("cache", "forget", "--store", str(store), "--run", fa, "--yes", "--no-compact", cwd=tmp)
     assert out.returncode == 0, out.stderr
     assert (
         "forgot 24 cache rows" in out.stdout and "records, verdicts and exports are unchanged" in out.stdout
     )
+    assert "not compacted (--no-compact)" in out.stdout
     with Store(store, read_only=True) as st:
         assert {r[0] for r in st._rows("SELECT key FROM cache")} == fb_keys
         assert st._scalar("SELECT count(*) FROM records WHERE run_id = ?", [fa]) == 24
@@ -198,3 +201,38 @@ def test_forget_refuses_without_a_selector_or_with_an_unknown_one(two_teachers):
     assert sha(store) == before
     old = cli("cache", "forget", "--store", str(store), "--older-than", "30d", "--yes", cwd=tmp)
     assert old.returncode == 0 and "0 cache rows" in old.stdout  # every row is minutes old
+
+
+def test_forget_asks_on_a_terminal(tmp_path, seeds_file):
+    """With stdin a terminal and no --yes, forget asks: anything but y changes nothing."""
+    import os
+
+    cfg = tmp_path / "tty.yaml"
+    cfg.write_text(
+        f"name: tty\nrecipe: rationales\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\n"
+        "teacher: scripted:x\nparams: {k: 1}\n"
+    )
+    t = ScriptedTeacher("scripted:x", "x", {"default": "x. The answer is 1."})
+    asyncio.run(api.run_async(api.prepare(cfg), teacher=t))
+    store = tmp_path / "s.duckdb"
+
+    def answer(text: str) -> subprocess.CompletedProcess[str]:
+        main, side = os.openpty()
+        try:
+            os.write(main, text.encode())
+            return subprocess.run(
+                [sys.executable, "-m", "factory.cli", "cache", "forget", "--config", str(cfg), "--run", "tty"],
+                stdin=side, capture_output=True, text=True, cwd=tmp_path, timeout=120,
+            )  # fmt: skip
+        finally:
+            os.close(main)
+            os.close(side)
+
+    before = sha(store)
+    out = answer("n\n")
+    assert out.returncode == 0 and "forget these 8 cache rows? [y/N]" in out.stderr
+    assert "dry run: nothing changed" in out.stdout and sha(store) == before
+    out = answer("y\n")
+    assert out.returncode == 0 and "forgot 8 cache rows" in out.stdout, out
+    with Store(store, read_only=True) as st:
+        assert st.count_cache() == 0 and st._scalar("SELECT count(*) FROM records") == 8
