@@ -121,6 +121,7 @@ def test_forget_by_teacher_dry_run_then_yes_and_a_rerun_resends_exactly_those(tw
     # compacted: rewritten with the live data only (the later runs below write to the rewritten file)
     assert done["compacted"] is True and done["file_bytes_after"] < done["file_bytes_before"]
     assert done["file_bytes_after"] == store.stat().st_size and not list(store.parent.glob("*.compact-*"))
+    assert not store.with_name(store.name + ".wal").exists()  # nothing of the old file is left to replay
     with Store(store, read_only=True) as st:
         assert st.count_cache() == 24 and st.count_cache(m2) == 0
         assert st._rows("SELECT * FROM records ORDER BY id") == records
@@ -150,9 +151,17 @@ def test_forget_by_run_removes_exactly_its_rows(two_teachers):
         "forgot 24 cache rows" in out.stdout and "records, verdicts and exports are unchanged" in out.stdout
     )
     assert "not compacted (--no-compact)" in out.stdout
+    from factory.card import LABEL_FIELDS
+    from factory.store.browse import Browser
+
     with Store(store, read_only=True) as st:
         assert {r[0] for r in st._rows("SELECT key FROM cache")} == fb_keys
         assert st._scalar("SELECT count(*) FROM records WHERE run_id = ?", [fa]) == 24
+        # the viewer still opens the run's records, and says their answers were forgotten
+        rid, text = st._rows("SELECT id, text FROM records WHERE run_id = ? LIMIT 1", [fa])[0]
+        rec = Browser(st, LABEL_FIELDS).record(fa, rid)
+        assert rec["text"] == text and rec["answers"]
+        assert all(a["missing"] and a["forgotten"] for a in rec["answers"])
     again = cli("cache", "forget", "--store", str(store), "--run", fa, "--yes", cwd=tmp)
     assert again.returncode == 0 and "0 cache rows" in again.stdout and "nothing changed" in again.stdout
 
