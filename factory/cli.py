@@ -357,12 +357,14 @@ def cmd_push(args: argparse.Namespace) -> int:
 
     # A run name never holds a slash, so a path with one (or an existing folder) is the export itself;
     # a run config file (or --config) names a run and its store.
-    by_config = args.config is not None or is_config_path(args.target)
-    if args.target is None and not by_config:
+    if args.target is None and args.config is None:
         raise ConfigError("RUN|DIR: give an export folder, a run, or --config CONFIG.yaml")
-    if not by_config and (Path(args.target).is_dir() or "/" in args.target or os.sep in args.target):
+    t = args.target
+    if t is not None and not is_config_path(t) and (Path(t).is_dir() or "/" in t or os.sep in t):
         if args.out:
             raise ConfigError("--out: only with a run; TARGET is already an export folder")
+        if args.config:
+            raise ConfigError("--config: only with a run; TARGET is already an export folder")
         res = hub.push_folder(Path(args.target), args.repo_id, private=args.private)
     else:
         with _store_for(args, run_attr="target") as st:

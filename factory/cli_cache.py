@@ -88,6 +88,9 @@ def cmd_cache_ls(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows))
         return 0
+    if not rows:
+        print("no cache rows match", file=sys.stderr)
+        return 0
     _print_rows(
         ["key", "teacher", "status", "run", "created", "bytes", "error"],
         [[r["key"][:16], r["teacher"], r["status"], r["run"] or "-", (r["created"] or "")[:19].replace("T", " "),
@@ -135,8 +138,11 @@ def cmd_cache_forget(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out))
         return 0
+    if not plan["rows"]:
+        print("nothing to forget: nothing changed")
+        return 0
     if not go:
-        print("dry run: nothing changed" + ("; add --yes to forget them" if plan["rows"] else ""))
+        print("dry run: nothing changed; add --yes to forget them")
         return 0
     how = (
         "compacted"
