@@ -105,6 +105,8 @@ def test_forget_by_teacher_dry_run_then_yes_and_a_rerun_resends_exactly_those(tw
         m2 = next(r["teacher"] for r in st.runs() if r["id"] == fb)
         records = st._rows("SELECT * FROM records ORDER BY id")
         verdicts = st._rows("SELECT * FROM verdicts ORDER BY record_id, filter, pass_id")
+        facts = (st.teacher_usage(fb), st.request_sampling(fb), st.rejections(fb))
+    assert facts[0][0]["requests"] == 12 and facts[1][0]["requests"] == 12
     before = sha(store)
 
     dry = cli("cache", "forget", "--config", "fb.yaml", "--teacher", m2, cwd=tmp)  # stdin is not a terminal
@@ -126,6 +128,7 @@ def test_forget_by_teacher_dry_run_then_yes_and_a_rerun_resends_exactly_those(tw
         assert st.count_cache() == 24 and st.count_cache(m2) == 0
         assert st._rows("SELECT * FROM records ORDER BY id") == records
         assert st._rows("SELECT * FROM verdicts ORDER BY record_id, filter, pass_id") == verdicts
+        assert (st.teacher_usage(fb), st.request_sampling(fb), st.rejections(fb)) == facts  # report, card
 
     # the finished run exports the same files, card included (its tokens and sampling still count)
     assert cli("export", "fb", "--config", "fb.yaml", "--out", "after", cwd=tmp).returncode == 0
@@ -138,6 +141,8 @@ def test_forget_by_teacher_dry_run_then_yes_and_a_rerun_resends_exactly_those(tw
     for name, model, seeds in (("fb2", "m2", 4), ("fa2", "m1", 8)):
         run(config(tmp, name, model, srv.base_url, seeds))
     assert srv.stats()["requests"] - sent == 12
+    with Store(store, read_only=True) as st:  # answered again: counted once, from the cache
+        assert st.teacher_usage(fb)[0]["requests"] == 12 and st.count_cache(m2) == 12
 
 
 def test_forget_by_run_removes_exactly_its_rows(two_teachers):
