@@ -297,7 +297,8 @@ def cmd_view(args: argparse.Namespace) -> int:
         args.config, args.store_path = args.store_path, None
     if args.store_path and args.store and args.store_path != args.store:
         raise ConfigError(f"STORE {args.store_path} and --store {args.store}: give one of them")
-    loc = locate(store=args.store_path or args.store, config=args.config, run=args.run)
+    flag = "STORE" if args.store_path else "--store"
+    loc = locate(store=args.store_path or args.store, config=args.config, run=args.run, store_flag=flag)
     path = loc.store
     if not path.is_file():
         raise ConfigError(missing_store_message(loc))

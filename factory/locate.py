@@ -31,7 +31,7 @@ def is_config_path(arg: str | None) -> bool:
     return bool(arg) and Path(str(arg)).suffix.lower() in CONFIG_SUFFIXES and Path(str(arg)).is_file()
 
 
-def locate(*, store: str | None, config: str | None, run: str | None) -> Located:
+def locate(*, store: str | None, config: str | None, run: str | None, store_flag: str = "--store") -> Located:
     if is_config_path(run):
         if config:
             raise ConfigError(
@@ -40,9 +40,9 @@ def locate(*, store: str | None, config: str | None, run: str | None) -> Located
         config, run = run, None
     cfg = load_config(config) if config else None
     if store:
-        path, found_by = Path(store), "--store"
+        path, found_by = Path(store), store_flag
     elif cfg is not None and cfg.store:
-        path, found_by = cfg.store_path(), f"the store: of {config}"
+        path, found_by = cfg.store_path(), f"--config {config}"
     elif os.environ.get("FACTORY_STORE"):
         path, found_by = Path(os.environ["FACTORY_STORE"]), "$FACTORY_STORE"
     else:
@@ -53,7 +53,21 @@ def locate(*, store: str | None, config: str | None, run: str | None) -> Located
 
 
 def missing_store_message(loc: Located) -> str:
+    """One line naming where the store was looked for, why there, and the fix."""
+    if loc.found_by.startswith("--config"):
+        return (
+            f"{loc.found_by}: no store at {loc.store} (the config's store:); run `factory run {loc.config}` "
+            "first, or pass --store PATH"
+        )
+    if loc.found_by == "the default store":
+        how = "the default store: no --store, --config or $FACTORY_STORE given"
+        if loc.config is not None:
+            how = f"the default store: {loc.config} names no store: and $FACTORY_STORE is unset"
+        return (
+            f"no store at {loc.store} ({how}); run `factory run CONFIG.yaml` first, or point to the store "
+            "with --store PATH or --config CONFIG.yaml (its store: field)"
+        )
     return (
-        f"no store at {loc.store} ({loc.found_by}); run `factory run CONFIG.yaml` first, or point to the "
-        "store with --store PATH or --config CONFIG.yaml (its store: field)"
+        f"{loc.found_by}: no store at {loc.store}; check the path, run `factory run CONFIG.yaml` first, or "
+        "pass --config CONFIG.yaml to use the store its config names"
     )

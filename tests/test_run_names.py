@@ -99,7 +99,9 @@ def test_config_finds_its_store_and_run(runs):
     cfg = str(proj / "ok-v2.yaml")
     # without --store or --config the default store is searched, and the message says so
     out = cli("status", "ok-v2", cwd=elsewhere)
-    assert out.returncode == 2 and "no store at data/factory.duckdb (the default store)" in out.stderr
+    assert (
+        out.returncode == 2 and "no store at data/factory.duckdb (the default store: no --store" in out.stderr
+    )
     assert "--store PATH or --config CONFIG.yaml" in out.stderr
     assert status_id(cli("status", "--config", cfg, "--json", cwd=elsewhere)) == ids["ok-v2"]
     assert status_id(cli("status", cfg, "--json", cwd=elsewhere)) == ids["ok-v2"]  # RUN given as the config
@@ -133,4 +135,10 @@ def test_view_takes_the_config(runs):
     assert f"serving {proj / 'st' / 'store.duckdb'} read-only at http://127.0.0.1:" in line
     assert f"#run={ids['m8c']}" in line
     out = cli("view", "--config", str(proj / "m8c.yaml"), "--store", "nope.duckdb", cwd=elsewhere)
-    assert out.returncode == 2 and "no store at nope.duckdb (--store)" in out.stderr
+    assert out.returncode == 2 and "--store: no store at nope.duckdb; check the path" in out.stderr
+    gone = proj / "gone.yaml"
+    gone.write_text((proj / "m8c.yaml").read_text().replace("st/store.duckdb", "st/other.duckdb"))
+    out = cli("status", "--config", str(gone), cwd=elsewhere)
+    assert (
+        out.returncode == 2 and f"--config {gone}: no store at {proj / 'st' / 'other.duckdb'}" in out.stderr
+    )
