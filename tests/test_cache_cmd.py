@@ -116,6 +116,7 @@ def test_forget_by_teacher_dry_run_then_yes_and_a_rerun_resends_exactly_those(tw
     no = cli("cache", "forget", "--config", "fb.yaml", "--teacher", m2, "--json", cwd=tmp, stdin="y\n")
     assert json.loads(no.stdout)["dry_run"] is True and sha(store) == before  # --json never asks
 
+    store.with_name(store.name + ".compact-4194304").write_bytes(b"left by a killed compaction")
     out = cli("cache", "forget", "--config", "fb.yaml", "--teacher", m2, "--yes", "--json", cwd=tmp)
     assert out.returncode == 0, out.stderr
     done = json.loads(out.stdout)
@@ -206,6 +207,7 @@ def test_forget_refuses_without_a_selector_or_with_an_unknown_one(two_teachers):
         (("--teacher", "openai:nope"), "--teacher 'openai:nope': no cache row has it"),
         (("--run", "zzz"), "no run 'zzz'"),
         (("--older-than", "soon"), "--older-than 'soon'"),
+        (("--older-than", "1e400d"), "--older-than '1e400d': at most 100 years"),
         (("--kind", "http_401"), "--kind 'http_401'"),
     ):
         out = cli("cache", "forget", "--store", str(store), *args, "--yes", cwd=tmp)

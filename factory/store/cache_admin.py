@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -258,9 +257,7 @@ def parse_age(text: str) -> float:
         value = float("nan")
     if not value >= 0:
         raise ConfigError(f"--older-than {text!r}: give a number and a unit, e.g. 30d, 12h, 45m, 2w")
-    return value * units[t[-1]]
-
-
-def store_size(path: str | os.PathLike[str]) -> int:
-    f = _files(Path(path))
-    return f["file_bytes"] + f["wal_bytes"]
+    seconds = value * units[t[-1]]
+    if seconds > 100 * 365 * 86400:
+        raise ConfigError(f"--older-than {text!r}: at most 100 years (36500d)")
+    return seconds

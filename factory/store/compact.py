@@ -10,6 +10,7 @@ It needs free disk for the live data; on any error the copy is removed and the s
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 from typing import TYPE_CHECKING
@@ -41,7 +42,10 @@ def compact(store: Store) -> tuple[int, int]:
     con = store.con
     before = path.stat().st_size
     try:
-        tmp.unlink(missing_ok=True)
+        # A copy left by a compaction that was killed: this process holds the store's lock, so no other is
+        # compacting it now.
+        for stale in path.parent.glob(f"{glob.escape(path.name)}.compact-*"):
+            stale.unlink(missing_ok=True)
         con.execute("CHECKPOINT").fetchall()
         name = con.execute("SELECT current_database()").fetchall()[0][0]
         con.execute("ATTACH ? AS _compacted", [str(tmp)]).fetchall()
@@ -53,9 +57,11 @@ def compact(store: Store) -> tuple[int, int]:
         _fsync(str(tmp))
         os.replace(tmp, path)  # the lock on the old file is still held: nobody writes in between
         _fsync(str(path.parent), directory=True)
-    except (duckdb.Error, OSError) as exc:
+    except BaseException as exc:  # also Ctrl+C: no half-written copy is left beside the store
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+        if not isinstance(exc, (duckdb.Error, OSError)):
+            raise
         raise StoreError(
             f"cannot compact the store {path}: {exc}. The store is as it was (free disk for a copy of its "
             "live data and try again)"
