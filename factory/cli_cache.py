@@ -126,6 +126,11 @@ def cmd_cache_forget(args: argparse.Namespace) -> int:
         print(f"{plan['rows']:,} cache rows ({_human(plan['bytes'])} of text) match in {where}")
         for g in plan["groups"]:
             print(f"  {g['teacher']} {g['status']}: {g['rows']:,} rows, {_human(g['bytes'])}")
+        if plan["used_by"]:
+            runs = ", ".join(f"{u['run']} ({u['rows']:,})" for u in plan["used_by"][:10])
+            more = len(plan["used_by"]) - 10
+            print(f"records of these runs were made from them (they keep their text; a new run asks again): "
+                  f"{runs}" + (f" and {more} more" if more > 0 else ""))  # fmt: skip
     go = plan["rows"] > 0 and (args.yes or (not args.json and sys.stdin.isatty() and _confirm(plan["rows"])))
     if go:
         with _open(args, write=True) as st:

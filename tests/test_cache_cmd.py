@@ -112,6 +112,10 @@ def test_forget_by_teacher_dry_run_then_yes_and_a_rerun_resends_exactly_those(tw
     dry = cli("cache", "forget", "--config", "fb.yaml", "--teacher", m2, cwd=tmp)  # stdin is not a terminal
     assert dry.returncode == 0, dry.stderr
     assert "12 cache rows" in dry.stdout and "dry run: nothing changed; add --yes" in dry.stdout
+    assert (
+        f"records of these runs were made from them (they keep their text; a new run asks again): {fb} (12)"
+        in (dry.stdout)
+    )
     assert sha(store) == before  # the dry run wrote nothing
     no = cli("cache", "forget", "--config", "fb.yaml", "--teacher", m2, "--json", cwd=tmp, stdin="y\n")
     assert json.loads(no.stdout)["dry_run"] is True and sha(store) == before  # --json never asks

@@ -173,7 +173,8 @@ def cache_rows(store: Store, sel: Selector, limit: int | None = 50) -> list[dict
 
 
 def count_selected(store: Store, sel: Selector) -> dict[str, Any]:
-    """Rows and text bytes the selector picks, by teacher and status (a dry run of ``forget``)."""
+    """Rows and text bytes the selector picks, by teacher and status, and the runs whose records were made
+    from them (a dry run of ``forget``)."""
     where, params = sel.where()
     groups = store._dicts(
         f"SELECT c.teacher, c.status, count(*) AS rows, coalesce(sum({_BYTES}), 0) AS bytes FROM cache c "
@@ -182,10 +183,18 @@ def count_selected(store: Store, sel: Selector) -> dict[str, Any]:
     )
     for g in groups:
         g["rows"], g["bytes"] = int(g["rows"]), int(g["bytes"])
+    used_by = store._dicts(
+        f"WITH s AS (SELECT c.key FROM cache c WHERE {where}), "
+        "k AS (SELECT run_id, unnest(request_keys) AS key FROM records) "
+        "SELECT k.run_id AS run, count(DISTINCT k.key) AS rows FROM k SEMI JOIN s ON s.key = k.key "
+        "GROUP BY 1 ORDER BY 2 DESC, 1",
+        params,
+    ) if groups else []  # fmt: skip
     return {
         "rows": sum(g["rows"] for g in groups),
         "bytes": sum(g["bytes"] for g in groups),
         "groups": groups,
+        "used_by": [{"run": u["run"], "rows": int(u["rows"])} for u in used_by],
     }
 
 
