@@ -106,3 +106,28 @@ def test_unknown_run(command, tmp_path, store_with_run):
 def test_bad_cli_flag(tmp_path):
     out = factory_cli("export", "--format", "xml", cwd=tmp_path)
     assert out.returncode == 2 and "invalid choice: 'xml'" in out.stderr
+
+
+def test_a_run_prefix_of_several_runs_is_refused(tmp_path, store_with_run):
+    """`export ok` once exported `ok-v2-…`: an exact name wins, and a prefix of two runs is exit 2 naming both."""
+    import asyncio
+
+    from factory import api
+    from factory.teachers.scripted import ScriptedTeacher
+
+    cfg = tmp_path / "ok-v2.yaml"
+    cfg.write_text((tmp_path / "ok.yaml").read_text().replace("name: ok\n", "name: ok-v2\n"))
+    asyncio.run(
+        api.run_async(
+            api.prepare(cfg), teacher=ScriptedTeacher("scripted:x", "x", {"default": "y. The answer is 2."})
+        )
+    )
+    store = str(store_with_run)
+    out = factory_cli("export", "ok", "--store", store, "--out", "o", "--format", "jsonl", cwd=tmp_path)
+    assert out.returncode == 0 and " of ok-" in out.stdout and "ok-v2" not in out.stdout, out.stderr
+    before = _digest(store_with_run)
+    out = factory_cli("export", "ok-", "--store", store, "--out", "o2", cwd=tmp_path)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1 and "RUN 'ok-' is ambiguous" in lines[0]
+    assert "(ok, updated " in lines[0] and "(ok-v2, updated " in lines[0] and "Traceback" not in out.stderr
+    assert _digest(store_with_run) == before and not (tmp_path / "o2").exists()
