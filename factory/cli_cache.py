@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from factory.errors import ConfigError
+from factory.errors import ConfigError, StoreError
 
 SELECTOR_FLAGS = "--run, --teacher, --status, --kind, --failed-only or --older-than"
 
@@ -135,11 +135,16 @@ def cmd_cache_forget(args: argparse.Namespace) -> int:
     if go:
         with _open(args, write=True) as st:
             done = forget(st, sel)
-            after = done.file_bytes_after
+            after, compacted = done.file_bytes_after, False
             if not args.no_compact:
-                after = compact(st)[1]
+                try:
+                    after, compacted = compact(st)[1], True
+                except StoreError as exc:
+                    raise StoreError(
+                        f"forgot {done.rows:,} cache rows, but {exc}; run `factory cache compact` to try again"
+                    ) from None
         out.update(dry_run=False, rows=done.rows, bytes=done.bytes, file_bytes_before=done.file_bytes_before,
-                   file_bytes_after=after, compacted=not args.no_compact, notes=done.notes)  # fmt: skip
+                   file_bytes_after=after, compacted=compacted, notes=done.notes)  # fmt: skip
     if args.json:
         print(json.dumps(out))
         return 0
@@ -162,9 +167,21 @@ def cmd_cache_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache_compact(args: argparse.Namespace) -> int:
+    from factory.store.compact import compact
+
+    with _open(args, write=True) as st:
+        before, after = compact(st)
+    if args.json:
+        print(json.dumps({"store": str(st.path), "file_bytes_before": before, "file_bytes_after": after}))
+    else:
+        print(f"compacted {st.path}: {_human(before)} → {_human(after)}")
+    return 0
+
+
 def add_cache_parser(sub: Any) -> None:
-    c = sub.add_parser("cache", help="the request cache: stats, ls, forget (rows are then asked again)")
-    csub = c.add_subparsers(dest="cache_command", required=True, metavar="stats|ls|forget")
+    c = sub.add_parser("cache", help="the request cache: stats, ls, forget (rows are then asked again), compact")
+    csub = c.add_subparsers(dest="cache_command", required=True, metavar="stats|ls|forget|compact")
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--store", help="DuckDB store path")
@@ -200,3 +217,6 @@ def add_cache_parser(sub: Any) -> None:
         "--yes", action="store_true", help="forget without asking (else: ask on a terminal, or a dry run)"
     )
     fg.set_defaults(fn=cmd_cache_forget)
+    cp = csub.add_parser("compact", help="rewrite the store with its live data only (what forget does after)")
+    common(cp)
+    cp.set_defaults(fn=cmd_cache_compact)

@@ -172,6 +172,13 @@ def test_forget_by_run_removes_exactly_its_rows(two_teachers):
         rec = Browser(st, LABEL_FIELDS).record(fa, rid)
         assert rec["text"] == text and rec["answers"]
         assert all(a["missing"] and a["forgotten"] for a in rec["answers"])
+    keys = sorted(r[0] for r in Store(store, read_only=True).con.execute("SELECT key FROM cache").fetchall())
+    out = cli("cache", "compact", "--store", str(store), "--json", cwd=tmp)
+    sizes = json.loads(out.stdout)
+    assert sizes["file_bytes_after"] < sizes["file_bytes_before"]
+    with Store(store, read_only=True) as st:
+        assert sorted(r[0] for r in st._rows("SELECT key FROM cache")) == keys
+        assert st._scalar("SELECT count(*) FROM cache_forgotten") == 24
     again = cli("cache", "forget", "--store", str(store), "--run", fa, "--yes", cwd=tmp)
     assert again.returncode == 0 and "0 cache rows" in again.stdout and "nothing changed" in again.stdout
 
@@ -256,3 +263,34 @@ def test_forget_asks_on_a_terminal(tmp_path, seeds_file):
     assert out.returncode == 0 and "forgot 8 cache rows" in out.stdout, out
     with Store(store, read_only=True) as st:
         assert st.count_cache() == 0 and st._scalar("SELECT count(*) FROM records") == 8
+
+
+def test_a_compaction_that_fails_leaves_the_store_as_it_was(tmp_path, seeds_file, monkeypatch):
+    import errno
+    import os
+
+    from factory.errors import StoreError
+    from factory.store import compact as compact_mod
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"name: c\nrecipe: rationales\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\n"
+        "teacher: scripted:x\nparams: {k: 1}\n"
+    )
+    asyncio.run(
+        api.run_async(
+            api.prepare(cfg), teacher=ScriptedTeacher("scripted:x", "x", {"default": "a. The answer is 1."})
+        )
+    )
+    store = tmp_path / "s.duckdb"
+    before = sha(store)
+
+    def full(*_a):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(compact_mod.os, "replace", full)
+    with pytest.raises(StoreError, match=r"No space left on device.*The store is as it was"):
+        compact_mod.compact(Store(store))
+    assert sha(store) == before and not [n for n in os.listdir(tmp_path) if ".compact-" in n]
+    with Store(store, read_only=True) as st:
+        assert st.count_cache() == 8
