@@ -9,7 +9,7 @@ from typing import Any
 
 from factory.errors import ConfigError, StoreError
 
-SELECTOR_FLAGS = "--run, --teacher, --status, --kind, --failed-only or --older-than"
+SELECTOR_FLAGS = "--run, --teacher, --status, --error, --failed-only or --older-than"
 
 
 def _human(n: int) -> str:
@@ -43,7 +43,7 @@ def _selector(args: argparse.Namespace, st: Any) -> Any:
             print(f"note: {found.note}", file=sys.stderr)
         run_id = found.id
     sel = Selector(
-        run_id=run_id, teacher=args.teacher, status=args.status, kind=args.kind, failed=args.failed,
+        run_id=run_id, teacher=args.teacher, status=args.status, error=args.error, failed=args.failed,
         older_than_s=parse_age(args.older_than) if args.older_than is not None else None,
     )  # fmt: skip
     check_selector(st, sel)
@@ -112,7 +112,7 @@ def cmd_cache_forget(args: argparse.Namespace) -> int:
     from factory.store.compact import compact
 
     if not (
-        args.run or args.teacher or args.status or args.kind or args.failed or args.older_than is not None
+        args.run or args.teacher or args.status or args.error or args.failed or args.older_than is not None
     ):
         raise ConfigError(
             f"cache forget: give at least one of {SELECTOR_FLAGS} (to forget every row: --older-than 0s)"
@@ -180,7 +180,9 @@ def cmd_cache_compact(args: argparse.Namespace) -> int:
 
 
 def add_cache_parser(sub: Any) -> None:
-    c = sub.add_parser("cache", help="the request cache: stats, ls, forget (rows are then asked again), compact")
+    c = sub.add_parser(
+        "cache", help="the request cache: stats, ls, forget (rows are then asked again), compact"
+    )
     csub = c.add_subparsers(dest="cache_command", required=True, metavar="stats|ls|forget|compact")
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -193,7 +195,7 @@ def add_cache_parser(sub: Any) -> None:
         p.add_argument("--teacher", help="rows of this teacher name (as `factory cache stats` lists them)")
         p.add_argument("--status", help="rows of this status (ok, rejected)")
         p.add_argument(
-            "--kind", help="rows behind final failures of this kind (as `factory status` lists them)"
+            "--error", metavar="TEXT", help="rows whose stored error holds TEXT (any case), e.g. 401"
         )
         p.add_argument(
             failed_flag, dest="failed", action="store_true", help="only rows that are not ok answers"

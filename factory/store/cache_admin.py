@@ -45,18 +45,18 @@ AGE_ORDER = ("< 1 day", "1-7 days", "7-30 days", "30-90 days", "> 90 days")
 @dataclass(frozen=True, slots=True)
 class Selector:
     """Which cache rows: all conditions given must hold. ``run_id``: the rows the run stored, its records
-    name or its failures name (also those served to it from the cache). ``kind``: rows behind failures of
-    that kind (as `factory status` counts them). ``failed``: every row that is not an ``ok`` answer."""
+    name or its failures name (also those served to it from the cache). ``error``: rows whose stored error
+    holds this text (any case). ``failed``: every row that is not an ``ok`` answer."""
 
     run_id: str | None = None
     teacher: str | None = None
     status: str | None = None
-    kind: str | None = None
+    error: str | None = None
     failed: bool = False
     older_than_s: float | None = None
 
     def empty(self) -> bool:
-        return not (self.run_id or self.teacher or self.status or self.kind or self.failed) and (
+        return not (self.run_id or self.teacher or self.status or self.error or self.failed) and (
             self.older_than_s is None
         )
 
@@ -75,9 +75,9 @@ class Selector:
         if self.status is not None:
             conds.append("c.status = ?")
             params.append(self.status)
-        if self.kind is not None:
-            conds.append("c.key IN (SELECT key FROM failures WHERE kind = ?)")
-            params.append(self.kind)
+        if self.error is not None:
+            conds.append("contains(lower(coalesce(c.error, '')), lower(?))")
+            params.append(self.error)
         if self.failed:
             conds.append("c.status <> 'ok'")
         if self.older_than_s is not None:
@@ -87,18 +87,17 @@ class Selector:
 
 
 def check_selector(store: Store, sel: Selector) -> None:
-    """A teacher, status or kind that no row has is a typo until shown otherwise: name what there is."""
-    for what, value, sql in (
-        ("--teacher", sel.teacher, "SELECT DISTINCT teacher FROM cache ORDER BY 1"),
-        ("--status", sel.status, "SELECT DISTINCT status FROM cache ORDER BY 1"),
-        ("--kind", sel.kind, "SELECT DISTINCT kind FROM failures ORDER BY 1"),
+    """A teacher or status that no row has is a typo until shown otherwise: name what there is."""
+    for what, value, sql, holder in (
+        ("--teacher", sel.teacher, "SELECT DISTINCT teacher FROM cache ORDER BY 1", "no cache row has it"),
+        ("--status", sel.status, "SELECT DISTINCT status FROM cache ORDER BY 1", "no cache row has it"),
     ):
         if value is None:
             continue
         known = [str(r[0]) for r in store._rows(sql)]
         if value not in known:
             raise ConfigError(
-                f"{what} {value!r}: no cache row has it in {store.path}; there are: {', '.join(known) or 'none'}"
+                f"{what} {value!r}: {holder} in {store.path}; there are: {', '.join(known) or 'none'}"
             )
 
 
@@ -214,7 +213,7 @@ def forget(store: Store, sel: Selector) -> Forgotten:
         raise StoreError(f"the store {store.path} is open read-only; forgetting needs it writable")
     if sel.empty():
         raise ConfigError(
-            "forget: give a selector (--run, --teacher, --status, --kind, --failed-only, --older-than)"
+            "forget: give a selector (--run, --teacher, --status, --error, --failed-only, --older-than)"
         )
     con = store.con
     where, params = sel.where()
