@@ -121,6 +121,14 @@ def cmd_cache_forget(args: argparse.Namespace) -> int:
         sel = _selector(args, st)
         plan = count_selected(st, sel)
         where = st.path
+        failed_seeds = 0
+        if sel.run_id is not None and not sel.failed:
+            failed_seeds = int(st._scalar("SELECT count(*) FROM failures WHERE run_id = ?", [sel.run_id]))
+    if failed_seeds:
+        # A failed seed's failure row names one request; its other rejected requests may be cached too.
+        print(f"note: the run has {failed_seeds:,} failed seeds; each failure names one request, and a seed's "
+              "other requests may be cached rejections that another run stored: --failed-only without --run "
+              "(narrowed by --teacher T) selects every cached rejection", file=sys.stderr)  # fmt: skip
     out: dict[str, Any] = {"store": str(where), "dry_run": True, **plan}
     if not args.json:
         print(f"{plan['rows']:,} cache rows ({_human(plan['bytes'])} of text) match in {where}")
