@@ -126,7 +126,7 @@ def cmd_cache_forget(args: argparse.Namespace) -> int:
             failed_seeds = int(st._scalar("SELECT count(*) FROM failures WHERE run_id = ?", [sel.run_id]))
     if failed_seeds:
         # A failed seed's failure row names one request; its other rejected requests may be cached too.
-        print(f"note: the run has {failed_seeds:,} failed seeds; each failure names one request, and a seed's "
+        print(f"note: the run has {failed_seeds:,} failed seed{'s' if failed_seeds != 1 else ''}; each failure names one request, and a seed's "
               "other requests may be cached rejections that another run stored: --failed-only without --run "
               "(narrowed by --teacher T) selects every cached rejection", file=sys.stderr)  # fmt: skip
     out: dict[str, Any] = {"store": str(where), "dry_run": True, **plan}
