@@ -21,11 +21,27 @@ from factory.testing.fault_server import FaultConfig, serve_in_thread
 KEY_ENV = "FACTORY_CACHE_TEST_KEY"
 
 
-def cli(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def cli_process(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "factory.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120,
         input=stdin,
     )  # fmt: skip
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """The `factory` command's entry point in this process: the same parser, commands and error boundary as
+    `python -m factory.cli` (used above where a separate process matters), without its start-up per call."""
+    from factory.cli import main
+
+    def call(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        rc = main(list(args))
+        got = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), rc, got.out, got.err)
+
+    return call
 
 
 def sha(p: Path) -> str:
@@ -67,7 +83,7 @@ def two_teachers(tmp_path, monkeypatch):
         yield tmp_path, srv, fa, fb
 
 
-def test_stats_and_ls_count_the_rows(two_teachers):
+def test_stats_and_ls_count_the_rows(two_teachers, cli):
     tmp, _srv, fa, fb = two_teachers
     store = tmp / "st" / "store.duckdb"
     out = cli("cache", "stats", "--config", "fa.yaml", "--json", cwd=tmp)
@@ -97,7 +113,7 @@ def test_stats_and_ls_count_the_rows(two_teachers):
     assert json.loads(cli("cache", "ls", "--config", "fa.yaml", "--failed", "--json", cwd=tmp).stdout) == []
 
 
-def test_forget_by_teacher_dry_run_then_yes_and_a_rerun_resends_exactly_those(two_teachers):
+def test_forget_by_teacher_dry_run_then_yes_and_a_rerun_resends_exactly_those(two_teachers, cli):
     tmp, srv, _fa, fb = two_teachers
     store = tmp / "st" / "store.duckdb"
     assert cli("export", "fb", "--config", "fb.yaml", "--out", "before", cwd=tmp).returncode == 0
@@ -117,7 +133,9 @@ def test_forget_by_teacher_dry_run_then_yes_and_a_rerun_resends_exactly_those(tw
         in (dry.stdout)
     )
     assert sha(store) == before  # the dry run wrote nothing
-    no = cli("cache", "forget", "--config", "fb.yaml", "--teacher", m2, "--json", cwd=tmp, stdin="y\n")
+    no = cli_process(
+        "cache", "forget", "--config", "fb.yaml", "--teacher", m2, "--json", cwd=tmp, stdin="y\n"
+    )
     assert json.loads(no.stdout)["dry_run"] is True and sha(store) == before  # --json never asks
 
     store.with_name(store.name + ".compact-4194304").write_bytes(b"left by a killed compaction")
@@ -150,7 +168,7 @@ def test_forget_by_teacher_dry_run_then_yes_and_a_rerun_resends_exactly_those(tw
         assert st.teacher_usage(fb)[0]["requests"] == 12 and st.count_cache(m2) == 12
 
 
-def test_forget_by_run_removes_exactly_its_rows(two_teachers):
+def test_forget_by_run_removes_exactly_its_rows(two_teachers, cli):
     tmp, _srv, fa, fb = two_teachers
     store = tmp / "st" / "store.duckdb"
     with Store(store, read_only=True) as st:
@@ -183,7 +201,7 @@ def test_forget_by_run_removes_exactly_its_rows(two_teachers):
     assert again.returncode == 0 and "0 cache rows" in again.stdout and "nothing changed" in again.stdout
 
 
-def test_forget_failed_only_and_the_rerun_asks_exactly_the_failed_requests(tmp_path, seeds_file):
+def test_forget_failed_only_and_the_rerun_asks_exactly_the_failed_requests(tmp_path, seeds_file, cli):
     cfg = tmp_path / "rej.yaml"
     cfg.write_text(
         f"name: rej\nrecipe: rationales\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\n"
@@ -213,7 +231,7 @@ def test_forget_failed_only_and_the_rerun_asks_exactly_the_failed_requests(tmp_p
     assert all("Maya" in r.messages[-1]["content"] for r in t.calls)
 
 
-def test_forget_refuses_without_a_selector_or_with_an_unknown_one(two_teachers):
+def test_forget_refuses_without_a_selector_or_with_an_unknown_one(two_teachers, cli):
     tmp, _srv, _fa, _fb = two_teachers
     store = tmp / "st" / "store.duckdb"
     before = sha(store)

@@ -17,10 +17,20 @@ from factory import api
 from factory.teachers.scripted import ScriptedTeacher
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "factory.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120
-    )
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """The `factory` command's entry point, in this process (the same parser, commands and error boundary as
+    `python -m factory.cli`, without a second of imports per call)."""
+    from factory.cli import main
+
+    def call(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        rc = main(list(args))
+        got = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), rc, got.out, got.err)
+
+    return call
 
 
 def make_run(proj: Path, name: str, k: int = 2, file: str | None = None) -> str:
@@ -53,7 +63,7 @@ def status_id(out: subprocess.CompletedProcess[str]) -> str:
     return str(json.loads(out.stdout)["id"])
 
 
-def test_exact_name_wins_over_a_longer_name_it_begins(runs):
+def test_exact_name_wins_over_a_longer_name_it_begins(runs, cli):
     proj, _, ids = runs
     store = str(proj / "st" / "store.duckdb")
     assert ids["ok-v2"].startswith("ok-")  # "ok-" begins both ids, and "ok" both names
@@ -63,7 +73,7 @@ def test_exact_name_wins_over_a_longer_name_it_begins(runs):
     assert status_id(cli("status", ids["ok-v2"], "--store", store, "--json", cwd=proj)) == ids["ok-v2"]
 
 
-def test_an_ambiguous_prefix_is_exit_2_listing_the_candidates(runs):
+def test_an_ambiguous_prefix_is_exit_2_listing_the_candidates(runs, cli):
     proj, _, ids = runs
     store = proj / "st" / "store.duckdb"
     before = hashlib.sha256(store.read_bytes()).hexdigest()
@@ -81,7 +91,7 @@ def test_an_ambiguous_prefix_is_exit_2_listing_the_candidates(runs):
     assert status_id(cli("status", ids["m8a"][:5], "--store", str(store), "--json", cwd=proj)) == ids["m8a"]
 
 
-def test_a_shared_name_and_no_run_pick_the_latest_with_a_note(runs):
+def test_a_shared_name_and_no_run_pick_the_latest_with_a_note(runs, cli):
     proj, _, ids = runs
     store = str(proj / "st" / "store.duckdb")
     newer = make_run(proj, "ok", k=3, file="ok3.yaml")  # same name, other params: another run
@@ -94,7 +104,7 @@ def test_a_shared_name_and_no_run_pick_the_latest_with_a_note(runs):
     assert status_id(out) == newer and "no RUN given: using the latest of the 5 runs" in out.stderr
 
 
-def test_config_finds_its_store_and_run(runs):
+def test_config_finds_its_store_and_run(runs, cli):
     proj, elsewhere, ids = runs
     cfg = str(proj / "ok-v2.yaml")
     # without --store or --config the default store is searched, and the message says so
@@ -121,7 +131,7 @@ def test_config_finds_its_store_and_run(runs):
     assert "--store PATH or --config CONFIG.yaml" in out.stderr
 
 
-def test_view_takes_the_config(runs):
+def test_view_takes_the_config(runs, cli):
     proj, elsewhere, ids = runs
     proc = subprocess.Popen(
         [sys.executable, "-m", "factory.cli", "view", "--config", str(proj / "m8c.yaml"), "--port", "0"],
