@@ -142,16 +142,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store_for(args: argparse.Namespace, *, write: bool = False) -> Any:
-    from factory.config import DEFAULT_STORE
+def _store_for(args: argparse.Namespace, *, write: bool = False, run_attr: str = "run") -> Any:
+    """The store a command reads (``--store``, else ``--config``'s store:, else $FACTORY_STORE, else the
+    default), opened; ``args.<run_attr>`` becomes the RUN to resolve (a config's name when none is given)."""
+    from factory.locate import locate, missing_store_message
     from factory.store import Store
 
-    path = Path(args.store or os.environ.get("FACTORY_STORE", DEFAULT_STORE))
-    if not path.exists():
-        raise ConfigError(
-            f"--store: no store at {path}; run `factory run CONFIG.yaml` first, or pass --store PATH"
-        )
-    return Store(path, read_only=not write)
+    loc = locate(store=args.store, config=getattr(args, "config", None), run=getattr(args, run_attr, None))
+    if not loc.store.exists():
+        raise ConfigError(missing_store_message(loc))
+    if hasattr(args, run_attr):
+        setattr(args, run_attr, loc.run)
+    args.config_path = loc.config
+    return Store(loc.store, read_only=not write)
+
+
+def _resolve(st: Any, run: str | None) -> str:
+    """The run id RUN names; a note on stderr when another run could have been meant."""
+    from factory.store.runs import resolve_run
+
+    found = resolve_run(st, run)
+    if found.note:
+        print(f"note: {found.note}", file=sys.stderr)
+    return found.id
 
 
 def _print_funnel(f: dict[str, Any]) -> None:
@@ -163,8 +176,11 @@ def _print_funnel(f: dict[str, Any]) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from factory.locate import is_config_path
+
+    list_all = args.all and (args.run is None or args.config is not None or is_config_path(args.run))
     with _store_for(args) as st:
-        if args.run is None and args.all:
+        if list_all:
             runs = st.runs()
             if args.json:
                 print(
@@ -179,7 +195,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 for r in runs:
                     print(f"{r['id']:<40} {r['recipe']:<14} {r['status']:<12} {r['teacher']}")
             return 0
-        run_id = st.resolve_run(args.run)
+        run_id = _resolve(st, args.run)
         s = st.run_summary(run_id)
         drops = st.verdict_counts(run_id)
         s["funnel"] = st.funnel(run_id)
@@ -215,9 +231,9 @@ def cmd_filter(args: argparse.Namespace) -> int:
     from factory.curation import parse_steps
 
     with _store_for(args, write=True) as st:
-        run_id = st.resolve_run(args.run)
-        if args.config:
-            items, where = load_config(args.config).filters, f"{args.config}: filters"
+        run_id = _resolve(st, args.run)
+        if args.config_path:
+            items, where = load_config(args.config_path).filters, f"{args.config_path}: filters"
         else:
             items, where = st.run_config(run_id).get("filters") or [], "the run's config: filters"
         steps = parse_steps(items, args.set, where=where)
@@ -262,7 +278,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from factory.report import write_report
 
     with _store_for(args) as st:
-        run_id = st.resolve_run(args.run)
+        run_id = _resolve(st, args.run)
         out = Path(args.out) if args.out else Path("out") / f"{st.run_summary(run_id)['name']}-report.html"
         res = write_report(st, run_id, out, map_points=args.map_points)
     for note in res.notes:
@@ -275,18 +291,26 @@ def cmd_view(args: argparse.Namespace) -> int:
     import asyncio
     import contextlib
 
-    from factory.config import DEFAULT_STORE
+    from factory.locate import is_config_path, locate, missing_store_message
     from factory.view import serve
 
-    path = Path(args.store_path or args.store or os.environ.get("FACTORY_STORE", DEFAULT_STORE))
+    if is_config_path(args.store_path):  # `factory view run.yaml`: the store and run the config names
+        if args.config:
+            raise ConfigError(f"STORE {args.store_path} is a config file and --config is given too; give one")
+        args.config, args.store_path = args.store_path, None
+    if args.store_path and args.store and args.store_path != args.store:
+        raise ConfigError(f"STORE {args.store_path} and --store {args.store}: give one of them")
+    flag = "STORE" if args.store_path else "--store"
+    loc = locate(store=args.store_path or args.store, config=args.config, run=args.run, store_flag=flag)
+    path = loc.store
     if not path.is_file():
-        raise ConfigError(f"STORE: no store at {path}; run `factory run CONFIG.yaml` first, or give its path")
+        raise ConfigError(missing_store_message(loc))
 
     def ready(url: str) -> None:
         print(f"serving {path} read-only at {url} (Ctrl+C stops)", flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl+C during the clean-up
-        asyncio.run(serve(path, port=args.port, run=args.run, on_ready=ready))
+        asyncio.run(serve(path, port=args.port, run=loc.run, on_ready=ready))
     print("stopped", file=sys.stderr)
     return 0
 
@@ -315,7 +339,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from factory.export import export_configured
 
     with _store_for(args) as st:
-        run_id = st.resolve_run(args.run)
+        run_id = _resolve(st, args.run)
         res = export_configured(
             st, run_id, args.out, overwrite=args.overwrite, fmt=args.format, shape=args.shape,
             stage=args.stage, split_by=args.split_by, max_shard_mb=args.max_shard_mb, slim=args.slim,
@@ -379,16 +403,23 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_push(args: argparse.Namespace) -> int:
     from factory import hub
+    from factory.locate import is_config_path
 
-    # A run name never holds a slash, so a path with one (or an existing folder) is the export itself.
-    if Path(args.target).is_dir() or "/" in args.target or os.sep in args.target:
+    # A run name never holds a slash, so a path with one (or an existing folder) is the export itself;
+    # a run config file (or --config) names a run and its store.
+    if args.target is None and args.config is None:
+        raise ConfigError("RUN|DIR: give an export folder, a run, or --config CONFIG.yaml")
+    t = args.target
+    if t is not None and not is_config_path(t) and (Path(t).is_dir() or "/" in t or os.sep in t):
         if args.out:
             raise ConfigError("--out: only with a run; TARGET is already an export folder")
+        if args.config:
+            raise ConfigError("--config: only with a run; TARGET is already an export folder")
         res = hub.push_folder(Path(args.target), args.repo_id, private=args.private)
     else:
-        with _store_for(args) as st:
+        with _store_for(args, run_attr="target") as st:
             out = Path(args.out) if args.out else None
-            run_id = st.resolve_run(args.target)
+            run_id = _resolve(st, args.target)
             exported, res = hub.push_run(st, run_id, args.repo_id, out=out, private=args.private)
         print(f"exported {exported.rows} records to {exported.out}")
     visibility = "private" if res.private else "public"
@@ -533,6 +564,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+RUN_HELP = "run id, name, unique prefix of either, or a run config file (default: the latest run)"
+CONFIG_HELP = "the run config: its store: (unless --store) and its run, by name (unless RUN)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="factory", description="Synthetic dataset factory for LLM distillation.")
     p.add_argument("--version", action="version", version=f"factory {__version__}")
@@ -561,9 +596,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("status", help="show a run: records, requests, cache hits, failures by kind")
-    s.add_argument("run", nargs="?", help="run id, id prefix or name (default: the latest run)")
+    s.add_argument("run", nargs="?", help=RUN_HELP)
     s.add_argument("--store", help="DuckDB store path")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--config", metavar="CONFIG.yaml", help=CONFIG_HELP)
     s.add_argument("--all", action="store_true", help="list every run in the store")
     s.add_argument(
         "--diversity", action="store_true", help="also measure the curated set's diversity (loads MiniLM)"
@@ -571,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_status)
 
     e = sub.add_parser("export", help="write the curated records of a run")
-    e.add_argument("run", nargs="?", help="run id, id prefix or name (default: the latest run)")
+    e.add_argument("run", nargs="?", help=RUN_HELP)
     e.add_argument("--out", help="output folder (default: the config's export.out, else out/RUN_NAME)")
     e.add_argument(
         "--format", choices=["hf", "parquet", "jsonl"], help="default: the config's export.format, else hf"
@@ -589,6 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-shard-mb", type=float, help="largest parquet shard of an hf export (default 256)")
     e.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     e.add_argument("--store", help="DuckDB store path")
+    e.add_argument("--config", metavar="CONFIG.yaml", help=CONFIG_HELP)
     e.add_argument("--slim", action="store_true", help="drop lineage columns")
     e.add_argument(
         "--include-rejected", action="store_true", help="all records, with the reasons they were dropped"
@@ -596,18 +633,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=cmd_export)
 
     pu = sub.add_parser("push", help="publish an export (or export a run first) to the Hugging Face Hub")
-    pu.add_argument("target", metavar="RUN|DIR", help="an export folder (format hf), or a run id or name")
+    pu.add_argument("target", nargs="?", metavar="RUN|DIR",
+                    help="an export folder (format hf), or a run id, name, prefix or config file")  # fmt: skip
     pu.add_argument("--repo-id", required=True, metavar="OWNER/NAME", help="the dataset repo on the Hub")
     pu.add_argument("--private", action="store_true", help="create the repo private (refuses a public one)")
     pu.add_argument("--out", help="with a RUN: export here (default: the config's export.out, else out/NAME)")
     pu.add_argument("--store", help="DuckDB store path (with a RUN)")
+    pu.add_argument("--config", metavar="CONFIG.yaml", help=CONFIG_HELP)
     pu.set_defaults(fn=cmd_push)
 
     f = sub.add_parser("filter", help="apply a run's filters again (new thresholds use stored scores)")
-    f.add_argument("run", nargs="?", help="run id, id prefix or name (default: the latest run)")
+    f.add_argument("run", nargs="?", help=RUN_HELP)
     f.add_argument("--set", action="append", default=[], metavar="FILTER.PARAM=VALUE",
                    help="override a filter param, e.g. --set agreement.min_vote_share=0.75 (repeatable)")  # fmt: skip
-    f.add_argument("--config", help="take the filter list from this run config instead of the stored one")
+    f.add_argument("--config", metavar="CONFIG.yaml",
+                   help="the run config: its store, its run (by name) and its filter list instead of the stored one")  # fmt: skip
     f.add_argument("--store", help="DuckDB store path")
     f.add_argument("--json", action="store_true", help="machine-readable output")
     f.set_defaults(fn=cmd_filter)
@@ -615,15 +655,17 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("why", help="why a record is (not) in the curated set: its verdicts")
     w.add_argument("record", help="record id (or a unique prefix)")
     w.add_argument("--store", help="DuckDB store path")
+    w.add_argument("--config", metavar="CONFIG.yaml", help=CONFIG_HELP)
     w.add_argument("--json", action="store_true", help="machine-readable output")
     w.set_defaults(fn=cmd_why)
 
     rp = sub.add_parser("report", help="write a run's report: one self-contained HTML page of charts")
-    rp.add_argument("run", nargs="?", help="run id, id prefix or name (default: the latest run)")
+    rp.add_argument("run", nargs="?", help=RUN_HELP)
     rp.add_argument("--out", help="the HTML file to write (default: out/RUN_NAME-report.html)")
     rp.add_argument("--map-points", type=int, default=1500, metavar="N",
                     help="records on the embedding map (default 1500; 0: no map)")  # fmt: skip
     rp.add_argument("--store", help="DuckDB store path")
+    rp.add_argument("--config", metavar="CONFIG.yaml", help=CONFIG_HELP)
     rp.set_defaults(fn=cmd_report)
 
     vw = sub.add_parser("view", help="browse a store's records in a local read-only web page")
@@ -631,6 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
         "store_path", nargs="?", metavar="STORE", help="DuckDB store (default: --store, else the default)"
     )
     vw.add_argument("--store", help="DuckDB store path (same as STORE)")
+    vw.add_argument("--config", metavar="CONFIG.yaml", help=CONFIG_HELP)
     vw.add_argument(
         "--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0: any free port)"
     )
@@ -692,6 +735,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     dr.add_argument("--json", action="store_true", help="machine-readable output")
     dr.set_defaults(fn=cmd_doctor)
+    from factory.cli_cache import add_cache_parser
+
+    add_cache_parser(sub)
 
     t = sub.add_parser("teachers", help="list teacher backends and whether their engines are installed")
     t.set_defaults(fn=cmd_teachers)

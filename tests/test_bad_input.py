@@ -88,9 +88,19 @@ def test_missing_config_file(tmp_path):
     assert out.returncode == 2 and "config file nope.yaml not found" in out.stderr
 
 
-def test_unknown_run_in_status(tmp_path, store_with_run):
-    out = factory_cli("status", "zzz", "--store", str(store_with_run), cwd=tmp_path)
-    assert out.returncode != 0 and "no run 'zzz'" in out.stderr and "known runs: ok-" in out.stderr
+@pytest.mark.parametrize("command", ["status", "export", "report", "filter", "cache-ls"])
+def test_unknown_run(command, tmp_path, store_with_run):
+    """Exit 2 naming the store searched, the runs it holds and how to look elsewhere; nothing changes."""
+    before = _digest(store_with_run)
+    args = ["cache", "ls", "--run", "zzz"] if command == "cache-ls" else [command, "zzz"]
+    out = factory_cli(*args, "--store", str(store_with_run), cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: no run 'zzz' in {store_with_run}")
+    assert (
+        "known runs: ok-" in lines[0] and "(ok, updated " in lines[0] and "--config CONFIG.yaml" in lines[0]
+    )
+    assert _digest(store_with_run) == before and not (tmp_path / "out").exists()
 
 
 def test_bad_cli_flag(tmp_path):
@@ -179,3 +189,28 @@ def test_the_readme_exit_code_table_matches_the_code():
     assert named <= set(classes), named - set(classes)  # no class the code does not have
     assert {0, cli.EXIT_INTERRUPTED, cli.EXIT_CLOSED_PIPE, 2} <= set(rows)
     assert set(rows) == {0, cli.EXIT_INTERRUPTED, cli.EXIT_CLOSED_PIPE, *classes.values()}
+
+
+def test_a_run_prefix_of_several_runs_is_refused(tmp_path, store_with_run):
+    """`export ok` once exported `ok-v2-…`: an exact name wins, and a prefix of two runs is exit 2 naming both."""
+    import asyncio
+
+    from factory import api
+    from factory.teachers.scripted import ScriptedTeacher
+
+    cfg = tmp_path / "ok-v2.yaml"
+    cfg.write_text((tmp_path / "ok.yaml").read_text().replace("name: ok\n", "name: ok-v2\n"))
+    asyncio.run(
+        api.run_async(
+            api.prepare(cfg), teacher=ScriptedTeacher("scripted:x", "x", {"default": "y. The answer is 2."})
+        )
+    )
+    store = str(store_with_run)
+    out = factory_cli("export", "ok", "--store", store, "--out", "o", "--format", "jsonl", cwd=tmp_path)
+    assert out.returncode == 0 and " of ok-" in out.stdout and "ok-v2" not in out.stdout, out.stderr
+    before = _digest(store_with_run)
+    out = factory_cli("export", "ok-", "--store", store, "--out", "o2", cwd=tmp_path)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1 and "RUN 'ok-' is ambiguous" in lines[0]
+    assert "(ok, updated " in lines[0] and "(ok-v2, updated " in lines[0] and "Traceback" not in out.stderr
+    assert _digest(store_with_run) == before and not (tmp_path / "o2").exists()

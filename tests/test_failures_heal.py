@@ -198,7 +198,7 @@ def test_retry_failed_asks_a_cached_rejection_again(tmp_path):
         t = ScriptedTeacher("scripted:x", "x", {"fn": fn})
         return asyncio.run(api.run_async(api.prepare(cfg), teacher=t, **kw)), t
 
-    too_long = (lambda r: None if first_q in r.messages[-1]["content"] else "x. The answer is 1.")  # noqa: E731
+    too_long = lambda r: None if first_q in r.messages[-1]["content"] else "x. The answer is 1."  # noqa: E731
     res, _ = run(too_long)
     assert res.status == "incomplete"
     res, t = run(lambda r: "x. The answer is 1.")  # the rejection is cached: a plain re-run does not ask
@@ -253,7 +253,11 @@ def _ask(url: str, **options):
 
 
 def _completion(content, finish_reason="stop") -> bytes:
-    choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": content},
+        "finish_reason": finish_reason,
+    }
     return orjson.dumps({"choices": [choice], "usage": {"prompt_tokens": 3, "completion_tokens": 8}})
 
 

@@ -23,5 +23,9 @@ def test_every_cli_command_is_documented_in_readme():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    for name in sub.choices:  # type: ignore[union-attr]
+    for name, parser in sub.choices.items():  # type: ignore[union-attr]
         assert f"factory {name}" in readme, f"`factory {name}` is not documented in README.md"
+        for a in parser._actions:  # commands with their own subcommands: `factory cache stats` ...
+            if isinstance(a.choices, dict) and a.dest.endswith("command"):
+                for inner in a.choices:
+                    assert f"factory {name} {inner}" in readme, f"`factory {name} {inner}` is not documented"

@@ -393,3 +393,16 @@ def test_the_fake_hub_answers_the_clients_other_calls(export, tmp_path):
         assert got["info"] == ["RepoFile:README.md", "RepoFolder:data"]
         assert got["top"] == [".gitattributes", "README.md", "data", "funnel.svg"]
         assert got["card"] == (export / "README.md").read_text(encoding="utf-8")
+
+
+def test_a_run_config_names_the_run_and_its_store(made, hub, tmp_path):
+    """`--config` (or the config file as RUN) finds the store the config names, from any folder."""
+    cfg = made["store"].parent / f"{LICENSED}.yaml"
+    env = _env(tmp_path, hub.endpoint)
+    res = _cli("push", "--config", str(cfg), "--repo-id", "me/bycfg", "--out", "o1", env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert f"exported 16 records to {tmp_path / 'o1'}" in res.stdout and "pushed " in res.stdout
+    res = _cli("push", str(cfg), "--repo-id", "me/bycfg", "--out", "o2", env=env, cwd=tmp_path)
+    assert res.returncode == 0 and "already holds this export; no commit made" in res.stdout, res.stderr
+    res = _cli("push", "--repo-id", "me/bycfg", env=env, cwd=tmp_path)
+    assert res.returncode == 2 and "RUN|DIR: give an export folder, a run, or --config" in res.stderr

@@ -22,8 +22,9 @@ def test_migrations_run_once_and_tables_exist(tmp_path):
         names = {r[0] for r in st.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         applied = st.con.execute("SELECT name FROM _migrations").fetchall()
     assert {"runs", "cache", "records", "verdicts", "seeds_done", "failures", "run_stats"} <= names
+    assert "cache_forgotten" in names
     assert applied[:3] == [("m001_initial",), ("m002_filter_passes",), ("m003_key_format",)]
-    assert applied == [(fn.__name__,) for fn in MIGRATIONS]
+    assert applied == [(fn.__name__,) for fn in MIGRATIONS] and ("m005_cache_forgotten",) in applied
 
 
 def test_commit_is_idempotent(tmp_path):

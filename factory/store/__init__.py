@@ -22,6 +22,7 @@ import pyarrow as pa
 from factory.errors import ConfigError, StoreError, StoreInUse
 from factory.outputs import ensure_folder
 from factory.store import doctor, keyformat
+from factory.store.cache_admin import ANSWERS
 from factory.store.journal import BadLine, Journal, journal_dir, read_segments
 from factory.store.migrations import migrate, pending_migrations
 
@@ -433,23 +434,11 @@ class Store:
         )
 
     def resolve_run(self, run: str | None) -> str:
-        """A run id from an id, a unique id prefix, a run name (latest), or None (the latest run)."""
-        if run is None:
-            latest = self._scalar("SELECT id FROM runs ORDER BY updated_at DESC LIMIT 1")
-            if latest is None:
-                raise ConfigError(
-                    f"the store {self.path} holds no runs yet: start one with `factory run CONFIG.yaml`"
-                )
-            return str(latest)
-        found = self._scalar(
-            "SELECT id FROM runs WHERE id = ? OR name = ? OR starts_with(id, ?) "
-            "ORDER BY (id = ?) DESC, updated_at DESC LIMIT 1",
-            [run, run, run, run],
-        )
-        if found is None:
-            known = ", ".join(r["id"] for r in self.runs()[:10]) or "none"
-            raise ConfigError(f"no run {run!r} in {self.path}; known runs: {known}")
-        return str(found)
+        """A run id from an exact id, an exact name (its latest run), a prefix of exactly one run's id or
+        name, or None (the latest run); see :mod:`factory.store.runs`."""
+        from factory.store.runs import resolve_run
+
+        return resolve_run(self, run).id
 
     def run_summary(self, run_id: str) -> dict[str, Any]:
         found = self._dicts(
@@ -768,9 +757,9 @@ class Store:
         this run or served from the cache. Per group: requests, seeded requests, tokens."""
         return self._dicts(
             "WITH k AS (SELECT DISTINCT unnest(request_keys) AS key FROM records WHERE run_id = ? "
-            "           UNION SELECT key FROM cache WHERE run_id = ?), "
+            f"           UNION SELECT key FROM {ANSWERS} a WHERE run_id = ?), "
             "c AS (SELECT c.teacher, c.request::JSON->'sampling' AS s, c.prompt_tokens, c.completion_tokens "
-            "      FROM cache c SEMI JOIN k ON c.key = k.key) "
+            f"      FROM {ANSWERS} c SEMI JOIN k ON c.key = k.key) "
             "SELECT teacher, s->>'temperature' AS temperature, s->>'top_p' AS top_p, "
             "s->>'max_tokens' AS max_tokens, count(*) AS requests, "
             "count(*) FILTER (WHERE s->>'seed' IS NOT NULL) AS seeded, "
@@ -819,8 +808,8 @@ class Store:
         rejected answers, tokens, and latency percentiles (ms) of the answers that recorded one."""
         return self._dicts(
             "WITH k AS (SELECT DISTINCT unnest(request_keys) AS key FROM records WHERE run_id = ? "
-            "           UNION SELECT key FROM cache WHERE run_id = ?), "
-            "c AS (SELECT c.* FROM cache c SEMI JOIN k ON c.key = k.key) "
+            f"           UNION SELECT key FROM {ANSWERS} a WHERE run_id = ?), "
+            f"c AS (SELECT c.* FROM {ANSWERS} c SEMI JOIN k ON c.key = k.key) "
             "SELECT teacher, count(*) AS requests, count(*) FILTER (WHERE status = 'ok') AS ok, "
             "count(*) FILTER (WHERE status <> 'ok') AS rejected, "
             "coalesce(sum(prompt_tokens), 0) AS prompt_tokens, "
@@ -837,8 +826,8 @@ class Store:
         """(teacher, error, answers) of the deterministic rejections behind the run, most first."""
         rows = self._rows(
             "WITH k AS (SELECT DISTINCT unnest(request_keys) AS key FROM records WHERE run_id = ? "
-            "           UNION SELECT key FROM cache WHERE run_id = ?) "
-            "SELECT teacher, coalesce(error, ''), count(*) FROM cache c SEMI JOIN k ON c.key = k.key "
+            f"           UNION SELECT key FROM {ANSWERS} a WHERE run_id = ?) "
+            f"SELECT teacher, coalesce(error, ''), count(*) FROM {ANSWERS} c SEMI JOIN k ON c.key = k.key "
             "WHERE status <> 'ok' GROUP BY ALL ORDER BY 3 DESC, 1, 2 LIMIT ?",
             [run_id, run_id, limit],
         )

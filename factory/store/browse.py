@@ -288,11 +288,15 @@ class Browser:
             [keys],
         )
         by_key = {a["key"]: a for a in found}
+        gone = [k for k in keys if k not in by_key]
+        forgotten = {r[0] for r in self.store._rows(
+            "SELECT key FROM cache_forgotten WHERE key IN (SELECT unnest(?::VARCHAR[]))", [gone]
+        )} if gone else set()  # fmt: skip
         out: list[dict[str, Any]] = []
         for k in keys:
             a = by_key.get(k)
             if a is None:
-                out.append({"key": k, "missing": True})
+                out.append({"key": k, "missing": True, "forgotten": k in forgotten})
                 continue
             try:
                 req = orjson.loads(a.pop("request"))

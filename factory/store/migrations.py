@@ -179,11 +179,35 @@ def m004_uncached_failures(con: duckdb.DuckDBPyConnection) -> None:
     log.warning("%d cached API refusals set aside: the next run asks those requests again", n)
 
 
+def m005_cache_forgotten(con: duckdb.DuckDBPyConnection) -> None:
+    """`factory cache forget` deletes cache rows (request and answer text) but keeps, per forgotten key, what
+    the cards and reports of the runs that used it count: teacher, status, the request's sampling (as
+    ``{"sampling": ...}`` JSON), tokens, latency, error, the run that stored it and when."""
+    con.execute(
+        """
+        CREATE TABLE cache_forgotten (
+            key VARCHAR PRIMARY KEY,
+            teacher VARCHAR NOT NULL,
+            status VARCHAR NOT NULL,
+            request VARCHAR,              -- {"sampling": ...} of the request, nothing else
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            latency_ms DOUBLE,
+            error VARCHAR,
+            run_id VARCHAR,
+            created_at TIMESTAMPTZ,
+            forgotten_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )
+        """
+    )
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     m001_initial,
     m002_filter_passes,
     m003_key_format,
     m004_uncached_failures,
+    m005_cache_forgotten,
 ]
 
 

@@ -180,7 +180,7 @@ function drawDetail(rec) {
       el("td", {}, v.keep ? "keep" : "drop"), el("td", {}, v.score === null ? "" : String(v.score)),
       el("td", {}, v.reason ?? ""), el("td", {}, v.detail === null ? "" : el("div", { class: "evidence" }, JSON.stringify(v.detail))))));
   const answers = rec.answers.map((a, i) => {
-    if (a.missing) return el("div", {}, el("h3", {}, `Request ${i + 1}`), el("p", { class: "muted" }, `answer ${a.key} is not in the cache`));
+    if (a.missing) return el("div", {}, el("h3", {}, `Request ${i + 1}`), el("p", { class: "muted" }, a.forgotten ? `answer ${a.key} was forgotten (factory cache forget); the record keeps its own text` : `answer ${a.key} is not in the cache`));
     return el("div", { class: "answer" },
       el("h3", {}, rec.answers.length > 1 ? `Prompt ${i + 1}` : "Prompt"),
       ...a.messages.map((m) => el("div", {}, el("div", { class: "role" }, m.role), el("pre", { class: "message" }, m.content))),
