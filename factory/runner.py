@@ -284,8 +284,7 @@ class Runner:
             return
         except TeacherMisconfigured as exc:  # wrong key, model or URL: no request can succeed
             if self._fatal is None:
-                self._fatal = exc
-                log.error("%s", exc)
+                self._fatal = exc  # the CLI shows it; a library caller gets it in Result.error
             self.stop("failed")
             return
         except TeacherError as exc:
