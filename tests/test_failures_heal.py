@@ -20,10 +20,11 @@ import pytest
 from conftest import SEEDS, write_config
 
 from factory import api
-from factory.errors import ConfigError, TeacherRejected, TeacherUnavailable
+from factory.errors import ConfigError, TeacherMisconfigured, TeacherRejected, TeacherUnavailable
 from factory.store import Store
 from factory.teachers import build_teacher
 from factory.teachers.api_errors import scrub, server_message
+from factory.teachers.http import Pool
 from factory.teachers.scripted import ScriptedTeacher
 from factory.testing.fault_server import FaultConfig, serve_in_thread
 from factory.types import Request, Sampling
@@ -125,10 +126,17 @@ def test_a_wrong_model_name_on_vllms_own_server(tmp_path, vllm_server):
         ("openai:m@http://127.0.0.1:9/v1/chat/completions", "ends in /chat/completions"),
         ("openai:m@http://alice:hunter2secret@127.0.0.1:9/v1", "carries credentials"),
         ("openai:m@http://127.0.0.1:99999/v1", "port from 1 to 65535"),
+        ("openai:m@http://127.0.0.1:0/v1", "port from 1 to 65535"),
+        ("openai:m@http://[::1/v1", "is malformed"),
+        ("openai:m@http://alice:hunter2secret@127.0.0.1:x/v1", "is malformed"),
+        ("openai:m@http://127.0.0.1:9/v1?api-version=1", "no ?query"),
+        ("openai:m@http://127.0.0.1:9/v1\\r\\nX-Injected: 1", "control character"),
     ],
 )
 def test_bad_teacher_urls_are_one_message_before_the_store_is_touched(tmp_path, spec, needle):
     cfg = _config(tmp_path, spec)
+    if "\\r" in spec:  # a YAML double-quoted scalar turns the escapes into a real CR LF
+        cfg.write_text(cfg.read_text().replace(f"'{spec}'", f'"{spec}"'))
     res = _cli("run", str(cfg))
     assert res.returncode == 2, res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
@@ -198,7 +206,7 @@ def test_retry_failed_asks_a_cached_rejection_again(tmp_path):
         t = ScriptedTeacher("scripted:x", "x", {"fn": fn})
         return asyncio.run(api.run_async(api.prepare(cfg), teacher=t, **kw)), t
 
-    too_long = (lambda r: None if first_q in r.messages[-1]["content"] else "x. The answer is 1.")  # noqa: E731
+    too_long = lambda r: None if first_q in r.messages[-1]["content"] else "x. The answer is 1."  # noqa: E731
     res, _ = run(too_long)
     assert res.status == "incomplete"
     res, t = run(lambda r: "x. The answer is 1.")  # the rejection is cached: a plain re-run does not ask
@@ -253,7 +261,11 @@ def _ask(url: str, **options):
 
 
 def _completion(content, finish_reason="stop") -> bytes:
-    choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": content},
+        "finish_reason": finish_reason,
+    }
     return orjson.dumps({"choices": [choice], "usage": {"prompt_tokens": 3, "completion_tokens": 8}})
 
 
@@ -292,3 +304,63 @@ def test_url_credentials_are_refused_by_the_library_too():
     with pytest.raises(ConfigError, match="api_key_env") as exc:
         build_teacher("openai:m@https://u:p4ssw0rd@example.invalid/v1")
     assert "p4ssw0rd" not in str(exc.value)
+
+
+def test_url_credentials_are_refused_before_a_cluster_run_stores_its_config(tmp_path):
+    """The driver of a cluster run stores the config before its workers build teachers: the URL is checked
+    first (and no cluster is started for it)."""
+    cfg = write_config(
+        tmp_path,
+        f"name: c\nrecipe: rationales\nseeds: {_seeds(tmp_path, 2)}\nstore: {tmp_path / 's.duckdb'}\n"
+        "teacher: 'openai:m@http://alice:hunter2secret@127.0.0.1:9/v1'\nexecutor: {kind: ray}\n",
+    )
+    with pytest.raises(ConfigError, match="api_key_env") as exc:
+        asyncio.run(api.run_async(api.prepare(cfg)))
+    assert "hunter2secret" not in str(exc.value) and not (tmp_path / "s.duckdb").exists()
+
+
+def test_a_429_for_an_account_out_of_quota_stops_at_once():
+    body = orjson.dumps(
+        {"error": {"message": "You exceeded your current quota", "type": "insufficient_quota", "code": None}}
+    )
+    with _answering(429, body) as url:
+        out, t = _ask(url)
+    assert isinstance(out, TeacherMisconfigured) and t.attempts == 1, out
+    assert "You exceeded your current quota" in str(out) and "billing" in str(out)
+
+
+def test_a_key_cut_by_the_length_limit_leaves_no_prefix_behind():
+    key = "sk-proj-" + "A1b2C3d4" * 6
+    for lead in range(250, 305, 7):  # wherever the 300-character cut falls in the key
+        body = orjson.dumps({"error": {"message": "x" * lead + f" {key} y"}})
+        assert key[:10] not in server_message(body, secret=key)
+        assert key[:10] not in server_message(body)  # key-shaped even when it is not ours
+    page = f"<html><title>denied for Bearer {key}</title></html>".encode()
+    assert key[:10] not in server_message(page)
+
+
+def test_an_ipv6_literal_keeps_its_brackets_in_the_host_header():
+    assert b"Host: [::1]:8000\r\n" in Pool("http://[::1]:8000/v1", headers={}, timeout_s=1)._fixed
+
+
+def test_a_400_echoing_the_authorization_header_is_stored_scrubbed(tmp_path):
+    """Refusals are kept in the failures table and shown by status: the key the server echoed is not."""
+    body = orjson.dumps(
+        {
+            "error": {
+                "message": f"bad request; headers: {{'Authorization': 'Bearer {GOOD_KEY}'}} key={GOOD_KEY}"
+            }
+        }
+    )
+    with _answering(400, body) as url:
+        cfg = _config(tmp_path, f"openai:m@{url}", ", api_key_env: HEAL_KEY", n_seeds=3)
+        res = _cli("run", str(cfg), env={"HEAL_KEY": GOOD_KEY})
+    assert res.returncode == 1, res.stderr  # refused requests: the run is incomplete, a re-run asks again
+    store = tmp_path / "s.duckdb"
+    status = _cli("status", "--store", str(store), "heal")
+    with Store(store, read_only=True) as st:
+        errors = [e for (e,) in st.con.execute("SELECT message FROM failures").fetchall()]
+        assert st.con.execute("SELECT count(*) FROM cache").fetchone()[0] == 0
+    assert errors and all("bad request" in e and "***" in e for e in errors)
+    everything = _store_bytes(store) + (res.stdout + res.stderr + status.stdout + status.stderr).encode()
+    assert GOOD_KEY.encode() not in everything and GOOD_KEY[:12].encode() not in everything
