@@ -220,8 +220,11 @@ def test_retry_failed_asks_a_cached_rejection_again(tmp_path):
 
 
 @contextmanager
-def _answering(status: int, body: bytes, content_type: str = "application/json") -> Iterator[str]:
-    """An http.server on 127.0.0.1 that gives every request the same answer; yields its base URL."""
+def _answering(
+    status: int, body: bytes, content_type: str = "application/json", models: list[str] | None = None
+) -> Iterator[str]:
+    """An http.server on 127.0.0.1 that gives every request the same answer (``GET /models`` lists
+    ``models`` when given); yields its base URL."""
     hits = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -234,7 +237,15 @@ def _answering(status: int, body: bytes, content_type: str = "application/json")
             self.end_headers()
             self.wfile.write(body)
 
-        do_GET = do_POST
+        def do_GET(self) -> None:
+            if models is None:
+                return self.do_POST()
+            listing = orjson.dumps({"object": "list", "data": [{"id": m, "object": "model"} for m in models]})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(listing)))
+            self.end_headers()
+            self.wfile.write(listing)
 
         def log_message(self, *args: object) -> None:
             pass
@@ -364,3 +375,25 @@ def test_a_400_echoing_the_authorization_header_is_stored_scrubbed(tmp_path):
     assert errors and all("bad request" in e and "***" in e for e in errors)
     everything = _store_bytes(store) + (res.stdout + res.stderr + status.stdout + status.stderr).encode()
     assert GOOD_KEY.encode() not in everything and GOOD_KEY[:12].encode() not in everything
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "needle"),
+    [
+        (400, "Invalid model name passed in model=m", "the server serves: gpt-a, gpt-b"),  # LiteLLM's wording
+        (405, "Method Not Allowed", "check the base URL"),
+    ],
+)
+def test_a_400_for_a_missing_model_and_a_405_stop_at_once(status, message, needle):
+    body = orjson.dumps({"error": {"message": message, "type": "invalid_request_error"}})
+    with _answering(status, body, models=["gpt-a", "gpt-b"]) as url:
+        out, t = _ask(url)
+    assert isinstance(out, TeacherMisconfigured) and t.attempts == 1, out
+    assert message in str(out) and needle in str(out)
+
+
+def test_other_400s_stay_refusals_of_one_request():
+    body = orjson.dumps({"error": {"message": "This model's maximum context length is 4096 tokens"}})
+    with _answering(400, body) as url:
+        out, t = _ask(url)
+    assert type(out) is TeacherRejected and not out.cacheable and t.attempts == 1

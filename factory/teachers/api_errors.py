@@ -1,9 +1,10 @@
 """What an OpenAI-compatible server's refusals mean for a run, and how they are told to the user.
 
 * 401 and 403 are about the account: no request of the run can succeed. The first one stops the run.
-* 404 is about the endpoint (a model the server does not serve, a base URL that misses the API's root):
-  the same for every request, so the first one stops the run too. The message names what the server
-  does serve when it can be asked (``GET /models``).
+* 404 and 405 are about the endpoint (a model the server does not serve, a base URL that misses the
+  API's root or names another route): the same for every request, so the first one stops the run too,
+  as does a 400 that says the model does not exist (some servers answer that with 400). The message
+  names what the server does serve when it can be asked (``GET /models``).
 * A 429 whose code is ``insufficient_quota`` is about billing, not pace: waiting cannot help, so it stops
   the run as a 401 does. Any other 429 is paced and retried.
 * Any other 4xx is a refusal of one request. It is not retried within the run, and it is never cached:
@@ -79,6 +80,25 @@ def out_of_quota(body: bytes) -> bool:
     return isinstance(err, dict) and "insufficient_quota" in (err.get("code"), err.get("type"))
 
 
+_MODEL_MISSING = re.compile(
+    r"(?i)\bmodel\b.{0,80}?\b(?:does not exist|doesn't exist|not found|is not available|is unknown)"
+    r"|\b(?:unknown|invalid|no such|not a valid) model\b"
+)
+
+
+def model_missing(body: bytes, message: str) -> bool:
+    """A 400 that says the model is not served (LiteLLM, OpenRouter and others answer 400, not 404):
+    the same for every request, so it is told like a 404."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    err = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(err, dict) and err.get("code") in ("model_not_found", "invalid_model"):
+        return True
+    return bool(_MODEL_MISSING.search(message))
+
+
 def _html_title(text: str) -> str:
     m = re.search(r"(?is)<title>(.*?)</title>", text)
     return m.group(1) if m else "no title"
@@ -98,7 +118,8 @@ def fix_for(
     has_key: bool,
     served: list[str] | None,
 ) -> str:
-    """The advice that follows a 401/403/404's own message."""
+    """The advice that follows a 401/403/404/405's own message (a 400 naming a missing model is told as a
+    404)."""
     env = f"${api_key_env}" if api_key_env else "$OPENAI_API_KEY"
     if status == 401:
         if not has_key:

@@ -242,7 +242,7 @@ class OpenAITeacher(Teacher):
                         f"HTTP {status}: {message}", kind=f"http_{status}", retry_after=_retry_after(headers)
                     )
                 )
-            if status in (401, 403, 404):
+            if status in (401, 403, 404, 405) or (status == 400 and api_errors.model_missing(body, message)):
                 return self._fail(TeacherMisconfigured(message, kind=f"http_{status}"))
             return self._fail(TeacherRejected(f"HTTP {status}: {message}", kind=f"http_{status}"))
         try:
@@ -280,7 +280,7 @@ class OpenAITeacher(Teacher):
                 status = int(err.kind.removeprefix("http_").removesuffix("_quota"))
                 served = None
                 try:  # the calls waiting on the halt must get it even if this one is cancelled meanwhile
-                    served = await self._served_models() if status == 404 else None
+                    served = await self._served_models() if status in (400, 404) else None
                 finally:
                     fix = api_errors.fix_for(
                         status, base_url=self.base_url, model=self.model, api_key_env=self.api_key_env,
