@@ -21,7 +21,7 @@ from conftest import SEEDS, write_config
 
 from factory import api
 from factory.errors import ConfigError, TeacherMisconfigured, TeacherRejected, TeacherUnavailable
-from factory.store import Store
+from factory.store import CACHE_COLUMNS, Store
 from factory.teachers import build_teacher
 from factory.teachers.api_errors import scrub, server_message
 from factory.teachers.http import Pool
@@ -397,3 +397,30 @@ def test_other_400s_stay_refusals_of_one_request():
     with _answering(400, body) as url:
         out, t = _ask(url)
     assert type(out) is TeacherRejected and not out.cacheable and t.attempts == 1
+
+
+def test_an_answer_journaled_by_retry_failed_replaces_the_rejection_after_a_crash(tmp_path):
+    """--retry-failed journals the new answer before it commits it; if the process dies in between, the
+    next open replays it in place of the cached rejection instead of dropping it as a duplicate key."""
+    cfg = write_config(
+        tmp_path,
+        f"name: r\nrecipe: rationales\nseeds: {_seeds(tmp_path, 2)}\nstore: {tmp_path / 's.duckdb'}\n"
+        "teacher: scripted:x\nparams: {k: 1}\nrunner: {commit_interval_s: 0.05}\n",
+    )
+    t = ScriptedTeacher("scripted:x", "x", {"default": None})
+    assert asyncio.run(api.run_async(api.prepare(cfg), teacher=t)).status == "incomplete"
+    store = tmp_path / "s.duckdb"
+    with Store(store) as st:
+        (row,) = st.con.execute("SELECT * EXCLUDE (created_at) FROM cache ORDER BY key LIMIT 1").fetchall()
+        cols = [d[0] for d in st.con.description]
+        answered = dict(zip(cols, row, strict=True)) | {
+            "status": "ok",
+            "text": "paid. The answer is 1.",
+            "error": None,
+        }
+        journal = st.journal()  # what a killed --retry-failed run leaves behind
+        journal.append(tuple(answered[c] for c in CACHE_COLUMNS))
+        journal.close()
+    with Store(store) as st:
+        got = st.con.execute("SELECT status, text FROM cache WHERE key = ?", [answered["key"]]).fetchall()
+    assert got == [("ok", "paid. The answer is 1.")]
