@@ -182,15 +182,23 @@ def test_old_cached_api_refusals_are_set_aside_and_asked_again(tmp_path):
             )
             con.execute("DELETE FROM records WHERE seed_id = ?", [seed])
             con.execute("DELETE FROM seeds_done WHERE seed_id = ?", [seed])
+            con.execute(  # a local engine's too_long stays cached: the keyed request always gets it
+                "INSERT INTO cache SELECT * REPLACE ('local-too-long' AS key, 'vllm:/models/x' AS teacher) "
+                "FROM cache WHERE key = ?",
+                [key],
+            )
             con.execute("DELETE FROM _migrations WHERE name = 'm004_uncached_failures'")
         before = srv.stats()["requests"]
         res = _cli("run", str(cfg))
         assert res.returncode == 0, res.stderr
+        assert "1 cached API refusals set aside" in res.stderr  # the user is told what changed
         assert srv.stats()["requests"] - before == 1
     with Store(store, read_only=True) as st:
         retired = st.con.execute("SELECT key, retired_reason FROM cache_retired").fetchall()
         status = st.con.execute("SELECT status FROM cache WHERE key = ?", [key]).fetchone()
+        local = st.con.execute("SELECT status FROM cache WHERE key = 'local-too-long'").fetchone()
     assert retired == [(key, "an API refusal, no longer cached")] and status == ("ok",)
+    assert local == ("rejected",)
 
 
 def test_retry_failed_asks_a_cached_rejection_again(tmp_path):
