@@ -350,11 +350,11 @@ def _base_url(value: Any) -> str:
     query or a fragment, and not the chat-completions path itself. Messages never echo credentials."""
     where = "fix the @URL in teacher.spec or teacher.options.base_url"
     if not isinstance(value, str):
-        raise ConfigError(f"the teacher URL must be a string, not {type(value).__name__}; {where}")
+        raise ConfigError(f"teacher base URL: a string, not {type(value).__name__}; {where}")
     url = value.strip().rstrip("/")
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
         raise ConfigError(
-            f"the teacher URL {_redacted(url)!r} holds white space or a control character (a line break "
+            f"teacher base URL {_redacted(url)!r}: holds white space or a control character (a line break "
             f"would end up in the request line); {where}"
         )
     try:
@@ -362,23 +362,23 @@ def _base_url(value: Any) -> str:
         port = u.port
     except ValueError as exc:  # an unclosed [IPv6 bracket, a port that is not a number or out of range
         raise ConfigError(
-            f"the teacher URL {_redacted(url)} is malformed ({exc}): expected http(s)://HOST[:PORT][/PATH] "
+            f"teacher base URL {_redacted(url)!r}: malformed ({exc}); expected http(s)://HOST[:PORT][/PATH] "
             f"with a port from 1 to 65535; {where}"
         ) from None
     if u.username is not None or u.password is not None:
         raise ConfigError(
-            f"the teacher URL {_redacted(url)} carries credentials; remove them from teacher.spec/base_url and "
+            f"teacher base URL {_redacted(url)!r}: carries credentials; remove them from teacher.spec/base_url and "
             "put the key in an environment variable named by teacher.api_key_env (it is sent as a Bearer token "
             "and never stored)"
         )
     if u.scheme not in ("http", "https") or not u.hostname or port == 0 or u.query or u.fragment:
         raise ConfigError(
-            f"the teacher URL {url} is not a base URL: expected http(s)://HOST[:PORT][/PATH] with a port from "
-            f"1 to 65535, no ?query or #fragment; {where}"
+            f"teacher base URL {url!r}: expected http(s)://HOST[:PORT][/PATH] with a port from 1 to 65535, "
+            f"no ?query or #fragment; {where}"
         )
     if u.path.rstrip("/").endswith("/chat/completions"):
         raise ConfigError(
-            f"the teacher URL {url} ends in /chat/completions; give the API's base "
+            f"teacher base URL {url!r}: ends in /chat/completions; give the API's base "
             f"({url[: -len('/chat/completions')]}): /chat/completions is added to it"
         )
     return url
