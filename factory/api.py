@@ -374,6 +374,9 @@ async def _run_on_ray(
                 raise
             except FactoryError as exc:
                 error, rep = exc, None
+        if rep is not None and rep.fatal is not None:  # a shard stopped the run (a wrong key, model, URL)
+            error = FactoryError(rep.fatal)
+            error.exit_code = rep.fatal_exit_code or 1
         seeds_done = len(st.done_seeds(prep.run_id))
         if error is not None:
             status = "failed"
