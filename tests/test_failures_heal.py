@@ -144,7 +144,7 @@ def test_bad_teacher_urls_are_one_message_before_the_store_is_touched(tmp_path, 
     assert "hunter2secret" not in res.stderr and not (tmp_path / "s.duckdb").exists()
 
 
-@pytest.mark.parametrize("bad", ["\n", "\r\nX-Injected: 1", "\x1b"])
+@pytest.mark.parametrize("bad", ["\n", "\r\nX-Injected: 1", "\x1b", " "])
 def test_a_key_with_a_line_break_is_refused_before_any_request(tmp_path, bad):
     with serve_in_thread(FaultConfig()) as srv:
         cfg = _config(tmp_path, f"openai:fault-server@{srv.base_url}", ", api_key_env: HEAL_KEY")

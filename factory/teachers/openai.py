@@ -115,12 +115,15 @@ class OpenAITeacher(Teacher):
                     f"Export it (export {env}=...) and run again."
                 )
         if key is not None:
-            bad = next((c for c in key if ord(c) < 32 or ord(c) == 127 or ord(c) > 255), None)
-            if bad is not None:
-                what = "a line break" if bad in "\r\n" else f"the character {bad!r}"
+            bad = next((c for c in key if ord(c) <= 32 or ord(c) == 127 or ord(c) > 255), None)
+            if bad is not None:  # a key never holds white space; a pasted one often ends in a line break
+                what = {"\r": "a line break", "\n": "a line break", " ": "a space"}.get(
+                    bad, f"the character {bad!r}"
+                )
                 raise ConfigError(
-                    f"${env} contains {what}, which cannot be sent in an HTTP header: remove it "
-                    f'(e.g. export {env}="$(printf %s "${env}" | tr -d \'\\r\\n\')") and run again'
+                    f"${env} contains {what}, which no API key holds (a line break would add a header to "
+                    f'every request): remove it (e.g. export {env}="$(printf %s "${env}" | tr -d \' \\r\\n\')") '
+                    "and run again"
                 )
         return key
 
