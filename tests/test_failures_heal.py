@@ -432,3 +432,20 @@ def test_an_answer_journaled_by_retry_failed_replaces_the_rejection_after_a_cras
     with Store(store) as st:
         got = st.con.execute("SELECT status, text FROM cache WHERE key = ?", [answered["key"]]).fetchall()
     assert got == [("ok", "paid. The answer is 1.")]
+
+
+def test_retry_failed_through_the_cli(tmp_path):
+    """A local engine's rejection is cached: a plain re-run serves it (and says how to ask again), the
+    flag sends it again."""
+    cfg = write_config(
+        tmp_path,
+        f"name: r\nrecipe: rationales\nseeds: {_seeds(tmp_path, 2)}\nstore: {tmp_path / 's.duckdb'}\n"
+        "teacher: {spec: 'scripted:x', options: {default: null}}\nparams: {k: 1}\n",
+    )
+    first = _cli("run", str(cfg), "--json")
+    assert first.returncode == 1 and "add --retry-failed" in first.stderr, first.stderr
+    plain = _cli("run", str(cfg), "--json")
+    retried = _cli("run", str(cfg), "--json", "--retry-failed")
+    assert orjson.loads(plain.stdout)["requests_sent"] == 0, plain.stdout
+    assert orjson.loads(retried.stdout)["requests_sent"] == 2, retried.stdout
+    assert retried.returncode == 1 and "--retry-failed" not in retried.stderr
