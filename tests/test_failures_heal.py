@@ -449,3 +449,13 @@ def test_retry_failed_through_the_cli(tmp_path):
     assert orjson.loads(plain.stdout)["requests_sent"] == 0, plain.stdout
     assert orjson.loads(retried.stdout)["requests_sent"] == 2, retried.stdout
     assert retried.returncode == 1 and "--retry-failed" not in retried.stderr
+
+
+def test_a_200_whose_message_has_no_content_key_is_retried_and_named():
+    body = orjson.dumps(
+        {"choices": [{"index": 0, "message": {"role": "assistant"}, "finish_reason": "stop"}]}
+    )
+    with _answering(200, body) as url:
+        out, t = _ask(url)
+    assert isinstance(out, TeacherUnavailable) and out.kind == "empty_content" and t.attempts == 3
+    assert "no content" in str(out)

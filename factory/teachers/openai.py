@@ -252,8 +252,8 @@ class OpenAITeacher(Teacher):
             doc = orjson.loads(body)
             choice = doc["choices"][0]
             message_doc = choice["message"]
-            text = message_doc["content"]
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+            text = message_doc.get("content")  # missing is told like null: a 200 without content
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
             return self._fail(
                 TeacherUnavailable("unreadable response body (truncated JSON?)", kind="bad_body")
             )
