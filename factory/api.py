@@ -22,7 +22,7 @@ from factory.keys import digest, request_key
 from factory.runner import Budget, Plan, Progress, Result, Runner
 from factory.seeds import Seed, load_seeds, seeds_digest
 from factory.store import Store
-from factory.teachers import build_teacher
+from factory.teachers import build_teacher, parse_spec
 from factory.teachers.base import Teacher
 from factory.types import Completion, Request
 from recipes import get_recipe
@@ -336,6 +336,12 @@ async def _run_on_ray(
     from factory.store import Batch
 
     cfg = prep.config
+    for tc in cfg.roles().values():  # the workers build the teachers, after the config is stored
+        backend, model = parse_spec(tc.spec)
+        if backend == "openai":
+            from factory.teachers.openai import check_base_url
+
+            check_base_url(model, tc.backend_options())
     connect(prep)  # bad input and an unreachable cluster are refused before the store is touched
     own_store = store is None
     st = store or Store(prep.store_path)
@@ -368,6 +374,9 @@ async def _run_on_ray(
                 raise
             except FactoryError as exc:
                 error, rep = exc, None
+        if rep is not None and rep.fatal is not None:  # a shard stopped the run (a wrong key, model, URL)
+            error = FactoryError(rep.fatal)
+            error.exit_code = rep.fatal_exit_code or 1
         seeds_done = len(st.done_seeds(prep.run_id))
         if error is not None:
             status = "failed"

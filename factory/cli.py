@@ -137,7 +137,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("stopped at the budget: raise budget.* in the config and re-run to continue", file=sys.stderr)
         return 4
     if result.status == "incomplete":
-        print(f"{p.seeds_failed} seeds failed (see `factory status`); re-run to retry them", file=sys.stderr)
+        local = any(not tc.spec.strip().startswith("openai:") for tc in prep.config.roles().values())
+        again = (
+            "; add --retry-failed to also ask again the cached rejections"
+            if local and not args.retry_failed
+            else ""
+        )
+        print(
+            f"{p.seeds_failed} seeds failed (see `factory status`); re-run to retry them{again}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -389,6 +389,7 @@ class ShardWorker:
                 p = result.progress
                 doc = {
                     "shard": shard, "attempt": attempt, "status": result.status, "error": result.error,
+                    "exit_code": result.exit_code,
                     "seeds": len(seeds), "seeds_done": p.seeds_done, "seeds_failed": p.seeds_failed,
                     "records": p.records, "requests_sent": p.requests_sent, "cache_hits": p.cache_hits,
                     "prompt_tokens": p.prompt_tokens, "completion_tokens": p.completion_tokens,
@@ -466,6 +467,9 @@ class ClusterReport:
     failures: Counter[str] = field(default_factory=Counter)  # failed attempts by kind, final_* as in a run
     budget_reached: bool = False
     per_worker: dict[str, int] = field(default_factory=dict)
+    # the error that stopped a shard's run (a wrong key, model or URL): it stops the whole run
+    fatal: str | None = None
+    fatal_exit_code: int | None = None
 
 
 class _Spending:
@@ -693,6 +697,13 @@ async def run_on_ray(
                               "completion_tokens", "attempts"):  # fmt: skip
                         setattr(report, k, getattr(report, k) + int(doc[k] or 0))
                     report.failures.update(doc.get("failures") or {})
+                fatal = doc is not None and doc["status"] == "failed" and doc.get("error")
+                if doc is not None and fatal and report.fatal is None:
+                    report.fatal, report.fatal_exit_code = doc["error"], doc.get("exit_code")
+                    if not stopping:  # every shard would meet it: the others stop, what they finished is kept
+                        stopping = True
+                        queue.clear()
+                        await asyncio.gather(*[a.stop.remote() for a in actors], return_exceptions=True)
                 if on_progress is not None:
                     on_progress(report, len(done) + report.seeds_done)
                 if queue and not stopping:

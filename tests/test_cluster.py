@@ -256,3 +256,22 @@ def test_workers_get_their_seeds_with_each_shard(tmp_path, ray_local):
         res = api.run_sync(api.run_async(prep))
     assert res.status == "done", (res.error, res.progress)
     assert len(records(tmp_path / "ray.duckdb")) == SEEDS
+
+
+def test_a_401_in_one_shard_stops_the_whole_cluster_run(tmp_path, ray_local):
+    """A wrong key fails every shard the same way: the first shard's 401 stops the run (its message and
+    exit code, as in one process), no shard after it is sent, and nothing of it is cached."""
+    with serve_in_thread(FaultConfig(api_key="sk-right-0123456789abcdefgh")) as srv:
+        cfg = write_run(
+            tmp_path, srv.base_url, name="ray", executor="{kind: ray, shard_seeds: 5, workers: 2}"
+        )
+        res = api.run(cfg)
+        sent = srv.stats()["requests"]
+    assert res.status == "failed" and res.exit_code == 5, (res.status, res.error)
+    assert "401 from" in (res.error or "") and "teacher.api_key_env" in (res.error or "")
+    assert sent <= 2 * 8  # what two workers had in flight at the first 401, not the 60 seeds' requests
+    con = duckdb.connect(str(tmp_path / "ray.duckdb"), read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM cache").fetchone() == (0,)
+    finally:
+        con.close()

@@ -20,10 +20,11 @@ import pytest
 from conftest import SEEDS, write_config
 
 from factory import api
-from factory.errors import ConfigError, TeacherRejected, TeacherUnavailable
-from factory.store import Store
+from factory.errors import ConfigError, TeacherMisconfigured, TeacherRejected, TeacherUnavailable
+from factory.store import CACHE_COLUMNS, Store
 from factory.teachers import build_teacher
 from factory.teachers.api_errors import scrub, server_message
+from factory.teachers.http import Pool
 from factory.teachers.scripted import ScriptedTeacher
 from factory.testing.fault_server import FaultConfig, serve_in_thread
 from factory.types import Request, Sampling
@@ -125,10 +126,17 @@ def test_a_wrong_model_name_on_vllms_own_server(tmp_path, vllm_server):
         ("openai:m@http://127.0.0.1:9/v1/chat/completions", "ends in /chat/completions"),
         ("openai:m@http://alice:hunter2secret@127.0.0.1:9/v1", "carries credentials"),
         ("openai:m@http://127.0.0.1:99999/v1", "port from 1 to 65535"),
+        ("openai:m@http://127.0.0.1:0/v1", "port from 1 to 65535"),
+        ("openai:m@http://[::1/v1", "malformed"),
+        ("openai:m@http://alice:hunter2secret@127.0.0.1:x/v1", "malformed"),
+        ("openai:m@http://127.0.0.1:9/v1?api-version=1", "no ?query"),
+        ("openai:m@http://127.0.0.1:9/v1\\r\\nX-Injected: 1", "control character"),
     ],
 )
 def test_bad_teacher_urls_are_one_message_before_the_store_is_touched(tmp_path, spec, needle):
     cfg = _config(tmp_path, spec)
+    if "\\r" in spec:  # a YAML double-quoted scalar turns the escapes into a real CR LF
+        cfg.write_text(cfg.read_text().replace(f"'{spec}'", f'"{spec}"'))
     res = _cli("run", str(cfg))
     assert res.returncode == 2, res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
@@ -136,7 +144,7 @@ def test_bad_teacher_urls_are_one_message_before_the_store_is_touched(tmp_path, 
     assert "hunter2secret" not in res.stderr and not (tmp_path / "s.duckdb").exists()
 
 
-@pytest.mark.parametrize("bad", ["\n", "\r\nX-Injected: 1", "\x1b"])
+@pytest.mark.parametrize("bad", ["\n", "\r\nX-Injected: 1", "\x1b", " "])
 def test_a_key_with_a_line_break_is_refused_before_any_request(tmp_path, bad):
     with serve_in_thread(FaultConfig()) as srv:
         cfg = _config(tmp_path, f"openai:fault-server@{srv.base_url}", ", api_key_env: HEAL_KEY")
@@ -174,15 +182,23 @@ def test_old_cached_api_refusals_are_set_aside_and_asked_again(tmp_path):
             )
             con.execute("DELETE FROM records WHERE seed_id = ?", [seed])
             con.execute("DELETE FROM seeds_done WHERE seed_id = ?", [seed])
+            con.execute(  # a local engine's too_long stays cached: the keyed request always gets it
+                "INSERT INTO cache SELECT * REPLACE ('local-too-long' AS key, 'vllm:/models/x' AS teacher) "
+                "FROM cache WHERE key = ?",
+                [key],
+            )
             con.execute("DELETE FROM _migrations WHERE name = 'm004_uncached_failures'")
         before = srv.stats()["requests"]
         res = _cli("run", str(cfg))
         assert res.returncode == 0, res.stderr
+        assert "1 cached API refusals set aside" in res.stderr  # the user is told what changed
         assert srv.stats()["requests"] - before == 1
     with Store(store, read_only=True) as st:
         retired = st.con.execute("SELECT key, retired_reason FROM cache_retired").fetchall()
         status = st.con.execute("SELECT status FROM cache WHERE key = ?", [key]).fetchone()
+        local = st.con.execute("SELECT status FROM cache WHERE key = 'local-too-long'").fetchone()
     assert retired == [(key, "an API refusal, no longer cached")] and status == ("ok",)
+    assert local == ("rejected",)
 
 
 def test_retry_failed_asks_a_cached_rejection_again(tmp_path):
@@ -212,8 +228,11 @@ def test_retry_failed_asks_a_cached_rejection_again(tmp_path):
 
 
 @contextmanager
-def _answering(status: int, body: bytes, content_type: str = "application/json") -> Iterator[str]:
-    """An http.server on 127.0.0.1 that gives every request the same answer; yields its base URL."""
+def _answering(
+    status: int, body: bytes, content_type: str = "application/json", models: list[str] | None = None
+) -> Iterator[str]:
+    """An http.server on 127.0.0.1 that gives every request the same answer (``GET /models`` lists
+    ``models`` when given); yields its base URL."""
     hits = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -226,7 +245,15 @@ def _answering(status: int, body: bytes, content_type: str = "application/json")
             self.end_headers()
             self.wfile.write(body)
 
-        do_GET = do_POST
+        def do_GET(self) -> None:
+            if models is None:
+                return self.do_POST()
+            listing = orjson.dumps({"object": "list", "data": [{"id": m, "object": "model"} for m in models]})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(listing)))
+            self.end_headers()
+            self.wfile.write(listing)
 
         def log_message(self, *args: object) -> None:
             pass
@@ -296,3 +323,139 @@ def test_url_credentials_are_refused_by_the_library_too():
     with pytest.raises(ConfigError, match="api_key_env") as exc:
         build_teacher("openai:m@https://u:p4ssw0rd@example.invalid/v1")
     assert "p4ssw0rd" not in str(exc.value)
+
+
+def test_url_credentials_are_refused_before_a_cluster_run_stores_its_config(tmp_path):
+    """The driver of a cluster run stores the config before its workers build teachers: the URL is checked
+    first (and no cluster is started for it)."""
+    cfg = write_config(
+        tmp_path,
+        f"name: c\nrecipe: rationales\nseeds: {_seeds(tmp_path, 2)}\nstore: {tmp_path / 's.duckdb'}\n"
+        "teacher: 'openai:m@http://alice:hunter2secret@127.0.0.1:9/v1'\nexecutor: {kind: ray}\n",
+    )
+    with pytest.raises(ConfigError, match="api_key_env") as exc:
+        asyncio.run(api.run_async(api.prepare(cfg)))
+    assert "hunter2secret" not in str(exc.value) and not (tmp_path / "s.duckdb").exists()
+
+
+def test_a_429_for_an_account_out_of_quota_stops_at_once():
+    body = orjson.dumps(
+        {"error": {"message": "You exceeded your current quota", "type": "insufficient_quota", "code": None}}
+    )
+    with _answering(429, body) as url:
+        out, t = _ask(url)
+    assert isinstance(out, TeacherMisconfigured) and t.attempts == 1, out
+    assert "You exceeded your current quota" in str(out) and "billing" in str(out)
+
+
+def test_a_key_cut_by_the_length_limit_leaves_no_prefix_behind():
+    key = "sk-proj-" + "A1b2C3d4" * 6
+    for lead in range(250, 305, 7):  # wherever the 300-character cut falls in the key
+        body = orjson.dumps({"error": {"message": "x" * lead + f" {key} y"}})
+        assert key[:10] not in server_message(body, secret=key)
+        assert key[:10] not in server_message(body)  # key-shaped even when it is not ours
+    page = f"<html><title>denied for Bearer {key}</title></html>".encode()
+    assert key[:10] not in server_message(page)
+
+
+def test_an_ipv6_literal_keeps_its_brackets_in_the_host_header():
+    assert b"Host: [::1]:8000\r\n" in Pool("http://[::1]:8000/v1", headers={}, timeout_s=1)._fixed
+
+
+def test_a_400_echoing_the_authorization_header_is_stored_scrubbed(tmp_path):
+    """Refusals are kept in the failures table and shown by status: the key the server echoed is not."""
+    body = orjson.dumps(
+        {
+            "error": {
+                "message": f"bad request; headers: {{'Authorization': 'Bearer {GOOD_KEY}'}} key={GOOD_KEY}"
+            }
+        }
+    )
+    with _answering(400, body) as url:
+        cfg = _config(tmp_path, f"openai:m@{url}", ", api_key_env: HEAL_KEY", n_seeds=3)
+        res = _cli("run", str(cfg), env={"HEAL_KEY": GOOD_KEY})
+    assert res.returncode == 1, res.stderr  # refused requests: the run is incomplete, a re-run asks again
+    store = tmp_path / "s.duckdb"
+    status = _cli("status", "--store", str(store), "heal")
+    with Store(store, read_only=True) as st:
+        errors = [e for (e,) in st.con.execute("SELECT message FROM failures").fetchall()]
+        assert st.con.execute("SELECT count(*) FROM cache").fetchone()[0] == 0
+    assert errors and all("bad request" in e and "***" in e for e in errors)
+    everything = _store_bytes(store) + (res.stdout + res.stderr + status.stdout + status.stderr).encode()
+    assert GOOD_KEY.encode() not in everything and GOOD_KEY[:12].encode() not in everything
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "needle"),
+    [
+        (400, "Invalid model name passed in model=m", "the server serves: gpt-a, gpt-b"),  # LiteLLM's wording
+        (405, "Method Not Allowed", "check the base URL"),
+    ],
+)
+def test_a_400_for_a_missing_model_and_a_405_stop_at_once(status, message, needle):
+    body = orjson.dumps({"error": {"message": message, "type": "invalid_request_error"}})
+    with _answering(status, body, models=["gpt-a", "gpt-b"]) as url:
+        out, t = _ask(url)
+    assert isinstance(out, TeacherMisconfigured) and t.attempts == 1, out
+    assert message in str(out) and needle in str(out)
+
+
+def test_other_400s_stay_refusals_of_one_request():
+    body = orjson.dumps({"error": {"message": "This model's maximum context length is 4096 tokens"}})
+    with _answering(400, body) as url:
+        out, t = _ask(url)
+    assert type(out) is TeacherRejected and not out.cacheable and t.attempts == 1
+
+
+def test_an_answer_journaled_by_retry_failed_replaces_the_rejection_after_a_crash(tmp_path):
+    """--retry-failed journals the new answer before it commits it; if the process dies in between, the
+    next open replays it in place of the cached rejection instead of dropping it as a duplicate key."""
+    cfg = write_config(
+        tmp_path,
+        f"name: r\nrecipe: rationales\nseeds: {_seeds(tmp_path, 2)}\nstore: {tmp_path / 's.duckdb'}\n"
+        "teacher: scripted:x\nparams: {k: 1}\nrunner: {commit_interval_s: 0.05}\n",
+    )
+    t = ScriptedTeacher("scripted:x", "x", {"default": None})
+    assert asyncio.run(api.run_async(api.prepare(cfg), teacher=t)).status == "incomplete"
+    store = tmp_path / "s.duckdb"
+    with Store(store) as st:
+        (row,) = st.con.execute("SELECT * EXCLUDE (created_at) FROM cache ORDER BY key LIMIT 1").fetchall()
+        cols = [d[0] for d in st.con.description]
+        answered = dict(zip(cols, row, strict=True)) | {
+            "status": "ok",
+            "text": "paid. The answer is 1.",
+            "error": None,
+        }
+        journal = st.journal()  # what a killed --retry-failed run leaves behind
+        journal.append(tuple(answered[c] for c in CACHE_COLUMNS))
+        journal.close()
+    with Store(store) as st:
+        got = st.con.execute("SELECT status, text FROM cache WHERE key = ?", [answered["key"]]).fetchall()
+    assert got == [("ok", "paid. The answer is 1.")]
+
+
+def test_retry_failed_through_the_cli(tmp_path):
+    """A local engine's rejection is cached: a plain re-run serves it (and says how to ask again), the
+    flag sends it again."""
+    cfg = write_config(
+        tmp_path,
+        f"name: r\nrecipe: rationales\nseeds: {_seeds(tmp_path, 2)}\nstore: {tmp_path / 's.duckdb'}\n"
+        "teacher: {spec: 'scripted:x', options: {default: null}}\nparams: {k: 1}\n",
+    )
+    first = _cli("run", str(cfg), "--json")
+    assert first.returncode == 1 and "add --retry-failed" in first.stderr, first.stderr
+    plain = _cli("run", str(cfg), "--json")
+    retried = _cli("run", str(cfg), "--json", "--retry-failed")
+    assert orjson.loads(plain.stdout)["requests_sent"] == 0, plain.stdout
+    assert orjson.loads(retried.stdout)["requests_sent"] == 2, retried.stdout
+    assert retried.returncode == 1 and "--retry-failed" not in retried.stderr
+
+
+def test_a_200_whose_message_has_no_content_key_is_retried_and_named():
+    body = orjson.dumps(
+        {"choices": [{"index": 0, "message": {"role": "assistant"}, "finish_reason": "stop"}]}
+    )
+    with _answering(200, body) as url:
+        out, t = _ask(url)
+    assert isinstance(out, TeacherUnavailable) and out.kind == "empty_content" and t.attempts == 3
+    assert "no content" in str(out)

@@ -227,7 +227,9 @@ class Store:
         if not paths:
             return 0
         n_before = self.count_cache()
-        self.commit(Batch(cache=rows), known_new=False)
+        # an answer journaled by --retry-failed takes the place of the cached rejection it was asked for
+        answered = [row[0] for row in rows if row[2] == "ok"]
+        self.commit(Batch(cache=rows, replace=answered), known_new=False)
         for p in paths:
             p.unlink(missing_ok=True)
         recovered = self.count_cache() - n_before

@@ -141,7 +141,7 @@ class Pool:
             port = u.port
         except ValueError:  # out of range or not a number
             port = -1
-        if u.scheme not in ("http", "https") or not u.hostname or port == -1:
+        if u.scheme not in ("http", "https") or not u.hostname or port in (-1, 0):
             raise ConfigError(
                 f"teacher base URL {base_url!r}: expected http(s)://HOST[:PORT][/PATH] with a port "
                 "from 1 to 65535; fix the @URL in teacher.spec or teacher.options.base_url"
@@ -157,7 +157,8 @@ class Pool:
         self.ssl: ssl.SSLContext | None = ssl.create_default_context() if u.scheme == "https" else None
         self.prefix = u.path.rstrip("/")
         self.timeout_s = timeout_s
-        host = self.host if u.port is None else f"{self.host}:{u.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal keeps its brackets
+        host = host if u.port is None else f"{host}:{u.port}"
         lines = [f"Host: {host}", "Content-Type: application/json", "Accept: application/json"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         self._fixed = ("\r\n".join(lines) + "\r\n").encode("latin-1")

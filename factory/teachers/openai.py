@@ -115,12 +115,15 @@ class OpenAITeacher(Teacher):
                     f"Export it (export {env}=...) and run again."
                 )
         if key is not None:
-            bad = next((c for c in key if ord(c) < 32 or ord(c) == 127 or ord(c) > 255), None)
-            if bad is not None:
-                what = "a line break" if bad in "\r\n" else f"the character {bad!r}"
+            bad = next((c for c in key if ord(c) <= 32 or ord(c) == 127 or ord(c) > 255), None)
+            if bad is not None:  # a key never holds white space; a pasted one often ends in a line break
+                what = {"\r": "a line break", "\n": "a line break", " ": "a space"}.get(
+                    bad, f"the character {bad!r}"
+                )
                 raise ConfigError(
-                    f"${env} contains {what}, which cannot be sent in an HTTP header: remove it "
-                    f'(e.g. export {env}="$(printf %s "${env}" | tr -d \'\\r\\n\')") and run again'
+                    f"${env} contains {what}, which no API key holds (a line break would add a header to "
+                    f'every request): remove it (e.g. export {env}="$(printf %s "${env}" | tr -d \' \\r\\n\')") '
+                    "and run again"
                 )
         return key
 
@@ -233,22 +236,24 @@ class OpenAITeacher(Teacher):
         status, headers, body = resp.status, resp.headers, resp.body
         latency_ms = (time.perf_counter() - t0) * 1000.0
         if status != 200:
-            message = api_errors.scrub(api_errors.server_message(body), self._api_key)
+            message = api_errors.server_message(body, secret=self._api_key)
+            if status == 429 and api_errors.out_of_quota(body):  # billing, not pace: waiting cannot help
+                return self._fail(TeacherMisconfigured(message, kind="http_429_quota"))
             if status in RETRY_STATUS or status >= 500:
                 return self._fail(
                     TeacherUnavailable(
                         f"HTTP {status}: {message}", kind=f"http_{status}", retry_after=_retry_after(headers)
                     )
                 )
-            if status in (401, 403, 404):
+            if status in (401, 403, 404, 405) or (status == 400 and api_errors.model_missing(body, message)):
                 return self._fail(TeacherMisconfigured(message, kind=f"http_{status}"))
             return self._fail(TeacherRejected(f"HTTP {status}: {message}", kind=f"http_{status}"))
         try:
             doc = orjson.loads(body)
             choice = doc["choices"][0]
             message_doc = choice["message"]
-            text = message_doc["content"]
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+            text = message_doc.get("content")  # missing is told like null: a 200 without content
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
             return self._fail(
                 TeacherUnavailable("unreadable response body (truncated JSON?)", kind="bad_body")
             )
@@ -270,24 +275,27 @@ class OpenAITeacher(Teacher):
         return err
 
     async def _refused(self, err: TeacherError) -> TeacherError:
-        """A 4xx: a 401/403/404 becomes the teacher's fatal error (with the fix); other refusals are
-        returned, unless every answer so far has been the same one."""
+        """A 4xx: a 401/403/404 (or a 429 for an account out of quota) becomes the teacher's fatal error
+        (with the fix); other refusals are returned, unless every answer so far has been the same one."""
         if isinstance(err, TeacherMisconfigured):
             if self._halt is None:
                 self._halt = halt = asyncio.get_running_loop().create_future()
-                status = int(err.kind.removeprefix("http_"))
-                served = await self._served_models() if status == 404 else None
-                fix = api_errors.fix_for(
-                    status, base_url=self.base_url, model=self.model, api_key_env=self.api_key_env,
-                    has_key=bool(self._api_key), served=served,
-                )  # fmt: skip
-                halt.set_result(
-                    TeacherMisconfigured(
-                        f"{status} from {api_errors.origin(self.base_url)} for model {self.model!r}: "
-                        f"{err} — {fix}",
-                        kind=err.kind,
+                status = int(err.kind.removeprefix("http_").removesuffix("_quota"))
+                served = None
+                try:  # the calls waiting on the halt must get it even if this one is cancelled meanwhile
+                    served = await self._served_models() if status in (400, 404) else None
+                finally:
+                    fix = api_errors.fix_for(
+                        status, base_url=self.base_url, model=self.model, api_key_env=self.api_key_env,
+                        has_key=bool(self._api_key), served=served,
+                    )  # fmt: skip
+                    halt.set_result(
+                        TeacherMisconfigured(
+                            f"{status} from {api_errors.origin(self.base_url)} for model {self.model!r}: "
+                            f"{err} — {fix}",
+                            kind=err.kind,
+                        )
                     )
-                )
             return await asyncio.shield(self._halt)
         message, n = self._same_400
         n = n + 1 if str(err) == message else 1
@@ -334,22 +342,57 @@ def _no_content(message: Any, finish_reason: Any) -> TeacherError:
     )
 
 
-def _base_url(url: str) -> str:
-    """The base URL, checked: no credentials in it, not the chat-completions path itself."""
-    url = url.strip().rstrip("/")
-    u = urlsplit(url)
-    if u.username is not None or u.password is not None:
-        shown = u._replace(netloc="***@" + u.netloc.rpartition("@")[2]).geturl()
+def check_base_url(model: str, options: dict[str, Any]) -> None:
+    """Refuse the base URL of ``openai:MODEL[@URL]`` (or ``options["base_url"]``) as the teacher would,
+    without building it: for a driver that stores the config before its workers build teachers."""
+    _base_url(options.get("base_url") or model.partition("@")[2] or DEFAULT_BASE_URL)
+
+
+def _base_url(value: Any) -> str:
+    """The base URL, checked: a plain http(s) URL without credentials, white space, control characters, a
+    query or a fragment, and not the chat-completions path itself. Messages never echo credentials."""
+    where = "fix the @URL in teacher.spec or teacher.options.base_url"
+    if not isinstance(value, str):
+        raise ConfigError(f"teacher base URL: a string, not {type(value).__name__}; {where}")
+    url = value.strip().rstrip("/")
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
         raise ConfigError(
-            f"the teacher URL {shown} carries credentials; remove them from teacher.spec/base_url and put "
-            "the key in an environment variable named by teacher.api_key_env (it is sent as a Bearer token "
+            f"teacher base URL {_redacted(url)!r}: holds white space or a control character (a line break "
+            f"would end up in the request line); {where}"
+        )
+    try:
+        u = urlsplit(url)
+        port = u.port
+    except ValueError as exc:  # an unclosed [IPv6 bracket, a port that is not a number or out of range
+        raise ConfigError(
+            f"teacher base URL {_redacted(url)!r}: malformed ({exc}); expected http(s)://HOST[:PORT][/PATH] "
+            f"with a port from 1 to 65535; {where}"
+        ) from None
+    if u.username is not None or u.password is not None:
+        raise ConfigError(
+            f"teacher base URL {_redacted(url)!r}: carries credentials; remove them from teacher.spec/base_url and "
+            "put the key in an environment variable named by teacher.api_key_env (it is sent as a Bearer token "
             "and never stored)"
+        )
+    if u.scheme not in ("http", "https") or not u.hostname or port == 0 or u.query or u.fragment:
+        raise ConfigError(
+            f"teacher base URL {url!r}: expected http(s)://HOST[:PORT][/PATH] with a port from 1 to 65535, "
+            f"no ?query or #fragment; {where}"
         )
     if u.path.rstrip("/").endswith("/chat/completions"):
         raise ConfigError(
-            f"the teacher URL {url} ends in /chat/completions; give the API's base "
+            f"teacher base URL {url!r}: ends in /chat/completions; give the API's base "
             f"({url[: -len('/chat/completions')]}): /chat/completions is added to it"
         )
+    return url
+
+
+def _redacted(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced by ``***@``, found without parsing (it may not parse)."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    if sep and "@" in netloc:
+        return f"{scheme}://***@{netloc.rpartition('@')[2]}{slash}{path}"
     return url
 
 
