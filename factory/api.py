@@ -339,7 +339,7 @@ async def _run_on_ray(
     for tc in cfg.roles().values():  # the workers build the teachers, after the config is stored
         backend, model = parse_spec(tc.spec)
         if backend == "openai":
-            from factory.teachers.openai import check_base_url
+            from factory.teachers.urls import check_base_url
 
             check_base_url(model, tc.backend_options())
     connect(prep)  # bad input and an unreachable cluster are refused before the store is touched

@@ -459,3 +459,30 @@ def test_a_200_whose_message_has_no_content_key_is_retried_and_named():
         out, t = _ask(url)
     assert isinstance(out, TeacherUnavailable) and out.kind == "empty_content" and t.attempts == 3
     assert "no content" in str(out)
+
+
+def test_a_key_revoked_mid_run_stops_it_keeping_every_answer_paid_for(tmp_path, monkeypatch):
+    """Answers that arrived before the first 401 are committed; nothing of the 401s is; the re-run with a
+    valid key sends only what is missing."""
+    monkeypatch.setenv("HEAL_KEY", GOOD_KEY)
+    answered = []
+    config = FaultConfig(api_key=GOOD_KEY)
+
+    def reply(messages, body):
+        answered.append(1)
+        if len(answered) == 6:
+            config.api_key = "sk-rotated-0123456789abcdefghijkl"  # the key is revoked from now on
+        return "Some reasoning. The answer is 4."
+
+    config.reply = reply
+    with serve_in_thread(config) as srv:
+        cfg = _config(tmp_path, f"openai:fault-server@{srv.base_url}", ", api_key_env: HEAL_KEY", n_seeds=12)
+        res = api.run(cfg)
+        assert res.status == "failed" and res.exit_code == 5 and "401 from" in (res.error or "")
+        rows = _cache_rows(tmp_path / "s.duckdb")
+        assert {s for s, _ in rows} == {"ok"} and len(rows) == len(answered) >= 6
+        sent = srv.stats()["requests"]
+        config.api_key = GOOD_KEY
+        again = api.run(cfg)
+        assert again.status == "done", again.error
+        assert srv.stats()["requests"] - sent == 12 * 2 - len(rows)  # nothing answered is paid twice

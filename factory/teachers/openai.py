@@ -26,7 +26,6 @@ import random
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
@@ -42,11 +41,11 @@ from factory.teachers import api_errors
 from factory.teachers.base import Teacher
 from factory.teachers.http import HTTPFailure, Pool
 from factory.teachers.pacing import Pacer
+from factory.teachers.urls import DEFAULT_BASE_URL, base_url
 from factory.types import Completion, Request
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 529}
 
 
@@ -76,7 +75,7 @@ class OpenAITeacher(Teacher):
     def __init__(self, spec: str, model: str, options: dict[str, Any]):
         model, _, url = model.partition("@")
         super().__init__(spec, model)
-        self.base_url = _base_url(options.pop("base_url", None) or url or DEFAULT_BASE_URL)
+        self.base_url = base_url(options.pop("base_url", None) or url or DEFAULT_BASE_URL)
         self.api_key_env: str | None = options.pop("api_key_env", None)
         self.max_in_flight = int(options.pop("max_in_flight", 64))
         self.max_retries = int(options.pop("max_retries", 8))
@@ -340,60 +339,6 @@ def _no_content(message: Any, finish_reason: Any) -> TeacherError:
     return TeacherUnavailable(
         f"the server answered 200 with no content (finish_reason={finish_reason!r})", kind="empty_content"
     )
-
-
-def check_base_url(model: str, options: dict[str, Any]) -> None:
-    """Refuse the base URL of ``openai:MODEL[@URL]`` (or ``options["base_url"]``) as the teacher would,
-    without building it: for a driver that stores the config before its workers build teachers."""
-    _base_url(options.get("base_url") or model.partition("@")[2] or DEFAULT_BASE_URL)
-
-
-def _base_url(value: Any) -> str:
-    """The base URL, checked: a plain http(s) URL without credentials, white space, control characters, a
-    query or a fragment, and not the chat-completions path itself. Messages never echo credentials."""
-    where = "fix the @URL in teacher.spec or teacher.options.base_url"
-    if not isinstance(value, str):
-        raise ConfigError(f"teacher base URL: a string, not {type(value).__name__}; {where}")
-    url = value.strip().rstrip("/")
-    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
-        raise ConfigError(
-            f"teacher base URL {_redacted(url)!r}: holds white space or a control character (a line break "
-            f"would end up in the request line); {where}"
-        )
-    try:
-        u = urlsplit(url)
-        port = u.port
-    except ValueError as exc:  # an unclosed [IPv6 bracket, a port that is not a number or out of range
-        raise ConfigError(
-            f"teacher base URL {_redacted(url)!r}: malformed ({exc}); expected http(s)://HOST[:PORT][/PATH] "
-            f"with a port from 1 to 65535; {where}"
-        ) from None
-    if u.username is not None or u.password is not None:
-        raise ConfigError(
-            f"teacher base URL {_redacted(url)!r}: carries credentials; remove them from teacher.spec/base_url and "
-            "put the key in an environment variable named by teacher.api_key_env (it is sent as a Bearer token "
-            "and never stored)"
-        )
-    if u.scheme not in ("http", "https") or not u.hostname or port == 0 or u.query or u.fragment:
-        raise ConfigError(
-            f"teacher base URL {url!r}: expected http(s)://HOST[:PORT][/PATH] with a port from 1 to 65535, "
-            f"no ?query or #fragment; {where}"
-        )
-    if u.path.rstrip("/").endswith("/chat/completions"):
-        raise ConfigError(
-            f"teacher base URL {url!r}: ends in /chat/completions; give the API's base "
-            f"({url[: -len('/chat/completions')]}): /chat/completions is added to it"
-        )
-    return url
-
-
-def _redacted(url: str) -> str:
-    """``url`` with any ``user:password@`` replaced by ``***@``, found without parsing (it may not parse)."""
-    scheme, sep, rest = url.partition("://")
-    netloc, slash, path = rest.partition("/")
-    if sep and "@" in netloc:
-        return f"{scheme}://***@{netloc.rpartition('@')[2]}{slash}{path}"
-    return url
 
 
 def _positive(name: str, value: Any) -> float:
