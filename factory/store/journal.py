@@ -1,18 +1,27 @@
-"""An append-only journal of teacher answers not yet committed to DuckDB.
+"""An append-only journal of teacher answers (and of the run's counters) not yet committed to DuckDB.
 
-Answers are appended as they arrive and written with one ``os.write`` per event-loop tick (the runner
-schedules ``flush`` right after the first append of a tick), before anything built from them can be
-committed. The kernel keeps written data even if the process is SIGKILLed, so a crash between two
-DuckDB commits loses at most the answers of the current tick, which count as in flight: the next open
-replays the journal into the cache table. Segments are rotated at each commit and deleted once their
-rows are committed.
+An answer is appended the moment it is parsed off its connection (the runner hooks the teacher's HTTP
+response, before the task that awaits it resumes). A writer thread writes what was appended with one
+``os.write`` every ``interval_s`` (10 ms), whether or not the event loop is busy; each write ends with a
+line of the invocation's counters (requests sent, attempts, tokens, failures by kind) as they are then,
+so the counters in the journal always cover the answers in it. The kernel keeps written data even if the
+process is SIGKILLed: a kill loses only the answers parsed in the last ``interval_s`` plus the time the
+writer waits for the interpreter (in practice well under 50 ms), and they count as in flight.
+
+The next open for writing replays the journal: rows into the cache table, counters into ``run_stats``
+(each counter the larger of the committed and the journaled value). Read-only readers (``factory status``
+while a run is going, or after a crash) fold the journaled counters in without writing. Segments are
+rotated at each commit and deleted once their rows are committed.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
-from collections.abc import Iterator
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,84 +29,196 @@ import orjson
 
 from factory.errors import StoreError
 
+log = logging.getLogger(__name__)
+
+INTERVAL_S = 0.01
+_STATS = b'{"stats":'
+
 
 def journal_dir(db_path: Path) -> Path:
     return db_path.with_name(db_path.name + ".journal")
 
 
 class Journal:
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, *, interval_s: float = INTERVAL_S):
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.interval_s = interval_s
         self._n = 0
         self._fd: int | None = None
         self._path: Path | None = None
         self._pid = os.getpid()
-        self._pending: list[bytes] = []
+        self._pending: deque[bytes] = deque()  # appended on the loop thread, taken by whoever writes
+        self._lock = threading.Lock()  # one writer at a time, and none while a segment is rotated
+        self._stats: Callable[[], dict[str, Any]] | None = None
+        self._last_stats = b""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: StoreError | None = None  # the write that failed (disk full); nothing is written after
+
+    def start(
+        self,
+        stats: Callable[[], dict[str, Any]] | None = None,
+        on_error: Callable[[StoreError], None] | None = None,
+    ) -> None:
+        """Write from a background thread every ``interval_s``. ``stats`` (called on that thread; it must
+        only read) gives the counters line written after the rows; ``on_error`` (also called there) hears
+        of a failed write."""
+        self._stats = stats
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._writer, args=(on_error,), name="factory-journal", daemon=True
+            )
+            self._thread.start()
+
+    def _writer(self, on_error: Callable[[StoreError], None] | None) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.flush()
+            except StoreError as exc:  # kept in self.error: later writes and rotate() raise it too
+                if on_error is not None:
+                    on_error(exc)
+                return
+
+    def stop(self) -> None:
+        """Stop the writer thread (what is pending is written by the next flush, rotate or close)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
     def _open(self) -> None:
         self._n += 1
         self._path = self.directory / f"seg-{self._pid}-{self._n:08d}.jsonl"
         self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
-    def append(self, row: tuple[Any, ...]) -> bool:
-        """Buffer one row (values in the cache table's column order, written as a JSON array); returns True
-        when the buffer was empty (the caller schedules ``flush``)."""
+    def append(self, row: tuple[Any, ...]) -> None:
+        """Queue one row (values in the cache table's column order, written as a JSON array)."""
         self._pending.append(orjson.dumps(row))
-        return len(self._pending) == 1
 
     def flush(self) -> None:
-        if not self._pending:
+        with self._lock:
+            self._write()
+
+    def _write(self) -> None:
+        if self.error is not None:
+            raise self.error
+        pending = self._pending
+        parts = []
+        while pending:
+            parts.append(pending.popleft())
+        line = self._stats_line()
+        if line is not None and (line != self._last_stats or parts):
+            parts.append(line)
+            self._last_stats = line
+        if not parts:
             return
-        if self._fd is None:
-            self._open()
-        data = b"\n".join(self._pending) + b"\n"
-        self._pending = []
+        data = b"\n".join(parts) + b"\n"
         try:
+            if self._fd is None:
+                self._open()
             written = os.write(self._fd, data)  # type: ignore[arg-type]
             if written != len(data):
                 raise OSError(errno.ENOSPC, "short write")
         except OSError as exc:
-            raise StoreError(
+            self.error = StoreError(
                 f"cannot write the answer journal in {self.directory}: {exc.strerror or exc}. "
                 "Free disk space and re-run the same command; everything committed so far is kept."
-            ) from exc
+            )
+            raise self.error from exc
+
+    def _stats_line(self) -> bytes | None:
+        if self._stats is None:
+            return None
+        try:
+            return orjson.dumps({"stats": self._stats()})
+        except Exception:  # a counter read mid-update must not stop the rows from being written
+            log.debug("journal: counters not written this time", exc_info=True)
+            return None
 
     def rotate(self) -> Path | None:
         """Close the current segment and return its path (None if nothing was written since last time)."""
-        self.flush()
-        if self._fd is None:
-            return None
-        os.close(self._fd)
-        path, self._fd, self._path = self._path, None, None
-        return path
+        with self._lock:
+            self._write()
+            if self._fd is None:
+                return None
+            os.close(self._fd)
+            path, self._fd, self._path = self._path, None, None
+            return path
 
     def close(self) -> Path | None:
+        self.stop()
+        self._stats = None
         return self.rotate()
 
 
 def read_segments(directory: Path, columns: tuple[str, ...]) -> tuple[list[Path], list[tuple[Any, ...]]]:
     """All complete rows from leftover segments as tuples in ``columns`` order (a torn last line is
     skipped). Lines are JSON arrays in that order; JSON objects (an older journal) are mapped by name."""
+    paths, rows, _ = scan_segments(directory, columns)
+    return paths, rows
+
+
+def scan_segments(
+    directory: Path, columns: tuple[str, ...] | None
+) -> tuple[list[Path], list[tuple[Any, ...]], list[dict[str, Any]]]:
+    """Leftover segments, their cache rows (none when ``columns`` is None) and their counters lines."""
     if not directory.is_dir():
-        return [], []
+        return [], [], []
     paths = sorted(directory.glob("seg-*.jsonl"))
     rows: list[tuple[Any, ...]] = []
+    stats: list[dict[str, Any]] = []
     for p in paths:
-        for row in _rows(p):
+        for line in _lines(p):
+            if line.startswith(_STATS):
+                doc = _loads(line)
+                if isinstance(doc, dict) and isinstance(doc.get("stats"), dict):
+                    stats.append(doc["stats"])
+                continue
+            if columns is None:
+                continue
+            row = _loads(line)
             if isinstance(row, dict):
                 rows.append(tuple(row.get(c) for c in columns))
             elif isinstance(row, list) and len(row) == len(columns):
                 rows.append(tuple(row))
-    return paths, rows
+    return paths, rows, stats
 
 
-def _rows(path: Path) -> Iterator[Any]:
+def latest_stats(stats: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """Per (run, invocation), each counter at its largest journaled value (counters only grow)."""
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    for s in stats:
+        try:
+            ident = (str(s["run_id"]), int(s["invocation"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+        merged = out.setdefault(ident, {"failures": {}, "failure_examples": {}})
+        for k in COUNTERS:
+            v = s.get(k)
+            if isinstance(v, int):
+                merged[k] = max(merged.get(k, 0), v)
+        for kind, n in (s.get("failures") or {}).items():
+            if isinstance(n, int):
+                merged["failures"][kind] = max(merged["failures"].get(kind, 0), n)
+        merged["failure_examples"].update(s.get("failure_examples") or {})
+    return out
+
+
+COUNTERS = ("requests_sent", "attempts", "cache_hits", "prompt_tokens", "completion_tokens")
+
+
+def _loads(line: bytes) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _lines(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as f:
         for line in f:
             if not line.endswith(b"\n"):
                 break
-            try:
-                yield orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
+            yield line

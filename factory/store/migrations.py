@@ -146,7 +146,17 @@ def m002_filter_passes(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_filter_passes]
+def m006_failure_examples(con: duckdb.DuckDBPyConnection) -> None:
+    """One example message per failure kind of each invocation (``{kind: message}``), beside the counts in
+    ``failures``, so that ``factory status`` can say why attempts failed."""
+    con.execute("ALTER TABLE run_stats ADD COLUMN failure_examples JSON")
+
+
+MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
+    m001_initial,
+    m002_filter_passes,
+    m006_failure_examples,
+]
 
 
 def pending_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
