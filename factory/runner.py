@@ -2,7 +2,7 @@
 
 Nothing waits on a whole batch: each seed runs as soon as a slot frees, each answer is journaled the
 moment it is parsed off its connection (the teacher hands it over before the awaiting task resumes; the
-journal writes within 10 ms, see factory.store.journal), and rows are committed to the store at least
+journal writes within 20 ms, see factory.store.journal), and rows are committed to the store at least
 every ``commit_interval_s``. Re-running the same config resumes: finished seeds are skipped and every
 request already answered is served from the cache.
 
@@ -536,7 +536,7 @@ class Runner:
                 error,
                 self.plan.run_id,
             )
-        self._journal.append(row)  # written within 10 ms by the journal's thread, and before any commit
+        self._journal.append(row)  # written within 20 ms by the journal's thread, and before any commit
         self._batch.cache.append(row)
         self._uncommitted.append(key)
 
@@ -626,7 +626,7 @@ class Runner:
         return out
 
     def stats(self, status: str) -> dict[str, Any]:
-        """This invocation's counters. Also called by the journal's writer thread every 10 ms, so the common
+        """This invocation's counters. Also called by the journal's writer thread every 20 ms, so the common
         case (no failure yet) reads a few integers."""
         failed = any(t.errors for t in self._teachers) or self.final_failures
         failures = self._errors() if failed else Counter()
