@@ -301,12 +301,16 @@ async def run_async(
     store: Store | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     handle_signals: bool = False,
+    on_start: Callable[[], None] | None = None,
 ) -> Result:
     """Run (or resume) a prepared run. Teachers passed in (``teacher`` is the default role) are the caller's
-    to close; the ones built here are closed here."""
+    to close; the ones built here are closed here. ``on_start`` is called once the store holds the run,
+    before the first request (the CLI names the endpoints then)."""
     cfg = prep.config
     if cfg.executor.kind == "ray":
-        return await _run_on_ray(prep, store=store, on_progress=on_progress, handle_signals=handle_signals)
+        return await _run_on_ray(
+            prep, store=store, on_progress=on_progress, handle_signals=handle_signals, on_start=on_start
+        )
     given = dict(teachers or {})
     if teacher is not None:
         given["default"] = teacher
@@ -329,6 +333,8 @@ async def run_async(
             template_version=prep.template_version, drain_s=cfg.runner.drain_s,
         )  # fmt: skip
         runner = Runner(st, roles, plan, invocation, on_progress=on_progress)
+        if on_start is not None:
+            on_start()
         if handle_signals:
             with _signals(lambda: runner.stop("interrupted", drain=True), runner.abandon):
                 result = await runner.run()
@@ -352,6 +358,7 @@ async def _run_on_ray(
     store: Store | None,
     on_progress: Callable[[Progress], None] | None,
     handle_signals: bool,
+    on_start: Callable[[], None] | None = None,
 ) -> Result:
     """The same run, its shards on a Ray cluster (factory.cluster); the driver owns the store."""
     import time
@@ -380,6 +387,8 @@ async def _run_on_ray(
             config=cfg.model_dump(mode="json"), config_hash=digest("cfg1", cfg.fingerprint(), length=16),
             version=__version__,
         )  # fmt: skip
+        if on_start is not None:
+            on_start()
         error: FactoryError | None = None
         with _signals(stop.set) if handle_signals else contextlib.nullcontext():
             try:

@@ -125,11 +125,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         for n in rep.notes:
             print(f"note: {n}")
         return 0
-    for line in where:  # before the first request: a forgotten @URL shows now, not after the failures
-        print(line, file=sys.stderr, flush=True)
+
+    def named() -> None:  # before the first request: a forgotten @URL shows now, not after the failures
+        for line in where:
+            print(line, file=sys.stderr, flush=True)
+
     view = ProgressView(len(prep.seeds), 0, prep.config.name, prep.config.runner.drain_s)
     with view:
-        result = api.run_sync(api.run_async(prep, on_progress=view.update, handle_signals=True))
+        result = api.run_sync(
+            api.run_async(prep, on_progress=view.update, handle_signals=True, on_start=named)
+        )
     p = result.progress
     summary = {
         "run_id": result.run_id, "status": result.status, "store": str(prep.store_path), "seeds_done": p.seeds_done,

@@ -116,7 +116,7 @@ class _Lane:
     identity_json: bytes
     engine: MicroBatcher[Request, Outcome] | None
     skip_lookup: bool = False  # nothing of this teacher's in the cache before the run: no look-ups needed
-    # requests at the teacher, by id(request): [lane, key, body, reserved tokens] until the answer arrives
+    # requests at the teacher, by id(request): [lane, key, body, reserved tokens, True] until the answer arrives
     waiting: dict[int, list[Any]] = field(default_factory=dict)
 
     @property
@@ -458,7 +458,7 @@ class Runner:
         reserve = req.sampling.max_tokens
         self.reserved_tokens += reserve
         self.dispatched += 1
-        ticket = [lane, key, body, reserve]
+        ticket = [lane, key, body, reserve, True]  # the last item: not arrived yet
         lane.waiting[id(req)] = ticket
         try:
             if lane.engine is not None:
@@ -466,11 +466,13 @@ class Runner:
             else:
                 outcome = (await lane.teacher.complete([req]))[0]
         except BaseException:
-            if lane.waiting.pop(id(req), None) is not None:
+            if ticket[4]:
+                del lane.waiting[id(req)]
                 self.reserved_tokens -= reserve
                 self.dispatched -= 1
             raise
-        if lane.waiting.pop(id(req), None) is not None:  # not handed over on arrival (see _on_answer)
+        if ticket[4]:  # not handed over on arrival (see _on_answer)
+            del lane.waiting[id(req)]
             self._arrived(ticket, outcome)
         return outcome
 
@@ -486,7 +488,8 @@ class Runner:
 
     def _arrived(self, ticket: list[Any], outcome: Outcome) -> None:
         """Once per request sent: count it and keep its answer (journal, then the next commit)."""
-        lane, key, body, reserve = ticket
+        lane, key, body, reserve, _ = ticket
+        ticket[4] = False
         self.reserved_tokens -= reserve
         self.dispatched -= 1
         self.answered += 1

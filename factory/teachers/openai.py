@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import logging
 import os
 import random
@@ -184,7 +185,7 @@ class OpenAITeacher(Teacher):
         t0 = time.perf_counter()
         try:
             return await self._pool_get().post(
-                "/chat/completions", data, lambda resp: self._answer(resp, t0, req)
+                "/chat/completions", data, functools.partial(self._answer, t0, req)
             )
         except HTTPFailure as exc:
             if not exc.sent:
@@ -193,7 +194,7 @@ class OpenAITeacher(Teacher):
         finally:
             self.in_flight -= 1
 
-    def _answer(self, resp: Response, t0: float, req: Request) -> Completion | TeacherError:
+    def _answer(self, t0: float, req: Request, resp: Response) -> Completion | TeacherError:
         """The outcome of one response, made as its last byte arrives; an answer that is not retried goes
         to ``on_answer`` at once."""
         out = self._outcome(resp, t0)
