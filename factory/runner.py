@@ -1,8 +1,8 @@
 """The streaming runner: seeds flow through the recipe, every teacher call through the request cache.
 
 Nothing waits on a whole batch: each seed runs as soon as a slot frees, each answer is journaled the
-moment it is parsed off its connection (the teacher hands it over before the awaiting task resumes; the
-journal writes within 20 ms, see factory.store.journal), and rows are committed to the store at least
+moment it is parsed off its connection (the teacher hands it over before the awaiting task resumes, and
+the journal writes it there and then, see factory.store.journal), and rows are committed at least
 every ``commit_interval_s``. Re-running the same config resumes: finished seeds are skipped and every
 request already answered is served from the cache.
 
@@ -284,8 +284,8 @@ class Runner:
             lane.teacher.on_answer = functools.partial(self._on_answer, lane)
             lane.teacher.paused = self._stopping is not None
 
-        def journal_failed(exc: StoreError) -> None:  # on the journal's thread
-            loop.call_soon_threadsafe(self._journal_failed, exc)
+        def journal_failed(exc: StoreError) -> None:  # inside an append: stop from the loop, not there
+            loop.call_soon(self._journal_failed, exc)
 
         self._journal.start(lambda: self.stats("running"), journal_failed)
         flusher = loop.create_task(self._flush_every())
@@ -298,7 +298,6 @@ class Runner:
                 teacher.paused = False
             if self._drain_timer is not None:
                 self._drain_timer.cancel()
-            self._journal.stop()  # the last rows and counters go out with the last commit
             try:
                 await self._flush()
             except StoreError as exc:
@@ -539,7 +538,7 @@ class Runner:
                 error,
                 self.plan.run_id,
             )
-        self._journal.append(row)  # written within 20 ms by the journal's thread, and before any commit
+        self._journal.append(row)  # written now, before anything built from it can be committed
         self._batch.cache.append(row)
         self._uncommitted.append(key)
 
@@ -600,7 +599,6 @@ class Runner:
         sent = sum(t.in_flight for t in self._distinct_teachers())
         return sent if sent else self.dispatched
 
-    # Counters are read from the journal's thread as well: only whole-value reads and C-level dict copies.
     @property
     def attempts(self) -> int:
         return sum(t.attempts - self._base[id(t)][0] for t in self._distinct_teachers())
@@ -629,8 +627,8 @@ class Runner:
         return out
 
     def stats(self, status: str) -> dict[str, Any]:
-        """This invocation's counters. Also called by the journal's writer thread every 20 ms, so the common
-        case (no failure yet) reads a few integers."""
+        """This invocation's counters. Also written to the journal every 10 ms while answers arrive, so the
+        common case (no failure yet) reads a few integers."""
         failed = any(t.errors for t in self._teachers) or self.final_failures
         failures = self._errors() if failed else Counter()
         examples = self._examples(failures) if failed else {}

@@ -1,18 +1,19 @@
 """An append-only journal of teacher answers (and of the run's counters) not yet committed to DuckDB.
 
-An answer is appended the moment it is parsed off its connection (the runner hooks the teacher's HTTP
-response, before the task that awaits it resumes). A writer thread writes what was appended with one
-``os.write`` every ``interval_s`` (20 ms: each wake-up of a second thread takes the interpreter from the
-event loop for a moment, so not more often), whether or not the event loop is busy; each write ends
-with a line of the invocation's counters (requests sent, attempts, tokens, failures by kind) as they are
-then, so the counters in the journal always cover the answers in it. The kernel keeps written data even
-if the process is SIGKILLed: a kill loses only the answers parsed in the last ``interval_s`` plus the
-time the writer waits for the interpreter (in practice well under 50 ms), and they count as in flight.
+An answer is written the moment it is parsed off its connection: the runner hooks the teacher's HTTP
+response, before the task that awaits it resumes, and appends it with one ``os.write`` there and then
+(no batching per loop pass, no writer thread: a second thread waking every few milliseconds cost more
+CPU per request, in taking the interpreter from the event loop, than a write per answer). Each write of
+rows is followed, at most every ``stats_interval_s`` (10 ms) and at every rotation, by a line of the
+invocation's counters (requests sent, attempts, tokens, failures by kind) as they are then, so the
+counters in the journal cover the answers in it up to that interval. The kernel keeps written data even
+if the process is SIGKILLed: a kill loses only answers the process had not yet read off its
+connections (they count as in flight).
 
 The next open for writing replays the journal: rows into the cache table, counters into ``run_stats``
 (each counter the larger of the committed and the journaled value). Read-only readers (``factory status``
-while a run is going, or after a crash) fold the journaled counters in without writing. Segments are
-rotated at each commit and deleted once their rows are committed.
+after a crash) fold the journaled counters in without writing. Segments are rotated at each commit and
+deleted once their rows are committed.
 """
 
 from __future__ import annotations
@@ -20,9 +21,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from factory.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-INTERVAL_S = 0.02
+STATS_INTERVAL_S = 0.01
 _STATS = b'{"stats":'
 
 
@@ -42,54 +41,28 @@ def journal_dir(db_path: Path) -> Path:
 
 
 class Journal:
-    def __init__(self, directory: Path, *, interval_s: float = INTERVAL_S):
+    def __init__(self, directory: Path, *, stats_interval_s: float = STATS_INTERVAL_S):
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.interval_s = interval_s
+        self.stats_interval_s = stats_interval_s
         self._n = 0
         self._fd: int | None = None
         self._path: Path | None = None
         self._pid = os.getpid()
-        self._pending: deque[bytes] = deque()  # appended on the loop thread, taken by whoever writes
-        self._lock = threading.Lock()  # one writer at a time, and none while a segment is rotated
         self._stats: Callable[[], dict[str, Any]] | None = None
+        self._on_error: Callable[[StoreError], None] | None = None
         self._last_stats = b""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._stats_at = 0.0
         self.error: StoreError | None = None  # the write that failed (disk full); nothing is written after
-        self._written_at = time.monotonic()
 
     def start(
         self,
         stats: Callable[[], dict[str, Any]] | None = None,
         on_error: Callable[[StoreError], None] | None = None,
     ) -> None:
-        """Write from a background thread every ``interval_s``. ``stats`` (called on that thread; it must
-        only read) gives the counters line written after the rows; ``on_error`` (also called there) hears
-        of a failed write."""
-        self._stats = stats
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._writer, args=(on_error,), name="factory-journal", daemon=True
-            )
-            self._thread.start()
-
-    def _writer(self, on_error: Callable[[StoreError], None] | None) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.flush()
-            except StoreError as exc:  # kept in self.error: later writes and rotate() raise it too
-                if on_error is not None:
-                    on_error(exc)
-                return
-
-    def stop(self) -> None:
-        """Stop the writer thread (what is pending is written by the next flush, rotate or close)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        """``stats`` gives the counters line written after the rows (at most every ``stats_interval_s``,
+        and at each rotation); ``on_error`` hears of a write that failed (the append does not raise)."""
+        self._stats, self._on_error = stats, on_error
 
     def _open(self) -> None:
         self._n += 1
@@ -97,33 +70,29 @@ class Journal:
         self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
     def append(self, row: tuple[Any, ...]) -> None:
-        """Queue one row (values in the cache table's column order, written as a JSON array). Should the
-        writer thread be late (a box short of CPU), the row goes out now, with what is pending."""
-        self._pending.append(orjson.dumps(row))
-        if time.monotonic() - self._written_at > self.interval_s and self._lock.acquire(blocking=False):
-            try:
-                self._write()
-            except StoreError:
-                pass  # kept in self.error: the writer thread reports it
-            finally:
-                self._lock.release()
+        """Write one row at once (values in the cache table's column order, as a JSON array), with the
+        counters line when it is due. A failed write is kept in ``error`` and told to ``on_error``."""
+        if self.error is not None:
+            return
+        try:
+            self._write([orjson.dumps(row)], time.monotonic() - self._stats_at >= self.stats_interval_s)
+        except StoreError as exc:
+            if self._on_error is not None:
+                self._on_error(exc)
 
     def flush(self) -> None:
-        with self._lock:
-            self._write()
-
-    def _write(self) -> None:
+        """Write the counters line (rows are written as they are appended)."""
         if self.error is not None:
             raise self.error
-        pending = self._pending
-        parts = []
-        while pending:
-            parts.append(pending.popleft())
-        line = self._stats_line()
-        if line is not None and (line != self._last_stats or parts):
-            parts.append(line)
-            self._last_stats = line
-        self._written_at = time.monotonic()
+        self._write([], True)
+
+    def _write(self, parts: list[bytes], with_stats: bool) -> None:
+        if with_stats and self._stats is not None:
+            line = self._stats_line()
+            self._stats_at = time.monotonic()
+            if line is not None and (line != self._last_stats or parts):
+                parts.append(line)
+                self._last_stats = line
         if not parts:
             return
         data = b"\n".join(parts) + b"\n"
@@ -141,26 +110,22 @@ class Journal:
             raise self.error from exc
 
     def _stats_line(self) -> bytes | None:
-        if self._stats is None:
-            return None
         try:
-            return orjson.dumps({"stats": self._stats()})
+            return orjson.dumps({"stats": self._stats()})  # type: ignore[misc]
         except Exception:  # a counter read mid-update must not stop the rows from being written
             log.debug("journal: counters not written this time", exc_info=True)
             return None
 
     def rotate(self) -> Path | None:
         """Close the current segment and return its path (None if nothing was written since last time)."""
-        with self._lock:
-            self._write()
-            if self._fd is None:
-                return None
-            os.close(self._fd)
-            path, self._fd, self._path = self._path, None, None
-            return path
+        self.flush()
+        if self._fd is None:
+            return None
+        os.close(self._fd)
+        path, self._fd, self._path = self._path, None, None
+        return path
 
     def close(self) -> Path | None:
-        self.stop()
         self._stats = None
         return self.rotate()
 
