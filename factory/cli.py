@@ -140,6 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "run_id": result.run_id, "status": result.status, "store": str(prep.store_path), "seeds_done": p.seeds_done,
         "seeds_failed": p.seeds_failed, "records_added": p.records, "requests_sent": p.requests_sent,
         "cache_hits": p.cache_hits, "completion_tokens": p.completion_tokens, "elapsed_s": round(p.elapsed_s, 2),
+        "abandoned": p.abandoned,
     }  # fmt: skip
     if result.curation is not None:
         summary["curated"] = result.curation.funnel["curated"]

@@ -142,6 +142,7 @@ def test_ctrl_c_twice_abandons_the_requests_in_flight_and_says_they_are_paid_aga
     assert code == 130, err
     assert "8 requests in flight were abandoned" in err and "paid for) again" in err, err
     assert json.loads(out)["status"] == "interrupted" and st["status"] == "interrupted"
+    assert json.loads(out)["abandoned"] == 8
     assert st["requests_sent"] == 8 and st["records_total"] == 0
 
 
