@@ -183,6 +183,28 @@ def make_teachers(prep: Prepared | RunConfig, given: dict[str, Teacher] | None =
     return out
 
 
+def endpoints(prep: Prepared) -> list[str]:
+    """Where each teacher's requests go, one line per distinct teacher, to show before any is sent (an
+    openai spec without @URL goes to the OpenAI API: a forgotten @URL is visible at once). No request."""
+    from factory.teachers import parse_spec
+
+    roles = make_teachers(prep)  # cheap: engines and connections open lazily
+    lines, seen = [], set()
+    for role, tc in prep.config.roles().items():
+        t = roles[role]
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        who = tc.spec if role == "default" else f"{role} ({tc.spec})"
+        url = t.describe().get("base_url")
+        if url is None:
+            lines.append(f"teacher {who} → a local {parse_spec(tc.spec)[0]} engine")
+            continue
+        default = "@" not in parse_spec(tc.spec)[1] and not tc.base_url and "base_url" not in tc.options
+        lines.append(f"teacher {who} → {url}" + (" (no @URL in the spec)" if default else ""))
+    return lines
+
+
 class _DryRunStop(Exception):
     pass
 
@@ -235,9 +257,10 @@ def dry_run(prep: Prepared) -> DryRunReport:
 
 
 @contextlib.contextmanager
-def _signals(stop: Callable[[], None]) -> Iterator[None]:
-    """The first Ctrl+C (or SIGTERM) calls ``stop``: the run ends after committing what is finished. The
-    second quits at once."""
+def _signals(stop: Callable[[], None], abandon: Callable[[], None] | None = None) -> Iterator[None]:
+    """The first Ctrl+C (or SIGTERM) calls ``stop``: no new request is sent, the ones in flight are waited
+    for (up to ``runner.drain_s``) and everything finished is committed. The second calls ``abandon``: the
+    requests still in flight are given up (sent, and paid for, again on resume). The next quits at once."""
     loop = asyncio.get_running_loop()
     hits = {"n": 0}
 
@@ -245,9 +268,14 @@ def _signals(stop: Callable[[], None]) -> Iterator[None]:
         hits["n"] += 1
         if hits["n"] == 1:
             log.warning(
-                "%s: stopping; everything finished so far is kept (press again to quit at once)", signame
+                "%s: stopping; everything finished so far is kept (press Ctrl+C again to abandon the requests "
+                "in flight)",
+                signame,
             )
             stop()
+        elif hits["n"] == 2 and abandon is not None:
+            log.warning("%s again: abandoning the requests in flight (press again to quit at once)", signame)
+            abandon()
         else:
             raise KeyboardInterrupt
 
@@ -274,15 +302,19 @@ async def run_async(
     on_progress: Callable[[Progress], None] | None = None,
     handle_signals: bool = False,
     retry_failed: bool = False,
+    on_start: Callable[[], None] | None = None,
 ) -> Result:
     """Run (or resume) a prepared run. Teachers passed in (``teacher`` is the default role) are the caller's
     to close; the ones built here are closed here. ``retry_failed`` asks again the requests whose cached
-    answer is a rejection, and keeps the new outcome in its place."""
+    answer is a rejection, and keeps the new outcome in its place. ``on_start`` is called once the store
+    holds the run, before the first request (the CLI names the endpoints then)."""
     cfg = prep.config
     if cfg.executor.kind == "ray":
         if retry_failed:
             raise ConfigError("--retry-failed: run it without --executor ray (one process re-asks them)")
-        return await _run_on_ray(prep, store=store, on_progress=on_progress, handle_signals=handle_signals)
+        return await _run_on_ray(
+            prep, store=store, on_progress=on_progress, handle_signals=handle_signals, on_start=on_start
+        )
     given = dict(teachers or {})
     if teacher is not None:
         given["default"] = teacher
@@ -302,11 +334,13 @@ async def run_async(
             budget=Budget(cfg.budget.max_requests, cfg.budget.max_output_tokens),
             commit_interval_s=cfg.runner.commit_interval_s,
             max_seeds_in_flight=cfg.runner.max_seeds_in_flight or max(16, cfg.teacher.max_in_flight),
-            template_version=prep.template_version, retry_rejected=retry_failed,
+            template_version=prep.template_version, retry_rejected=retry_failed, drain_s=cfg.runner.drain_s,
         )  # fmt: skip
         runner = Runner(st, roles, plan, invocation, on_progress=on_progress)
+        if on_start is not None:
+            on_start()
         if handle_signals:
-            with _signals(lambda: runner.stop("interrupted")):
+            with _signals(lambda: runner.stop("interrupted", drain=True), runner.abandon):
                 result = await runner.run()
         else:
             result = await runner.run()
@@ -328,6 +362,7 @@ async def _run_on_ray(
     store: Store | None,
     on_progress: Callable[[Progress], None] | None,
     handle_signals: bool,
+    on_start: Callable[[], None] | None = None,
 ) -> Result:
     """The same run, its shards on a Ray cluster (factory.cluster); the driver owns the store."""
     import time
@@ -362,6 +397,8 @@ async def _run_on_ray(
             config=cfg.model_dump(mode="json"), config_hash=digest("cfg1", cfg.fingerprint(), length=16),
             version=__version__,
         )  # fmt: skip
+        if on_start is not None:
+            on_start()
         error: FactoryError | None = None
         with _signals(stop.set) if handle_signals else contextlib.nullcontext():
             try:

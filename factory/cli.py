@@ -56,24 +56,40 @@ class _BarView:
 
 
 class ProgressView(_BarView):
-    """A progress bar with rate, tokens, cache hits, failures and ETA (a plain line when not a TTY)."""
+    """A progress bar with rate, tokens, cache hits, failures (and the latest reason) and ETA; while the run
+    drains, how many requests are still awaited (a plain line when not a TTY)."""
 
-    def __init__(self, total: int, done: int, label: str):
+    def __init__(self, total: int, done: int, label: str, drain_s: float = 30.0):
         super().__init__()
         self.task = self.progress.add_task(label, total=total, completed=done, info="")
         self._last_line = 0.0
+        self._last_said = ""
+        self.drain_s = drain_s
 
     def update(self, p: Any) -> None:
         rate = p.requests_sent / p.elapsed_s if p.elapsed_s > 0 else 0.0
         fails = sum(p.failures.values())
-        info = (
-            f"{rate:.1f} req/s · {p.requests_sent} sent · {p.cache_hits} cached · {p.in_flight} pending · "
-            f"{p.completion_tokens} out tok · {fails} failed attempts · ETA {_fmt_s(p.eta_s)}"
-        )
+        if getattr(p, "draining", False):
+            info = (
+                f"draining: waiting for {p.awaiting} requests in flight (up to {self.drain_s:g}s; "
+                "Ctrl+C again abandons them) · "
+                f"{p.requests_sent} sent · {p.completion_tokens} out tok"
+            )
+        else:
+            info = (
+                f"{rate:.1f} req/s · {p.requests_sent} sent · {p.cache_hits} cached · {p.in_flight} pending · "
+                f"{p.completion_tokens} out tok · {fails} failed attempts · ETA {_fmt_s(p.eta_s)}"
+            )
+        last = getattr(p, "last_failure", None)
+        if fails and last:
+            info += f" · last failure: {last}"
         if self.live:
             self.progress.update(self.task, completed=p.seeds_done + p.seeds_failed, info=info)
-        elif p.elapsed_s - self._last_line >= 10:
-            self._last_line = p.elapsed_s
+            return
+        # Plain lines: every 10 s, and at once when the run starts to drain or a new failure reason shows.
+        said = f"{getattr(p, 'draining', False)}|{last}"
+        if p.elapsed_s - self._last_line >= 10 or said != self._last_said:
+            self._last_line, self._last_said = p.elapsed_s, said
             print(
                 f"[{_fmt_s(p.elapsed_s)}] seeds {p.seeds_done}/{p.seeds_total} · {info}",
                 file=sys.stderr,
@@ -92,11 +108,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         if prep.config.executor.kind != "ray":
             raise ConfigError("--address: give --executor ray too (or executor: {kind: ray} in the config)")
         prep.config.executor.address = args.address
+    where = api.endpoints(prep)
     if args.dry_run:
         rep = api.dry_run(prep)
         if args.json:
-            print(json.dumps(rep.as_dict(), indent=2))
+            print(json.dumps({**rep.as_dict(), "endpoints": where}, indent=2))
             return 0
+        for line in where:
+            print(line)
         print(f"run {rep.run_id}: {rep.seeds} seeds ({rep.seeds_done} already done)")
         print(f"requests: {rep.requests} ({rep.cached} already cached)")
         print(f"prompt tokens ≈ {rep.prompt_tokens_est}; output tokens ≤ {rep.max_output_tokens}")
@@ -107,16 +126,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         for n in rep.notes:
             print(f"note: {n}")
         return 0
-    view = ProgressView(len(prep.seeds), 0, prep.config.name)
+
+    def named() -> None:  # before the first request: a forgotten @URL shows now, not after the failures
+        for line in where:
+            print(line, file=sys.stderr, flush=True)
+
+    view = ProgressView(len(prep.seeds), 0, prep.config.name, prep.config.runner.drain_s)
     with view:
         result = api.run_sync(
-            api.run_async(prep, on_progress=view.update, handle_signals=True, retry_failed=args.retry_failed)
+            api.run_async(
+                prep,
+                on_progress=view.update,
+                handle_signals=True,
+                retry_failed=args.retry_failed,
+                on_start=named,
+            )
         )
     p = result.progress
     summary = {
         "run_id": result.run_id, "status": result.status, "store": str(prep.store_path), "seeds_done": p.seeds_done,
         "seeds_failed": p.seeds_failed, "records_added": p.records, "requests_sent": p.requests_sent,
         "cache_hits": p.cache_hits, "completion_tokens": p.completion_tokens, "elapsed_s": round(p.elapsed_s, 2),
+        "abandoned": p.abandoned,
     }  # fmt: skip
     if result.curation is not None:
         summary["curated"] = result.curation.funnel["curated"]
@@ -131,7 +162,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {result.error}", file=sys.stderr)
         return result.exit_code or 3
     if result.status == "interrupted":
-        print("interrupted: re-run the same command to resume; nothing finished was lost", file=sys.stderr)
+        if p.abandoned:
+            print(f"interrupted: {p.abandoned} requests in flight were abandoned; re-run the same command to "
+                  "resume: they are sent (and paid for) again, everything answered is kept", file=sys.stderr)  # fmt: skip
+        else:
+            print(
+                "interrupted: re-run the same command to resume; nothing answered was lost", file=sys.stderr
+            )
         return EXIT_INTERRUPTED
     if result.status == "budget":
         print("stopped at the budget: raise budget.* in the config and re-run to continue", file=sys.stderr)
@@ -215,10 +252,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(s, default=str))
         return 0
     funnel = s.pop("funnel")
+    reasons = s.pop("failure_reasons")
     width = max(len(k) for k in s)
     for k, v in s.items():
         print(f"{k:>{width}}: {v}")
     _print_funnel(funnel)
+    if reasons:
+        print("failure reasons (failed attempts, retries included; seeds that finally failed):")
+        for r in reasons:
+            print(f"  {r['kind']}: {r['attempts']} attempts, {r['seeds']} seeds; e.g. {r['example']}")
     return 0
 
 

@@ -376,12 +376,9 @@ class ShardWorker:
                     run_id=prep.run_id, recipe=prep.recipe, state=prep.state, seeds=seeds, budget=Budget(*budget),
                     commit_interval_s=cfg.runner.commit_interval_s,
                     max_seeds_in_flight=cfg.runner.max_seeds_in_flight or max(16, cfg.teacher.max_in_flight),
-                    template_version=prep.template_version,
+                    template_version=prep.template_version, drain_s=cfg.runner.drain_s,
                 )  # fmt: skip
-                # the teachers live across shards: their counters before this one are taken off
-                distinct = list({id(t): t for t in self.teachers.values()}.values())
-                attempts0 = sum(t.attempts for t in distinct)
-                errors0: Counter[str] = sum((Counter(t.errors) for t in distinct), Counter())
+                # the teachers live across shards: a runner counts from where they stand when it starts
                 self.runner = Runner(store, self.teachers, plan, invocation)
                 result = await self.runner.run()
                 stats = self.runner.stats(result.status)
@@ -393,7 +390,7 @@ class ShardWorker:
                     "seeds": len(seeds), "seeds_done": p.seeds_done, "seeds_failed": p.seeds_failed,
                     "records": p.records, "requests_sent": p.requests_sent, "cache_hits": p.cache_hits,
                     "prompt_tokens": p.prompt_tokens, "completion_tokens": p.completion_tokens,
-                    "attempts": stats["attempts"] - attempts0, "failures": dict(Counter(stats["failures"]) - errors0),
+                    "attempts": stats["attempts"], "failures": stats["failures"],
                     "host": os.uname().nodename, "pid": os.getpid(), "elapsed_s": p.elapsed_s,
                 }  # fmt: skip
                 if result.status in ("done", "incomplete"):

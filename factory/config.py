@@ -97,6 +97,14 @@ class RunnerConfig(Strict):
     max_seeds_in_flight: int | None = Field(
         None, ge=1, description="Seeds processed at once (default: max_in_flight)."
     )
+    drain_s: float = Field(
+        30.0,
+        ge=0,
+        le=86400,
+        description="On Ctrl+C (or SIGTERM, or a stopped cluster shard), wait this long for the requests in "
+        "flight and keep their answers; those still unanswered then are abandoned and sent (and paid for) "
+        "again on resume. A second Ctrl+C abandons them at once.",
+    )
 
 
 class ExecutorConfig(Strict):

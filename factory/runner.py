@@ -1,15 +1,21 @@
 """The streaming runner: seeds flow through the recipe, every teacher call through the request cache.
 
 Nothing waits on a whole batch: each seed runs as soon as a slot frees, each answer is journaled the
-moment it arrives (so a crash never loses a paid answer), and rows are committed to the store at least
+moment it is parsed off its connection (the teacher hands it over before the awaiting task resumes, and
+the journal writes it there and then, see factory.store.journal), and rows are committed at least
 every ``commit_interval_s``. Re-running the same config resumes: finished seeds are skipped and every
 request already answered is served from the cache.
+
+Stopping: ``stop(drain=True)`` (the first Ctrl+C, or a cluster shard told to stop) sends no new request
+and waits for the ones in flight, up to ``drain_s``, keeping their answers; ``abandon()`` (the second
+Ctrl+C, or ``drain_s`` passed) cancels them: they are sent, and paid for, again on resume.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import time
@@ -33,7 +39,7 @@ from factory.errors import (
 from factory.keys import canonical_json, record_id, request_key_raw
 from factory.seeds import Seed
 from factory.store import Batch, CacheRow, Store
-from factory.teachers.base import Teacher
+from factory.teachers.base import Teacher, Withheld
 from factory.types import Completion, Request
 from recipes.base import Draft, Recipe
 
@@ -63,6 +69,7 @@ class Plan:
     max_seeds_in_flight: int = 64
     template_version: str = ""
     retry_rejected: bool = False  # re-ask requests whose cached answer is a rejection (--retry-failed)
+    drain_s: float = 30.0  # how long a drain waits for the requests in flight before abandoning them
 
 
 @dataclass(slots=True)
@@ -79,6 +86,10 @@ class Progress:
     failures: dict[str, int]
     elapsed_s: float
     seeds_resumed: int = 0  # done by an earlier invocation
+    draining: bool = False  # stopping: no new request is sent, the ones sent (awaiting) are waited for
+    awaiting: int = 0  # requests sent and not yet answered (in_flight also counts those queued to send)
+    abandoned: int = 0  # requests in flight given up by the stop (sent again on resume)
+    last_failure: str | None = None  # the latest failed attempt, one short line
 
     @property
     def eta_s(self) -> float | None:
@@ -107,6 +118,8 @@ class _Lane:
     identity_json: bytes
     engine: MicroBatcher[Request, Outcome] | None
     skip_lookup: bool = False  # nothing of this teacher's in the cache before the run: no look-ups needed
+    # requests at the teacher, by id(request): [lane, key, body, reserved tokens, True] until the answer arrives
+    waiting: dict[int, list[Any]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -172,14 +185,21 @@ class Runner:
         self._flush_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._journal = store.journal()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_timer: asyncio.TimerHandle | None = None
+        self._draining = False
         self._lookup: MicroBatcher[str, dict[str, Any] | None] = MicroBatcher(
             self._lookup_batch, max_batch=2048
         )
-        # counters of this invocation
+        # counters of this invocation (the teachers' own counters are taken from where they stand now:
+        # a teacher may have served an earlier runner)
+        self._teachers = list({id(lane.teacher): lane.teacher for lane in self._lanes.values()}.values())
+        self._base = {id(t): (t.attempts, t.unsent, dict(t.errors)) for t in self._teachers}
         self.seeds_done = 0
         self.seeds_failed = 0
         self.records = 0
-        self.requests_sent = 0
+        self.answered = 0  # requests the teachers answered or finally failed (what max_requests counts)
+        self.abandoned = 0
         self.cache_hits = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
@@ -193,28 +213,94 @@ class Runner:
     # -- public ------------------------------------------------------------------------------------
     def stop(self, reason: str = "interrupted", *, drain: bool = False) -> None:
         """Stop taking new seeds; everything finished is committed. In-flight work is cancelled, or with
-        ``drain`` no new request is sent and the ones in flight are waited for (and kept)."""
+        ``drain`` no new request is sent and the ones in flight are waited for (and kept), for up to
+        ``plan.drain_s``; then they are abandoned. Callable from another thread."""
+        if self._stopping is not None:
+            return
+        self._stopping = reason
+        for t in self._distinct_teachers():
+            t.paused = True  # requests queued at a teacher (or about to be retried) are not sent either
+        loop = self._loop
+        if not drain:
+            if loop is not None:
+                loop.call_soon_threadsafe(self._cancel_all)
+            else:
+                self._cancel_all()
+            return
+        self._draining = True
+        log.warning(
+            "stopping: no new requests; waiting up to %gs for the %d in flight (their answers are kept)",
+            self.plan.drain_s, self.awaiting,
+        )  # fmt: skip
+        if loop is not None:
+            loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        assert self._loop is not None
+        self._drain_timer = self._loop.call_later(self.plan.drain_s, self._drain_expired)
+        self._report()
+
+    def _drain_expired(self) -> None:
+        if self.awaiting:
+            log.warning("drain_s=%gs passed with requests still in flight", self.plan.drain_s)
+        self.abandon()
+
+    def abandon(self) -> None:
+        """Give up the requests in flight (the second Ctrl+C, or ``drain_s`` passed): their seeds are left
+        for the next invocation, which sends those requests, and pays for them, again."""
         if self._stopping is None:
-            self._stopping = reason
-            if not drain:
-                for t in list(self._tasks):
-                    t.cancel()
+            self._stopping = "interrupted"
+        if self.abandoned or not self._tasks:
+            return
+        self.abandoned = self.awaiting
+        if self.abandoned:
+            log.warning(
+                "abandoning %d requests in flight: they are sent (and paid for) again on resume",
+                self.abandoned,
+            )
+        self._cancel_all()
+
+    def _cancel_all(self) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+        for t in list(self._tasks):
+            t.cancel()
+
+    def _report(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.snapshot())
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[None]:
         """Cache look-ups, the journal and commits every ``commit_interval_s`` for the generate() calls made
         inside; on the way out everything answered is committed."""
-        loop = asyncio.get_running_loop()
-        for lane in {id(x): x for x in self._lanes.values()}.values():
+        loop = self._loop = asyncio.get_running_loop()
+        lanes = list({id(x): x for x in self._lanes.values()}.values())
+        for lane in lanes:
             n = await loop.run_in_executor(self._executor, self.store.count_cache, lane.name)
             lane.skip_lookup = n == 0
         # keys committed during this run must be looked up again by lanes that otherwise skip look-ups
         self._track_committed = any(lane.skip_lookup for lane in self._lanes.values())
+        hooks = [(lane.teacher, lane.teacher.on_answer) for lane in lanes]
+        for lane in lanes:
+            lane.teacher.on_answer = functools.partial(self._on_answer, lane)
+            lane.teacher.paused = self._stopping is not None
+
+        def journal_failed(exc: StoreError) -> None:  # inside an append: stop from the loop, not there
+            loop.call_soon(self._journal_failed, exc)
+
+        self._journal.start(lambda: self.stats("running"), journal_failed)
         flusher = loop.create_task(self._flush_every())
         try:
             yield
         finally:
             flusher.cancel()
+            for teacher, hook in hooks:
+                teacher.on_answer = hook
+                teacher.paused = False
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
             try:
                 await self._flush()
             except StoreError as exc:
@@ -280,7 +366,7 @@ class Runner:
             drafts = await self.plan.recipe.process(seed, self.plan.state, self.generate)
         except asyncio.CancelledError:
             return
-        except (BudgetExhausted, _Draining):
+        except (BudgetExhausted, _Draining, Withheld):
             return
         except TeacherMisconfigured as exc:  # wrong key, model or URL: no request can succeed
             if self._fatal is None:
@@ -382,15 +468,41 @@ class Runner:
         reserve = req.sampling.max_tokens
         self.reserved_tokens += reserve
         self.dispatched += 1
+        ticket = [lane, key, body, reserve, True]  # the last item: not arrived yet
+        lane.waiting[id(req)] = ticket
         try:
             if lane.engine is not None:
                 outcome = await lane.engine.submit(req)
             else:
                 outcome = (await lane.teacher.complete([req]))[0]
-        finally:
-            self.reserved_tokens -= reserve
-            self.dispatched -= 1
-        self.requests_sent += 1
+        except BaseException:
+            if ticket[4]:
+                del lane.waiting[id(req)]
+                self.reserved_tokens -= reserve
+                self.dispatched -= 1
+            raise
+        if ticket[4]:  # not handed over on arrival (see _on_answer)
+            del lane.waiting[id(req)]
+            self._arrived(ticket, outcome)
+        return outcome
+
+    def _on_answer(self, lane: _Lane, req: Request, outcome: Outcome) -> None:
+        """The teacher's hook: an answer, as it is parsed off its connection (before the task awaiting it
+        resumes, which may be many callbacks later on a busy loop)."""
+        ticket = lane.waiting.pop(id(req), None)
+        if ticket is not None:
+            try:
+                self._arrived(ticket, outcome)
+            except Exception:  # never into the HTTP client's callback; the task's own path logs it too
+                log.exception("could not keep an answer of %s", lane.name)
+
+    def _arrived(self, ticket: list[Any], outcome: Outcome) -> None:
+        """Once per request sent: count it and keep its answer (journal, then the next commit)."""
+        lane, key, body, reserve, _ = ticket
+        ticket[4] = False
+        self.reserved_tokens -= reserve
+        self.dispatched -= 1
+        self.answered += 1
         if isinstance(outcome, Completion):
             outcome.key = key
             self.prompt_tokens += outcome.prompt_tokens
@@ -400,11 +512,10 @@ class Runner:
             self._remember(lane, key, body, "rejected", None, str(outcome)[:1000])
         else:  # transient, or about the server or account: never cached, a later call may try again
             self._inflight.pop(key, None)
-        return outcome
 
     def _check_budget(self, req: Request) -> None:
         b = self.plan.budget
-        if b.max_requests is not None and self.requests_sent + self.dispatched >= b.max_requests:
+        if b.max_requests is not None and self.answered + self.dispatched >= b.max_requests:
             self._budget_hit(f"max_requests={b.max_requests} reached")
         if b.max_output_tokens is not None and (
             self.completion_tokens + self.reserved_tokens + req.sampling.max_tokens > b.max_output_tokens
@@ -438,20 +549,18 @@ class Runner:
                 error,
                 self.plan.run_id,
             )
-        if self._journal.append(row):  # written once per loop tick, before any commit can use the answer
-            asyncio.get_running_loop().call_soon(self._flush_journal)
+        self._journal.append(row)  # written now, before anything built from it can be committed
         self._batch.cache.append(row)
         self._uncommitted.append(key)
         if key in self._replace:
             self._replace.discard(key)
             self._batch.replace.append(key)
 
-    def _flush_journal(self) -> None:
-        try:
-            self._journal.flush()
-        except StoreError as exc:  # disk full: stop cleanly, keep what is committed
+    def _journal_failed(self, exc: StoreError) -> None:
+        """The journal could not be written (disk full): stop cleanly, keep what is committed."""
+        if self._fatal is None:
             self._fatal = exc
-            self.stop("failed")
+        self.stop("failed")
 
     async def _lookup_batch(self, keys: Sequence[str]) -> list[dict[str, Any] | None]:
         rows = await asyncio.get_running_loop().run_in_executor(self._executor, self.store.lookup, list(keys))
@@ -492,26 +601,58 @@ class Runner:
                 self._inflight.pop(k, None)
             if self._track_committed:
                 self._committed_keys.update(keys)
-            if self.on_progress is not None:
-                self.on_progress(self.snapshot())
+            self._report()
 
     def _distinct_teachers(self) -> list[Teacher]:
-        return list({id(lane.teacher): lane.teacher for lane in self._lanes.values()}.values())
+        return self._teachers
+
+    @property
+    def awaiting(self) -> int:
+        """Requests sent and not yet answered: what a drain waits for (and what abandoning pays again).
+        Backends that cannot tell count every request handed to them."""
+        sent = sum(t.in_flight for t in self._distinct_teachers())
+        return sent if sent else self.dispatched
+
+    @property
+    def attempts(self) -> int:
+        return sum(t.attempts - self._base[id(t)][0] for t in self._distinct_teachers())
+
+    @property
+    def requests_sent(self) -> int:
+        """Attempts a server received: refused connections, DNS failures and connect time-outs are not."""
+        return sum(
+            t.attempts - t.unsent - self._base[id(t)][0] + self._base[id(t)][1]
+            for t in self._distinct_teachers()
+        )
 
     def _errors(self) -> Counter[str]:
         out: Counter[str] = Counter()
         for t in self._distinct_teachers():
-            out.update(t.errors)
+            before = self._base[id(t)][2]
+            for kind, n in dict(t.errors).items():
+                if n > before.get(kind, 0):
+                    out[kind] += n - before.get(kind, 0)
+        return out
+
+    def _examples(self, kinds: Counter[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for t in self._distinct_teachers():
+            out.update((k, v) for k, v in dict(t.examples).items() if k in kinds)
         return out
 
     def stats(self, status: str) -> dict[str, Any]:
-        failures = self._errors()
-        for kind, n in self.final_failures.items():
+        """This invocation's counters. Also written to the journal every 10 ms while answers arrive, so the
+        common case (no failure yet) reads a few integers."""
+        failed = any(t.errors for t in self._teachers) or self.final_failures
+        failures = self._errors() if failed else Counter()
+        examples = self._examples(failures) if failed else {}
+        for kind, n in dict(self.final_failures).items():
             failures[f"final_{kind}"] += n
         return {
             "run_id": self.plan.run_id, "invocation": self.invocation, "requests_sent": self.requests_sent,
-            "attempts": sum(t.attempts for t in self._distinct_teachers()), "cache_hits": self.cache_hits, "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens, "failures": dict(failures), "status": status,
+            "attempts": self.attempts, "cache_hits": self.cache_hits, "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens, "failures": dict(failures), "failure_examples": examples,
+            "status": status,
         }  # fmt: skip
 
     def snapshot(self) -> Progress:
@@ -520,8 +661,17 @@ class Runner:
             records=self.records, requests_sent=self.requests_sent, cache_hits=self.cache_hits,
             in_flight=self.dispatched, prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
             failures=dict(self._errors()), elapsed_s=time.perf_counter() - self._t0,
-            seeds_resumed=self._resumed_done,
+            seeds_resumed=self._resumed_done, draining=self._draining and not self.abandoned, awaiting=self.awaiting,
+            abandoned=self.abandoned, last_failure=self._last_failure(),
         )  # fmt: skip
+
+    def _last_failure(self) -> str | None:
+        if not self._errors():
+            return None  # (a teacher's last failure from before this invocation is not news)
+        for t in self._distinct_teachers():
+            if t.last_failure is not None:
+                return t.last_failure
+        return None
 
 
 __all__ = ["Budget", "Plan", "Progress", "Result", "Runner"]

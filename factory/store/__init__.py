@@ -23,7 +23,7 @@ from factory.errors import ConfigError, StoreError, StoreInUse
 from factory.outputs import ensure_folder
 from factory.store import doctor, keyformat
 from factory.store.cache_admin import ANSWERS
-from factory.store.journal import BadLine, Journal, journal_dir, read_segments
+from factory.store.journal import COUNTERS, BadLine, Journal, journal_dir, latest_stats, scan_segments
 from factory.store.migrations import migrate, pending_migrations
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,20 @@ def _table(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
 def diagnose(path: Path) -> doctor.Diagnosis:
     """What `factory doctor` reports: the file, its migrations, every table, the journal. Changes nothing."""
     return doctor.diagnose(path, _CACHE_SCHEMA)
+
+
+def _merged(committed: dict[str, Any], journaled: dict[str, Any]) -> dict[str, Any]:
+    """One invocation's counters: each the larger of the committed and the journaled value."""
+    out: dict[str, Any] = {k: max(int(committed.get(k) or 0), int(journaled.get(k) or 0)) for k in COUNTERS}
+    failures = {k: int(n) for k, n in orjson.loads(committed.get("failures") or "{}").items()}
+    for k, n in (journaled.get("failures") or {}).items():
+        failures[k] = max(failures.get(k, 0), int(n))
+    out["failures"] = failures
+    out["failure_examples"] = {
+        **orjson.loads(committed.get("failure_examples") or "{}"),
+        **(journaled.get("failure_examples") or {}),
+    }
+    return out
 
 
 class Store:
@@ -209,14 +223,15 @@ class Store:
         return Journal(journal_dir(self.path))
 
     def replay_journal(self, *, set_aside: bool = False) -> int:
-        """Commit answers a crashed process journaled but never committed. Returns rows recovered.
+        """Commit answers a crashed process journaled but never committed, and its journaled counters.
+        Returns rows recovered.
 
         A line that is not a cache row stops the open with a StoreError (nothing changed) that points to
         `factory doctor --repair`; with ``set_aside`` such lines are appended to ``STORE.journal.rejected``
         first and the others are committed."""
         bad: list[BadLine] = []
         check = doctor.row_check(_CACHE_SCHEMA, doctor.required_columns(self.con, "cache"))
-        paths, rows = read_segments(journal_dir(self.path), CACHE_COLUMNS, check=check, bad=bad)
+        paths, rows, stats = scan_segments(journal_dir(self.path), CACHE_COLUMNS, check=check, bad=bad)
         if bad and not set_aside:
             raise doctor.journal_problem(self.path, bad, len(rows))
         if bad:
@@ -230,12 +245,34 @@ class Store:
         # an answer journaled by --retry-failed takes the place of the cached rejection it was asked for
         answered = [row[0] for row in rows if row[2] == "ok"]
         self.commit(Batch(cache=rows, replace=answered), known_new=False)
+        self._merge_stats(latest_stats(stats))
         for p in paths:
             p.unlink(missing_ok=True)
         recovered = self.count_cache() - n_before
         if recovered:
             log.warning("recovered %d answers from the journal of an interrupted run", recovered)
         return recovered
+
+    def _merge_stats(self, journaled: dict[tuple[str, int], dict[str, Any]]) -> None:
+        """Journaled counters into ``run_stats``: each the larger of the committed and journaled value."""
+        for (run_id, invocation), s in journaled.items():
+            found = self._dicts(
+                "SELECT requests_sent, attempts, cache_hits, prompt_tokens, completion_tokens, failures, "
+                "failure_examples FROM run_stats WHERE run_id = ? AND invocation = ?",
+                [run_id, invocation],
+            )
+            if not found:
+                continue
+            merged = _merged(found[0], s)
+            _x(
+                self.con,
+                "UPDATE run_stats SET requests_sent = ?, attempts = ?, cache_hits = ?, prompt_tokens = ?, "
+                "completion_tokens = ?, failures = ?, failure_examples = ?, "
+                "status = CASE WHEN status = 'running' THEN 'killed' ELSE status END "
+                "WHERE run_id = ? AND invocation = ?",
+                [*(merged[k] for k in COUNTERS), orjson.dumps(merged["failures"]).decode(),
+                 orjson.dumps(merged["failure_examples"]).decode(), run_id, invocation],
+            )  # fmt: skip
 
     # -- writes ------------------------------------------------------------------------------------
     def commit(self, batch: Batch, *, known_new: bool = True) -> None:
@@ -322,11 +359,12 @@ class Store:
                 s = batch.stats
                 _x(con,
                     "UPDATE run_stats SET requests_sent = ?, attempts = ?, cache_hits = ?, prompt_tokens = ?, "
-                    "completion_tokens = ?, failures = ?, status = ?, updated_at = now() "
+                    "completion_tokens = ?, failures = ?, failure_examples = ?, status = ?, updated_at = now() "
                     "WHERE run_id = ? AND invocation = ?",
                     [
                         s["requests_sent"], s["attempts"], s["cache_hits"], s["prompt_tokens"],
-                        s["completion_tokens"], orjson.dumps(s["failures"]).decode(), s["status"],
+                        s["completion_tokens"], orjson.dumps(s["failures"]).decode(),
+                        orjson.dumps(s.get("failure_examples") or {}).decode(), s["status"],
                         s["run_id"], s["invocation"],
                     ],
                 )  # fmt: skip
@@ -450,20 +488,10 @@ class Store:
         if not found:
             raise StoreError(f"no run {run_id!r} in {self.path}")
         out = found[0]
-        out.update(
-            self._dicts(
-                "SELECT count(*) AS invocations, coalesce(sum(requests_sent), 0) AS requests_sent, "
-                "coalesce(sum(attempts), 0) AS attempts, coalesce(sum(cache_hits), 0) AS cache_hits, "
-                "coalesce(sum(prompt_tokens), 0) AS prompt_tokens, "
-                "coalesce(sum(completion_tokens), 0) AS completion_tokens FROM run_stats WHERE run_id = ?",
-                [run_id],
-            )[0]
-        )
-        failures: dict[str, int] = {}
-        for (blob,) in self._rows("SELECT failures FROM run_stats WHERE run_id = ?", [run_id]):
-            for kind, n in orjson.loads(blob or "{}").items():
-                failures[kind] = failures.get(kind, 0) + int(n)
+        counts, failures, examples = self._run_counters(run_id)
+        out.update(counts)
         out["failures_by_kind"] = failures
+        out["failure_reasons"] = self._failure_reasons(run_id, failures, examples)
         out["final_failures"] = int(self._scalar("SELECT count(*) FROM failures WHERE run_id = ?", [run_id]))
         out["records_total"] = int(self._scalar("SELECT count(*) FROM records WHERE run_id = ?", [run_id]))
         out["seeds_done"] = int(self._scalar("SELECT count(*) FROM seeds_done WHERE run_id = ?", [run_id]))
@@ -471,18 +499,53 @@ class Store:
             "SELECT stage, count(*) FROM records WHERE run_id = ? GROUP BY stage ORDER BY stage", [run_id]
         )
         out["records_by_stage"] = {st: int(n) for st, n in by_stage}
-        for k in (
-            "invocations",
-            "requests_sent",
-            "attempts",
-            "cache_hits",
-            "prompt_tokens",
-            "completion_tokens",
-        ):
-            out[k] = int(out[k])
         for k in ("created_at", "updated_at"):
             out[k] = out[k].isoformat() if out[k] is not None else None
         return out
+
+    def _run_counters(self, run_id: str) -> tuple[dict[str, int], dict[str, int], dict[str, str]]:
+        """The run's counters summed over its invocations, each invocation's counters the larger of what
+        was committed and what its journal holds (a run in progress, or one killed and not yet resumed)."""
+        rows = self._dicts(
+            "SELECT invocation, requests_sent, attempts, cache_hits, prompt_tokens, completion_tokens, failures, "
+            "failure_examples FROM run_stats WHERE run_id = ? ORDER BY invocation",
+            [run_id],
+        )
+        journaled = latest_stats(scan_segments(journal_dir(self.path), None)[2]) if self.read_only else {}
+        counts = {"invocations": len(rows), **dict.fromkeys(COUNTERS, 0)}
+        failures: dict[str, int] = {}
+        examples: dict[str, str] = {}
+        for r in rows:
+            m = _merged(r, journaled.get((run_id, int(r["invocation"])), {}))
+            for k in COUNTERS:
+                counts[k] += m[k]
+            for kind, n in m["failures"].items():
+                failures[kind] = failures.get(kind, 0) + n
+            examples.update(m["failure_examples"])
+        return counts, failures, examples
+
+    def _failure_reasons(
+        self, run_id: str, failures: dict[str, int], examples: dict[str, str], top: int = 5
+    ) -> list[dict[str, Any]]:
+        """The top failure kinds, most failed attempts first: attempts, seeds that finally failed with it,
+        and one example message (the latest attempt's, else a failed seed's)."""
+        final = {
+            str(k): (int(n), str(m or ""))
+            for k, n, m in self._rows(
+                "SELECT kind, count(*), arg_max(message, created_at) FROM failures WHERE run_id = ? GROUP BY kind",
+                [run_id],
+            )
+        }
+        kinds = {k: n for k, n in failures.items() if not k.startswith("final_") and n}
+        for k in final:
+            kinds.setdefault(k, 0)
+        reasons: list[dict[str, Any]] = [
+            {"kind": k, "attempts": n, "seeds": final.get(k, (0, ""))[0],
+             "example": examples.get(k) or final.get(k, (0, ""))[1]}
+            for k, n in kinds.items()
+        ]  # fmt: skip
+        reasons.sort(key=lambda r: (-int(r["attempts"]), -int(r["seeds"]), str(r["kind"])))
+        return reasons[:top]
 
     def run_config(self, run_id: str) -> dict[str, Any]:
         blob = self._scalar("SELECT config FROM runs WHERE id = ?", [run_id])

@@ -1,17 +1,27 @@
-"""An append-only journal of teacher answers not yet committed to DuckDB.
+"""An append-only journal of teacher answers (and of the run's counters) not yet committed to DuckDB.
 
-Answers are appended as they arrive and written with one ``os.write`` per event-loop tick (the runner
-schedules ``flush`` right after the first append of a tick), before anything built from them can be
-committed. The kernel keeps written data even if the process is SIGKILLed, so a crash between two
-DuckDB commits loses at most the answers of the current tick, which count as in flight: the next open
-replays the journal into the cache table. Segments are rotated at each commit and deleted once their
-rows are committed.
+An answer is written the moment it is parsed off its connection: the runner hooks the teacher's HTTP
+response, before the task that awaits it resumes, and appends it with one ``os.write`` there and then
+(no batching per loop pass, no writer thread: a second thread waking every few milliseconds cost more
+CPU per request, in taking the interpreter from the event loop, than a write per answer). Each write of
+rows is followed, at most every ``stats_interval_s`` (10 ms) and at every rotation, by a line of the
+invocation's counters (requests sent, attempts, tokens, failures by kind) as they are then, so the
+counters in the journal cover the answers in it up to that interval. The kernel keeps written data even
+if the process is SIGKILLed: a kill loses only answers the process had not yet read off its
+connections (they count as in flight).
+
+The next open for writing replays the journal: rows into the cache table, counters into ``run_stats``
+(each counter the larger of the committed and the journaled value). Read-only readers (``factory status``
+after a crash) fold the journaled counters in without writing. Segments are rotated at each commit and
+deleted once their rows are committed.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,48 +31,91 @@ import orjson
 
 from factory.errors import StoreError
 
+log = logging.getLogger(__name__)
+
+STATS_INTERVAL_S = 0.01
+_STATS = b'{"stats":'
+
 
 def journal_dir(db_path: Path) -> Path:
     return db_path.with_name(db_path.name + ".journal")
 
 
 class Journal:
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, *, stats_interval_s: float = STATS_INTERVAL_S):
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.stats_interval_s = stats_interval_s
         self._n = 0
         self._fd: int | None = None
         self._path: Path | None = None
         self._pid = os.getpid()
-        self._pending: list[bytes] = []
+        self._stats: Callable[[], dict[str, Any]] | None = None
+        self._on_error: Callable[[StoreError], None] | None = None
+        self._last_stats = b""
+        self._stats_at = 0.0
+        self.error: StoreError | None = None  # the write that failed (disk full); nothing is written after
+
+    def start(
+        self,
+        stats: Callable[[], dict[str, Any]] | None = None,
+        on_error: Callable[[StoreError], None] | None = None,
+    ) -> None:
+        """``stats`` gives the counters line written after the rows (at most every ``stats_interval_s``,
+        and at each rotation); ``on_error`` hears of a write that failed (the append does not raise)."""
+        self._stats, self._on_error = stats, on_error
 
     def _open(self) -> None:
         self._n += 1
         self._path = self.directory / f"seg-{self._pid}-{self._n:08d}.jsonl"
         self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
-    def append(self, row: tuple[Any, ...]) -> bool:
-        """Buffer one row (values in the cache table's column order, written as a JSON array); returns True
-        when the buffer was empty (the caller schedules ``flush``)."""
-        self._pending.append(orjson.dumps(row))
-        return len(self._pending) == 1
+    def append(self, row: tuple[Any, ...]) -> None:
+        """Write one row at once (values in the cache table's column order, as a JSON array), with the
+        counters line when it is due. A failed write is kept in ``error`` and told to ``on_error``."""
+        if self.error is not None:
+            return
+        try:
+            self._write([orjson.dumps(row)], time.monotonic() - self._stats_at >= self.stats_interval_s)
+        except StoreError as exc:
+            if self._on_error is not None:
+                self._on_error(exc)
 
     def flush(self) -> None:
-        if not self._pending:
+        """Write the counters line (rows are written as they are appended)."""
+        if self.error is not None:
+            raise self.error
+        self._write([], True)
+
+    def _write(self, parts: list[bytes], with_stats: bool) -> None:
+        if with_stats and self._stats is not None:
+            line = self._stats_line()
+            self._stats_at = time.monotonic()
+            if line is not None and (line != self._last_stats or parts):
+                parts.append(line)
+                self._last_stats = line
+        if not parts:
             return
-        if self._fd is None:
-            self._open()
-        data = b"\n".join(self._pending) + b"\n"
-        self._pending = []
+        data = b"\n".join(parts) + b"\n"
         try:
+            if self._fd is None:
+                self._open()
             written = os.write(self._fd, data)  # type: ignore[arg-type]
             if written != len(data):
                 raise OSError(errno.ENOSPC, "short write")
         except OSError as exc:
-            raise StoreError(
+            self.error = StoreError(
                 f"cannot write the answer journal in {self.directory}: {exc.strerror or exc}. "
                 "Free disk space and re-run the same command; everything committed so far is kept."
-            ) from exc
+            )
+            raise self.error from exc
+
+    def _stats_line(self) -> bytes | None:
+        try:
+            return orjson.dumps({"stats": self._stats()})  # type: ignore[misc]
+        except Exception:  # a counter read mid-update must not stop the rows from being written
+            log.debug("journal: counters not written this time", exc_info=True)
+            return None
 
     def rotate(self) -> Path | None:
         """Close the current segment and return its path (None if nothing was written since last time)."""
@@ -74,6 +127,7 @@ class Journal:
         return path
 
     def close(self) -> Path | None:
+        self._stats = None
         return self.rotate()
 
 
@@ -109,18 +163,40 @@ def read_segments(
     check: Callable[[tuple[Any, ...]], str | None] | None = None,
     bad: list[BadLine] | None = None,
 ) -> tuple[list[Path], list[tuple[Any, ...]]]:
-    """All complete rows from leftover segments as tuples in ``columns`` order (a torn last line, the one
-    a crash cut short, is skipped: it was in flight). Lines are JSON arrays in that order; JSON objects (an
-    older journal) are mapped by name. A complete line that does not parse, has the wrong number of
-    values, or that ``check`` refuses (it returns a reason) is left out and added to ``bad``."""
+    """All complete rows from leftover segments as tuples in ``columns`` order (see ``scan_segments``)."""
+    paths, rows, _ = scan_segments(directory, columns, check=check, bad=bad)
+    return paths, rows
+
+
+def scan_segments(
+    directory: Path,
+    columns: tuple[str, ...] | None,
+    *,
+    check: Callable[[tuple[Any, ...]], str | None] | None = None,
+    bad: list[BadLine] | None = None,
+) -> tuple[list[Path], list[tuple[Any, ...]], list[dict[str, Any]]]:
+    """Leftover segments, their cache rows (none when ``columns`` is None) and their counters lines.
+
+    A torn last line, the one a crash cut short, is skipped: it was in flight. Rows are JSON arrays in
+    ``columns`` order; JSON objects (an older journal) are mapped by name. A complete row line that does
+    not parse, has the wrong number of values, or that ``check`` refuses (it returns a reason) is left out
+    and added to ``bad``. A counters line that does not parse is skipped (the committed counters stand)."""
     check_journal_path(directory)
     if not directory.is_dir():
-        return [], []
+        return [], [], []
     bad = [] if bad is None else bad
     paths = sorted(directory.glob("seg-*.jsonl"))
     rows: list[tuple[Any, ...]] = []
+    stats: list[dict[str, Any]] = []
     for p in paths:
         for n, raw in _lines(p):
+            if raw.startswith(_STATS):
+                doc = _loads(raw)
+                if isinstance(doc, dict) and isinstance(doc.get("stats"), dict):
+                    stats.append(doc["stats"])
+                continue
+            if columns is None:
+                continue
             try:
                 value = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
@@ -139,7 +215,37 @@ def read_segments(
                 bad.append(BadLine(p, n, raw, reason))
             else:
                 rows.append(row)
-    return paths, rows
+    return paths, rows, stats
+
+
+def latest_stats(stats: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """Per (run, invocation), each counter at its largest journaled value (counters only grow)."""
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    for s in stats:
+        try:
+            ident = (str(s["run_id"]), int(s["invocation"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+        merged = out.setdefault(ident, {"failures": {}, "failure_examples": {}})
+        for k in COUNTERS:
+            v = s.get(k)
+            if isinstance(v, int):
+                merged[k] = max(merged.get(k, 0), v)
+        for kind, n in (s.get("failures") or {}).items():
+            if isinstance(n, int):
+                merged["failures"][kind] = max(merged["failures"].get(kind, 0), n)
+        merged["failure_examples"].update(s.get("failure_examples") or {})
+    return out
+
+
+COUNTERS = ("requests_sent", "attempts", "cache_hits", "prompt_tokens", "completion_tokens")
+
+
+def _loads(line: bytes) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:

@@ -202,12 +202,19 @@ def m005_cache_forgotten(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def m006_failure_examples(con: duckdb.DuckDBPyConnection) -> None:
+    """One example message per failure kind of each invocation (``{kind: message}``), beside the counts in
+    ``failures``, so that ``factory status`` can say why attempts failed."""
+    con.execute("ALTER TABLE run_stats ADD COLUMN failure_examples JSON")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     m001_initial,
     m002_filter_passes,
     m003_key_format,
     m004_uncached_failures,
     m005_cache_forgotten,
+    m006_failure_examples,
 ]
 
 

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import abc
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from factory.errors import TeacherError
 from factory.types import Completion, Request
+
+
+class Withheld(Exception):
+    """A request the teacher did not send because its caller is stopping (``Teacher.paused``)."""
 
 
 class Teacher(abc.ABC):
@@ -28,7 +32,26 @@ class Teacher(abc.ABC):
         self.spec = spec
         self.model = model
         self.attempts = 0  # every call made to the backend, retries included
+        self.unsent = 0  # attempts that never reached a server (refused, DNS, connect time-out)
+        self.in_flight = 0  # attempts sent and not yet answered (backends that can tell; else 0)
+        self.paused = False  # set by a runner that is stopping: a backend that can, sends nothing more
         self.errors: Counter[str] = Counter()  # failed attempts by kind, retried ones included
+        self.examples: dict[str, str] = {}  # the latest message of each failure kind
+        self.last_failure: str | None = None  # the latest failed attempt, as one short line
+        # Set by the runner: called with each request and its answer (a Completion, or a TeacherError that
+        # is not retried) the moment the answer is parsed, before the caller's task resumes. Optional for
+        # a backend; the runner takes the answers of one that does not call it when complete() returns.
+        self.on_answer: Callable[[Request, Completion | TeacherError], None] | None = None
+
+    def failed(self, err: TeacherError, where: str = "") -> TeacherError:
+        """Count a failed attempt by kind and keep its message as the example of that kind."""
+        self.errors[err.kind] += 1
+        reason = short_reason(str(err))
+        if err.kind.startswith("http_"):  # "http_401 …: HTTP 401: Incorrect API key" says the status twice
+            reason = reason.removeprefix(f"HTTP {err.kind[5:]}: ")
+        self.examples[err.kind] = reason
+        self.last_failure = f"{err.kind}{f' from {where}' if where else ''}: {reason}"
+        return err
 
     def identity(self) -> dict[str, Any]:
         """What makes two answers interchangeable: part of every request key. Never holds a secret."""
@@ -47,3 +70,24 @@ class Teacher(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"spec": self.spec, "backend": self.backend, "model": self.model}
+
+
+def short_reason(message: str, limit: int = 160) -> str:
+    """One line from a failure message: a JSON error body is reduced to its ``message`` (OpenAI and vLLM
+    put it under ``error.message``, others under ``message`` or ``detail``)."""
+    head, brace, rest = message.partition("{")
+    if brace:
+        try:
+            import orjson
+
+            doc = orjson.loads(brace + rest)
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict):
+            err = doc.get("error")
+            inner = err.get("message") if isinstance(err, dict) else err
+            text = inner or doc.get("message") or doc.get("detail")
+            if isinstance(text, str) and text:
+                message = f"{head.strip().rstrip(':')}: {text}" if head.strip() else text
+    line = " ".join(message.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"

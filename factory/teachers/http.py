@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
@@ -24,9 +26,14 @@ from factory.errors import ConfigError
 
 
 class HTTPFailure(Exception):
-    """An attempt that got no usable response. ``kind`` names it for failure counts."""
+    """An attempt that got no usable response. ``kind`` names it for failure counts; ``sent`` tells
+    whether the request was written to a connection (a server may have received it) or never left."""
 
     kind = "connection"
+
+    def __init__(self, message: str, *, sent: bool = True):
+        super().__init__(message)
+        self.sent = sent
 
 
 class ConnectionFailed(HTTPFailure):
@@ -54,7 +61,8 @@ class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.waiter: asyncio.Future[Response] | None = None
+        self.waiter: asyncio.Future[Any] | None = None
+        self.parse: Callable[[Response], Any] | None = None  # applied as the response completes
         self.timer: asyncio.TimerHandle | None = None
         self.alive = True
         self.answered = False  # a byte of the current response arrived
@@ -92,9 +100,12 @@ class _Connection(asyncio.Protocol):
         self._settle(resp)
 
     # -- use --
-    async def send(self, data: bytes, timeout_s: float) -> Response:
+    async def send(
+        self, data: bytes, timeout_s: float, parse: Callable[[Response], Any] | None = None
+    ) -> Any:
         loop = asyncio.get_running_loop()
         self.waiter = fut = loop.create_future()
+        self.parse = parse
         self.answered = False
         self.timer = loop.call_later(timeout_s, self._timed_out, timeout_s)
         assert self.transport is not None
@@ -115,11 +126,19 @@ class _Connection(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
         fut, self.waiter = self.waiter, None
+        parse, self.parse = self.parse, None
         if fut is not None and not fut.done():
             if exc is not None:
                 fut.set_exception(exc)
+            elif parse is not None:
+                # Parsed here, as the last byte arrives, not when the awaiting task next runs: the caller
+                # can keep the answer (journal it) even while the event loop has a long queue.
+                try:
+                    fut.set_result(parse(resp))  # type: ignore[arg-type]
+                except Exception as err:  # the caller's parser: its error is the caller's
+                    fut.set_exception(err)
             else:
-                fut.set_result(resp)  # type: ignore[arg-type]
+                fut.set_result(resp)
 
     def _fail(self, exc: Exception) -> None:
         self._close()
@@ -132,8 +151,8 @@ class _Connection(asyncio.Protocol):
 
 
 class Pool:
-    """Keep-alive connections to one origin. ``post`` sends one request and returns its response, or
-    raises an :class:`HTTPFailure`."""
+    """Keep-alive connections to one origin. ``post`` sends one request and returns its response (or what
+    ``parse`` makes of it, called as the response completes), or raises an :class:`HTTPFailure`."""
 
     def __init__(self, base_url: str, *, headers: dict[str, str], timeout_s: float):
         u = urlsplit(base_url)
@@ -165,14 +184,14 @@ class Pool:
         self._idle: list[_Connection] = []
         self._all: set[_Connection] = set()
 
-    async def post(self, path: str, body: bytes) -> Response:
+    async def post(self, path: str, body: bytes, parse: Callable[[Response], Any] | None = None) -> Any:
         data = b"".join(
             (b"POST ", (self.prefix + path).encode(), b" HTTP/1.1\r\n", self._fixed,
              b"Content-Length: ", str(len(body)).encode(), b"\r\n\r\n", body)
         )  # fmt: skip
         conn = await self._take()
         try:
-            resp = await conn.send(data, self.timeout_s)
+            resp = await conn.send(data, self.timeout_s, parse)
         finally:
             if not conn.alive:
                 self._all.discard(conn)
@@ -213,11 +232,11 @@ class Pool:
             )  # fmt: skip
         except asyncio.TimeoutError:
             raise TimedOut(
-                f"could not connect to {self.host}:{self.port} within {self.timeout_s:g}s"
+                f"could not connect to {self.host}:{self.port} within {self.timeout_s:g}s", sent=False
             ) from None
         except OSError as exc:
             raise ConnectionFailed(
-                f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}"
+                f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}", sent=False
             ) from None
         self._all.add(conn)
         return conn

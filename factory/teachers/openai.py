@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import logging
 import os
 import random
@@ -38,8 +39,8 @@ from factory.errors import (
 )
 from factory.keys import canonical_json
 from factory.teachers import api_errors
-from factory.teachers.base import Teacher
-from factory.teachers.http import HTTPFailure, Pool
+from factory.teachers.base import Teacher, Withheld
+from factory.teachers.http import HTTPFailure, Pool, Response
 from factory.teachers.pacing import Pacer
 from factory.teachers.urls import DEFAULT_BASE_URL, base_url
 from factory.types import Completion, Request
@@ -91,7 +92,8 @@ class OpenAITeacher(Teacher):
             raise ConfigError(f"unknown option(s) for the openai teacher: {', '.join(sorted(options))}")
         self._api_key = self._read_key()
         self._pool: Pool | None = None
-        self._pool_get()  # a malformed base_url is a config error now, not at the first request
+        pool = self._pool_get()  # a malformed base_url is a config error now, not at the first request
+        self._where = pool.host if pool.port in (80, 443) else f"{pool.host}:{pool.port}"
         self._sem = asyncio.Semaphore(self.max_in_flight)
         self.pacer = Pacer(self.max_requests_per_minute, learn=self.learn_rate_limit)
         # set at the first 401/403/404: every call from then on returns its error, sending nothing
@@ -193,7 +195,9 @@ class OpenAITeacher(Teacher):
                 epoch = await pacer.wait()
                 if self._halt is not None:
                     return await asyncio.shield(self._halt)
-                result = await self._attempt(data)
+                if self.paused:  # the run is stopping: neither a new request nor a retry goes out
+                    raise Withheld(req)
+                result = await self._attempt(data, req)
             if not isinstance(result, TeacherError):
                 pacer.answered()
                 self._answered += 1
@@ -225,13 +229,30 @@ class OpenAITeacher(Teacher):
             log.debug("retry %d after %.2fs: %s", attempt, delay, result)
             await asyncio.sleep(delay)
 
-    async def _attempt(self, data: bytes) -> Completion | TeacherError:
+    async def _attempt(self, data: bytes, req: Request) -> Completion | TeacherError:
         self.attempts += 1
+        self.in_flight += 1
         t0 = time.perf_counter()
         try:
-            resp = await self._pool_get().post("/chat/completions", data)
+            return await self._pool_get().post(
+                "/chat/completions", data, functools.partial(self._answer, t0, req)
+            )
         except HTTPFailure as exc:
+            if not exc.sent:
+                self.unsent += 1
             return self._fail(TeacherUnavailable(str(exc), kind=exc.kind))
+        finally:
+            self.in_flight -= 1
+
+    def _answer(self, t0: float, req: Request, resp: Response) -> Completion | TeacherError:
+        """The outcome of one response, made as its last byte arrives; an answer that is not retried goes
+        to ``on_answer`` at once."""
+        out = self._outcome(resp, t0)
+        if self.on_answer is not None and not isinstance(out, TeacherUnavailable):
+            self.on_answer(req, out)
+        return out
+
+    def _outcome(self, resp: Response, t0: float) -> Completion | TeacherError:
         status, headers, body = resp.status, resp.headers, resp.body
         latency_ms = (time.perf_counter() - t0) * 1000.0
         if status != 200:
@@ -270,8 +291,7 @@ class OpenAITeacher(Teacher):
         )
 
     def _fail(self, err: TeacherError) -> TeacherError:
-        self.errors[err.kind] += 1
-        return err
+        return self.failed(err, self._where)
 
     async def _refused(self, err: TeacherError) -> TeacherError:
         """A 4xx: a 401/403/404 (or a 429 for an account out of quota) becomes the teacher's fatal error

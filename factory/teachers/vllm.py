@@ -222,7 +222,7 @@ class VLLMTeacher(LocalEngineTeacher):
                 out[i] = res
         for outcome in out:
             if isinstance(outcome, TeacherError):
-                self.errors[outcome.kind] += 1
+                self.failed(outcome)
         assert all(r is not None for r in out)
         return out  # type: ignore[return-value]
 

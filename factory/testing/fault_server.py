@@ -221,6 +221,9 @@ class FaultServer:
         self.rejected = 0
         self.unauthorized = 0
         self.per_body: dict[str, int] = {}
+        self.received_at: list[float] = []  # time.monotonic() of each chat request as it came in
+        self.answered_at: dict[str, float] = {}  # per body, its latest 200 answer, as it is handed over
+        self.tokens_out = 0  # completion tokens of the 200 answers
         self._attempts: dict[str, int] = {}
         self.in_flight = getattr(self, "in_flight", 0)  # requests still running keep counting
         self.max_in_flight = self.in_flight
@@ -250,11 +253,15 @@ class FaultServer:
             "distinct_bodies": len(self.per_body),
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
+            "tokens_out": self.tokens_out,
             "outage_s": max(0.0, self._outage_until - time.monotonic()),
             "uptime_s": time.time() - self.started,
         }
         if detail:
             out["per_body"] = dict(self.per_body)
+            out["received_at"] = list(self.received_at)
+            out["answered_at"] = dict(self.answered_at)
+            out["now"] = time.monotonic()  # the clock of the times above (CLOCK_MONOTONIC, system-wide)
         return out
 
     # --------------------------------------------------------------- helpers
@@ -384,6 +391,7 @@ class FaultServer:
 
     async def chat(self, request: web.BaseRequest) -> web.StreamResponse:
         self.requests += 1
+        self.received_at.append(time.monotonic())
         self.in_flight += 1
         if self.in_flight > self.max_in_flight:
             self.max_in_flight = self.in_flight
@@ -456,7 +464,10 @@ class FaultServer:
                 if inspect.isawaitable(text):
                     text = await text
                 text = str(text)
-            return self._respond(200, orjson.dumps(self._completion(body, messages, key, text)))
+            doc = self._completion(body, messages, key, text)
+            self.tokens_out += doc["usage"]["completion_tokens"]
+            self.answered_at[key] = time.monotonic()
+            return self._respond(200, orjson.dumps(doc))
         finally:
             self.in_flight -= 1
 
