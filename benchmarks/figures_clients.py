@@ -142,7 +142,7 @@ def peers_reading() -> str:
         f"{c1024['req/s, steady']} requests/s at 1,024 in flight, against ours' {ours1024['req/s, steady']} at "
         f"{ours1024['steady CPU µs/req']} µs a request with the store and cache included. It is closest at 64 "
         f"in flight (ours {c64['ours ÷ this (steady)']}× steady, {c64['ours ÷ this (whole run)']}× whole run). "
-        f"These are medians of 3 from one session ({peers_date()}, {peers_load('Throughput, 200 ms')}), not "
+        f"These are medians of 3 from one run of peers.py ({peers_date()}, {peers_load('Throughput, 200 ms')}), not "
         f"re-measured since.\n"
         f"- **distilabel** spends {min(dcpu):.1f}–{max(dcpu):.1f} ms of CPU a request (the `openai` SDK on "
         f"httpx, and its step processes) and is batch-synchronous: with a heavy latency tail every batch waits "
