@@ -285,6 +285,42 @@ def test_each_appended_row_is_on_disk_at_once_with_the_counters_every_10_ms(tmp_
     j.close()
 
 
+def test_rows_close_together_go_out_in_one_write_before_the_tasks_they_wake(tmp_path: Path):
+    """Within ``coalesce_s`` of a write, rows wait for the start of the next loop pass: one write for the
+    answers of one pass, on disk before any task that awaits one of them resumes."""
+    import asyncio
+
+    def rows_on_disk() -> list[str]:
+        lines = b"".join(p.read_bytes() for p in sorted((tmp_path / "j").glob("seg-*.jsonl"))).splitlines()
+        return [r[0] for r in map(orjson.loads, lines) if isinstance(r, list)]
+
+    j = Journal(tmp_path / "j", coalesce_s=60.0)
+    seen_by_task: list[list[str]] = []
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[None] = loop.create_future()
+
+        async def waiter() -> None:
+            await answer
+            seen_by_task.append(rows_on_disk())
+
+        task = loop.create_task(waiter())
+        await asyncio.sleep(0)  # the waiter awaits its answer
+        j.append(("k0", "t", "ok", "{}", "x", "stop", 1, 1, 1.0, None, "r"))
+        assert rows_on_disk() == ["k0"]  # the first row of a quiet journal: at once
+        for i in (1, 2):
+            j.append((f"k{i}", "t", "ok", "{}", "x", "stop", 1, 1, 1.0, None, "r"))
+        answer.set_result(None)  # as the HTTP client does after handing the answer over
+        assert rows_on_disk() == ["k0"]  # queued, not yet written
+        await task
+        assert rows_on_disk() == ["k0", "k1", "k2"]
+
+    asyncio.run(go())
+    assert seen_by_task == [["k0", "k1", "k2"]]
+    j.close()
+
+
 def test_an_answer_is_in_the_journal_while_the_loop_is_busy_before_its_task_resumes(
     tmp_path: Path, monkeypatch
 ):
