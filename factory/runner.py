@@ -549,7 +549,7 @@ class Runner:
                 error,
                 self.plan.run_id,
             )
-        self._journal.append(row)  # written now, before anything built from it can be committed
+        self._journal.append(row)  # on disk before its task resumes
         self._batch.cache.append(row)
         self._uncommitted.append(key)
         if key in self._replace:
