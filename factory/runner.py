@@ -371,7 +371,7 @@ class Runner:
         except TeacherMisconfigured as exc:  # wrong key, model or URL: no request can succeed
             if self._fatal is None:
                 self._fatal = exc  # the CLI shows it; a library caller gets it in Result.error
-            self.stop("failed")
+            self.stop("failed", drain=True)  # the answers in flight are counted (and kept, if any)
             return
         except TeacherError as exc:
             self.seeds_failed += 1
