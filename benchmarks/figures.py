@@ -140,6 +140,13 @@ def write(paths: tuple[Path, ...] = READMES) -> None:
             p.write_text(new, encoding="utf-8")
 
 
+def show(name: str, rewrite_readmes: bool) -> None:
+    """What a benchmark does after it saved its results: print its block, and rewrite the READMEs if asked."""
+    print(render(name))
+    if rewrite_readmes:
+        write()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="exit 1 naming each block that differs")
