@@ -36,6 +36,17 @@ def seeds_file(tmp_path: Path) -> Path:
     return write_seeds(tmp_path / "seeds.jsonl", 8)
 
 
+def cli_process(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`python -m factory.cli` in a process of its own, where that matters (the `cli` fixture runs it in this
+    one); ``env`` is added to this process's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "factory.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+        input=stdin, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
 @pytest.fixture
 def cli(capsys, monkeypatch):
     """The `factory` command's entry point in this process: the same parser, commands and error boundary as

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import http.server
-import os
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
-from conftest import ROOT, write_config, write_seeds
+from conftest import ROOT, cli_process, write_config, write_seeds
 
 from factory.store import Store
 from factory.teachers import build_teacher
@@ -38,14 +36,7 @@ def heal_config(tmp: Path, spec: str, extra_teacher: str = "", n_seeds: int = 6)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "factory.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=180,
-        env={**os.environ, **(env or {})},
-    )
+    return cli_process(*args, cwd=ROOT, env=env, timeout=180)
 
 
 def store_bytes(store: Path) -> bytes:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_seeds
+from conftest import cli_process, write_seeds
 
 from factory import api
 from factory.store import Store
@@ -19,14 +19,6 @@ from factory.teachers.scripted import ScriptedTeacher
 from factory.testing.fault_server import FaultConfig, serve_in_thread
 
 KEY_ENV = "FACTORY_CACHE_TEST_KEY"
-
-
-def cli_process(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """`python -m factory.cli` in a process of its own, where that matters (`cli` runs it in this one)."""
-    return subprocess.run(
-        [sys.executable, "-m", "factory.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120,
-        input=stdin,
-    )  # fmt: skip
 
 
 def sha(p: Path) -> str:
