@@ -179,6 +179,15 @@ def verified(sets: list[set[str]], k: int, hits) -> bool:  # type: ignore[no-unt
     return any(len(s & sets[h]) >= THRESHOLD * len(s | sets[h]) for h in hits)
 
 
+def index_and_verify(sets: list[set[str]], sketches, lsh) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """A peer's pass: each record asks the index for earlier ones (verified as ours are), then joins it."""
+    dropped = np.zeros(len(sets), dtype=bool)
+    for k, m in enumerate(sketches):
+        dropped[k] = verified(sets, k, lsh.query(m))
+        lsh.insert(k, m)
+    return dropped
+
+
 def datasketch_peer(texts: list[str], repeats: int) -> dict:
     from datasketch import MinHash, MinHashLSH
 
@@ -187,12 +196,7 @@ def datasketch_peer(texts: list[str], repeats: int) -> dict:
     def run():  # type: ignore[no-untyped-def]
         sets = [shingle_set(t) for t in texts]
         sigs = MinHash.bulk([[g.encode() for g in s] for s in sets], num_perm=NUM_PERM)
-        lsh = MinHashLSH(num_perm=NUM_PERM, params=(b, r))
-        dropped = np.zeros(len(texts), dtype=bool)
-        for k, m in enumerate(sigs):
-            dropped[k] = verified(sets, k, lsh.query(m))
-            lsh.insert(k, m)
-        return dropped
+        return index_and_verify(sets, sigs, MinHashLSH(num_perm=NUM_PERM, params=(b, r)))
 
     dropped, wall, cpu = timed(run, repeats)
     return {"wall": wall, "cpu": cpu, "dropped": dropped}
@@ -208,12 +212,9 @@ def rensa_peer(texts: list[str], repeats: int) -> dict | None:
     def run():  # type: ignore[no-untyped-def]
         sets = [shingle_set(t) for t in texts]
         sketches = RMinHash.from_token_sets([list(s) for s in sets], num_perm=NUM_PERM, seed=42)
-        lsh = RMinHashLSH(threshold=LSH_THRESHOLD, num_perm=NUM_PERM, num_bands=b)
-        dropped = np.zeros(len(texts), dtype=bool)
-        for k, m in enumerate(sketches):
-            dropped[k] = verified(sets, k, lsh.query(m))
-            lsh.insert(k, m)
-        return dropped
+        return index_and_verify(
+            sets, sketches, RMinHashLSH(threshold=LSH_THRESHOLD, num_perm=NUM_PERM, num_bands=b)
+        )
 
     dropped, wall, cpu = timed(run, repeats)
     return {"wall": wall, "cpu": cpu, "dropped": dropped}
@@ -293,9 +294,7 @@ def main() -> int:
     print(f"written: {_results.save('dedup', ctx, data)}")
     import figures
 
-    print(figures.render("dedup-table"))
-    if a.write_readme:
-        figures.write()
+    figures.show("dedup-table", a.write_readme)
     return 1 if misses else 0
 
 

@@ -231,9 +231,7 @@ def main() -> int:
     print(f"written: {_results.save('embed', ctx, data)}")
     import figures
 
-    print(figures.render("embed-table"))
-    if args.write_readme:
-        figures.write()
+    figures.show("embed-table", args.write_readme)
     return 1 if misses else 0
 
 

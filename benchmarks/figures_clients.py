@@ -1,9 +1,10 @@
 """benchmarks/figures.py's renderers of the API client figures: run.py's results.md and peers.py's
-peers_results.md."""
+peers_results.md, and their rows of README.md's table of headline figures."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import _results
 from figures_read import (
@@ -19,10 +20,26 @@ from figures_read import (
     ratios,
     row,
     run_date,
+    run_load,
     run_steady,
     slash,
     table,
 )
+
+STEADY_RATIO = "ours ÷ this (steady)"
+GOODPUT = "goodput ÷ limit, first to last answer"
+GLUED = "Curator + datasketch + pandas"  # the end-to-end peer pipeline
+
+
+def _section(path: Path, prefix: str) -> Callable[[], str]:
+    """A renderer of the section (heading, sentence, table) of ``path`` whose heading begins ``prefix``."""
+
+    def render() -> str:
+        head = next(h for h in _results.md_tables(path) if h.startswith(prefix))
+        return "\n" + _results.md_section(path, head) + "\n"
+
+    return render
+
 
 # ------------------------------------------------------------------------------------- run.py (results.md)
 
@@ -32,11 +49,7 @@ def run_header() -> str:
 
 
 def run_section(prefix: str) -> Callable[[], str]:
-    def render() -> str:
-        head = next(h for h in _results.md_tables(RUN_MD) if h.startswith(prefix))
-        return "\n" + _results.md_section(RUN_MD, head) + "\n"
-
-    return render
+    return _section(RUN_MD, prefix)
 
 
 def run_missed() -> str:
@@ -66,11 +79,12 @@ def peers_header() -> str:
 
 
 def peers_section(prefix: str) -> Callable[[], str]:
-    def render() -> str:
-        head = next(h for h in _results.md_tables(PEERS_MD) if h.startswith(prefix))
-        return "\n" + _results.md_section(PEERS_MD, head) + "\n"
+    return _section(PEERS_MD, prefix)
 
-    return render
+
+def e2e_stage(stage: str, pipeline: str = "ours") -> dict[str, str]:
+    """A row of the end-to-end table: ``stage`` of ``pipeline`` (ours, or GLUED)."""
+    return row(table(PEERS_MD, "End to end"), pipeline=pipeline, stage=stage)
 
 
 def ratelimit_rows() -> dict[str, dict[str, str]]:
@@ -87,7 +101,7 @@ def ratelimit_rows() -> dict[str, dict[str, str]]:
 
 
 def peers_targets() -> str:
-    col = "ours ÷ this (steady)"
+    col = STEADY_RATIO
     vs_raw, vs_best = (
         peers_steady("raw", col),
         [
@@ -96,7 +110,7 @@ def peers_targets() -> str:
         ],
     )
     rl = ratelimit_rows()
-    g = "goodput ÷ limit, first to last answer"
+    g = GOODPUT
     return (
         f"\nTargets (the exit code): at 200 ms, ours' steady rate ≥ 3× the best peer at 1,024 in flight "
         f"(**{vs_best[2]:.2f}×**) and ≥ 1.4× at 256 (**{vs_best[1]:.2f}×**), ≥ 0.9 of the bare "
@@ -123,17 +137,11 @@ def peers_reading() -> str:
     dcpu = [num(r["steady CPU µs/req"]) / 1000 for r in dis if r in t]
     d256 = row(ln, **{"in flight": "256", "client": "distilabel"})
     rl = ratelimit_rows()
-    e2e = table(PEERS_MD, "End to end")
-    ot, pt = (
-        row(e2e, pipeline="ours", stage="total"),
-        row(e2e, pipeline="Curator + datasketch + pandas", stage="total"),
-    )
-    orun = row(e2e, pipeline="ours", stage="`factory run`")
-    ofil = row(e2e, pipeline="ours", stage="`factory filter` (minhash_dedup)")
-    oexp = row(e2e, pipeline="ours", stage="`factory export --format parquet`")
-    cgen = row(e2e, pipeline="Curator + datasketch + pandas", stage="curator.LLM")
-    cds = row(e2e, pipeline="Curator + datasketch + pandas", stage="datasketch MinHashLSH")
-    cpq = row(e2e, pipeline="Curator + datasketch + pandas", stage="pandas to_parquet")
+    ot, pt = e2e_stage("total"), e2e_stage("total", GLUED)
+    orun, ofil = e2e_stage("`factory run`"), e2e_stage("`factory filter` (minhash_dedup)")
+    oexp = e2e_stage("`factory export --format parquet`")
+    cgen, cds = e2e_stage("curator.LLM", GLUED), e2e_stage("datasketch MinHashLSH", GLUED)
+    cpq = e2e_stage("pandas to_parquet", GLUED)
     kept = [num(x["rows exported"]) for x in (ot, pt)]
     return (
         f"\n- **Curator is CPU-bound**: {min(steady):.1f}–{max(steady):.1f} ms of client CPU per request in "
@@ -152,15 +160,15 @@ def peers_reading() -> str:
         f"{row(t, **{'in flight': '1024', 'client': 'distilabel'})['max in flight at server']}.\n"
         f"- **Rate limit** (one run each, {peers_date('Rate limit')}, {peers_load('Rate limit')}). Curator, "
         f"told the limit, paced itself to it: {rl['curator']['attempts per row']} attempts per row, "
-        f"{rl['curator']['goodput ÷ limit, first to last answer']} of the limit between the first and last "
+        f"{rl['curator'][GOODPUT]} of the limit between the first and last "
         f"answer. distilabel retries each request in the SDK (honouring `Retry-After`) and gives up after 6; "
         f"in this run it failed when the dataset was built and delivered no rows. Ours, told "
         f"`max_requests_per_minute`, spaces its starts at the limit: {rl['told']['429s']} 429s in "
-        f"{rl['told']['requests']} rows, {rl['told']['goodput ÷ limit, first to last answer']} of the limit. "
+        f"{rl['told']['requests']} rows, {rl['told'][GOODPUT]} of the limit. "
         f"Not told, the first 429 starts pacing at half the rate being sent; the rate is then cut on a 429 and "
         f"raised 10% after each quiet second, and every 429's `Retry-After` holds back all of the teacher's "
         f"requests: {rl['not told']['429s']} 429s ({rl['not told']['attempts per row']} attempts per row), "
-        f"{rl['not told']['goodput ÷ limit, first to last answer']} of the limit. A 429 does not use up "
+        f"{rl['not told'][GOODPUT]} of the limit. A 429 does not use up "
         f"`max_retries`, so no row is lost to it.\n"
         f"- **End to end**, 100,000 seeds, one run each ({peers_load('End to end')}): ours "
         f"{pt['this ÷ ours (wall)']}× faster overall ({ot['wall s']} s against {pt['wall s']} s) with "
@@ -179,7 +187,7 @@ def peers_reading() -> str:
 
 def ratelimit_summary() -> str:
     rl = ratelimit_rows()
-    g = "goodput ÷ limit, first to last answer"
+    g = GOODPUT
     return (
         f"Against a 3,000-a-minute limit, {rl['told']['requests']} requests took "
         f"{rl['told']['attempts per row']} attempts per row told and {rl['not told']['attempts per row']} not "
@@ -189,9 +197,8 @@ def ratelimit_summary() -> str:
 
 
 def filter_memory() -> str:
-    e2e = table(PEERS_MD, "End to end")
-    run_mb = num(row(e2e, pipeline="ours", stage="`factory run`")["peak MB so far"])
-    fil_mb = num(row(e2e, pipeline="ours", stage="`factory filter` (minhash_dedup)")["peak MB so far"])
+    run_mb = num(e2e_stage("`factory run`")["peak MB so far"])
+    fil_mb = num(e2e_stage("`factory filter` (minhash_dedup)")["peak MB so far"])
     return f"added {f0(fil_mb - run_mb)} MB of peak memory over generation at 100,000 records (`benchmarks/peers.py`, one run)"
 
 
@@ -201,3 +208,56 @@ def worker_cpu() -> str:
         f"about {f0(round(1e6 / max(cpu), -2))}–{f0(round(1e6 / min(cpu), -2))} requests a second of client CPU "
         f"({f0(min(cpu))}–{f0(max(cpu))} µs a request in steady state, `benchmarks/run.py`, {run_date()})"
     )
+
+
+# ------------------------------------------------------------------------ rows of README.md's speed table
+
+
+def client_speed_rows() -> list[list[str]]:
+    """Throughput against the SDK, the bare loop and Curator, client CPU, cache replay and store ingest."""
+    ours, raw, sdk = run_steady("factory"), run_steady("raw"), run_steady("openai")
+    cpu, raw_cpu = run_steady("factory", "steady CPU µs/req"), run_steady("raw", "steady CPU µs/req")
+    p_ours, p_raw, p_cur = peers_steady("ours"), peers_steady("raw"), peers_steady("curator")
+    col = STEADY_RATIO
+    cache = table(RUN_MD, "Cache replay")
+    rerun, other = cache[0], cache[1]
+    ing = table(RUN_MD, "Store ingest")[0]
+    sdk_n = row(table(RUN_MD, "Throughput"), client="openai")["requests×runs"].split("×")[0]
+    run = f"`run.py`, {run_date()}, {run_load()}"
+    peers = f"`peers.py`, {peers_date()}, {peers_load('Throughput, 200 ms')}"
+    return [
+        ["steady requests/s at 64 / 256 / 1,024 in flight (200 ms server)", slash(ours),
+         f"stock `AsyncOpenAI`: {slash(sdk)}", ratios(ours, sdk),
+         f"{run}; ours median of 3, `AsyncOpenAI` one run of {int(num(sdk_n)):,} requests; not re-measured since"],
+        ["same, against a bare aiohttp loop on uvloop", slash(ours), slash(raw), ratios(ours, raw, ""),
+         f"{run}; medians of 3"],
+        ["same, 10,000 requests a run, against a bare aiohttp loop", slash(p_ours), slash(p_raw),
+         slash(peers_steady("raw", col), lambda x: f"{x:.2f}"), f"{peers}; medians of 3"],
+        ["same, against bespokelabs-curator (5,000 requests a run)", slash(p_ours), slash(p_cur),
+         slash(peers_steady("curator", col), lambda x: f"{x:.2f}") + "×", f"{peers}; medians of 3; not re-measured since"],
+        ["client CPU per request incl. storage, steady", slash(cpu, unit=" µs"),
+         f"bare aiohttp loop: {slash(raw_cpu, unit=' µs')}", ratios(cpu, raw_cpu, ""), f"{run}; medians of 3"],
+        [f"re-running a finished {f0(num(rerun['requests']))}-request run",
+         f"{rerun['teacher calls']} teacher calls, {rerun['time / rate']}", "", "", run],
+        [f"the same {f0(num(other['requests']))} requests under a new run name",
+         f"{f0(num(other['time / rate']))} records/s from the cache, {other['teacher calls']} teacher calls", "", "", run],
+        ["store ingest, ~1 KB records, 20,000-row batches", f"{f0(num(ing['rate (median)']))} rows/s",
+         f"target {f0(num(ing['target']))}", ing["÷ target"], f"{run}; median of 5 batches"],
+    ]  # fmt: skip
+
+
+def peer_speed_rows() -> list[list[str]]:
+    """The rate-limit run and the end-to-end run against Curator + datasketch + pandas."""
+    rl = ratelimit_rows()
+    g = GOODPUT
+    ot, pt = e2e_stage("total"), e2e_stage("total", GLUED)
+    return [
+        [f"{rl['told']['requests']} requests under a 3,000-a-minute limit (429 + Retry-After)",
+         f"{rl['told']['attempts per row']} attempts per row told the limit, {rl['not told']['attempts per row']} "
+         f"not told; {rl['told'][g]} / {rl['not told'][g]} of the limit",
+         f"Curator told the limit: {rl['curator']['attempts per row']}, {rl['curator'][g]}", "",
+         f"`peers.py`, {peers_date('Rate limit')}, {peers_load('Rate limit')}; one run each"],
+        ["100,000 seeds end to end: generate, dedup, export to parquet", f"{ot['wall s']} s",
+         f"{GLUED}: {pt['wall s']} s", f"{pt['this ÷ ours (wall)']}×",
+         f"`peers.py`, {peers_date()}, {peers_load('End to end')}; one run each"],
+    ]  # fmt: skip

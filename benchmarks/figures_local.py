@@ -1,5 +1,5 @@
 """benchmarks/figures.py's renderers of the local benchmarks' figures: results/dedup.json, embed.json,
-view.json and cluster.json."""
+view.json and cluster.json, and their rows of README.md's table of headline figures."""
 
 from __future__ import annotations
 
@@ -275,3 +275,24 @@ def cluster_estimate() -> str:
         f"producing more than that waits on it.",
     ]
     return "\n" + "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------ rows of README.md's speed table
+
+
+def local_speed_rows() -> list[list[str]]:
+    """Near-duplicate dedup against datasketch, embedding dedup against sentence-transformers."""
+    x = dedup_figures()
+    ed, c = embed_case()
+    _, u = embed_case("uniform")
+    return [
+        [f"near-duplicate dedup, whole filter (MinHash + LSH, 128 perms, exact check), {x['n']} records",
+         f"{x['ours']} records/s (CPU), recall {x['recall']}, precision {x['precision']}",
+         f"datasketch, same shingles, bands and check, `MinHash.bulk`: {x['ds']} records/s",
+         f"{x['ratio']}× (CPU), {x['ratio_wall']}× (wall)", f"`bench_dedup.py`, {x['when']}; medians of {x['runs']}"],
+        [f"embedding dedup, {c['peer_vectors']:,} vectors (in 2,000 topics / uniform)",
+         f"{c['ours_peer_s']:.2f} / {u['ours_peer_s']:.2f} s",
+         f"sentence-transformers `paraphrase_mining_embeddings`: {c['mining_s']:.2f} / {u['mining_s']:.2f} s",
+         f"{sig(c['mining_s'] / c['ours_peer_s'])} / {sig(u['mining_s'] / u['ours_peer_s'])}×",
+         f"`bench_embed.py`, {when(ed)}; medians of {ed['figures']['runs']}"],
+    ]  # fmt: skip

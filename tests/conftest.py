@@ -24,13 +24,44 @@ def write_config(tmp: Path, body: str, name: str = "cfg.yaml") -> Path:
     return p
 
 
+def write_seeds(p: Path, n: int) -> Path:
+    """The first ``n`` questions of the shipped seeds, written to ``p``."""
+    p.write_text("\n".join(SEEDS.read_text(encoding="utf-8").splitlines()[:n]) + "\n", encoding="utf-8")
+    return p
+
+
 @pytest.fixture
 def seeds_file(tmp_path: Path) -> Path:
     """A small copy of the shipped seeds (first 8 questions)."""
-    lines = SEEDS.read_text(encoding="utf-8").splitlines()[:8]
-    p = tmp_path / "seeds.jsonl"
-    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return p
+    return write_seeds(tmp_path / "seeds.jsonl", 8)
+
+
+def cli_process(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`python -m factory.cli` in a process of its own, where that matters (the `cli` fixture runs it in this
+    one); ``env`` is added to this process's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "factory.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+        input=stdin, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """The `factory` command's entry point in this process: the same parser, commands and error boundary as
+    `python -m factory.cli`, without a second of imports per call. ``cli(*args, cwd=DIR)`` runs it in DIR and
+    returns its exit code, stdout and stderr as a CompletedProcess."""
+    from factory.cli import main
+
+    def call(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        rc = main(list(args))
+        got = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), rc, got.out, got.err)
+
+    return call
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SEEDS
+from conftest import cli_process, write_seeds
 
 from factory import api
 from factory.store import Store
@@ -19,29 +19,6 @@ from factory.teachers.scripted import ScriptedTeacher
 from factory.testing.fault_server import FaultConfig, serve_in_thread
 
 KEY_ENV = "FACTORY_CACHE_TEST_KEY"
-
-
-def cli_process(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "factory.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120,
-        input=stdin,
-    )  # fmt: skip
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    """The `factory` command's entry point in this process: the same parser, commands and error boundary as
-    `python -m factory.cli` (used above where a separate process matters), without its start-up per call."""
-    from factory.cli import main
-
-    def call(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-        monkeypatch.chdir(cwd)
-        capsys.readouterr()
-        rc = main(list(args))
-        got = capsys.readouterr()
-        return subprocess.CompletedProcess(list(args), rc, got.out, got.err)
-
-    return call
 
 
 def sha(p: Path) -> str:
@@ -53,8 +30,7 @@ def tree(d: Path) -> dict[str, str]:
 
 
 def config(tmp: Path, name: str, model: str, url: str, seeds: int) -> Path:
-    s = tmp / f"{name}.jsonl"
-    s.write_text("\n".join(SEEDS.read_text().splitlines()[:seeds]) + "\n")
+    s = write_seeds(tmp / f"{name}.jsonl", seeds)
     cfg = tmp / f"{name}.yaml"
     cfg.write_text(
         f"name: {name}\nrecipe: rationales\nseeds: {s.name}\nstore: st/store.duckdb\nparams: {{k: 3}}\n"

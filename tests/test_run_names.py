@@ -11,30 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SEEDS
+from conftest import write_seeds
 
 from factory import api
 from factory.teachers.scripted import ScriptedTeacher
 
 
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    """The `factory` command's entry point, in this process (the same parser, commands and error boundary as
-    `python -m factory.cli`, without a second of imports per call)."""
-    from factory.cli import main
-
-    def call(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-        monkeypatch.chdir(cwd)
-        capsys.readouterr()
-        rc = main(list(args))
-        got = capsys.readouterr()
-        return subprocess.CompletedProcess(list(args), rc, got.out, got.err)
-
-    return call
-
-
 def make_run(proj: Path, name: str, k: int = 2, file: str | None = None) -> str:
-    (proj / "s.jsonl").write_text("\n".join(SEEDS.read_text().splitlines()[:2]) + "\n")
+    write_seeds(proj / "s.jsonl", 2)
     cfg = proj / (file or f"{name}.yaml")
     cfg.write_text(
         f"name: {name}\nrecipe: rationales\nseeds: s.jsonl\nstore: st/store.duckdb\nteacher: scripted:x\n"

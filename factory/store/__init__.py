@@ -108,6 +108,16 @@ def _table(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
     )
 
 
+def _insert_frame(
+    con: duckdb.DuckDBPyConnection, name: str, frame: pa.Table, insert: str, select: str | None = None
+) -> None:
+    """``insert`` fed from the Arrow ``frame`` registered as ``name``: by ``select`` when given (one that
+    skips rows already stored), else every row of it."""
+    con.register(name, frame)
+    _x(con, insert + (select or f"SELECT * FROM {name}"))
+    con.unregister(name)
+
+
 def diagnose(path: Path) -> doctor.Diagnosis:
     """What `factory doctor` reports: the file, its migrations, every table, the journal. Changes nothing."""
     return doctor.diagnose(path, _CACHE_SCHEMA)
@@ -299,40 +309,29 @@ class Store:
                     [batch.replace],
                 )
             if batch.cache:
-                t = _table(batch.cache, _CACHE_SCHEMA)
-                con.register("_batch_cache", t)
-                _x(
-                    con,
+                _insert_frame(
+                    con, "_batch_cache", _table(batch.cache, _CACHE_SCHEMA),
                     "INSERT INTO cache (key, teacher, status, request, text, finish_reason, prompt_tokens, "
-                    "completion_tokens, latency_ms, error, run_id) "
-                    + ("SELECT DISTINCT ON (key) * FROM _batch_cache ON CONFLICT DO NOTHING"
-                       if checked else "SELECT * FROM _batch_cache"),
+                    "completion_tokens, latency_ms, error, run_id) ",
+                    "SELECT DISTINCT ON (key) * FROM _batch_cache ON CONFLICT DO NOTHING" if checked else None,
                 )  # fmt: skip
-                con.unregister("_batch_cache")
             if batch.records:
-                t = _table(batch.records, _RECORD_SCHEMA)
-                con.register("_batch_records", t)
-                _x(
-                    con,
+                _insert_frame(
+                    con, "_batch_records", _table(batch.records, _RECORD_SCHEMA),
                     "INSERT INTO records (id, run_id, recipe, stage, seed_id, sample_index, text, payload, "
-                    "parent_ids, request_keys, teacher, template_version) "
-                    + ("SELECT DISTINCT ON (id) * FROM _batch_records b "
-                       "WHERE NOT EXISTS (SELECT 1 FROM records r WHERE r.id = b.id)"
-                       if checked else "SELECT * FROM _batch_records"),
+                    "parent_ids, request_keys, teacher, template_version) ",
+                    "SELECT DISTINCT ON (id) * FROM _batch_records b "
+                    "WHERE NOT EXISTS (SELECT 1 FROM records r WHERE r.id = b.id)" if checked else None,
                 )  # fmt: skip
-                con.unregister("_batch_records")
             if batch.seeds_done:
                 run_ids, seed_ids, counts = zip(*batch.seeds_done, strict=True)
                 t = pa.table({"run_id": list(run_ids), "seed_id": list(seed_ids),
                               "records": pa.array(counts, pa.int32())})  # fmt: skip
-                con.register("_batch_done", t)
-                _x(
-                    con,
-                    "INSERT INTO seeds_done "
-                    + ("SELECT DISTINCT ON (run_id, seed_id) * FROM _batch_done ON CONFLICT DO NOTHING"
-                       if checked else "SELECT * FROM _batch_done"),
+                _insert_frame(
+                    con, "_batch_done", t, "INSERT INTO seeds_done ",
+                    "SELECT DISTINCT ON (run_id, seed_id) * FROM _batch_done ON CONFLICT DO NOTHING"
+                    if checked else None,
                 )  # fmt: skip
-                con.unregister("_batch_done")
             if batch.failures:
                 con.executemany(
                     "INSERT INTO failures (run_id, key, seed_id, kind, message, attempts) VALUES (?, ?, ?, ?, ?, ?)",
@@ -345,16 +344,13 @@ class Store:
                      "filter_version": list(cols[3]), "keep": pa.array(cols[4], pa.bool_()),
                      "score": pa.array(cols[5], pa.float64()), "reason": pa.array(cols[6], pa.string())}
                 )  # fmt: skip
-                con.register("_batch_verdicts", t)
-                _x(
-                    con,
-                    "INSERT INTO verdicts (record_id, run_id, filter, filter_version, keep, score, reason) "
-                    + ("SELECT DISTINCT ON (record_id, filter, filter_version) * FROM _batch_verdicts b "
-                       "WHERE NOT EXISTS (SELECT 1 FROM verdicts v WHERE v.record_id = b.record_id "
-                       "AND v.filter = b.filter AND v.filter_version = b.filter_version)"
-                       if checked else "SELECT * FROM _batch_verdicts"),
+                _insert_frame(
+                    con, "_batch_verdicts", t,
+                    "INSERT INTO verdicts (record_id, run_id, filter, filter_version, keep, score, reason) ",
+                    "SELECT DISTINCT ON (record_id, filter, filter_version) * FROM _batch_verdicts b "
+                    "WHERE NOT EXISTS (SELECT 1 FROM verdicts v WHERE v.record_id = b.record_id "
+                    "AND v.filter = b.filter AND v.filter_version = b.filter_version)" if checked else None,
                 )  # fmt: skip
-                con.unregister("_batch_verdicts")
             if batch.stats is not None:
                 s = batch.stats
                 _x(con,
@@ -682,11 +678,11 @@ class Store:
                      "reason": pa.array(cols[5], pa.string()), "detail": pa.array(cols[6], pa.string()),
                      "pass_id": pa.array([pass_id] * n, pa.int32())}
                 )  # fmt: skip
-                con.register("_batch_pass", t)
-                _x(con,
-                   "INSERT INTO verdicts (record_id, run_id, filter, filter_version, keep, score, reason, detail, "
-                   "pass_id) SELECT * FROM _batch_pass")  # fmt: skip
-                con.unregister("_batch_pass")
+                _insert_frame(
+                    con, "_batch_pass", t,
+                    "INSERT INTO verdicts (record_id, run_id, filter, filter_version, keep, score, reason, detail, "
+                    "pass_id) ",
+                )  # fmt: skip
             _x(con, "COMMIT")
         except duckdb.Error as exc:
             with contextlib.suppress(duckdb.Error):

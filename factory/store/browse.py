@@ -37,6 +37,14 @@ _TABLES = (
 )
 
 
+def _equal(where: list[str], params: list[Any], *columns: tuple[str, str | None]) -> None:
+    """Add ``column = ?`` and its value for each (column, value) whose value is given."""
+    for column, value in columns:
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+
+
 class Browser:
     """Paged, filtered reads of one store's runs. Use it from one thread at a time."""
 
@@ -180,20 +188,10 @@ class Browser:
             where.append("NOT i.kept")
         elif status != "all":
             raise ConfigError(f"status must be all, kept or rejected, not {status!r}")
-        if label is not None:
-            where.append("i.label = ?")
-            params.append(label)
-        if stage is not None:
-            where.append("i.stage = ?")
-            params.append(stage)
+        _equal(where, params, ("i.label", label), ("i.stage", stage))
         if filter is not None or reason is not None:
             sub, sub_params = ["run_id = ?"], [run_id]
-            if filter is not None:
-                sub.append("filter = ?")
-                sub_params.append(filter)
-            if reason is not None:
-                sub.append("reason = ?")
-                sub_params.append(reason)
+            _equal(sub, sub_params, ("filter", filter), ("reason", reason))
             where.append(f"i.n IN (SELECT n FROM _view_drop WHERE {' AND '.join(sub)})")
             params += sub_params
         if q:

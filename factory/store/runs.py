@@ -39,6 +39,12 @@ def describe(runs: list[dict[str, Any]], limit: int = LISTED) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
+def _first(runs: list[dict[str, Any]], how: str, note: str | None = None) -> ResolvedRun:
+    """The first of ``runs`` (the most recently updated), with ``note`` only when there were others."""
+    r = runs[0]
+    return ResolvedRun(r["id"], r["name"], how, note if len(runs) > 1 else None)
+
+
 def resolve_run(store: Store, run: str | None) -> ResolvedRun:
     runs = store._dicts("SELECT id, name, updated_at FROM runs ORDER BY updated_at DESC, id")
     where = store.path
@@ -48,29 +54,27 @@ def resolve_run(store: Store, run: str | None) -> ResolvedRun:
                 f"the store {where} holds no runs yet: start one with `factory run CONFIG.yaml`"
             )
         r = runs[0]
-        note = None
-        if len(runs) > 1:
-            note = (
-                f"no RUN given: using the latest of the {len(runs)} runs in {where}, {r['id']} ({r['name']}, "
-                f"updated {_when(r)}); name one to choose another (`factory status --all` lists them)"
-            )
-        return ResolvedRun(r["id"], r["name"], "latest", note)
+        return _first(
+            runs,
+            "latest",
+            f"no RUN given: using the latest of the {len(runs)} runs in {where}, {r['id']} ({r['name']}, "
+            f"updated {_when(r)}); name one to choose another (`factory status --all` lists them)",
+        )
     for r in runs:
         if r["id"] == run:
-            return ResolvedRun(r["id"], r["name"], "id")
+            return _first([r], "id")
     named = [r for r in runs if r["name"] == run]
     if named:
         r = named[0]
-        note = None
-        if len(named) > 1:
-            note = (
-                f"{len(named)} runs are named {run!r}: using the latest, {r['id']} (updated {_when(r)}); the "
-                f"others: {describe(named[1:])}; give a run id to choose one"
-            )
-        return ResolvedRun(r["id"], r["name"], "name", note)
+        return _first(
+            named,
+            "name",
+            f"{len(named)} runs are named {run!r}: using the latest, {r['id']} (updated {_when(r)}); the "
+            f"others: {describe(named[1:])}; give a run id to choose one",
+        )
     matches = [r for r in runs if r["id"].startswith(run) or r["name"].startswith(run)]
     if len(matches) == 1:
-        return ResolvedRun(matches[0]["id"], matches[0]["name"], "prefix")
+        return _first(matches, "prefix")
     if matches:
         raise ConfigError(
             f"RUN {run!r} is ambiguous in {where}: it begins {len(matches)} runs: {describe(matches)}; "
