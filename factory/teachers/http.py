@@ -185,26 +185,23 @@ class Pool:
         self._all: set[_Connection] = set()
 
     async def post(self, path: str, body: bytes, parse: Callable[[Response], Any] | None = None) -> Any:
-        data = b"".join(
-            (b"POST ", (self.prefix + path).encode(), b" HTTP/1.1\r\n", self._fixed,
-             b"Content-Length: ", str(len(body)).encode(), b"\r\n\r\n", body)
-        )  # fmt: skip
-        conn = await self._take()
-        try:
-            resp = await conn.send(data, self.timeout_s, parse)
-        finally:
-            if not conn.alive:
-                self._all.discard(conn)
-        if conn.alive:
-            self._idle.append(conn)
-        return resp
+        return await self._exchange(b"POST ", path, body, parse)
 
     async def get(self, path: str) -> Response:
         """One GET (``/models`` when explaining a 404); same connections and time-out as ``post``."""
-        data = b"".join((b"GET ", (self.prefix + path).encode(), b" HTTP/1.1\r\n", self._fixed, b"\r\n"))
+        return await self._exchange(b"GET ", path, None, None)
+
+    async def _exchange(
+        self, method: bytes, path: str, body: bytes | None, parse: Callable[[Response], Any] | None
+    ) -> Any:
+        head = (method, (self.prefix + path).encode(), b" HTTP/1.1\r\n", self._fixed)
+        if body is None:
+            data = b"".join((*head, b"\r\n"))
+        else:
+            data = b"".join((*head, b"Content-Length: ", str(len(body)).encode(), b"\r\n\r\n", body))
         conn = await self._take()
         try:
-            resp = await conn.send(data, self.timeout_s)
+            resp = await conn.send(data, self.timeout_s, parse)
         finally:
             if not conn.alive:
                 self._all.discard(conn)
