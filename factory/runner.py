@@ -2,8 +2,8 @@
 
 Nothing waits on a whole batch: each seed runs as soon as a slot frees, each answer is journaled the
 moment it is parsed off its connection (the teacher hands it over before the awaiting task resumes, and
-the journal writes it there and then, see factory.store.journal), and rows are committed at least
-every ``commit_interval_s``. Re-running the same config resumes: finished seeds are skipped and every
+the journal writes it there and then, or under load with the others of its loop pass: see
+factory.store.journal), and rows are committed at least every ``commit_interval_s``. Re-running the same config resumes: finished seeds are skipped and every
 request already answered is served from the cache.
 
 Stopping: ``stop(drain=True)`` (the first Ctrl+C, or a cluster shard told to stop) sends no new request
@@ -16,11 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,12 +35,15 @@ from factory.errors import (
     TeacherMisconfigured,
     TeacherRejected,
 )
+from factory.gc_tuning import fewer_collections
 from factory.keys import canonical_json, record_id, request_key_raw
+from factory.plan import Budget, Plan, Progress, Result
+from factory.run_counters import RunCounters
 from factory.seeds import Seed
 from factory.store import Batch, CacheRow, Store
 from factory.teachers.base import Teacher, Withheld
 from factory.types import Completion, Request
-from recipes.base import Draft, Recipe
+from recipes.base import Draft
 
 log = logging.getLogger(__name__)
 
@@ -50,64 +52,6 @@ Outcome = Completion | TeacherError
 
 class _Draining(Exception):
     """A request not sent because the run is stopping (its seed is left for the next invocation)."""
-
-
-@dataclass(slots=True)
-class Budget:
-    max_requests: int | None = None
-    max_output_tokens: int | None = None
-
-
-@dataclass(slots=True)
-class Plan:
-    run_id: str
-    recipe: Recipe
-    state: Any
-    seeds: list[Seed]
-    budget: Budget = field(default_factory=Budget)
-    commit_interval_s: float = 1.0
-    max_seeds_in_flight: int = 64
-    template_version: str = ""
-    retry_rejected: bool = False  # re-ask requests whose cached answer is a rejection (--retry-failed)
-    drain_s: float = 30.0  # how long a drain waits for the requests in flight before abandoning them
-
-
-@dataclass(slots=True)
-class Progress:
-    seeds_total: int
-    seeds_done: int
-    seeds_failed: int
-    records: int
-    requests_sent: int
-    cache_hits: int
-    in_flight: int
-    prompt_tokens: int
-    completion_tokens: int
-    failures: dict[str, int]
-    elapsed_s: float
-    seeds_resumed: int = 0  # done by an earlier invocation
-    draining: bool = False  # stopping: no new request is sent, the ones sent (awaiting) are waited for
-    awaiting: int = 0  # requests sent and not yet answered (in_flight also counts those queued to send)
-    abandoned: int = 0  # requests in flight given up by the stop (sent again on resume)
-    last_failure: str | None = None  # the latest failed attempt, one short line
-
-    @property
-    def eta_s(self) -> float | None:
-        done_now = self.seeds_done - self.seeds_resumed
-        if done_now <= 0 or self.elapsed_s <= 0:
-            return None
-        left = self.seeds_total - self.seeds_done - self.seeds_failed
-        return left * self.elapsed_s / done_now
-
-
-@dataclass(slots=True)
-class Result:
-    run_id: str
-    status: str  # done | interrupted | budget | failed
-    progress: Progress
-    error: str | None = None
-    exit_code: int | None = None  # of the error that stopped the run, for the CLI
-    curation: Any = None  # the filter pass run after generation, when the config lists filters
 
 
 @dataclass(slots=True)
@@ -126,32 +70,7 @@ class _Lane:
         return self.teacher.name
 
 
-_gc_saved: list[tuple[int, int, int]] = []  # one entry per run in progress in this process
-
-
-@contextlib.contextmanager
-def _fewer_collections(young: int = 20_000) -> Iterator[None]:
-    """A run allocates a few dozen short-lived objects per request; with the default threshold (700) the
-    young generation is collected every few requests, about 27 us of CPU per request at 64 in flight.
-    For the run, collect it every ``young`` allocations and leave what existed before (modules, seeds)
-    out of the older scans; the last run to end restores both."""
-    if not _gc_saved:
-        before = gc.get_threshold()
-        gc.freeze()
-        gc.set_threshold(max(before[0], young), before[1], before[2])
-    else:
-        before = _gc_saved[0]
-    _gc_saved.append(before)
-    try:
-        yield
-    finally:
-        _gc_saved.pop()
-        if not _gc_saved:
-            gc.set_threshold(*before)
-            gc.unfreeze()
-
-
-class Runner:
+class Runner(RunCounters):
     def __init__(
         self,
         store: Store,
@@ -309,7 +228,7 @@ class Runner:
             self._journal.close()
 
     async def run(self) -> Result:
-        with _fewer_collections():
+        with fewer_collections():
             return await self._run()
 
     async def _run(self) -> Result:
@@ -602,76 +521,6 @@ class Runner:
             if self._track_committed:
                 self._committed_keys.update(keys)
             self._report()
-
-    def _distinct_teachers(self) -> list[Teacher]:
-        return self._teachers
-
-    @property
-    def awaiting(self) -> int:
-        """Requests sent and not yet answered: what a drain waits for (and what abandoning pays again).
-        Backends that cannot tell count every request handed to them."""
-        sent = sum(t.in_flight for t in self._distinct_teachers())
-        return sent if sent else self.dispatched
-
-    @property
-    def attempts(self) -> int:
-        return sum(t.attempts - self._base[id(t)][0] for t in self._distinct_teachers())
-
-    @property
-    def requests_sent(self) -> int:
-        """Attempts a server received: refused connections, DNS failures and connect time-outs are not."""
-        return sum(
-            t.attempts - t.unsent - self._base[id(t)][0] + self._base[id(t)][1]
-            for t in self._distinct_teachers()
-        )
-
-    def _errors(self) -> Counter[str]:
-        out: Counter[str] = Counter()
-        for t in self._distinct_teachers():
-            before = self._base[id(t)][2]
-            for kind, n in dict(t.errors).items():
-                if n > before.get(kind, 0):
-                    out[kind] += n - before.get(kind, 0)
-        return out
-
-    def _examples(self, kinds: Counter[str]) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for t in self._distinct_teachers():
-            out.update((k, v) for k, v in dict(t.examples).items() if k in kinds)
-        return out
-
-    def stats(self, status: str) -> dict[str, Any]:
-        """This invocation's counters. Also written to the journal every 10 ms while answers arrive, so the
-        common case (no failure yet) reads a few integers."""
-        failed = any(t.errors for t in self._teachers) or self.final_failures
-        failures = self._errors() if failed else Counter()
-        examples = self._examples(failures) if failed else {}
-        for kind, n in dict(self.final_failures).items():
-            failures[f"final_{kind}"] += n
-        return {
-            "run_id": self.plan.run_id, "invocation": self.invocation, "requests_sent": self.requests_sent,
-            "attempts": self.attempts, "cache_hits": self.cache_hits, "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens, "failures": dict(failures), "failure_examples": examples,
-            "status": status,
-        }  # fmt: skip
-
-    def snapshot(self) -> Progress:
-        return Progress(
-            seeds_total=self._seeds_total, seeds_done=self.seeds_done, seeds_failed=self.seeds_failed,
-            records=self.records, requests_sent=self.requests_sent, cache_hits=self.cache_hits,
-            in_flight=self.dispatched, prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
-            failures=dict(self._errors()), elapsed_s=time.perf_counter() - self._t0,
-            seeds_resumed=self._resumed_done, draining=self._draining and not self.abandoned, awaiting=self.awaiting,
-            abandoned=self.abandoned, last_failure=self._last_failure(),
-        )  # fmt: skip
-
-    def _last_failure(self) -> str | None:
-        if not self._errors():
-            return None  # (a teacher's last failure from before this invocation is not news)
-        for t in self._distinct_teachers():
-            if t.last_failure is not None:
-                return t.last_failure
-        return None
 
 
 __all__ = ["Budget", "Plan", "Progress", "Result", "Runner"]

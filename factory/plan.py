@@ -1,0 +1,71 @@
+"""The values a run is made of and reports: its plan (what to run), its budget, its progress while it
+runs, and its result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from factory.seeds import Seed
+from recipes.base import Recipe
+
+
+@dataclass(slots=True)
+class Budget:
+    max_requests: int | None = None
+    max_output_tokens: int | None = None
+
+
+@dataclass(slots=True)
+class Plan:
+    run_id: str
+    recipe: Recipe
+    state: Any
+    seeds: list[Seed]
+    budget: Budget = field(default_factory=Budget)
+    commit_interval_s: float = 1.0
+    max_seeds_in_flight: int = 64
+    template_version: str = ""
+    retry_rejected: bool = False  # re-ask requests whose cached answer is a rejection (--retry-failed)
+    drain_s: float = 30.0  # how long a drain waits for the requests in flight before abandoning them
+
+
+@dataclass(slots=True)
+class Progress:
+    seeds_total: int
+    seeds_done: int
+    seeds_failed: int
+    records: int
+    requests_sent: int
+    cache_hits: int
+    in_flight: int
+    prompt_tokens: int
+    completion_tokens: int
+    failures: dict[str, int]
+    elapsed_s: float
+    seeds_resumed: int = 0  # done by an earlier invocation
+    draining: bool = False  # stopping: no new request is sent, the ones sent (awaiting) are waited for
+    awaiting: int = 0  # requests sent and not yet answered (in_flight also counts those queued to send)
+    abandoned: int = 0  # requests in flight given up by the stop (sent again on resume)
+    last_failure: str | None = None  # the latest failed attempt, one short line
+
+    @property
+    def eta_s(self) -> float | None:
+        done_now = self.seeds_done - self.seeds_resumed
+        if done_now <= 0 or self.elapsed_s <= 0:
+            return None
+        left = self.seeds_total - self.seeds_done - self.seeds_failed
+        return left * self.elapsed_s / done_now
+
+
+@dataclass(slots=True)
+class Result:
+    run_id: str
+    status: str  # done | interrupted | budget | failed
+    progress: Progress
+    error: str | None = None
+    exit_code: int | None = None  # of the error that stopped the run, for the CLI
+    curation: Any = None  # the filter pass run after generation, when the config lists filters
+
+
+__all__ = ["Budget", "Plan", "Progress", "Result"]

@@ -1,0 +1,107 @@
+"""What a run counts, as the runner reports it: requests sent and attempts, failures by kind with an
+example each, tokens, and the progress snapshot. Teachers count for their whole life; a run reports the
+difference from when it started (``_base``)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from factory.plan import Progress
+
+if TYPE_CHECKING:
+    from factory.plan import Plan
+    from factory.teachers.base import Teacher
+
+
+class RunCounters:
+    """Mixed into the runner: reads its teachers and its own counters, writes nothing."""
+
+    plan: Plan
+    invocation: int
+    _teachers: list[Teacher]
+    _base: dict[int, tuple[int, int, dict[str, int]]]
+    final_failures: Counter[str]
+    dispatched: int
+    cache_hits: int
+    prompt_tokens: int
+    completion_tokens: int
+    seeds_done: int
+    seeds_failed: int
+    records: int
+    abandoned: int
+    _seeds_total: int
+    _resumed_done: int
+    _draining: bool
+    _t0: float
+
+    def _distinct_teachers(self) -> list[Teacher]:
+        return self._teachers
+
+    @property
+    def awaiting(self) -> int:
+        """Requests sent and not yet answered: what a drain waits for (and what abandoning pays again).
+        Backends that cannot tell count every request handed to them."""
+        sent = sum(t.in_flight for t in self._distinct_teachers())
+        return sent if sent else self.dispatched
+
+    @property
+    def attempts(self) -> int:
+        return sum(t.attempts - self._base[id(t)][0] for t in self._distinct_teachers())
+
+    @property
+    def requests_sent(self) -> int:
+        """Attempts a server received: refused connections, DNS failures and connect time-outs are not."""
+        return sum(
+            t.attempts - t.unsent - self._base[id(t)][0] + self._base[id(t)][1]
+            for t in self._distinct_teachers()
+        )
+
+    def _errors(self) -> Counter[str]:
+        out: Counter[str] = Counter()
+        for t in self._distinct_teachers():
+            before = self._base[id(t)][2]
+            for kind, n in dict(t.errors).items():
+                if n > before.get(kind, 0):
+                    out[kind] += n - before.get(kind, 0)
+        return out
+
+    def _examples(self, kinds: Counter[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for t in self._distinct_teachers():
+            out.update((k, v) for k, v in dict(t.examples).items() if k in kinds)
+        return out
+
+    def stats(self, status: str) -> dict[str, Any]:
+        """This invocation's counters. Also written to the journal every 10 ms while answers arrive, so the
+        common case (no failure yet) reads a few integers."""
+        failed = any(t.errors for t in self._teachers) or self.final_failures
+        failures = self._errors() if failed else Counter()
+        examples = self._examples(failures) if failed else {}
+        for kind, n in dict(self.final_failures).items():
+            failures[f"final_{kind}"] += n
+        return {
+            "run_id": self.plan.run_id, "invocation": self.invocation, "requests_sent": self.requests_sent,
+            "attempts": self.attempts, "cache_hits": self.cache_hits, "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens, "failures": dict(failures), "failure_examples": examples,
+            "status": status,
+        }  # fmt: skip
+
+    def snapshot(self) -> Progress:
+        return Progress(
+            seeds_total=self._seeds_total, seeds_done=self.seeds_done, seeds_failed=self.seeds_failed,
+            records=self.records, requests_sent=self.requests_sent, cache_hits=self.cache_hits,
+            in_flight=self.dispatched, prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+            failures=dict(self._errors()), elapsed_s=time.perf_counter() - self._t0,
+            seeds_resumed=self._resumed_done, draining=self._draining and not self.abandoned, awaiting=self.awaiting,
+            abandoned=self.abandoned, last_failure=self._last_failure(),
+        )  # fmt: skip
+
+    def _last_failure(self) -> str | None:
+        if not self._errors():
+            return None  # (a teacher's last failure from before this invocation is not news)
+        for t in self._distinct_teachers():
+            if t.last_failure is not None:
+                return t.last_failure
+        return None
