@@ -74,9 +74,11 @@ def recipe_for_import(slug: str) -> tuple[Recipe, Importer]:
 
 
 def field_map(
-    importer: Importer, params: Any, given: list[str], columns: list[str], path: Path
+    importer: Importer, params: Any, given: list[str], columns: list[str], path: Path, sparse: bool = False
 ) -> dict[str, str]:
-    """Record field → column for the fields this file fills: the recipe's defaults, then ``--map`` pairs."""
+    """Record field → column for the fields this file fills: the recipe's defaults, then ``--map`` pairs.
+    ``columns`` are the schema's, or (``sparse``, JSONL) the first row's: a mapped or required column must
+    be there, an optional one is read from each row that has it."""
     defaults = importer.fields(params)
     mapped: dict[str, str] = {}
     for item in given:
@@ -92,18 +94,19 @@ def field_map(
             )
         mapped[fld] = col
     shown = ", ".join(repr(c) for c in columns) or "none"
+    where = "first row's columns are" if sparse else "columns are"
     out: dict[str, str] = {}
     for fld, default in defaults.items():
         column = mapped.get(fld, default)
         if column is None:
             continue
         col = column
-        if col in columns:
-            out[fld] = col
+        if col in columns or (sparse and fld not in mapped and fld not in importer.required):
+            out[fld] = col  # a JSONL row may leave out an optional column the first row has not
         elif fld in mapped or fld in importer.required:
             how = "--map" if fld in mapped else "by default"
             raise ConfigError(
-                f"FILE {path}: no column {col!r} (field {fld!r}, {how}); its columns are {shown}. Name the column "
+                f"FILE {path}: no column {col!r} (field {fld!r}, {how}); its {where} {shown}. Name the column "
                 f"that holds it: --map {fld}=COLUMN"
             )
     return out
@@ -229,7 +232,7 @@ def import_file(
     items = list(imp.filters) if filters is None else list(filters)
     steps = parse_steps(items, where="--filters")
     src = open_source(Path(path))
-    fields = field_map(imp, p, list(maps or []), src.columns(), src.path)
+    fields = field_map(imp, p, list(maps or []), src.columns(), src.path, sparse=src.kind == "jsonl")
     tally = _first_pass(src, imp, p, fields)
     sha = src.sha256()
     run_teacher = teacher or (next(iter(tally.teachers)) if len(tally.teachers) == 1 else DEFAULT_TEACHER)
