@@ -34,6 +34,7 @@ TEMPLATE_VERSION = "imported"
 DEFAULT_TEACHER = "imported"
 WRITE_ROWS = 5000
 _NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+_FIRST = object()
 
 
 @dataclass(slots=True)
@@ -55,7 +56,12 @@ class _Tally:
 
     rows: int = 0
     per_seed: dict[str, int] = field(default_factory=dict)
-    votes: dict[str, Counter[Any]] = field(default_factory=dict)
+    votes: dict[str, Any] = field(default_factory=dict)  # the one answer of a question, or a Counter
+
+    def tally(self, seed_id: str) -> Counter[Any]:
+        had = self.votes.get(seed_id)
+        return had if isinstance(had, Counter) else Counter([] if had is None else [had])
+
     teachers: set[str] = field(default_factory=set)
     gold: bool = False
 
@@ -153,9 +159,14 @@ def _first_pass(src: Source, importer: Importer, params: Any, fields: dict[str, 
             t.teachers.add(values["teacher"])
         if importer.vote is not None:
             choice = importer.vote(importer.row(values, params))
-            tally = t.votes.setdefault(sid, Counter())
-            if choice is not None:
-                tally[choice] += 1
+            had = t.votes.get(sid, _FIRST)
+            if had is _FIRST:  # most questions have one row: keep its answer, not a Counter
+                t.votes[sid] = choice
+            else:
+                tally = had if isinstance(had, Counter) else Counter([] if had is None else [had])
+                if choice is not None:
+                    tally[choice] += 1
+                t.votes[sid] = tally
     if not t.rows:
         raise ConfigError(f"FILE {src.path} holds no rows: nothing to import")
     return t
@@ -182,7 +193,7 @@ def _batches(src: Source, imp: Importer, params: Any, fields: dict[str, str], ta
         index[sid] = i + 1
         d: Draft = imp.row(values, params)
         if imp.settle is not None:
-            imp.settle(d, tally.votes.get(sid, Counter()), tally.per_seed.get(sid, 1))
+            imp.settle(d, tally.tally(sid), tally.per_seed.get(sid, 1))
         rid = record_id(run_id, d.stage, sid, i)
         who = values.get("teacher")
         who = who.strip() if isinstance(who, str) and who.strip() else teacher
@@ -247,11 +258,11 @@ def import_file(
     RunConfig.model_validate({k: v for k, v in config.items() if k != "import"})
 
     from factory.store import Store
-    from factory.store.imports import records_of, write_import
+    from factory.store.imports import imported_before, write_import
 
     result = ImportResult(run_id, name, Path(store_path), sha, tally.rows, 0, already=False)
     with Store(store_path) as st:
-        if records_of(st, run_id):
+        if imported_before(st, run_id):
             result.already = True
             result.funnel = st.funnel(run_id)
             return result

@@ -301,3 +301,34 @@ def test_bad_input_is_one_message_and_stores_nothing(case, imported, tmp_path):
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: "), out.stderr
     assert message in out.stderr
     assert row_counts(store) == before
+
+
+def test_failure_half_way_leaves_the_store_as_it_was(tmp_path, monkeypatch):
+    """A file that reads differently the second time (or any error between batches) undoes the import."""
+    import factory.importer as importer
+    from factory.errors import ConfigError
+
+    rows = [
+        {"id": f"q{i}", "question": f"{i} + 1?", "rationale": f"The answer is {i + 1}."} for i in range(12)
+    ]
+    f = tmp_path / "a.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    store = tmp_path / "s.duckdb"
+    import_file(f, recipe="rationales", store_path=store, name="first", filters=[])
+    before = row_counts(store)
+    monkeypatch.setattr(importer, "WRITE_ROWS", 5)
+    real_rows = importer.Source.rows
+    calls = []
+
+    def rows_then_change(self):
+        calls.append(1)
+        for n, row in real_rows(self):
+            yield n, ({**row, "id": "changed"} if len(calls) == 2 and n == 9 else row)
+
+    monkeypatch.setattr(importer.Source, "rows", rows_then_change)
+    with pytest.raises(ConfigError, match="changed while it was being imported"):
+        import_file(f, recipe="rationales", store_path=store, name="second", filters=[])
+    assert row_counts(store) == before  # two batches were committed, then deleted again
+    monkeypatch.undo()
+    again = import_file(f, recipe="rationales", store_path=store, name="second", filters=[])
+    assert not again.already and again.records == 12
