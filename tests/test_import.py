@@ -332,3 +332,28 @@ def test_failure_half_way_leaves_the_store_as_it_was(tmp_path, monkeypatch):
     monkeypatch.undo()
     again = import_file(f, recipe="rationales", store_path=store, name="second", filters=[])
     assert not again.already and again.records == 12
+
+
+@needs_data
+def test_config_names_store_filters_and_license(svamp200, tmp_path):
+    (tmp_path / "imp.yaml").write_text(
+        f"name: palm-svamp\nrecipe: rationales\nseeds: {svamp200}\nstore: st/s.duckdb\nfilters: [agreement]\n"
+        "license: mit\n"
+    )
+    out = factory_cli("import", str(svamp200), "--recipe", "rationales", "--config", "imp.yaml", "--json",
+                      *(x for m in SVAMP_MAP for x in ("--map", m)), "--teacher", "palm-540b", cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["run_id"].startswith("palm-svamp-") and Path(got["store"]) == tmp_path / "st" / "s.duckdb"
+    assert [s["filter"] for s in got["funnel"]["filters"]] == ["agreement"]
+    recs = records(tmp_path / "st" / "s.duckdb", got["run_id"])
+    assert {r["teacher"] for r in recs} == {"palm-540b"}
+    from factory.store import Store
+
+    with Store(tmp_path / "st" / "s.duckdb", read_only=True) as st:
+        stored = st.run_config(got["run_id"])
+    assert stored["license"] == "mit" and stored["import"]["sha256"] == got["sha256"]
+    assert stored["import"]["teacher"] == "palm-540b"
+    out = factory_cli("import", str(svamp200), "--recipe", "rationales", "--config", "imp.yaml", "--teacher",
+                      "palm-540b", *(x for m in SVAMP_MAP for x in ("--map", m)), cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0 and "already imported" in out.stdout and "nothing added" in out.stdout
