@@ -52,18 +52,17 @@ class ImportResult:
 
 @dataclass(slots=True)
 class _Tally:
-    """What the first pass learns: rows per question, the votes of each, teachers named, gold seen."""
+    """What the first pass learns: rows per question, the votes of each, the teachers the rows name."""
 
     rows: int = 0
     per_seed: dict[str, int] = field(default_factory=dict)
     votes: dict[str, Any] = field(default_factory=dict)  # the one answer of a question, or a Counter
+    teachers: set[str] = field(default_factory=set)
 
     def tally(self, seed_id: str) -> Counter[Any]:
+        """The votes of one question's rows."""
         had = self.votes.get(seed_id)
         return had if isinstance(had, Counter) else Counter([] if had is None else [had])
-
-    teachers: set[str] = field(default_factory=set)
-    gold: bool = False
 
 
 def recipe_for_import(slug: str) -> tuple[Recipe, Importer]:
@@ -103,16 +102,15 @@ def field_map(
     where = "first row's columns are" if sparse else "columns are"
     out: dict[str, str] = {}
     for fld, default in defaults.items():
-        column = mapped.get(fld, default)
-        if column is None:
+        chosen = mapped.get(fld, default)
+        if chosen is None:
             continue
-        col = column
-        if col in columns or (sparse and fld not in mapped and fld not in importer.required):
-            out[fld] = col  # a JSONL row may leave out an optional column the first row has not
+        if chosen in columns or (sparse and fld not in mapped and fld not in importer.required):
+            out[fld] = chosen  # a JSONL row may leave out an optional column the first row has not
         elif fld in mapped or fld in importer.required:
             how = "--map" if fld in mapped else "by default"
             raise ConfigError(
-                f"FILE {path}: no column {col!r} (field {fld!r}, {how}); its {where} {shown}. Name the column "
+                f"FILE {path}: no column {chosen!r} (field {fld!r}, {how}); its {where} {shown}. Name the column "
                 f"that holds it: --map {fld}=COLUMN"
             )
     return out
@@ -153,10 +151,9 @@ def _first_pass(src: Source, importer: Importer, params: Any, fields: dict[str, 
         sid = _seed_id(values, row)
         t.rows += 1
         t.per_seed[sid] = t.per_seed.get(sid, 0) + 1
-        if values.get("gold") not in (None, ""):
-            t.gold = True
-        if isinstance(values.get("teacher"), str) and len(t.teachers) <= 16:
-            t.teachers.add(values["teacher"])
+        who = values.get("teacher")
+        if isinstance(who, str) and who.strip() and len(t.teachers) <= 16:
+            t.teachers.add(who.strip())
         if importer.vote is not None:
             choice = importer.vote(importer.row(values, params))
             had = t.votes.get(sid, _FIRST)
@@ -251,7 +248,7 @@ def import_file(
     fingerprint = [rec.slug, p.model_dump(mode="json"), fields, teacher, sha]
     run_id = f"{name}-{digest('import1', fingerprint, length=10)}"
     facts = {"file": str(src.path), "kind": src.kind, "sha256": sha, "rows": tally.rows, "map": fields,
-             "teacher": run_teacher, "teachers": sorted(tally.teachers)[:16], "gold": tally.gold}  # fmt: skip
+             "teacher": run_teacher, "teachers": sorted(tally.teachers)[:16]}  # fmt: skip
     config = {"name": name, "recipe": rec.slug, "seeds": str(src.path), "params": dict(params or {}),
               "filters": items, **(extra_config or {}), "import": facts}  # fmt: skip
     # stored as `factory filter` reads it back
