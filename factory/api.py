@@ -459,7 +459,7 @@ async def filter_run(store: Store, run_id: str, steps: list[Any], *, force: bool
 
     teachers: dict[str, Teacher] = {}
     if any(s.filter.uses_teacher for s in steps):
-        stored = store.run_config(run_id)
+        stored = {k: v for k, v in store.run_config(run_id).items() if k != "import"}  # an import's facts
         cfg = parse_config(stored, source=f"the stored config of {run_id}", base_dir=Path("."))
         teachers = make_teachers(cfg)
     try:

@@ -161,12 +161,17 @@ class _Card:
         else:
             passed = "were kept (no filter pass has run)"
         splits = ", ".join(f"{k}: {v:,}" for k, v in f.split_sizes.items())
+        imported = cf.import_sentence(self.cfg)
+        sent = f"sent {s['seeds_done']:,} seed examples to {who}, which produced"
+        if imported:
+            sent = f"imported the answers to {s['seeds_done']:,} questions, which gave"
         text = (
             f"Synthetic data for distilling teacher LLMs into a small student, made by {what} of "
-            f"distill-factory. Run `{self.run_id}` sent {s['seeds_done']:,} seed examples to {who}, which "
-            f"produced {fn['generated']:,} candidate records; {fn['parsed']:,} passed the recipe's own checks "
-            f"and {fn['curated']:,} {passed}. This export holds {self.n:,} rows ({splits}) in the "
-            f"`{f.shape}` shape. Every number and setting on this card is read from the factory's store."
+            f"distill-factory. Run `{self.run_id}` {sent} {fn['generated']:,} candidate records; "
+            f"{fn['parsed']:,} passed the recipe's own checks and {fn['curated']:,} {passed}. "
+            + (f"{imported} " if imported else "")
+            + f"This export holds {self.n:,} rows ({splits}) in the `{f.shape}` shape. Every number and "
+            "setting on this card is read from the factory's store."
         )
         rows = [
             ["run", f"`{self.run_id}`"], ["recipe", f"`{self.slug}`"],
@@ -400,7 +405,8 @@ class _Card:
             ["card rendered by factory", __version__], ["config hash", f"`{s['config_hash']}`"],
         ]  # fmt: skip
         name = shlex.quote(str(s["name"]))
-        cmds = ["factory run CONFIG.yaml    # answers already in the store's cache are not paid for again"]
+        cmds = [cf.import_command(self.cfg) or "factory run CONFIG.yaml    # answers already in the store's "
+                "cache are not paid for again"]  # fmt: skip
         if self.last is not None:
             sets = cf.filter_overrides(self.cfg, self.last)
             if sets is None:

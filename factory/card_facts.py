@@ -58,13 +58,46 @@ def roles(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
     def one(t: Any) -> dict[str, Any]:
         return {"spec": t} if isinstance(t, str) else dict(t or {"spec": "embedded"})
 
+    if cfg.get("import"):  # imported answers: the teacher that wrote them (any judge is under `teachers`)
+        imp = cfg["import"]
+        return {"default": {"spec": imp.get("teacher") or "imported", "imported": imp}}
     return {"default": one(cfg.get("teacher")), **{k: one(v) for k, v in (cfg.get("teachers") or {}).items()}}
+
+
+def import_sentence(cfg: dict[str, Any]) -> str | None:
+    """How an imported run's answers came in (file, digest, teacher), or None for a generated run."""
+    imp = cfg.get("import")
+    if not imp:
+        return None
+    named = imp.get("teachers") or ([imp["teacher"]] if imp.get("teacher") not in (None, "imported") else [])
+    names = ", ".join(f"`{t}`" for t in named) or "a teacher the file does not name"
+    return (
+        f"The teacher's answers were imported, not generated: {imp.get('rows', 0):,} rows of "
+        f"`{Path(str(imp.get('file', ''))).name}` (sha256 `{imp.get('sha256', '')}`), written by {names}; "
+        "no teacher was called."
+    )
+
+
+def import_command(cfg: dict[str, Any]) -> str | None:
+    """The `factory import` command that made an imported run (None for a generated run)."""
+    imp = cfg.get("import")
+    if not imp:
+        return None
+    maps = [f"--map {f}={c}" for f, c in (imp.get("map") or {}).items() if f != c]
+    who = imp.get("teacher")
+    teacher = [] if imp.get("teachers") or who in (None, "imported") else [f"--teacher {who}"]
+    return " ".join(["factory import", Path(str(imp.get("file"))).name, f"--recipe {cfg.get('recipe')}",
+                     f"--name {cfg.get('name')}", *maps, *teacher])  # fmt: skip
 
 
 def teacher_row(role: str, t: dict[str, Any]) -> list[str]:
     """[role, spec, kind, where, revision] of one teacher role. An API endpoint shows its host and the name
     of the variable its key is read from, never a URL's credentials or query string."""
     spec = str(t.get("spec") or "embedded")
+    if t.get("imported"):
+        imp = t["imported"]
+        where = f"{Path(str(imp.get('file', ''))).name} (sha256 {str(imp.get('sha256', ''))[:12]})"
+        return [role, spec, "answers imported from a file", where, "not recorded"]
     backend, _, model = spec.partition(":")
     opts = t.get("options") or {}
     revision = str(opts.get("revision") or opts.get("gguf_file") or "not recorded")

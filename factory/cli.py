@@ -789,6 +789,9 @@ def build_parser() -> argparse.ArgumentParser:
     from factory.cli_cache import add_cache_parser
 
     add_cache_parser(sub)
+    from factory.cli_import import add_import_parser
+
+    add_import_parser(sub)
 
     t = sub.add_parser("teachers", help="list teacher backends and whether their engines are installed")
     t.set_defaults(fn=cmd_teachers)

@@ -88,6 +88,28 @@ class Shape:
 
 
 @dataclass(frozen=True, slots=True)
+class Importer:
+    """How rows that already hold a teacher's answers become this recipe's records (``factory import``).
+
+    ``fields`` maps each record field an imported row can fill to the column read by default (None: read
+    only when ``--map FIELD=COLUMN`` names one); ``required`` are the fields every file must have a column
+    for. ``row`` turns one row's values (by field; absent or null fields are missing) into a draft whose
+    ``reject`` says what is wrong with the row. Rows of one question may vote like generated samples do:
+    ``vote`` gives the value a draft votes for (None: no vote), and ``settle`` fills a draft's vote fields
+    from the tally of its question's rows. ``filters`` is the curation an import gets unless one is given.
+    ``lists`` are the fields whose values may be lists (e.g. answer choices); the others must be text or
+    numbers."""
+
+    fields: Callable[[Any], dict[str, str | None]]
+    required: tuple[str, ...]
+    row: Callable[[dict[str, Any], Any], Draft]
+    vote: Callable[[Draft], Any] | None = None
+    settle: Callable[[Draft, Any, int], None] | None = None
+    filters: tuple[str, ...] = ()
+    lists: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Recipe:
     slug: str
     summary: str
@@ -106,6 +128,8 @@ class Recipe:
     # Training formats besides the records themselves: prompt_completion (which also gives `messages`),
     # text_label, triples, step_by_step.
     shapes: dict[str, Shape] = field(default_factory=dict)
+    # Records from rows that already hold a teacher's answers (`factory import`); None: cannot import.
+    importer: Importer | None = None
 
 
 class Template:

@@ -7,7 +7,9 @@ one, the k samples vote and each records the majority answer and its vote share 
 
 from __future__ import annotations
 
+import ast
 import math
+import operator
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -76,13 +78,22 @@ class State:
         return digest("tplset1", [self.template.source, self.examples], length=12)
 
 
-_MARKER = re.compile(r"(?:the (?:final )?answer is|final answer\s*:|answer\s*:|####)\s*", re.IGNORECASE)
+_MARKER = re.compile(
+    r"(?:so,?\s+)?(?:the (?:final )?answer is|final answer\s*:|answer\s*:|####)\s*", re.IGNORECASE
+)
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
 
 
+_OPTION = re.compile(r"^\(?[a-j]\)\s+(?=\S)", re.IGNORECASE)  # "(d) math problem": a choice's letter
+_EXPR = re.compile(r"([-+*/().\d ]*\d[-+*/().\d ]*?)\s*\.?\s*(?:\n|$)")
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
 def normalize_answer(value: Any) -> str:
-    """Canonical answer text: numbers without commas, currency or trailing zeros; other text lowercased."""
+    """Canonical answer text: numbers without commas, currency or trailing zeros; other text lowercased, a
+    multiple-choice letter before it dropped ("(d) Math problem" is "math problem")."""
     s = str(value).strip().rstrip(".").strip()
+    s = _OPTION.sub("", s)
     m = _NUMBER.fullmatch(s.replace(" ", ""))
     if m:
         num = s.replace(",", "").replace("$", "").replace(" ", "")
@@ -96,12 +107,16 @@ def normalize_answer(value: Any) -> str:
 def parse_completion(text: str) -> tuple[str, str | None]:
     """Split a completion into (rationale, answer).
 
-    The answer follows the first marker ("The answer is", "Answer:", "####") that a number follows, else the
-    last marker's line, else the last number in the text. Text after the answer's sentence is dropped.
+    The answer follows the first marker ("The answer is", "Answer:", "####") that a number (or an arithmetic
+    expression that is the whole sentence: "The answer is (84 / 2).") follows, else the last marker's line,
+    else the last number in the text. Text after the answer's sentence is dropped.
     """
     text = text.strip()
     matches = list(_MARKER.finditer(text))
     for m in matches:
+        value = _arithmetic(text[m.end() :])
+        if value is not None:
+            return text[: m.start()].strip(), value
         num = _NUMBER.match(text[m.end() :].lstrip())
         if num:
             return text[: m.start()].strip(), normalize_answer(num.group(0))
@@ -114,6 +129,33 @@ def parse_completion(text: str) -> tuple[str, str | None]:
     if numbers:
         return text, normalize_answer(numbers[-1])
     return text, None
+
+
+def _arithmetic(rest: str) -> str | None:
+    """The value of an arithmetic expression that makes up the whole answer sentence, else None."""
+    m = _EXPR.match(rest.lstrip())
+    if not m or not any(op in m.group(1).lstrip().lstrip("-") for op in "+-*/"):
+        return None
+    try:
+        value = _evaluate(ast.parse(m.group(1).strip(), mode="eval").body)
+    except (SyntaxError, ValueError, ZeroDivisionError, OverflowError):
+        return None
+    return normalize_answer(repr(value)) if math.isfinite(value) else None
+
+
+def _evaluate(node: ast.AST) -> float:
+    if (
+        isinstance(node, ast.Constant)
+        and isinstance(node.value, int | float)
+        and not isinstance(node.value, bool)
+    ):
+        return float(node.value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        v = _evaluate(node.operand)
+        return -v if isinstance(node.op, ast.USub) else v
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        return float(_OPS[type(node.op)](_evaluate(node.left), _evaluate(node.right)))
+    raise ValueError("not arithmetic")
 
 
 def answers_agree(a: str | None, b: str | None, rel_tol: float = 1e-6) -> bool:
@@ -166,21 +208,16 @@ async def process(seed: Seed, state: State, generate: Generate) -> list[Draft]:
     results = await gather_all(generate(r) for r in build_requests(seed, state))
     parsed = [parse_completion(r.text) for r in results]
     votes = Counter(a for x in parsed if x is not None for a in [x[1]] if a is not None)
-    majority = votes.most_common(1)[0][0] if votes else None
     drafts: list[Draft] = []
     for i, (res, par) in enumerate(zip(results, parsed, strict=True)):
         rationale, answer = par
-        agrees_gold = answers_agree(answer, gold) if gold is not None else None
         payload = {
             "input": question,
             "rationale": rationale,
             "answer": answer,
             "gold": gold,
-            "agrees_with_gold": agrees_gold,
-            "label": None if gold is None else ("positive" if agrees_gold else "negative"),
-            "majority_answer": majority,
-            "vote_share": (votes[answer] / len(results)) if answer is not None else 0.0,
-            "agrees_with_majority": answer is not None and answer == majority,
+            **gold_fields(answer, gold),
+            **vote_fields(answer, votes, len(results)),
             "completion": res.text,
             "finish_reason": res.finish_reason,
         }
@@ -190,11 +227,36 @@ async def process(seed: Seed, state: State, generate: Generate) -> list[Draft]:
         elif not rationale:
             reject = "empty rationale"
         drafts.append(
-            Draft(stage=STAGE, sample_index=i, payload=payload, text=f"{rationale}\nThe answer is {answer}.",
-                  request_keys=(res.key,), reject=reject,
-                  score=(1.0 if agrees_gold else 0.0) if gold is not None else payload["vote_share"])
+            Draft(stage=STAGE, sample_index=i, payload=payload, text=_answer_text(payload),
+                  request_keys=(res.key,), reject=reject, score=record_score(payload))
         )  # fmt: skip
     return drafts
+
+
+def gold_fields(answer: str | None, gold: str | None) -> dict[str, Any]:
+    """``agrees_with_gold`` and ``label`` (positive | negative; both null without gold)."""
+    agrees = answers_agree(answer, gold) if gold is not None else None
+    return {
+        "agrees_with_gold": agrees,
+        "label": None if gold is None else ("positive" if agrees else "negative"),
+    }
+
+
+def vote_fields(answer: str | None, votes: Counter[str], n: int) -> dict[str, Any]:
+    """The self-consistency vote of a question's ``n`` samples as one sample sees it."""
+    majority = votes.most_common(1)[0][0] if votes else None
+    return {
+        "majority_answer": majority,
+        "vote_share": (votes[answer] / n) if answer is not None and n else 0.0,
+        "agrees_with_majority": answer is not None and answer == majority,
+    }
+
+
+def record_score(payload: dict[str, Any]) -> float:
+    """1/0 for agreement with gold where there is gold, else the vote share."""
+    if payload["gold"] is not None:
+        return 1.0 if payload["agrees_with_gold"] else 0.0
+    return float(payload["vote_share"])
 
 
 def _answer_text(p: dict[str, Any]) -> str:
@@ -222,6 +284,9 @@ SHAPES = {
 }
 
 
+# Last: the import module uses the functions above.
+from recipes.rationales_import import IMPORTER  # noqa: E402
+
 RECIPE = Recipe(
     slug="rationales",
     summary="Few-shot chain-of-thought rationales, k samples per question, checked against gold or by vote.",
@@ -234,4 +299,5 @@ RECIPE = Recipe(
     "vote_share, agrees_with_majority, completion, finish_reason",
     stages=(STAGE,),
     shapes=SHAPES,
+    importer=IMPORTER,
 )

@@ -69,3 +69,18 @@ def test_seed_text_with_template_syntax_stays_text():
     state = prepare(RationalesParams(k=1), lambda p: __import__("pathlib").Path(p))
     req = build_requests(Seed("x", {"question": "What is {{ 7*7 }} and {0}?"}), state)[0]
     assert "What is {{ 7*7 }} and {0}?" in req.messages[-1]["content"]
+
+
+@pytest.mark.parametrize(
+    "text, rationale, answer",
+    [
+        ("84 points in 2 rounds. The answer is (84 / 2).", "84 points in 2 rounds.", "42"),
+        ("Add them. The answer is ((17 + 15) + 2).", "Add them.", "34"),
+        # an expression that is not the whole sentence: its first number, as before
+        ("The answer is 84 / 2 = 42.", "", "84"),
+        ("Split it. The answer is (3 / 0).", "Split it.", "(3 / 0)"),  # no value: the line as text
+        ("It fits. So the answer is (d) Math problem.", "It fits.", "math problem"),
+    ],
+)
+def test_arithmetic_and_choice_answers(text, rationale, answer):
+    assert parse_completion(text) == (rationale, answer)
