@@ -43,6 +43,7 @@ from figures_clients import (  # noqa: E402
     run_section,
     worker_cpu,
 )
+from figures_quality import quality_table  # noqa: E402
 from figures_local import (  # noqa: E402
     cluster,
     cluster_estimate,
@@ -98,6 +99,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "cluster-ingest": cluster_ingest,
     "cluster-reading": cluster_reading,
     "cluster-estimate": cluster_estimate,
+    "quality-table": quality_table,
 }
 
 
