@@ -145,6 +145,7 @@ class Exported:
     exported: dict[str, Counter[str]]
     texts: list[str]
     curated_total: int
+    distrusted: Counter[str] = dataclasses.field(default_factory=Counter)  # exported rows, by reason
 
 
 SAMPLE = 2_000
@@ -152,8 +153,10 @@ SAMPLE = 2_000
 
 def exported_rows(
     store: Store, run_id: str, *, include_rejected: bool, stage: str | None, fields: tuple[str, ...],
-    expected: int,
+    expected: int, distrust: Any = None,
 ) -> Exported:  # fmt: skip
+    """``distrust`` (the recipe's, for an export that does not set untrusted records aside): counts the
+    exported records whose answer the recipe does not trust, by reason."""
     from factory.markdown import scalar
 
     stride = max(1, -(-expected // SAMPLE))
@@ -163,8 +166,11 @@ def exported_rows(
         cols = batch.to_pydict()
         for text, blob, dropped in zip(cols["text"], cols["payload"], cols["dropped_by"], strict=True):
             kept = dropped is None
-            if fields:
+            if fields or distrust is not None:
                 p = orjson.loads(blob)
+                why = distrust(p) if distrust is not None and (kept or include_rejected) else None
+                if why is not None:
+                    out.distrusted[why] += 1
                 for k in fields:
                     if k in p:
                         out.exported[k][scalar(p[k])] += 1
@@ -208,10 +214,10 @@ def filter_overrides(cfg: dict[str, Any], last_pass: dict[str, Any]) -> list[str
     """``FILTER.PARAM=VALUE`` for each param of the latest pass that differs from the config's filters, so
     `factory filter RUN --set ...` repeats the pass; None when the pass's filter list is not the config's
     (or the config's filters no longer validate)."""
-    from factory.curation import parse_steps
+    from factory.curation import parse_steps, recipe_filters
 
     try:
-        steps = parse_steps(copy.deepcopy(cfg.get("filters") or []))
+        steps = parse_steps(copy.deepcopy(cfg.get("filters") or []), implied=recipe_filters(cfg))
     except Exception:  # a filter or an evaluation file that is gone
         return None
     wanted = {st.filter.slug: st.params.model_dump(mode="json") for st in steps}
