@@ -7,7 +7,8 @@ pass over the same rows settles it (and the label names of a ClassLabel column);
 Rows go to splits by a hash of the seed id (default: every record of a seed lands in one split, so no
 question sits in train and test at once) or of the record id; the same record always lands in the same
 split. Shapes (``--as``) are declared by each recipe (``Recipe.shapes``); ``messages`` is derived from
-``prompt_completion``.
+``prompt_completion``. How records become a shape's rows (trusted targets only, preference pairs grouped by
+seed) is export_shapes.py's part.
 """
 
 from __future__ import annotations

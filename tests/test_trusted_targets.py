@@ -193,6 +193,10 @@ def test_preference_pairs_load_in_the_format_dpo_reads(tmp_path, seeds_file, emb
     for split in ds:
         for row in ds[split]:
             assert sides.setdefault(row["prompt"][0]["content"], split) == split
+    from trainers.data import detect_shape
+
+    assert detect_shape(ds["train"].column_names) == "preference"
+    assert detect_shape(list(_jsonl(tmp_path / "cap" / "train.jsonl")[0])) == "preference"  # with lineage
     tok = AutoTokenizer.from_pretrained(str(embedded_dir))
     text = maybe_apply_chat_template(ds["train"][0], tok)
     assert set(text) == {"prompt", "chosen", "rejected"} and "assistant" in text["prompt"]
