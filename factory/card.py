@@ -200,7 +200,7 @@ class _Card:
                 f"{n:,} ({why})" for why, n in sorted(f.set_aside.items(), key=lambda x: (-x[1], x[0]))
             )
             out.append(f"Only samples whose answer is trusted (agrees with gold, or without gold with the majority "
-                       f"vote) are targets here: {sum(f.set_aside.values()):,} curated samples were set aside: "
+                       f"vote) are targets here: {sum(f.set_aside.values()):,} samples were set aside: "
                        f"{parts}. `factory export --as preference` pairs them with trusted ones.")  # fmt: skip
         if f.shape == "preference":
             out.append(f"Each pair's `chosen` answer is trusted and its `rejected` answer is not; {f.skipped:,} "

@@ -93,16 +93,24 @@ def plan_shape(recipe_slug: str, shape: str, stage: str | None) -> Plan:
 def shaped_rows(
     store: Store, run_id: str, plan: Plan, *, slim: bool, include_rejected: bool, batch_rows: int
 ) -> Iterator[tuple[str, str, dict[str, Any] | None]]:
-    """(seed id, record id, exported row or None when the shape cannot show the record), in store order."""
-    reader = store.curated_reader(run_id, stage=plan.stage, include_rejected=include_rejected,
+    """(seed id, record id, exported row or None when the shape cannot show the record), in store order.
+
+    A shape that teaches an answer also reads the records only ``agreement`` dropped: they are counted with
+    the curated ones it sets aside (a wrong answer is left out either way, and is a preference negative)."""
+    counting = plan.distrust is not None and not include_rejected
+    reader = store.curated_reader(run_id, stage=plan.stage, include_rejected=include_rejected or counting,
                                   batch_rows=batch_rows)  # fmt: skip
     for batch in reader:
         for r in batch.to_pylist():
+            if counting and r["dropped_by"] is not None and not _negative_ok(r["dropped_by"]):
+                continue  # dropped for another reason than its answer: not a negative, not exported
             payload = orjson.loads(r["payload"])
             why = plan.distrust(payload) if plan.distrust is not None else None
             if why is not None:
                 plan.set_aside[why] = plan.set_aside.get(why, 0) + 1
                 continue
+            if counting and r["dropped_by"] is not None:
+                continue  # trusted by the recipe, dropped by agreement's own thresholds: not curated
             out = plan.row(payload)
             if out is not None:
                 out = dict(out)

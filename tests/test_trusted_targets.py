@@ -79,6 +79,11 @@ def test_gold_runs_agreement_by_default_and_the_ledger_says_so(tmp_path, seeds_f
     assert (
         "not curated" in why.stdout and "DROP agreement" in why.stdout and "disagrees with gold" in why.stdout
     )
+    # the target shapes say how many negatives agreement kept out, too
+    sbs = _cli("export", res.run_id, "--store", store, "--as", "step_by_step", "--out", "sbs", cwd=tmp_path)
+    assert sbs.returncode == 0, sbs.stderr
+    assert "exported 16 records" in sbs.stdout
+    assert "8 negatives set aside: 8 (disagree with gold); export them with --as preference" in sbs.stdout
     # `factory filter` from the stored config applies the recipe's filter too, and --set reaches it
     again = _cli("filter", res.run_id, "--store", store, "--set", "agreement.require_gold=false", "--json")
     assert again.returncode == 0, again.stderr
@@ -111,7 +116,7 @@ def test_target_shapes_set_negatives_aside_and_say_so(tmp_path, seeds_file):
     assert "exported 16 records" in out.stdout
     assert "8 negatives set aside: 8 (disagree with gold); export them with --as preference" in out.stdout
     card = (tmp_path / "sbs" / "README.md").read_text()
-    assert "8 curated samples were set aside: 8 (disagree with gold)" in card
+    assert "8 samples were set aside: 8 (disagree with gold)" in card
     assert "opted out of the recipe's default curation" in card
     js = _cli("export", res.run_id, "--store", store, "--as", "messages", "--format", "jsonl", "--out", "m",
               "--json", cwd=tmp_path)  # fmt: skip
