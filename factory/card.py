@@ -133,7 +133,8 @@ class _Card:
         self.rows = cf.exported_rows(
             store, run_id, include_rejected=facts.include_rejected, stage=facts.stage,
             fields=LABEL_FIELDS.get(self.slug, ()), expected=sum(facts.split_sizes.values()),
-            distrust=getattr(self.recipe, "distrust", None) if facts.shape == "records" else None,
+            distrust=getattr(self.recipe, "distrust", None),
+            gold=getattr(self.recipe, "distrust", None) is not None and facts.shape != "preference",
         )  # fmt: skip
         self.n = sum(facts.split_sizes.values())
 
@@ -210,12 +211,15 @@ class _Card:
             warn.append(
                 "the run opted out of the recipe's default curation (`curation: {recipe_filters: false}`)"
             )
-        if self.rows.distrusted:
+        if self.rows.distrusted and f.shape == "records":  # the other shapes set these aside
             parts = ", ".join(f"{n:,} {why}" for why, n in sorted(self.rows.distrusted.items()))
             warn.append(f"{sum(self.rows.distrusted.values()):,} exported rows carry an answer that is not trusted "
                         f"({parts}); filter on their gold / vote fields before training on them")  # fmt: skip
         elif f.shape == "records" and f.include_rejected:
             warn.append("rejected records are included")
+        if self.rows.no_gold:
+            warn.append(f"{self.rows.no_gold:,} exported rows have no gold answer to check their target against "
+                        "(rationales: only the majority vote backs it; programs: it was not checked)")  # fmt: skip
         if warn:
             out.append(
                 "> **Warning: not every target here is verified.** " + "; ".join(warn).capitalize() + "."

@@ -146,6 +146,7 @@ class Exported:
     texts: list[str]
     curated_total: int
     distrusted: Counter[str] = dataclasses.field(default_factory=Counter)  # exported rows, by reason
+    no_gold: int = 0  # exported rows whose record has a `gold` field left empty (nothing to check against)
 
 
 SAMPLE = 2_000
@@ -153,10 +154,10 @@ SAMPLE = 2_000
 
 def exported_rows(
     store: Store, run_id: str, *, include_rejected: bool, stage: str | None, fields: tuple[str, ...],
-    expected: int, distrust: Any = None,
+    expected: int, distrust: Any = None, gold: bool = False,
 ) -> Exported:  # fmt: skip
-    """``distrust`` (the recipe's, for an export that does not set untrusted records aside): counts the
-    exported records whose answer the recipe does not trust, by reason."""
+    """``distrust`` (the recipe's): counts the records read whose answer the recipe does not trust, by
+    reason. ``gold``: counts the trusted ones whose `gold` is empty (a target nothing checked)."""
     from factory.markdown import scalar
 
     stride = max(1, -(-expected // SAMPLE))
@@ -166,11 +167,13 @@ def exported_rows(
         cols = batch.to_pydict()
         for text, blob, dropped in zip(cols["text"], cols["payload"], cols["dropped_by"], strict=True):
             kept = dropped is None
-            if fields or distrust is not None:
+            if fields or distrust is not None or gold:
                 p = orjson.loads(blob)
                 why = distrust(p) if distrust is not None and (kept or include_rejected) else None
                 if why is not None:
                     out.distrusted[why] += 1
+                if gold and (kept or include_rejected) and why is None and "gold" in p and p["gold"] is None:
+                    out.no_gold += 1
                 for k in fields:
                     if k in p:
                         out.exported[k][scalar(p[k])] += 1

@@ -155,6 +155,11 @@ def test_without_gold_the_vote_decides(tmp_path, seeds_file):
         pc = export_run(st, res.run_id, tmp_path / "pc", shape="prompt_completion", fmt="jsonl")
         export_run(st, res.run_id, tmp_path / "pref", shape="preference", fmt="jsonl", slim=True)
     assert pc.rows == 16 and pc.set_aside == {"disagree with the majority vote": 8}
+    with Store(tmp_path / "s.duckdb") as st:
+        hf = export_run(st, res.run_id, tmp_path / "hf", shape="step_by_step")
+    card = (hf.out / "README.md").read_text()
+    assert "16 exported rows have no gold answer to check their target against" in card
+    assert "agrees with gold in" not in card  # no gold: no accuracy claimed
     rows = _jsonl(tmp_path / "pref" / "train.jsonl")
     assert len(rows) == 16 and all("Off by one" in r["rejected"][0]["content"] for r in rows)
 
