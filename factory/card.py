@@ -188,45 +188,9 @@ class _Card:
         return [f"# {s['name']}", "", text, "", *md.table(["", ""], rows)]
 
     def answers(self) -> list[str]:
-        """How far the targets can be trusted: the teacher's accuracy against gold, what the export set
-        aside, and a warning when rows carry answers that are wrong or were never checked."""
-        from factory.accuracy import gold_accuracy
+        from factory.card_quality import answer_quality
 
-        f, out = self.facts, []
-        acc = gold_accuracy(self.store, self.run_id, self.facts.stage)
-        if acc is not None:
-            out.append(acc.sentence())
-        if f.set_aside:
-            parts = ", ".join(
-                f"{n:,} ({why})" for why, n in sorted(f.set_aside.items(), key=lambda x: (-x[1], x[0]))
-            )
-            out.append(f"Only samples whose answer is trusted (agrees with gold, or without gold with the majority "
-                       f"vote) are targets here: {sum(f.set_aside.values()):,} samples were set aside: "
-                       f"{parts}. `factory export --as preference` pairs them with trusted ones.")  # fmt: skip
-        if f.shape == "preference":
-            out.append(f"Each pair's `chosen` answer is trusted and its `rejected` answer is not; {f.skipped:,} "
-                       "samples were left out of every pair (a question needs both kinds).")  # fmt: skip
-        warn = []
-        if not (self.cfg.get("curation") or {}).get("recipe_filters", True):
-            warn.append(
-                "the run opted out of the recipe's default curation (`curation: {recipe_filters: false}`)"
-            )
-        if self.rows.distrusted and f.shape == "records":  # the other shapes set these aside
-            parts = ", ".join(f"{n:,} {why}" for why, n in sorted(self.rows.distrusted.items()))
-            warn.append(f"{sum(self.rows.distrusted.values()):,} exported rows carry an answer that is not trusted "
-                        f"({parts}); filter on their gold / vote fields before training on them")  # fmt: skip
-        elif f.shape == "records" and f.include_rejected:
-            warn.append("rejected records are included")
-        if self.rows.no_gold:
-            warn.append(f"{self.rows.no_gold:,} exported rows have no gold answer to check their target against "
-                        "(rationales: only the majority vote backs it; programs: it was not checked)")  # fmt: skip
-        if warn:
-            out.append(
-                "> **Warning: not every target here is verified.** " + "; ".join(warn).capitalize() + "."
-            )
-        if not out:
-            return []
-        return ["## Answer quality", "", *(x for line in out for x in (line, ""))]
+        return answer_quality(self.store, self.run_id, self.facts, self.cfg, self.rows)
 
     def structure(self) -> list[str]:
         f = self.facts
