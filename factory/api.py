@@ -99,7 +99,8 @@ def prepare(
     )
     from factory.curation import parse_steps
 
-    steps = parse_steps(cfg.filters, resolve=cfg.path)
+    implied = [] if not cfg.curation.recipe_filters else list(recipe.default_filters(params))
+    steps = parse_steps(cfg.filters, resolve=cfg.path, implied=implied)
     for i, step in enumerate(steps):
         judge = getattr(step.params, "teacher", None) if step.filter.uses_teacher else None
         if judge is not None and judge not in roles:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shlex
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,8 @@ class ExportFacts:
     stage: str | None = None  # records stage exported, when the recipe has several
     split_by: str = "seed"  # what the split hash is taken of: "seed" or "record"
     funnel_image: str | None = None  # the funnel chart written beside the card (a path in the folder)
+    set_aside: dict[str, int] = field(default_factory=dict)  # untrusted records a target shape left out
+    skipped: int = 0  # records the shape could not show (preference: records left out of every pair)
 
 
 # Hub task categories per recipe; a recipe not listed here is text generation.
@@ -53,7 +55,7 @@ RECIPE_TASKS: dict[str, tuple[str, ...]] = {
     "commonsense": ("text-generation",),
     "prompt": ("text-generation",),
 }
-CHAT_SHAPES = ("messages", "prompt_completion", "step_by_step")
+CHAT_SHAPES = ("messages", "prompt_completion", "step_by_step", "preference")
 SHAPES = {
     "records": "the recipe's record fields, plus lineage columns unless exported slim",
     "messages": "chat conversations (`messages`: a list of {role, content}), as TRL's SFTTrainer reads them",
@@ -61,7 +63,12 @@ SHAPES = {
     "text_label": "`text` / `label` pairs for a classifier (the label is a ClassLabel)",
     "triples": "(head, relation, tail) commonsense triples",
     "step_by_step": "input to rationale and answer, for Distilling Step-by-Step multi-task training",
+    "preference": "preference pairs in TRL's conversational format, as DPOTrainer reads them: `prompt` (the "
+    "question as a user turn), `chosen` (a rationale whose answer is trusted) and `rejected` (a rationale of the "
+    "same question whose answer is wrong), each a list of {role, content}",
 }
+# Shapes whose target is an answer the student learns to give: only trusted records are exported.
+TARGET_SHAPES = ("messages", "prompt_completion", "step_by_step")
 # Payload fields that hold a record's label, per recipe (recipes/README.md documents each record).
 LABEL_FIELDS: dict[str, tuple[str, ...]] = {
     "rationales": ("label",),
@@ -103,7 +110,7 @@ def render_dataset_card(store: Store, run_id: str, facts: ExportFacts) -> str:
     """The README.md of an exported HF dataset folder: YAML metadata, then what made the data and how."""
     c = _Card(store, run_id, facts)
     body = [
-        *c.summary(), *c.structure(), *c.teachers(), *c.templates(), *c.sampling(), *c.filters(),
+        *c.summary(), *c.answers(), *c.structure(), *c.teachers(), *c.templates(), *c.sampling(), *c.filters(),
         *c.funnel_table(), *c.labels(), *c.diversity(), *c.decontamination(), *c.examples(), *c.provenance(),
     ]  # fmt: skip
     return c.header() + "\n" + "\n".join(body).rstrip("\n") + "\n"
@@ -126,6 +133,8 @@ class _Card:
         self.rows = cf.exported_rows(
             store, run_id, include_rejected=facts.include_rejected, stage=facts.stage,
             fields=LABEL_FIELDS.get(self.slug, ()), expected=sum(facts.split_sizes.values()),
+            distrust=getattr(self.recipe, "distrust", None),
+            gold=getattr(self.recipe, "distrust", None) is not None and facts.shape != "preference",
         )  # fmt: skip
         self.n = sum(facts.split_sizes.values())
 
@@ -182,6 +191,11 @@ class _Card:
             ["config hash", f"`{s['config_hash']}`"], ["factory version", __version__],
         ]  # fmt: skip
         return [f"# {s['name']}", "", text, "", *md.table(["", ""], rows)]
+
+    def answers(self) -> list[str]:
+        from factory.card_quality import answer_quality
+
+        return answer_quality(self.store, self.run_id, self.facts, self.cfg, self.rows)
 
     def structure(self) -> list[str]:
         f = self.facts

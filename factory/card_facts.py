@@ -178,6 +178,8 @@ class Exported:
     exported: dict[str, Counter[str]]
     texts: list[str]
     curated_total: int
+    distrusted: Counter[str] = dataclasses.field(default_factory=Counter)  # exported rows, by reason
+    no_gold: int = 0  # exported rows whose record has a `gold` field left empty (nothing to check against)
 
 
 SAMPLE = 2_000
@@ -185,8 +187,10 @@ SAMPLE = 2_000
 
 def exported_rows(
     store: Store, run_id: str, *, include_rejected: bool, stage: str | None, fields: tuple[str, ...],
-    expected: int,
+    expected: int, distrust: Any = None, gold: bool = False,
 ) -> Exported:  # fmt: skip
+    """``distrust`` (the recipe's): counts the records read whose answer the recipe does not trust, by
+    reason. ``gold``: counts the trusted ones whose `gold` is empty (a target nothing checked)."""
     from factory.markdown import scalar
 
     stride = max(1, -(-expected // SAMPLE))
@@ -196,8 +200,13 @@ def exported_rows(
         cols = batch.to_pydict()
         for text, blob, dropped in zip(cols["text"], cols["payload"], cols["dropped_by"], strict=True):
             kept = dropped is None
-            if fields:
+            if fields or distrust is not None or gold:
                 p = orjson.loads(blob)
+                why = distrust(p) if distrust is not None and (kept or include_rejected) else None
+                if why is not None:
+                    out.distrusted[why] += 1
+                if gold and (kept or include_rejected) and why is None and "gold" in p and p["gold"] is None:
+                    out.no_gold += 1
                 for k in fields:
                     if k in p:
                         out.exported[k][scalar(p[k])] += 1
@@ -241,10 +250,10 @@ def filter_overrides(cfg: dict[str, Any], last_pass: dict[str, Any]) -> list[str
     """``FILTER.PARAM=VALUE`` for each param of the latest pass that differs from the config's filters, so
     `factory filter RUN --set ...` repeats the pass; None when the pass's filter list is not the config's
     (or the config's filters no longer validate)."""
-    from factory.curation import parse_steps
+    from factory.curation import parse_steps, recipe_filters
 
     try:
-        steps = parse_steps(copy.deepcopy(cfg.get("filters") or []))
+        steps = parse_steps(copy.deepcopy(cfg.get("filters") or []), implied=recipe_filters(cfg))
     except Exception:  # a filter or an evaluation file that is gone
         return None
     wanted = {st.filter.slug: st.params.model_dump(mode="json") for st in steps}

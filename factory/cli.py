@@ -279,15 +279,21 @@ def _diversity(curated: Any) -> dict[str, Any]:
 def cmd_filter(args: argparse.Namespace) -> int:
     from factory import api
     from factory.config import load_config
-    from factory.curation import parse_steps
+    from factory.curation import parse_steps, recipe_filters
 
     with _store_for(args, write=True) as st:
         run_id = _resolve(st, args.run)
         if args.config_path:
-            items, where = load_config(args.config_path).filters, f"{args.config_path}: filters"
+            cfg = load_config(args.config_path)
+            items, where, implied = cfg.filters, f"{args.config_path}: filters", recipe_filters(cfg)
         else:
-            items, where = st.run_config(run_id).get("filters") or [], "the run's config: filters"
-        steps = parse_steps(items, args.set, where=where)
+            stored = st.run_config(run_id)
+            items, where, implied = (
+                stored.get("filters") or [],
+                "the run's config: filters",
+                recipe_filters(stored),
+            )
+        steps = parse_steps(items, args.set, where=where, implied=implied)
         if not steps:
             raise ConfigError(f"{where}: no filters to apply; list some in the config (or pass --config)")
         res = api.run_sync(api.filter_run(st, run_id, steps))
@@ -388,18 +394,32 @@ def cmd_filters(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from factory.export import export_configured
+    from factory.export_shapes import set_aside_note
 
     with _store_for(args) as st:
         run_id = _resolve(st, args.run)
         res = export_configured(
             st, run_id, args.out, overwrite=args.overwrite, fmt=args.format, shape=args.shape,
             stage=args.stage, split_by=args.split_by, max_shard_mb=args.max_shard_mb, slim=args.slim,
-            include_rejected=args.include_rejected,
+            include_rejected=args.include_rejected, pairs_per_question=args.pairs_per_question,
         )  # fmt: skip
+    note = set_aside_note(res.set_aside)
+    if args.json:
+        print(json.dumps({
+            "run_id": run_id, "out": str(res.out), "format": res.format, "shape": res.shape, "rows": res.rows,
+            "splits": res.splits, "skipped": res.skipped, "set_aside": res.set_aside, "set_aside_note": note,
+            "pairs_per_question": res.pairs_per_question,
+        }))  # fmt: skip
+        return 0
     parts = ", ".join(f"{k}: {v}" + (f" in {res.shards[k]} shards" if res.shards.get(k, 1) > 1 else "")
                       for k, v in res.splits.items())  # fmt: skip
-    print(f"exported {res.rows} records of {run_id} as {res.shape} ({parts}) to {res.out}")
-    if res.skipped:
+    what = "pairs" if res.pairs_per_question else "records"
+    print(f"exported {res.rows} {what} of {run_id} as {res.shape} ({parts}) to {res.out}")
+    if note:
+        print(note)
+    if res.skipped and res.pairs_per_question:
+        print(f"{res.skipped} samples are in no pair (their question lacks a trusted or a wrong sample)")
+    elif res.skipped:
         print(
             f"{res.skipped} curated records could not be shown as {res.shape} (no value for it) and were left out"
         )
@@ -495,6 +515,14 @@ def cmd_recipes(args: argparse.Namespace) -> int:
             print(f"{'':<{w}} records: {r.record_format}")
             shapes = ["records", *r.shapes, *(["messages"] if "prompt_completion" in r.shapes else [])]
             print(f"{'':<{w}} export:  --as {' | '.join(shapes)}")
+            try:
+                implied = r.default_filters(r.params())
+            except ValueError:  # params without defaults: the default filters depend on them
+                implied = []
+            if implied:
+                print(
+                    f"{'':<{w}} filters: {', '.join(implied)} by default (`curation: {{recipe_filters: false}}`: off)"
+                )
             _params_lines(r.params, w)
     return 0
 
@@ -665,9 +693,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--as", dest="shape", choices=["records", "messages", "prompt_completion", "text_label", "triples",
-                                       "step_by_step"],
+                                       "step_by_step", "preference"],
         help="training format (default: the config's export.shape, else records); `factory recipes -v` "
-        "lists each recipe's",
+        "lists each recipe's. messages, prompt_completion and step_by_step take only samples whose answer is "
+        "trusted; preference pairs trusted and wrong samples of one question (TRL DPOTrainer format)",
+    )  # fmt: skip
+    e.add_argument(
+        "--pairs-per-question", type=int, metavar="N",
+        help="--as preference: the most pairs made from one question (default: export.pairs_per_question, 4)",
     )  # fmt: skip
     e.add_argument("--stage", help="records of one stage (default: the recipe's last), or all")
     e.add_argument(
@@ -681,6 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--include-rejected", action="store_true", help="all records, with the reasons they were dropped"
     )
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(fn=cmd_export)
 
     pu = sub.add_parser("push", help="publish an export (or export a run first) to the Hugging Face Hub")

@@ -31,6 +31,9 @@ def add_import_parser(sub: Any) -> None:
     im.add_argument("--filters", metavar="SLUG,SLUG",
                     help="the run's filters, comma-separated ('' for none; default: the config's, else the "
                     "recipe's curation for imports)")  # fmt: skip
+    im.add_argument("--no-recipe-filters", action="store_true",
+                    help="without the recipe's own filters (e.g. agreement with gold): "
+                    "the run config's `curation: {recipe_filters: false}`")  # fmt: skip
     im.add_argument("--json", action="store_true", help="print the summary as JSON")
     im.set_defaults(fn=cmd_import)
 
@@ -58,7 +61,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {}
     if cfg is not None:
         dumped = cfg.model_dump(mode="json")
-        extra = {k: dumped[k] for k in ("license", "source_datasets", "teacher", "teachers", "export")}
+        extra = {
+            k: dumped[k] for k in ("license", "source_datasets", "teacher", "teachers", "export", "curation")
+        }
+    if args.no_recipe_filters:
+        extra["curation"] = {**extra.get("curation", {}), "recipe_filters": False}
     res = import_file(
         args.file, recipe=args.recipe, store_path=store, name=args.name or (cfg.name if cfg else None),
         teacher=args.teacher, maps=args.map, params=cfg.params if cfg else None, filters=filters,

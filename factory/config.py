@@ -128,7 +128,19 @@ class ExecutorConfig(Strict):
     keep_shards: bool = Field(False, description="Keep the shard files after a finished run.")
 
 
-ExportShape = Literal["records", "messages", "prompt_completion", "text_label", "triples", "step_by_step"]
+ExportShape = Literal[
+    "records", "messages", "prompt_completion", "text_label", "triples", "step_by_step", "preference"
+]
+
+
+class CurationConfig(Strict):
+    recipe_filters: bool = Field(
+        True,
+        description="Run the filters the recipe adds by default before the listed ones: `agreement` for "
+        "rationales and program_rationales with a gold field, so samples whose answer disagrees with gold "
+        "are not curated. false: only the filters listed under `filters` (the card then warns that targets "
+        "may be wrong). A filter listed under `filters` runs as listed instead.",
+    )
 
 
 class ExportConfig(Strict):
@@ -139,8 +151,13 @@ class ExportConfig(Strict):
     )
     shape: ExportShape = Field(
         "records",
-        description="records | messages | prompt_completion | text_label | triples | step_by_step "
-        "(the recipe's training formats; `--as` on the command line).",
+        description="records | messages | prompt_completion | text_label | triples | step_by_step | preference "
+        "(the recipe's training formats; `--as` on the command line). The shapes that teach an answer "
+        "(messages, prompt_completion, step_by_step) take only records whose answer is trusted; preference "
+        "pairs a trusted rationale with a wrong one of the same question.",
+    )
+    pairs_per_question: int = Field(
+        4, ge=1, le=1024, description="preference: the most (chosen, rejected) pairs made from one question."
     )
     split_by: Literal["seed", "record"] = Field(
         "seed", description="Hash the seed id (all records of a seed in one split) or the record id."
@@ -179,6 +196,10 @@ class RunConfig(Strict):
         default_factory=list,
         description="Filters applied in order after generation: `- slug` or `- slug: {param: value}` "
         "(`factory filters` lists them).",
+    )
+    curation: CurationConfig = Field(
+        default_factory=lambda: CurationConfig(),
+        description="Default curation: `curation: {recipe_filters: false}` opts out of the recipe's own filters.",
     )
     store: str | None = Field(None, description=f"DuckDB store path (default ./{DEFAULT_STORE}).")
     budget: BudgetConfig = Field(default_factory=lambda: BudgetConfig())

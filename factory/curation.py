@@ -49,17 +49,38 @@ class Step:
         }
 
 
+def recipe_filters(config: Any) -> list[str]:
+    """The filters a run gets from its recipe (``Recipe.default_filters``), unless its config says
+    ``curation: {recipe_filters: false}``. ``config`` is a RunConfig or a stored config (a dict); a stored
+    config whose recipe or params no longer validate gets none."""
+    from recipes import get_recipe
+
+    data = config.model_dump(mode="json") if hasattr(config, "model_dump") else dict(config or {})
+    if not (data.get("curation") or {}).get("recipe_filters", True):
+        return []
+    try:
+        recipe = get_recipe(str(data.get("recipe")))
+        params = recipe.params.model_validate(data.get("params") or {})
+    except Exception:  # an uninstalled recipe, params of an older version: prepare reports those
+        return []
+    return list(recipe.default_filters(params))
+
+
 def parse_steps(
     items: list[Any],
     overrides: list[str] | None = None,
     where: str = "filters",
     resolve: Callable[[str], Path] | None = None,
+    implied: list[str] | None = None,
 ) -> list[Step]:
     """A filter list as written in YAML (each item a slug, or a one-key mapping slug → params), with
     ``--set slug.param=value`` overrides applied. ``resolve`` turns relative path params into paths (against
     the config's folder); the items are updated in place with the resolved paths, so a stored config keeps
-    meaning the same files."""
-    raw: list[tuple[str, dict[str, Any]]] = []
+    meaning the same files. ``implied`` (the recipe's default filters) run first, with default params, each
+    unless the list names it itself."""
+    listed = {str(next(iter(x))) if isinstance(x, dict) and x else str(x) for x in items or []}
+    raw: list[tuple[str, dict[str, Any]]] = [(s, {}) for s in implied or [] if s not in listed]
+    first = len(raw)
     for i, item in enumerate(items or []):
         if isinstance(item, str):
             raw.append((item, {}))
@@ -88,9 +109,11 @@ def parse_steps(
         except yaml.YAMLError as exc:
             raise ConfigError(f"{flag}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
     steps = []
-    for i, (slug, params) in enumerate(raw):
-        flt = get_filter(slug, where=f"{where}[{i}]")
-        if resolve is not None:
+    for j, (slug, params) in enumerate(raw):
+        i = j - first  # the item's index in ``items``; negative: implied by the recipe
+        at = f"{where}[{i}]" if i >= 0 else "the recipe's default filters (curation.recipe_filters)"
+        flt = get_filter(slug, where=at)
+        if resolve is not None and i >= 0:
             for name in flt.path_params:
                 given = params.get(name)
                 if isinstance(given, str):
@@ -99,7 +122,7 @@ def parse_steps(
                     params[name] = [str(resolve(v).resolve()) if isinstance(v, str) else v for v in given]
             if items and isinstance(items[i], dict):
                 items[i] = {slug: params}
-        where_i = f"{where}[{i}] {slug}"
+        where_i = f"{at} {slug}" if i >= 0 else f"{at}: {slug}"
         steps.append(
             Step(
                 flt,

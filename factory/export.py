@@ -7,7 +7,8 @@ pass over the same rows settles it (and the label names of a ClassLabel column);
 Rows go to splits by a hash of the seed id (default: every record of a seed lands in one split, so no
 question sits in train and test at once) or of the record id; the same record always lands in the same
 split. Shapes (``--as``) are declared by each recipe (``Recipe.shapes``); ``messages`` is derived from
-``prompt_completion``.
+``prompt_completion``. How records become a shape's rows (trusted targets only, preference pairs grouped by
+seed) is export_shapes.py's part.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from factory.errors import ConfigError, FactoryError
+from factory.export_shapes import PAIRS_PER_QUESTION, Plan, grouped_rows, plan_shape, shaped_rows
 from factory.outputs import sweep_stale, temp_beside, user_modes
 from factory.store import Store
 
 FORMATS = ("hf", "parquet", "jsonl")
-SHAPES = ("records", "messages", "prompt_completion", "text_label", "triples", "step_by_step")
 SPLIT_BY = ("seed", "record")
 LINEAGE = ("record_id", "seed_id", "stage", "sample_index", "teacher", "template_version", "request_keys")
 FUNNEL_IMAGE = "funnel.svg"  # the funnel chart of an HF export, shown in its card
@@ -48,6 +49,9 @@ class ExportResult:
     files: list[Path]
     stage: str | None
     skipped: int = 0  # curated records the shape cannot show (e.g. no label), counted, not written
+    # Curated records a shape that teaches an answer leaves out, by reason ("disagree with gold": n).
+    set_aside: dict[str, int] = field(default_factory=dict)
+    pairs_per_question: int | None = None  # preference: the cap the pairs were made under
     label_names: list[str] | None = None
     shards: dict[str, int] = field(default_factory=dict)
 
@@ -72,73 +76,6 @@ def _check_splits(splits: dict[str, float]) -> None:
         raise ConfigError(f"export.splits: split names must be letters, digits or _, got {bad}")
 
 
-@dataclass(slots=True)
-class _Plan:
-    shape: str
-    stage: str | None  # None: every stage
-    row: Callable[[dict[str, Any]], dict[str, Any] | None]
-    label: str | None
-
-
-def _plan(recipe_slug: str, shape: str, stage: str | None) -> _Plan:
-    from recipes import get_recipe
-
-    recipe = get_recipe(recipe_slug)
-    if shape not in SHAPES:
-        raise ConfigError(f"--as {shape!r} is not one of {', '.join(SHAPES)}")
-    if stage is not None and stage != "all" and stage not in recipe.stages:
-        raise ConfigError(
-            f"--stage {stage!r}: the {recipe_slug} recipe's stages are {', '.join(recipe.stages)} (or all)"
-        )
-    if shape == "records":
-        chosen = None if stage == "all" else (stage or recipe.stages[-1])
-        return _Plan(shape, chosen, lambda p: p, None)
-    base = "prompt_completion" if shape == "messages" else shape
-    sh = recipe.shapes.get(base)
-    if sh is None:
-        offered = ["records", *recipe.shapes, *(["messages"] if "prompt_completion" in recipe.shapes else [])]
-        raise ConfigError(
-            f"--as {shape}: the {recipe_slug} recipe's records do not come in that shape; "
-            f"it offers {', '.join(offered)}"
-        )
-    if stage is not None and stage != (sh.stage or recipe.stages[-1]):
-        raise ConfigError(
-            f"--as {shape} is built from the {sh.stage or recipe.stages[-1]!r} stage; drop --stage"
-        )
-    row = sh.row
-    if shape == "messages":
-
-        def row(p: dict[str, Any], pc: Callable[..., Any] = sh.row) -> dict[str, Any] | None:
-            r = pc(p)
-            if r is None:
-                return None
-            return {"messages": [{"role": "user", "content": r["prompt"]},
-                                 {"role": "assistant", "content": r["completion"]}]}  # fmt: skip
-
-    return _Plan(shape, sh.stage or recipe.stages[-1], row, sh.label)
-
-
-def _shaped(
-    store: Store, run_id: str, plan: _Plan, *, slim: bool, include_rejected: bool, batch_rows: int
-) -> Iterator[tuple[str, str, dict[str, Any] | None]]:
-    """(seed id, record id, exported row or None when the shape cannot show the record), in store order."""
-    reader = store.curated_reader(run_id, stage=plan.stage, include_rejected=include_rejected,
-                                  batch_rows=batch_rows)  # fmt: skip
-    for batch in reader:
-        for r in batch.to_pylist():
-            out = plan.row(orjson.loads(r["payload"]))
-            if out is not None:
-                out = dict(out)
-                if not slim:
-                    out.update(
-                        record_id=r["id"], seed_id=r["seed_id"], stage=r["stage"], sample_index=r["sample_index"],
-                        teacher=r["teacher"], template_version=r["template_version"], request_keys=r["request_keys"],
-                    )  # fmt: skip
-                if include_rejected:
-                    out["dropped_by"] = r["dropped_by"]
-            yield r["seed_id"], r["id"], out
-
-
 def _out_ready(out: Path, overwrite: bool) -> Path:
     out = out.resolve()
     blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
@@ -157,7 +94,7 @@ def export_run(
     store: Store, run_id: str, out: Path, *, fmt: str = "hf", shape: str = "records",
     splits: dict[str, float] | None = None, split_by: str = "seed", slim: bool = False,
     include_rejected: bool = False, overwrite: bool = False, stage: str | None = None,
-    max_shard_mb: float = 256.0, batch_rows: int = 20_000,
+    max_shard_mb: float = 256.0, batch_rows: int = 20_000, pairs_per_question: int = PAIRS_PER_QUESTION,
 ) -> ExportResult:  # fmt: skip
     """Write the curated records of a run (all records with ``include_rejected``) to ``out``.
 
@@ -174,11 +111,27 @@ def export_run(
         sweep_stale(out.resolve(), "export")  # first: it may move back an export a killed one set aside
     out = _out_ready(out, overwrite)
     summary = store.run_summary(run_id)
-    plan = _plan(summary["recipe"], shape, stage)
+    plan = plan_shape(summary["recipe"], shape, stage)
+    if plan.group is not None:
+        if split_by != "seed":
+            raise ConfigError(
+                f"--as {shape} keeps each question's pairs in one split; drop --split-by {split_by}"
+            )
+        if include_rejected:
+            raise ConfigError(
+                f"--as {shape} already pairs curated with rejected answers; drop --include-rejected"
+            )
+        if pairs_per_question < 1:
+            raise ConfigError(f"--pairs-per-question must be at least 1, got {pairs_per_question}")
 
     def rows() -> Iterator[tuple[str, dict[str, Any] | None]]:
-        for seed_id, rec_id, row in _shaped(store, run_id, plan, slim=slim, include_rejected=include_rejected,
-                                            batch_rows=batch_rows):  # fmt: skip
+        it = (
+            grouped_rows(store, run_id, plan, slim=slim, cap=pairs_per_question, batch_rows=batch_rows)
+            if plan.group is not None
+            else shaped_rows(store, run_id, plan, slim=slim, include_rejected=include_rejected,
+                             batch_rows=batch_rows)
+        )  # fmt: skip
+        for seed_id, rec_id, row in it:
             yield split_of(seed_id if split_by == "seed" else rec_id, splits), row
 
     tmp = temp_beside(out, "export", "--out", folder=True)
@@ -197,10 +150,12 @@ def export_run(
         files = w.close()
         sizes = {s: w.counts[s] for s in splits if w.counts.get(s)}
         if not sizes:
+            aside = f", {sum(plan.set_aside.values())} set aside as untrusted" if plan.set_aside else ""
             raise ConfigError(
                 f"run {run_id} has no {'records' if include_rejected else 'curated records'} to export as "
                 f"{shape}{f' from stage {plan.stage}' if plan.stage else ''} ({skipped} could not be shown that "
-                "way); `factory status` shows the funnel"
+                f"way{aside}); `factory status` shows the funnel"
+                + (": a question needs a trusted and a wrong sample to make a pair" if plan.group else "")
             )
         if fmt == "hf":
             assert isinstance(w, _ParquetWriter)
@@ -209,7 +164,7 @@ def export_run(
             (tmp / FUNNEL_IMAGE).write_text(funnel_svg(store, run_id), "utf-8")
             files.append(tmp / FUNNEL_IMAGE)
             (tmp / "README.md").write_text(
-                _card(store, run_id, w, sizes, plan, slim, include_rejected, split_by), "utf-8"
+                _card(store, run_id, w, sizes, plan, slim, include_rejected, split_by, skipped), "utf-8"
             )
             files.append(tmp / "README.md")
         user_modes(tmp)  # mkdtemp made it 0700
@@ -226,6 +181,7 @@ def export_run(
         out=out, format=fmt, shape=shape, rows=sum(sizes.values()), splits=sizes,
         files=[out / f.relative_to(tmp) for f in files], stage=plan.stage, skipped=skipped,
         label_names=getattr(w, "label_names", None), shards=dict(getattr(w, "shards", {})),
+        set_aside=dict(plan.set_aside), pairs_per_question=pairs_per_question if plan.group else None,
     )  # fmt: skip
 
 
@@ -397,8 +353,8 @@ class _ParquetWriter(_Writer):
 
 
 # -- card ----------------------------------------------------------------------------------------------
-def _card(store: Store, run_id: str, w: _ParquetWriter, sizes: dict[str, int], plan: _Plan, slim: bool,
-          include_rejected: bool, split_by: str) -> str:  # fmt: skip
+def _card(store: Store, run_id: str, w: _ParquetWriter, sizes: dict[str, int], plan: Plan, slim: bool,
+          include_rejected: bool, split_by: str, skipped: int) -> str:  # fmt: skip
     import datasets
 
     from factory.card import ExportFacts, render_dataset_card
@@ -415,6 +371,7 @@ def _card(store: Store, run_id: str, w: _ParquetWriter, sizes: dict[str, int], p
         data_files={s: f"data/{s}-*.parquet" for s in sizes}, dataset_info=info._to_yaml_dict(),
         shape=plan.shape, label_names=w.label_names, examples=examples, slim=slim,
         include_rejected=include_rejected, stage=plan.stage, funnel_image=FUNNEL_IMAGE, split_by=split_by,
+        set_aside=dict(plan.set_aside), skipped=skipped,
     )  # fmt: skip
     return render_dataset_card(store, run_id, facts)
 
@@ -442,7 +399,8 @@ def export_configured(
     win. ``out`` falls back to ``export.out``, then ``out/<run name>``."""
     cfg = store.run_config(run_id).get("export") or {}
     keys = {"fmt": "format", "shape": "shape", "splits": "splits", "split_by": "split_by",
-            "stage": "stage", "max_shard_mb": "max_shard_mb"}  # fmt: skip
+            "stage": "stage", "max_shard_mb": "max_shard_mb",
+            "pairs_per_question": "pairs_per_question"}  # fmt: skip
     kwargs = {k: cfg[c] for k, c in keys.items() if cfg.get(c) is not None}
     kwargs.update({k: v for k, v in given.items() if v is not None})
     target = Path(out or cfg.get("out") or Path("out") / store.run_summary(run_id)["name"])

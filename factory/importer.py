@@ -229,7 +229,7 @@ def import_file(
     the recipe's default curation for imports). Everything is checked before the store is opened.
     ``extra_config`` (license, source_datasets, teacher, export of a run config) is stored with the run."""
     from factory.config import RunConfig, validate_params
-    from factory.curation import parse_steps
+    from factory.curation import parse_steps, recipe_filters
 
     rec, imp = recipe_for_import(recipe)
     p = validate_params(rec.params, params or {}, prefix="params", owner=f"recipe {rec.slug!r}", noun="field")
@@ -238,7 +238,9 @@ def import_file(
             f"--name {name!r}: use letters, digits, '_', '.', '-' (starting with a letter or digit)"
         )
     items = list(imp.filters) if filters is None else list(filters)
-    steps = parse_steps(items, where="--filters")
+    # the recipe's own filters join the list as they do for a generated run (and for `factory filter`)
+    implied = recipe_filters({"recipe": rec.slug, "params": dict(params or {}), **(extra_config or {})})
+    steps = parse_steps(items, where="--filters", implied=implied)
     src = open_source(Path(path))
     fields = field_map(imp, p, list(maps or []), src.columns(), src.path, sparse=src.kind == "jsonl")
     tally = _first_pass(src, imp, p, fields)

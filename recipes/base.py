@@ -47,6 +47,23 @@ def _no_roles(params: Any) -> list[str]:
     return []
 
 
+def _no_row(payload: dict[str, Any]) -> dict[str, Any] | None:
+    return None
+
+
+Rec = tuple[str, dict[str, Any]]  # (record id, payload)
+
+
+def pair_up(positives: list[Rec], negatives: list[Rec], cap: int) -> list[tuple[Rec, Rec]]:
+    """Deterministic (positive, negative) pairs of one question: the i-th pair takes the i-th of each list
+    (in the order given: record-id order), cycling the shorter, as many pairs as the longer list has, at most
+    ``cap``. Each record is used, and none twice until every one of its side has been."""
+    if not positives or not negatives:
+        return []
+    n = min(max(len(positives), len(negatives)), cap)
+    return [(positives[i % len(positives)], negatives[i % len(negatives)]) for i in range(n)]
+
+
 TEMPLATES = Path(__file__).parent / "templates"
 T = TypeVar("T")
 
@@ -82,9 +99,16 @@ class Shape:
     records it is built from (default: the recipe's last stage). ``label`` is the column holding a class
     label, exported as a ClassLabel feature."""
 
-    row: Callable[[dict[str, Any]], dict[str, Any] | None]
+    row: Callable[[dict[str, Any]], dict[str, Any] | None] = _no_row
     stage: str | None = None
     label: str | None = None
+    # The shape teaches an answer (a target the student learns to say): only records the recipe trusts
+    # (``Recipe.distrust`` says None) are exported; the others are counted, with the reason, and set aside.
+    trusted_only: bool = False
+    # A shape built from all the records of one question at once (preference pairs): gets the trusted
+    # records and the distrusted ones of a seed, each as (record id, payload) in record-id order, and the
+    # most rows to make; returns (row, ids of the records it came from) pairs. ``row`` is then unused.
+    group: Callable[[list[Rec], list[Rec], int], list[tuple[dict[str, Any], tuple[str, ...]]]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +154,12 @@ class Recipe:
     shapes: dict[str, Shape] = field(default_factory=dict)
     # Records from rows that already hold a teacher's answers (`factory import`); None: cannot import.
     importer: Importer | None = None
+    # Filters the recipe's runs get unless the config says `curation: {recipe_filters: false}` (slugs, run
+    # first with their default params; a filter the config lists itself runs as listed instead).
+    default_filters: Callable[[Any], list[str]] = _no_roles
+    # Why a record's answer is not to be taught (e.g. "disagree with gold"), None when it is trusted. Shapes
+    # with ``trusted_only`` export only trusted records; a ``group`` shape pairs trusted with distrusted ones.
+    distrust: Callable[[dict[str, Any]], str | None] | None = None
 
 
 class Template:

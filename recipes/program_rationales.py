@@ -187,13 +187,23 @@ async def process(seed: Seed, state: State, generate: Generate) -> list[Draft]:
     return await gather_all(sample(r) for r in build_requests(seed, state))
 
 
+def distrust(p: dict[str, Any]) -> str | None:
+    """A program whose executed answer differs from gold is not taught. Without gold there is nothing to
+    check against (and no vote: each program computes its answer); such programs count as trusted, and the
+    card says the targets were not checked against gold."""
+    if p.get("executed_answer") is None:
+        return "no executed answer"
+    return "disagree with gold" if p.get("verified") is False else None
+
+
 SHAPES = {
     "prompt_completion": Shape(lambda p: {"prompt": p["input"], "completion": p["program"]}
-                               if p["program"] else None),
+                               if p["program"] else None, trusted_only=True),
     "step_by_step": Shape(
         lambda p: {"input": p["input"], "label": str(p["executed_answer"]), "rationale": p["program"],
                    "gold": None if p["gold"] is None else str(p["gold"])}
-        if p["program"] and p["executed_answer"] is not None else None
+        if p["program"] and p["executed_answer"] is not None else None,
+        trusted_only=True,
     ),
 }  # fmt: skip
 
@@ -210,4 +220,8 @@ RECIPE = Recipe(
     "completion, finish_reason",
     stages=(STAGE,),
     shapes=SHAPES,
+    # The recipe already rejects programs whose answer is not gold's; `agreement` puts the verdict on each
+    # record in the ledger beside the other filters' (and keeps programs without gold).
+    default_filters=lambda p: ["agreement"] if p.gold_field else [],
+    distrust=distrust,
 )

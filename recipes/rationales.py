@@ -29,10 +29,12 @@ from recipes.base import (
     Draft,
     Generate,
     Params,
+    Rec,
     Recipe,
     Shape,
     Template,
     gather_all,
+    pair_up,
     sample_seed,
     template_path,
 )
@@ -263,13 +265,41 @@ def _answer_text(p: dict[str, Any]) -> str:
     return f"{p['rationale']}\nThe answer is {p['answer']}."
 
 
+def distrust(p: dict[str, Any]) -> str | None:
+    """Why a sample's answer is not to be taught: it disagrees with gold, or (no gold) with the vote."""
+    if p.get("answer") is None:
+        return "no answer"
+    if p.get("gold") is not None:
+        return None if p.get("agrees_with_gold") else "disagree with gold"
+    return None if p.get("agrees_with_majority") else "disagree with the majority vote"
+
+
+def preference_pairs(
+    pos: list[Rec], neg: list[Rec], cap: int
+) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
+    """QCRD's contrastive signal in TRL's conversational preference format: the question as the user turn,
+    a trusted rationale as ``chosen`` and a wrong one of the same question as ``rejected``."""
+    return [
+        (
+            {
+                "prompt": [{"role": "user", "content": p["input"]}],
+                "chosen": [{"role": "assistant", "content": _answer_text(p)}],
+                "rejected": [{"role": "assistant", "content": _answer_text(n)}],
+            },
+            (pid, nid),
+        )
+        for (pid, p), (nid, n) in pair_up(pos, neg, cap)
+    ]
+
+
 SHAPES = {
     "prompt_completion": Shape(
         lambda p: {
             "prompt": p["input"],
             "completion": _answer_text(p),
             "gold": None if p["gold"] is None else str(p["gold"]),
-        }
+        },
+        trusted_only=True,
     ),
     # Distilling Step-by-Step: one input, two targets (the trainer adds the task prefixes).
     # `gold` (null without one) lets an evaluation score student and teacher on the same rows.
@@ -279,8 +309,10 @@ SHAPES = {
             "label": str(p["answer"]),
             "rationale": p["rationale"],
             "gold": None if p["gold"] is None else str(p["gold"]),
-        }
+        },
+        trusted_only=True,
     ),
+    "preference": Shape(group=preference_pairs),
 }
 
 
@@ -300,4 +332,8 @@ RECIPE = Recipe(
     stages=(STAGE,),
     shapes=SHAPES,
     importer=IMPORTER,
+    # With a gold field configured, samples that disagree with gold are not curated by default; seeds
+    # without a gold answer then keep the samples whose answer won at least half the vote.
+    default_filters=lambda p: ["agreement"] if p.gold_field else [],
+    distrust=distrust,
 )

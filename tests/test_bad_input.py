@@ -33,7 +33,7 @@ def store_with_run(tmp_path):
     seeds.write_text("\n".join(SEEDS.read_text().splitlines()[:2]) + "\n")
     cfg = tmp_path / "ok.yaml"
     cfg.write_text(
-        "name: ok\nrecipe: rationales\nseeds: ok.jsonl\nstore: store.duckdb\nteacher: scripted:x\n"
+        "name: ok\nrecipe: rationales\ncuration: {recipe_filters: false}\nseeds: ok.jsonl\nstore: store.duckdb\nteacher: scripted:x\n"
     )
     t = ScriptedTeacher("scripted:x", "x", {"default": "x. The answer is 1."})
     asyncio.run(api.run_async(api.prepare(cfg), teacher=t))

@@ -33,7 +33,7 @@ def config(tmp: Path, name: str, model: str, url: str, seeds: int) -> Path:
     s = write_seeds(tmp / f"{name}.jsonl", seeds)
     cfg = tmp / f"{name}.yaml"
     cfg.write_text(
-        f"name: {name}\nrecipe: rationales\nseeds: {s.name}\nstore: st/store.duckdb\nparams: {{k: 3}}\n"
+        f"name: {name}\nrecipe: rationales\ncuration: {{recipe_filters: false}}\nseeds: {s.name}\nstore: st/store.duckdb\nparams: {{k: 3}}\n"
         f"teacher: {{spec: 'openai:{model}@{url}', api_key_env: {KEY_ENV}}}\nlicense: cc-by-4.0\n"
         "filters: [exact_dedup]\n"
     )
@@ -180,7 +180,7 @@ def test_forget_by_run_removes_exactly_its_rows(two_teachers, cli):
 def test_forget_failed_only_and_the_rerun_asks_exactly_the_failed_requests(tmp_path, seeds_file, cli):
     cfg = tmp_path / "rej.yaml"
     cfg.write_text(
-        f"name: rej\nrecipe: rationales\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\n"
+        f"name: rej\nrecipe: rationales\ncuration: {{recipe_filters: false}}\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\n"
         "teacher: scripted:x\nparams: {k: 3}\n"
     )
 
@@ -233,7 +233,7 @@ def test_forget_asks_on_a_terminal(tmp_path, seeds_file):
 
     cfg = tmp_path / "tty.yaml"
     cfg.write_text(
-        f"name: tty\nrecipe: rationales\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\n"
+        f"name: tty\nrecipe: rationales\ncuration: {{recipe_filters: false}}\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\n"
         "teacher: scripted:x\nparams: {k: 1}\n"
     )
     t = ScriptedTeacher("scripted:x", "x", {"default": "x. The answer is 1."})
@@ -271,7 +271,7 @@ def test_a_compaction_that_fails_leaves_the_store_as_it_was(tmp_path, seeds_file
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
-        f"name: c\nrecipe: rationales\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\n"
+        f"name: c\nrecipe: rationales\ncuration: {{recipe_filters: false}}\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\n"
         "teacher: scripted:x\nparams: {k: 1}\n"
     )
     asyncio.run(

@@ -47,7 +47,7 @@ def _run(
     cfg = write_config(
         tmp_path,
         f"name: card\nrecipe: rationales\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\n"
-        f"teacher: {teacher}\nparams: {{k: 3}}\n{filters}{extra}",
+        f"teacher: {teacher}\nparams: {{k: 3}}\ncuration: {{recipe_filters: false}}\n{filters}{extra}",
     )
     t = _teacher(seeds_file) if given else None
     return asyncio.run(api.run_async(api.prepare(cfg), teacher=t)).run_id

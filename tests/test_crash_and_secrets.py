@@ -27,7 +27,7 @@ def _seeds(path: Path, n: int) -> Path:
 def _config(tmp: Path, name: str, url: str, store: Path, seeds: Path, extra: str = "") -> Path:
     p = tmp / f"{name}.yaml"
     p.write_text(
-        f"name: crash\nrecipe: rationales\nseeds: {seeds}\nstore: {store}\nparams: {{k: 2}}\n"
+        f"name: crash\nrecipe: rationales\ncuration: {{recipe_filters: false}}\nseeds: {seeds}\nstore: {store}\nparams: {{k: 2}}\n"
         f"teacher: {{spec: 'openai:m@{url}', max_in_flight: {IN_FLIGHT}}}\nrunner: {{commit_interval_s: 0.5}}\n{extra}"
     )
     return p

@@ -56,7 +56,7 @@ class Judge(ScriptedTeacher):
 def _cfg(tmp_path, seeds_file, min_score=6):
     return write_config(
         tmp_path,
-        f"name: judged\nrecipe: rationales\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\n"
+        f"name: judged\nrecipe: rationales\ncuration: {{recipe_filters: false}}\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\n"
         "teacher: scripted:x\nteachers: {judge: 'scripted:judge'}\nparams: {k: 3}\n"
         f"filters:\n  - exact_dedup\n  - critic: {{teacher: judge, min_score: {min_score}}}\n",
     )
@@ -105,7 +105,7 @@ def test_a_new_min_score_needs_no_judge(tmp_path, seeds_file):
 def test_a_critic_role_missing_from_the_config_is_a_config_error(tmp_path, seeds_file):
     cfg = write_config(
         tmp_path,
-        f"name: j\nrecipe: rationales\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\nteacher: scripted:x\n"
+        f"name: j\nrecipe: rationales\ncuration: {{recipe_filters: false}}\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\nteacher: scripted:x\n"
         "filters:\n  - critic: {teacher: judge}\n",
     )
     with pytest.raises(ConfigError, match=r"critic: teacher role 'judge' is not defined"):

@@ -181,7 +181,7 @@ def _teacher(seeds_file):
 def _cfg(tmp_path, seeds_file, filters):
     return write_config(
         tmp_path,
-        f"name: deco\nrecipe: rationales\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\n"
+        f"name: deco\nrecipe: rationales\ncuration: {{recipe_filters: false}}\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\n"
         f"teacher: scripted:x\nparams: {{k: 2}}\n{filters}",
         name="deco.yaml",
     )

@@ -13,7 +13,7 @@ from factory.teachers.scripted import ScriptedTeacher
 def _run(tmp_path, seeds_file, extra=""):
     cfg = write_config(
         tmp_path,
-        f"name: ex\nrecipe: rationales\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\nteacher: scripted:x\n"
+        f"name: ex\nrecipe: rationales\ncuration: {{recipe_filters: false}}\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\nteacher: scripted:x\n"
         f"params: {{k: 2}}\nlicense: cc-by-4.0\n{extra}",
     )
     t = ScriptedTeacher(

@@ -17,6 +17,17 @@ from factory.store import Store
 from factory.teachers.scripted import ScriptedTeacher
 
 
+def _gold_answer(seeds_file):
+    """A teacher that gives each question's gold answer (so every sample is trusted and curated)."""
+    gold = {(r := json.loads(x))["question"]: r["answer"] for x in seeds_file.read_text().splitlines()}
+
+    def fn(r):
+        question = r.messages[-1]["content"].rsplit("Question: ", 1)[1].split("\n")[0].strip()
+        return f"Add them up, case {r.sample_index}. The answer is {gold[question]}."
+
+    return fn
+
+
 def _rationales(tmp_path, seeds_file, extra="", name="ex", answer=None):
     cfg = write_config(
         tmp_path,
@@ -24,7 +35,7 @@ def _rationales(tmp_path, seeds_file, extra="", name="ex", answer=None):
         f"teacher: scripted:x\nparams: {{k: 3}}\n{extra}",
         name=f"{name}.yaml",
     )
-    fn = answer or (lambda r: f"Add them up, case {r.sample_index}. The answer is 28.")
+    fn = answer or _gold_answer(seeds_file)
     return asyncio.run(
         api.run_async(api.prepare(cfg), teacher=ScriptedTeacher("scripted:x", "x", {"fn": fn}))
     )
@@ -61,7 +72,9 @@ def test_messages_export_loads_and_trains_with_trl(tmp_path, seeds_file, tiny_ll
     assert len(ds) == 24 and out.rows == 24
     first = ds[0]["messages"]
     assert [m["role"] for m in first] == ["user", "assistant"]
-    assert first[1]["content"].endswith("The answer is 28.") and "record_id" in ds.column_names
+    gold = {(r := json.loads(x))["question"]: r["answer"] for x in seeds_file.read_text().splitlines()}
+    assert first[1]["content"].endswith(f"The answer is {gold[first[0]['content']]}.")
+    assert "record_id" in ds.column_names
 
     tok = AutoTokenizer.from_pretrained(str(tiny_llama))
     model = AutoModelForCausalLM.from_pretrained(str(tiny_llama))
@@ -83,7 +96,7 @@ def test_step_by_step_and_prompt_completion(tmp_path, seeds_file):
     assert set(row) == {"input", "label", "rationale", "gold"}
     assert row["label"] == "28" and row["rationale"].startswith("Add them up")
     lines = [json.loads(x) for x in (pc.out / "train.jsonl").read_text().splitlines()]
-    assert len(lines) == 24 and lines[0]["completion"].endswith("\nThe answer is 28.")
+    assert len(lines) == 24 and lines[0]["completion"].endswith("\nThe answer is 28.")  # arith-01's gold
     assert lines[0]["gold"] == json.loads(seeds_file.read_text().splitlines()[0])["answer"]
     assert lines[0]["prompt"] == json.loads(seeds_file.read_text().splitlines()[0])["question"]
 
@@ -166,7 +179,7 @@ def test_exports_are_byte_identical_and_out_is_protected(tmp_path, seeds_file):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--as", "text_label"], "offers records, prompt_completion, step_by_step, messages"),
+        (["--as", "text_label"], "offers records, prompt_completion, step_by_step, preference, messages"),
         (["--stage", "nope"], "--stage 'nope'"),
         (["nosuchrun"], "no run 'nosuchrun'"),
     ],

@@ -359,3 +359,21 @@ def test_config_names_store_filters_and_license(svamp200, tmp_path):
     out = factory_cli("import", str(svamp200), "--recipe", "rationales", "--config", "imp.yaml", "--teacher",
                       "palm-540b", *(x for m in SVAMP_MAP for x in ("--map", m)), cwd=tmp_path)  # fmt: skip
     assert out.returncode == 0 and "already imported" in out.stdout and "nothing added" in out.stdout
+
+
+@needs_data
+def test_the_recipe_filters_join_a_given_filter_list_unless_opted_out(svamp200, tmp_path):
+    """`--filters exact_dedup` still curates against gold (the recipe's own filter, as for a generated run and
+    for `factory filter`); `--no-recipe-filters` leaves it out, in the import's pass and in later ones."""
+    store = tmp_path / "s.duckdb"
+    for name, extra in (("with", []), ("without", ["--no-recipe-filters"])):
+        out = factory_cli("import", str(svamp200), "--recipe", "rationales", "--name", name, "--store", str(store),
+                          "--map", "rationale=teacher_rationale", "--map", "answer=teacher_answer",
+                          "--filters", "exact_dedup", "--json", *extra, cwd=tmp_path)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        run_id = json.loads(out.stdout)["run_id"]
+        want = ["agreement", "exact_dedup"] if name == "with" else ["exact_dedup"]
+        assert [s["filter"] for s in json.loads(out.stdout)["funnel"]["filters"]] == want
+        again = factory_cli("filter", run_id, "--store", str(store), "--json", cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert [s["filter"] for s in json.loads(again.stdout)["funnel"]["filters"]] == want

@@ -265,7 +265,7 @@ def _teacher(seeds_file):
 def _cfg(tmp_path, seeds_file, filters):
     return write_config(
         tmp_path,
-        f"name: near\nrecipe: rationales\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\n"
+        f"name: near\nrecipe: rationales\ncuration: {{recipe_filters: false}}\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\n"
         f"teacher: scripted:x\nparams: {{k: 3}}\n{filters}",
         name="near.yaml",
     )

@@ -40,7 +40,8 @@ def made(tmp_path_factory) -> dict[str, Path]:
         cfg = write_config(
             tmp,
             f"name: {name}\nrecipe: rationales\nseeds: {seeds}\nstore: {store}\nteacher: scripted:x\n"
-            f"params: {{k: 2}}\nexport: {{splits: {{train: 0.5, test: 0.5}}}}\n{extra}",
+            f"params: {{k: 2}}\ncuration: {{recipe_filters: false}}\nexport: {{splits: {{train: 0.5, test: 0.5}}}}\n"
+            f"{extra}",
             name=f"{name}.yaml",
         )
         teacher = ScriptedTeacher(

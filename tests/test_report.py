@@ -38,7 +38,7 @@ def make_run(tmp: Path, seeds_file: Path) -> tuple[Path, str]:
     store = tmp / "s.duckdb"
     cfg = write_config(
         tmp,
-        f"name: judged\nrecipe: rationales\nseeds: {seeds_file}\nstore: {store}\nteacher: scripted:x\n"
+        f"name: judged\nrecipe: rationales\ncuration: {{recipe_filters: false}}\nseeds: {seeds_file}\nstore: {store}\nteacher: scripted:x\n"
         "teachers: {judge: 'scripted:judge'}\nparams: {k: 3}\nlicense: cc-by-4.0\n"
         "filters:\n  - heuristics: {min_chars: 10}\n  - exact_dedup\n  - critic: {teacher: judge, min_score: 6}\n",
         name="judged.yaml",

@@ -21,7 +21,7 @@ def make_run(proj: Path, name: str, k: int = 2, file: str | None = None) -> str:
     write_seeds(proj / "s.jsonl", 2)
     cfg = proj / (file or f"{name}.yaml")
     cfg.write_text(
-        f"name: {name}\nrecipe: rationales\nseeds: s.jsonl\nstore: st/store.duckdb\nteacher: scripted:x\n"
+        f"name: {name}\nrecipe: rationales\ncuration: {{recipe_filters: false}}\nseeds: s.jsonl\nstore: st/store.duckdb\nteacher: scripted:x\n"
         f"params: {{k: {k}}}\nfilters:\n  - heuristics: {{min_chars: 1}}\n"
     )
     t = ScriptedTeacher("scripted:x", "x", {"fn": lambda r: f"{name}. The answer is {r.sample_index}."})

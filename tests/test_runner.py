@@ -10,7 +10,7 @@ from factory.teachers.scripted import ScriptedTeacher
 def _cfg(tmp_path, seeds_file, extra=""):
     return write_config(
         tmp_path,
-        f"name: t\nrecipe: rationales\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\n"
+        f"name: t\nrecipe: rationales\ncuration: {{recipe_filters: false}}\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\n"
         f"teacher: scripted:x\nparams: {{k: 3}}\nrunner: {{commit_interval_s: 0.05}}\n{extra}",
     )
 
@@ -231,7 +231,7 @@ def test_a_commit_in_progress_when_the_run_ends_is_not_lost(tmp_path, seeds_file
     def cfg(name):
         return write_config(
             tmp_path,
-            f"name: {name}\nrecipe: rationales\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\n"
+            f"name: {name}\nrecipe: rationales\ncuration: {{recipe_filters: false}}\nseeds: {seeds_file}\nstore: {tmp_path / 's.duckdb'}\n"
             f"teacher: scripted:x\nparams: {{k: 3}}\nrunner: {{commit_interval_s: 0.01, max_seeds_in_flight: 1}}\n",
             name=f"{name}.yaml",
         )

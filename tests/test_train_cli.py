@@ -142,5 +142,6 @@ def test_demo_export_to_step_by_step_student_to_eval(tmp_path, tiny_llama):
     assert lines[0].startswith("step_by_step on test of ") and "reference: gold" in lines[0]
     student = next(x for x in lines if x.startswith("student: student")).split()
     teacher = next(x for x in lines if x.startswith("teacher: scripted:demo")).split()
-    assert teacher[2:4] == ["0.0000", "0.2500"]  # k=4, one sample right: majority 0, per sample 0.25
+    # k=4, one sample right: the three wrong ones are set aside, so the exported targets are all right
+    assert teacher[2:4] == ["1.0000", "1.0000"]
     assert student[-1] == teacher[-1]  # both scored on the same questions

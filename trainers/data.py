@@ -24,6 +24,7 @@ SHAPE_COLUMNS = {
     "prompt_completion": (("prompt", "completion"), ("gold",)),
     "text_label": (("text", "label"), ()),
     "triples": (("head", "relation", "tail"), ()),
+    "preference": (("prompt", "chosen", "rejected"), ("chosen_record_id", "rejected_record_id")),
 }
 LINEAGE = ("record_id", "seed_id", "stage", "sample_index", "teacher", "template_version", "request_keys",
            "dropped_by")  # fmt: skip

@@ -72,10 +72,13 @@ class Facts:
     label_field: str | None
     last_pass: dict[str, Any] | None
     notes: list[str] = field(default_factory=list)
+    accuracy: str | None = None  # the teacher's accuracy against gold, where the seeds carry gold
 
 
 def gather(store: Store, run_id: str) -> Facts:
     import numpy as np
+
+    from factory.accuracy import gold_accuracy
 
     run = store.run_summary(run_id)
     fn = store.funnel(run_id)
@@ -98,6 +101,7 @@ def gather(store: Store, run_id: str) -> Facts:
         kept_sample=_shown(store.record_sample(run_id, SAMPLE, curated=True)),
         dropped_sample=_shown(store.record_sample(run_id, SAMPLE, curated=False)),
         label_field=labels[0][0] if labels else None, last_pass=last,
+        accuracy=acc.sentence() if (acc := gold_accuracy(store, run_id)) is not None else None,
     )  # fmt: skip
 
 

@@ -82,6 +82,7 @@ def context(facts: Facts, emap: Map | None, map_note: str | None) -> dict[str, A
         "dropped_sample": facts.dropped_sample,
         "label_field": facts.label_field,
         "last_pass": facts.last_pass,
+        "accuracy": facts.accuracy,
     }
 
 
