@@ -25,8 +25,8 @@ def _ci(ci: list[float]) -> str:
     return f"{_pct(ci[0])}–{_pct(ci[1])}"
 
 
-def quality_table() -> str:
-    d = load("quality")
+def quality_table(name: str = "quality") -> str:
+    d = load(name)
     f = d["figures"]
     lines = [
         "",

@@ -125,7 +125,6 @@ def one_dataset(name: str, a: argparse.Namespace, variants: list[str]) -> dict[s
                    "inputs_seen": budget.steps * budget.batch_size, "learning_rate": budget.learning_rate,
                    "max_length": budget.max_length},
         "teacher": {"name": quality_data.TEACHER, **teacher}, "variants": {}, "differences": {},
-        "notes": list(built.notes),
     }  # fmt: skip
     seeds = list(range(a.seeds))
     hits: dict[str, list[list[bool]]] = {}
@@ -133,7 +132,7 @@ def one_dataset(name: str, a: argparse.Namespace, variants: list[str]) -> dict[s
         v = VARIANTS[key]
         entry: dict[str, Any] = {"name": v.name, "task": v.task, "trains_on": v.trains_on}
         export = built.exports.get(v.export)
-        why = _skip(v, export, built.train_rows.get(v.export, 0), variants)
+        why = _skip(v, export, built.train_rows.get(v.export, 0), variants, built.failed.get(v.export))
         if why is not None:
             out["variants"][key] = {**entry, "status": "skipped", "reason": why}
             print(f"{name} ({key}) {v.name}: skipped: {why}", flush=True)
@@ -153,7 +152,7 @@ def one_dataset(name: str, a: argparse.Namespace, variants: list[str]) -> dict[s
     return out
 
 
-def _skip(v: Any, export: Path | None, rows: int, chosen: list[str]) -> str | None:
+def _skip(v: Any, export: Path | None, rows: int, chosen: list[str], failed: str | None) -> str | None:
     if v.base is not None and v.base not in chosen:
         return f"it starts from ({v.base})'s student; run ({v.base}) too"
     if v.task == "dpo":
@@ -161,6 +160,8 @@ def _skip(v: Any, export: Path | None, rows: int, chosen: list[str]) -> str | No
 
         if "dpo" not in TASKS:
             return "this tree's `factory train` has no dpo task"
+    if export is None and failed is not None:
+        return f"no {v.export.split('_', 1)[1]} export: {failed}"
     if export is None:
         return f"this tree's `factory export` offers no {v.export.split('_', 1)[1]} shape"
     if rows == 0:

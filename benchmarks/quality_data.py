@@ -48,7 +48,8 @@ def factory(*args: str, log: Path) -> str:
     with log.open("a", encoding="utf-8") as f:
         f.write(f"$ factory {' '.join(args)}\n{out}\n")
     if rc != 0:
-        raise FactoryFailed(f"`factory {' '.join(args)}` exited {rc}: {out.strip()[-1500:]}")
+        last = out.strip().splitlines()[-1] if out.strip() else ""
+        raise FactoryFailed(f"`factory {args[0]}` exited {rc}: {last[:600]}")
     return out
 
 
@@ -63,7 +64,7 @@ class Built:
     funnel: dict[str, Any] = field(default_factory=dict)
     eval_rows: list[dict[str, Any]] = field(default_factory=list)
     validation_questions: int = 0
-    notes: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # an export that could not be made: why
 
 
 def _config(path: Path, name: str, seeds: Path, *, gold: bool) -> Path:
@@ -113,7 +114,7 @@ def build(name: str, source: Path, work: Path, *, eval_rows: int | None, prefere
             built.exports["curated_pref"], said = _export(cur, "preference", e / "curated-preference",
                                                           built.store, log)  # fmt: skip
         except (FactoryFailed, SystemExit) as exc:  # an exporter without the shape: argparse exits 2
-            built.notes.append(f"no preference export: {exc}")
+            built.failed["curated_pref"] = str(exc) if isinstance(exc, FactoryFailed) else "no such shape"
     for key, path in built.exports.items():
         built.train_rows[key] = len(_rows(path / "train.jsonl"))
     rec, _ = _export(cur, "records", e / "curated-records", built.store, log, "--include-rejected")
