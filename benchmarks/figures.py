@@ -43,7 +43,6 @@ from figures_clients import (  # noqa: E402
     run_section,
     worker_cpu,
 )
-from figures_quality import quality_table  # noqa: E402
 from figures_local import (  # noqa: E402
     cluster,
     cluster_estimate,
@@ -55,6 +54,7 @@ from figures_local import (  # noqa: E402
     local_speed_rows,
     view,
 )
+from figures_quality import quality_table  # noqa: E402
 
 # the markdown results files, which tests/test_readme_figures.py reads from here
 from figures_read import PEERS_MD as PEERS_MD  # noqa: E402

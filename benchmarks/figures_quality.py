@@ -51,9 +51,13 @@ def quality_table(name: str = "quality") -> str:
                 lines.append(f"| ({key}) {v['name']} | {v['trains_on']} | skipped | | {v['reason']} |")
                 continue
             seeds = ", ".join(_pct(x) for x in v["per_seed"])
-            lines.append(f"| ({key}) {v['name']} | {v['trains_on']} | {_pct(v['accuracy'])} | {_ci(v['ci95'])} | {seeds} |")
+            lines.append(
+                f"| ({key}) {v['name']} | {v['trains_on']} | {_pct(v['accuracy'])} | {_ci(v['ci95'])} | {seeds} |"
+            )
         t = ds["teacher"]
-        lines.append(f"| teacher ({t['name']}) | its own answers | {_pct(t['accuracy'])} | {_ci(t['ci95'])} | |")
+        lines.append(
+            f"| teacher ({t['name']}) | its own answers | {_pct(t['accuracy'])} | {_ci(t['ci95'])} | |"
+        )
         diffs = [f"{k} ({x['what']}): {100 * x['difference']:+.1f} points [{100 * x['ci95'][0]:+.1f}, "
                  f"{100 * x['ci95'][1]:+.1f}]" for k, x in ds["differences"].items()]  # fmt: skip
         if diffs:
@@ -80,11 +84,15 @@ def chart(figures: dict[str, Any]) -> str:
             x = x_of(tick)
             body.append(f'<line x1="{num(x)}" y1="{num(y0)}" x2="{num(x)}" y2="{num(y0 + row * len(done) + 4)}" '
                         f'stroke="#e4e4e4"/>')  # fmt: skip
-            body.append(_text(x, y0 + row * len(done) + 18, f"{int(tick * 100)} %", anchor="middle", fill=MUTED))
+            body.append(
+                _text(x, y0 + row * len(done) + 18, f"{int(tick * 100)} %", anchor="middle", fill=MUTED)
+            )
         tx = x_of(ds["teacher"]["accuracy"])
         body.append(f'<line x1="{num(tx)}" y1="{num(y0)}" x2="{num(tx)}" y2="{num(y0 + row * len(done) + 4)}" '
                     f'stroke="{INK}" stroke-dasharray="4 3"/>')  # fmt: skip
-        body.append(_text(tx + 4, y0 + 10, f"teacher {_pct(ds['teacher']['accuracy'])} %", fill=MUTED, size=11))
+        body.append(
+            _text(tx + 4, y0 + 10, f"teacher {_pct(ds['teacher']['accuracy'])} %", fill=MUTED, size=11)
+        )
         for j, (key, v) in enumerate(done):
             cy = y0 + row * j + row / 2 + 2
             colour = PALETTE[j % len(PALETTE)]

@@ -43,6 +43,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,8 @@ import quality_stats  # noqa: E402
 from quality_train import VARIANTS, Budget, run_variant  # noqa: E402
 
 DATA = Path("/work/shared/data/palm_rationales")
-QUICK = {"datasets": "cqa", "variants": "a,b,c", "seeds": 3, "steps": 12, "batch_size": 8, "train_rows": 96,
-         "eval_rows": 120}  # fmt: skip
+QUICK = {"datasets": "cqa", "variants": "b,c", "seeds": 3, "steps": 10, "batch_size": 8, "train_rows": 80,
+         "eval_rows": 100}  # fmt: skip
 FULL = {"datasets": "svamp,cqa", "variants": "a,b,c,d,e", "seeds": 3, "batch_size": 16, "epochs": 2.0}
 COMPARE = (("c", "b", "curation"), ("b", "a", "rationales, uncurated"), ("c", "a", "rationales, curated"),
            ("d", "c", "sft against step-by-step"), ("e", "d", "dpo on top of sft"))  # fmt: skip
@@ -69,7 +70,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the CPU-sized run (see above)")
     ap.add_argument("--data", type=Path, default=DATA, help="folder of svamp_train.jsonl and cqa_train.jsonl")
-    ap.add_argument("--student", default="embedded", help="`embedded` (SmolLM2-135M-Instruct) or a model folder")
+    ap.add_argument(
+        "--student", default="embedded", help="`embedded` (SmolLM2-135M-Instruct) or a model folder"
+    )
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--datasets", help="comma-separated: svamp, cqa")
     ap.add_argument("--variants", help="comma-separated letters a-e")
@@ -77,7 +80,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, help="optimizer steps of every variant (default: from --epochs)")
     ap.add_argument("--epochs", type=float, help="full mode: passes over the curated train rows")
     ap.add_argument("--batch-size", type=int)
-    ap.add_argument("--train-rows", type=int, help="rows of each export trained on (default: the curated train split)")
+    ap.add_argument(
+        "--train-rows", type=int, help="rows of each export trained on (default: the curated train split)"
+    )
     ap.add_argument("--eval-rows", type=int, help="held-out questions scored (default: all)")
     ap.add_argument("--lr", type=float, default=1e-4, help="learning rate of every variant")
     ap.add_argument("--max-length", type=int, default=384)
@@ -110,7 +115,10 @@ def budget_for(a: argparse.Namespace, curated_rows: int) -> Budget:
     return Budget(steps, a.batch_size, rows, a.lr, a.max_length, a.new_tokens)
 
 
-def one_dataset(name: str, a: argparse.Namespace, variants: list[str]) -> dict[str, Any]:
+def one_dataset(
+    name: str, a: argparse.Namespace, variants: list[str], out: dict[str, Any], checkpoint: Callable[[], None]
+) -> None:
+    """Build, train and score one data set into ``out``; ``checkpoint`` saves the results so far."""
     work = a.work / name
     src = a.data / quality_data.FILES[name]
     built = quality_data.build(name, src, work, eval_rows=a.eval_rows, preference="e" in variants)
@@ -118,14 +126,14 @@ def one_dataset(name: str, a: argparse.Namespace, variants: list[str]) -> dict[s
     budget = budget_for(a, built.train_rows["curated_sbs"])
     log = work / "factory.log"
     teacher = quality_stats.accuracy([[r["teacher_right"] for r in rows]])
-    out: dict[str, Any] = {
+    out.update({
         "file": src.name, "funnel": built.funnel, "train_rows": built.train_rows,
         "validation_questions": built.validation_questions, "scored_questions": len(rows),
         "budget": {"steps": budget.steps, "batch_size": budget.batch_size, "train_rows": budget.train_rows,
                    "inputs_seen": budget.steps * budget.batch_size, "learning_rate": budget.learning_rate,
                    "max_length": budget.max_length},
         "teacher": {"name": quality_data.TEACHER, **teacher}, "variants": {}, "differences": {},
-    }  # fmt: skip
+    })  # fmt: skip
     seeds = list(range(a.seeds))
     hits: dict[str, list[list[bool]]] = {}
     for key in variants:
@@ -146,10 +154,10 @@ def one_dataset(name: str, a: argparse.Namespace, variants: list[str]) -> dict[s
                                 "score_s": res["score_s"], "wall_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
         print(f"{name} ({key}) {v.name}: {stats['accuracy']:.3f} {stats['ci95']} per seed {stats['per_seed']}",
               flush=True)  # fmt: skip
-    for x, y, what in COMPARE:
-        if x in hits and y in hits:
-            out["differences"][f"{x}-{y}"] = {"what": what, **quality_stats.difference(hits[x], hits[y])}
-    return out
+        for x, y, what in COMPARE:
+            if x in hits and y in hits:
+                out["differences"][f"{x}-{y}"] = {"what": what, **quality_stats.difference(hits[x], hits[y])}
+        checkpoint()
 
 
 def _skip(v: Any, export: Path | None, rows: int, chosen: list[str], failed: str | None) -> str | None:
@@ -177,9 +185,16 @@ def main(argv: list[str] | None = None) -> int:
     datasets = [x.strip() for x in a.datasets.split(",") if x.strip()]
     bad_ds = [x for x in datasets if x not in quality_data.FILES]
     if bad or bad_ds:
-        print(f"quality: unknown --variants {bad} / --datasets {bad_ds}; use a-e and svamp, cqa", file=sys.stderr)
+        print(
+            f"quality: unknown --variants {bad} / --datasets {bad_ds}; use a-e and svamp, cqa",
+            file=sys.stderr,
+        )
         return 2
-    missing = [str(a.data / quality_data.FILES[d]) for d in datasets if not (a.data / quality_data.FILES[d]).is_file()]
+    missing = [
+        str(a.data / quality_data.FILES[d])
+        for d in datasets
+        if not (a.data / quality_data.FILES[d]).is_file()
+    ]
     if missing:
         print(f"quality: no data file at {', '.join(missing)}; pass --data DIR", file=sys.stderr)
         return 2
@@ -194,10 +209,14 @@ def main(argv: list[str] | None = None) -> int:
         "kept together",
         "datasets": {},
     }  # fmt: skip
+
+    def checkpoint(complete: bool = False) -> Path:
+        figures.update(complete=complete, wall_s=round(time.perf_counter() - t0, 1))
+        return _results.save(a.results, ctx, figures)
+
     for name in datasets:
-        figures["datasets"][name] = one_dataset(name, a, variants)
-    figures["wall_s"] = round(time.perf_counter() - t0, 1)
-    path = _results.save(a.results, ctx, figures)
+        one_dataset(name, a, variants, figures["datasets"].setdefault(name, {}), checkpoint)
+    path = checkpoint(complete=True)
     print(f"wrote {path}")
     if a.results == "quality":
         import figures as readme_figures

@@ -105,13 +105,15 @@ def build(name: str, source: Path, work: Path, *, eval_rows: int | None, prefere
                              "rejected": res.get("rejected", {})}  # fmt: skip
     cur, alle = f"{name}-curated", f"{name}-all"
     e = work / "exports"
-    built.exports["curated_sbs"], _ = _export(cur, "step_by_step", e / "curated-step_by_step", built.store, log)
+    built.exports["curated_sbs"], _ = _export(
+        cur, "step_by_step", e / "curated-step_by_step", built.store, log
+    )
     built.exports["all_sbs"], _ = _export(alle, "step_by_step", e / "all-step_by_step", built.store, log)
     built.exports["curated_pc"], _ = _export(cur, "prompt_completion", e / "curated-prompt_completion",
                                              built.store, log)  # fmt: skip
     if preference:
         try:
-            built.exports["curated_pref"], said = _export(cur, "preference", e / "curated-preference",
+            built.exports["curated_pref"], _ = _export(cur, "preference", e / "curated-preference",
                                                           built.store, log)  # fmt: skip
         except (FactoryFailed, SystemExit) as exc:  # an exporter without the shape: argparse exits 2
             built.failed["curated_pref"] = str(exc) if isinstance(exc, FactoryFailed) else "no such shape"

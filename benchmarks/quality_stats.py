@@ -61,4 +61,3 @@ def difference(a: Sequence[Sequence[bool]], b: Sequence[Sequence[bool]], *, seed
     d = ma.mean(axis=0) - mb.mean(axis=0)
     boot = d[_draws(len(d), seed)].mean(axis=1)
     return {"difference": round(float(d.mean()), 4), "ci95": _interval(boot), "questions": len(d)}
-

@@ -32,21 +32,45 @@ class Variant:
 
 
 VARIANTS = {
-    "a": Variant("a", "label-only", "step_by_step", "curated_sbs",
-                 "`[label] question` → the teacher's answer, curated rows only (it agrees with gold); no "
-                 "rationale", label_only=True),  # fmt: skip
-    "b": Variant("b", "step-by-step, all rationales", "step_by_step", "all_sbs",
-                 "the label and rationale tasks on every rationale that states an answer, the teacher's answer "
-                 "as label, wrong ones (about a quarter) included"),  # fmt: skip
-    "c": Variant("c", "step-by-step, curated", "step_by_step", "curated_sbs",
-                 "the label and rationale tasks on the rationales whose answer agrees with gold (then exact "
-                 "dedup)"),  # fmt: skip
-    "d": Variant("d", "sft rationale + answer", "sft", "curated_pc",
-                 "question → `rationale` + `The answer is X.` of the curated rationales, through the chat "
-                 "template"),  # fmt: skip
-    "e": Variant("e", "dpo after sft", "dpo", "curated_pref",
-                 "preference pairs of the curated run (a trusted and a wrong rationale of one question), "
-                 "starting from (d)'s student", base="d"),  # fmt: skip
+    "a": Variant(
+        "a",
+        "label-only",
+        "step_by_step",
+        "curated_sbs",
+        "`[label] question` → the teacher's answer, curated rows only (it agrees with gold); no rationale",
+        label_only=True,
+    ),
+    "b": Variant(
+        "b",
+        "step-by-step, all rationales",
+        "step_by_step",
+        "all_sbs",
+        "the label and rationale tasks on every rationale that states an answer, the teacher's answer "
+        "as label, wrong ones (about a quarter) included",
+    ),
+    "c": Variant(
+        "c",
+        "step-by-step, curated",
+        "step_by_step",
+        "curated_sbs",
+        "the label and rationale tasks on the rationales whose answer agrees with gold (then exact dedup)",
+    ),
+    "d": Variant(
+        "d",
+        "sft rationale + answer",
+        "sft",
+        "curated_pc",
+        "question → `rationale` + `The answer is X.` of the curated rationales, through the chat template",
+    ),
+    "e": Variant(
+        "e",
+        "dpo after sft",
+        "dpo",
+        "curated_pref",
+        "preference pairs of the curated run (a trusted and a wrong rationale of one question), "
+        "starting from (d)'s student",
+        base="d",
+    ),
 }
 
 
@@ -96,7 +120,9 @@ def answers(model_dir: Path, task: str, rows: list[dict[str, Any]], batch_size: 
     else:  # sft and dpo students answer the bare question, as their prompt/completion rows ask it
         users = [str(r["input"]) for r in rows]
     prompts = [causal.prompt_ids(tok, u, chat) for u in users]
-    outs = causal.generate(model, tok, prompts, max_new_tokens=int(meta["max_new_tokens"]), batch_size=batch_size)
+    outs = causal.generate(
+        model, tok, prompts, max_new_tokens=int(meta["max_new_tokens"]), batch_size=batch_size
+    )
     return [answer_of(o) for o in outs]
 
 

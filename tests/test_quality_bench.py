@@ -52,7 +52,11 @@ def quick_run(tmp_path_factory, tiny_llama):  # type: ignore[no-untyped-def]
     finally:
         mp.undo()
     assert rc == 0
-    return {"data": data, "work": tmp / "work", "results": json.loads((results / "quality-ci.json").read_text())}
+    return {
+        "data": data,
+        "work": tmp / "work",
+        "results": json.loads((results / "quality-ci.json").read_text()),
+    }
 
 
 def test_every_variant_is_trained_and_scored_on_the_same_held_out_questions(quick_run) -> None:  # type: ignore[no-untyped-def]
@@ -72,7 +76,11 @@ def test_every_variant_is_trained_and_scored_on_the_same_held_out_questions(quic
             assert len(v["per_seed"]) == 1 and len(v["train_s"]) == 1
         assert set(ds["differences"]) == {"c-b", "d-c"}
         work = quick_run["work"] / name / "exports"
-        trained = {r["input"] for d in ("curated-step_by_step", "all-step_by_step") for r in _jsonl(work / d / "train.jsonl")}
+        trained = {
+            r["input"]
+            for d in ("curated-step_by_step", "all-step_by_step")
+            for r in _jsonl(work / d / "train.jsonl")
+        }
         held = [r["input"] for r in _jsonl(work / "curated-records" / "validation.jsonl")]
         assert len(held) == ds["validation_questions"] and not trained & set(held)
 
@@ -84,7 +92,9 @@ def _num(x: str | None) -> float | None:
         return None
 
 
-def test_uncurated_trains_on_wrong_answers_curated_does_not_and_the_teacher_line_is_the_file_s(quick_run) -> None:  # type: ignore[no-untyped-def]
+def test_uncurated_trains_on_wrong_answers_curated_does_not_and_the_teacher_line_is_the_file_s(
+    quick_run,
+) -> None:  # type: ignore[no-untyped-def]
     raw = {r["question"]: r for r in _jsonl(quick_run["data"] / FILES["svamp"])}
     exports = quick_run["work"] / "svamp" / "exports"
 
