@@ -6,6 +6,7 @@ row per variant with its accuracy and 95 % interval, and the teacher's accuracy 
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ def quality_table(name: str = "quality") -> str:
         "",
         f"Measured {d['date']} (load {d['load_start']} → {d['load_end']}, {d['cpus']} CPUs), mode "
         f"`{f['mode']}`, student `{f['student']}` on {f['device']}, {f['seeds']} seeds, "
-        f"{f['wall_s'] / 60:.0f} minutes in all. Accuracy: {f['scoring']}; interval: {f['ci']}.",
+        f"{f['wall_s'] / 60:.0f} minutes in all{'' if f.get('complete') else ' (stopped before the end)'}. "
+        f"Accuracy: {f['scoring']}; interval: {f['ci']}.",
     ]
     for name, ds in f["datasets"].items():
         b = ds["budget"]
@@ -43,20 +45,22 @@ def quality_table(name: str = "quality") -> str:
             f"{b['batch_size']} inputs over the first {b['train_rows']} rows of its export, learning rate "
             f"{b['learning_rate']:g}.",
             "",
-            "| variant | trains on | accuracy % | 95 % interval | per seed % |",
-            "|---|---|---|---|---|",
+            "| variant | trains on | accuracy % | 95 % interval | per seed % | s a training step |",
+            "|---|---|---|---|---|---|",
         ]
         for key, v in ds["variants"].items():
             if v["status"] != "done":
-                lines.append(f"| ({key}) {v['name']} | {v['trains_on']} | skipped | | {v['reason']} |")
+                lines.append(f"| ({key}) {v['name']} | {v['trains_on']} | skipped | | {v['reason']} | |")
                 continue
             seeds = ", ".join(_pct(x) for x in v["per_seed"])
+            step_s = statistics.median(v["train_s"]) / b["steps"]
             lines.append(
-                f"| ({key}) {v['name']} | {v['trains_on']} | {_pct(v['accuracy'])} | {_ci(v['ci95'])} | {seeds} |"
+                f"| ({key}) {v['name']} | {v['trains_on']} | {_pct(v['accuracy'])} | {_ci(v['ci95'])} | {seeds} "
+                f"| {step_s:.1f} |"
             )
         t = ds["teacher"]
         lines.append(
-            f"| teacher ({t['name']}) | its own answers | {_pct(t['accuracy'])} | {_ci(t['ci95'])} | |"
+            f"| teacher ({t['name']}) | its own answers | {_pct(t['accuracy'])} | {_ci(t['ci95'])} | | |"
         )
         diffs = [f"{k} ({x['what']}): {100 * x['difference']:+.1f} points [{100 * x['ci95'][0]:+.1f}, "
                  f"{100 * x['ci95'][1]:+.1f}]" for k, x in ds["differences"].items()]  # fmt: skip

@@ -22,15 +22,17 @@ match of its final answer against gold (`factory eval`'s reading of an answer). 
 those questions is the reference line. The 95 % interval is a bootstrap over questions that keeps every
 seed's answer to one question together (benchmarks/quality_stats.py says why).
 
-Quick mode (``--quick``) is sized by measurement for a shared 2-core CPU box and about half an hour: a
-step-by-step step of 8 CommonsenseQA inputs took about 25 s on the quiet box and 75 s with it loaded (two
-forward and backward passes of SmolLM2-135M, one per task); and 300 SVAMP inputs for one epoch left
-label-only and step-by-step at 4-6 % exact match, within noise. So quick mode spends its time on
-CommonsenseQA alone, whose five choices give a student something to learn in few steps, and on the three
-variants the curation question needs (a, b, c), three seeds each, scored on the first 120 held-out
-questions; sft (d) generates whole rationales at scoring time, which costs more than its training here.
-Full mode (the default without ``--quick``) runs both data sets, all variants, every training row of the
-curated export for ``--epochs`` passes, and every held-out question: what a GPU runs.
+Quick mode (``--quick``) is sized by measurement for a shared 2-core CPU box and about half an hour. A
+step-by-step step of 8 CommonsenseQA inputs runs two forward and backward passes of SmolLM2-135M (one a
+task): about 25 s of the two cores, 75 s with the box loaded by other work (the results file has the
+seconds each training took). 300 SVAMP inputs for one epoch left label-only and step-by-step at 4-6 % exact
+match, within noise of each other. So quick mode spends its time on the comparison the question needs, (b)
+all against (c) curated, on CommonsenseQA, whose five choices give a student something to learn in few
+steps: 10 steps of 8 inputs, three seeds, the first 100 held-out questions (ordered by record id). Scoring
+an sft student generates whole rationales, which costs more than its training here, so (a), (d) and (e) are
+left to the full mode (or ``--variants``). Full mode (the default without ``--quick``) runs both data sets,
+all variants, every training row of the curated export for ``--epochs`` passes, and every held-out
+question: what a GPU runs.
 
 Writes benchmarks/results/quality.json (date, load, versions; see _results.py) and results/quality.svg;
 --write-readme also rewrites the README blocks quoting it (benchmarks/figures.py).
