@@ -111,9 +111,8 @@ def test_bad_input_is_one_config_error(tmp_path, sbs_export, tiny_llama):
 def test_demo_export_to_step_by_step_student_to_eval(tmp_path, tiny_llama):
     """The demo config (teacher swapped for a scripted one, splits set) → export → train → eval, by the CLI."""
     demo = (ROOT / "recipes" / "examples" / "rationales_demo.yaml").read_text()
-    demo = demo.replace(
-        "../../data/seeds/arithmetic.jsonl", str(ROOT / "data" / "seeds" / "arithmetic.jsonl")
-    )
+    for rel, path in (("../../data/", ROOT / "data"), ("../templates/", ROOT / "recipes" / "templates")):
+        demo = demo.replace(rel, f"{path}/")  # the seeds and the few-shot file it names
     demo = demo.replace("  out: out/demo\n", "  out: sbs\n  shape: step_by_step\n")
     cfg = write_config(tmp_path, demo + f"store: {tmp_path / 'demo.duckdb'}\n", name="demo.yaml")
     teacher = ScriptedTeacher("scripted:demo", "demo", {"fn": _answer})
