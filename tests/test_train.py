@@ -16,7 +16,12 @@ from factory.store import Store
 from factory.teachers.scripted import ScriptedTeacher
 
 SEEDS = ROOT / "data" / "seeds" / "arithmetic.jsonl"
-GOLD = {json.loads(x)["question"]: json.loads(x)["answer"] for x in SEEDS.read_text().splitlines()}
+DEMO_SEEDS = ROOT / "data" / "seeds" / "arithmetic_one_step.jsonl"  # the demo's (rationales_demo.yaml)
+GOLD = {
+    json.loads(x)["question"]: json.loads(x)["answer"]
+    for f in (SEEDS, DEMO_SEEDS)
+    for x in f.read_text().splitlines()
+}
 FAST = {"batch_size": 4, "max_length": 160, "learning_rate": 5e-3, "logging_steps": 1, "eval_batch_size": 8}
 
 
