@@ -174,13 +174,16 @@ def _fit(cfg: TrainConfig, base: Path, tok: Any, rows: Any, export: data.Export,
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     meta["trainable_params"] = trainable
     meta["total_params"] = sum(p.numel() for p in model.parameters())
+    meta["precision"] = student.resolve_precision(cfg.precision, causal=cfg.task != "classifier")
+    bf16 = meta["precision"] == "bf16" and cfg.task != "classifier"
     if cfg.task == "step_by_step":
-        trainer = step_by_step.build_trainer(model, tok, examples, args, cfg)
+        trainer = step_by_step.build_trainer(model, tok, examples, args, cfg, bf16=bf16)
     elif cfg.task == "classifier":
         trainer = classifier.build_trainer(model, tok, examples, args)
     else:
         trainer = causal.trainer_class()(model=model, args=args, train_dataset=examples,
                                          data_collator=causal.PadCollator(tok.pad_token_id), processing_class=tok)  # fmt: skip
+        trainer.bf16_autocast = bf16
     outcome = harness.run_trainer(trainer, out, on_progress=on_progress, callbacks=callbacks)
     if not outcome.interrupted:
         student.save_student(trainer.model, tok, out, lora=cfg.lora)
@@ -197,7 +200,7 @@ def _train_metrics(cfg: TrainConfig, meta: dict[str, Any], outcome: harness.Outc
         "train_s": round(outcome.wall_s, 2), "first_loss": curve[0]["loss"] if curve else None,
         "final_loss": curve[-1]["loss"] if curve else None, "loss_curve": curve,
         "trainable_params": meta.get("trainable_params"), "total_params": meta.get("total_params"),
-        "device": student.device(),
+        "device": student.device(), "precision": meta.get("precision"),
     }  # fmt: skip
 
 
