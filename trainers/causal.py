@@ -119,7 +119,9 @@ def answer_logits(model: Any, batch: dict[str, Any]) -> tuple[Any, Any, Any]:
     parts = _decoder_and_head(model)
     if parts is not None:
         decoder, head = parts
-        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = decoder(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
         return head(hidden[:, :-1][where]), targets[where], rows
     width = labels.size(1)
     trained = where.any(0).nonzero()

@@ -24,6 +24,7 @@ SHAPE_COLUMNS = {
     "prompt_completion": (("prompt", "completion"), ("gold",)),
     "text_label": (("text", "label"), ()),
     "triples": (("head", "relation", "tail"), ()),
+    "preference": (("prompt", "chosen", "rejected"), ("gold",)),
 }
 LINEAGE = ("record_id", "seed_id", "stage", "sample_index", "teacher", "template_version", "request_keys",
            "dropped_by")  # fmt: skip
@@ -32,12 +33,14 @@ TASK_SHAPES = {
     "step_by_step": ("step_by_step",),
     "classifier": ("text_label",),
     "triples": ("triples", "prompt_completion"),
+    "dpo": ("preference",),
 }
 EXPORT_HINT = {
     "sft": "factory export RUN --as messages --out DIR",
     "step_by_step": "factory export RUN --as step_by_step --out DIR (rationales recipe)",
     "classifier": "factory export RUN --as text_label --out DIR (boundary or relabel recipe)",
     "triples": "factory export RUN --as triples --out DIR (commonsense recipe)",
+    "dpo": "factory export RUN --as preference --out DIR (rationales recipe)",
 }
 EVAL_SPLITS = ("test", "validation")
 
@@ -94,7 +97,7 @@ def load_export(path: str | Path, *, cache_dir: str | None = None) -> Export:
     if shape is None:
         raise ConfigError(
             f"EXPORT_DIR {p}: its columns ({', '.join(first.column_names)}) are not a training shape (a records "
-            "export?); export with --as messages | prompt_completion | step_by_step | text_label | triples"
+            "export?); export with --as messages | prompt_completion | step_by_step | text_label | triples | preference"
         )
     label_names = None
     if shape == "text_label":
@@ -130,7 +133,12 @@ def input_text(row: dict[str, Any], shape: str) -> str:
         return "\n".join(users)
     if shape == "triples":
         return f"{row['head']} {row['relation']}"
-    key = {"step_by_step": "input", "prompt_completion": "prompt", "text_label": "text"}[shape]
+    key = {
+        "step_by_step": "input",
+        "prompt_completion": "prompt",
+        "text_label": "text",
+        "preference": "prompt",
+    }[shape]
     return str(row[key])
 
 
