@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 ENCODERS = ("bert", "roberta", "distilbert", "xlm-roberta", "deberta", "deberta-v2", "electra", "mpnet")
 CAUSAL_TASKS = ("sft", "step_by_step", "triples", "dpo")
-CPU_BF16_AUTO = True  # see resolve_precision
+CPU_BF16_AUTO = False  # see resolve_precision
 
 
 def resolve_student(student: str) -> Path:
