@@ -101,13 +101,16 @@ def test_dpo_raises_the_margin_moves_every_weight_and_writes_model_metrics_card(
 
 
 def test_an_export_without_the_preference_columns_is_one_error(tmp_path, pref_export, tiny_llama):
-    from factory.errors import ConfigError
     from test_train import train
+
+    from factory.errors import ConfigError
 
     sft = tmp_path / "pc"
     sft.mkdir()
     (sft / "train.jsonl").write_text(json.dumps({"prompt": "q", "completion": "a"}) + "\n")
-    with pytest.raises(ConfigError, match=r"--task dpo needs an export in the shape preference.*--as preference"):
+    with pytest.raises(
+        ConfigError, match=r"--task dpo needs an export in the shape preference.*--as preference"
+    ):
         train(tmp_path, sft, "dpo", tiny_llama)
 
     half = tmp_path / "half"  # chosen but no rejected
