@@ -74,13 +74,14 @@ def test_dpo_raises_the_margin_moves_every_weight_and_writes_model_metrics_card(
 
     snap = snapshot_callback()
     res = train(tmp_path, pref_export, "dpo", tiny_llama, [snap], max_steps=6, learning_rate=2e-3, beta=0.5,
-                sft_weight=0.2, max_new_tokens=8, logging_steps=1)  # fmt: skip
+                sft_weight=0.2, max_new_tokens=8, logging_steps=10)  # fmt: skip
     assert res.status == "done" and res.global_step == 6
     assert snap.trainable and snap.unchanged(snap.trainable) == []
     before, after = _margin(tiny_llama, pref_export), _margin(res.out, pref_export)
     assert after > before + 1.0, (before, after)
 
     curve = res.metrics["train"]["loss_curve"]
+    assert [p["step"] for p in curve] == [1, 6]  # the first step, then every 10th and the last
     assert curve[0]["reward_margin"] == pytest.approx(0.0, abs=1e-2)  # the policy starts as the reference
     assert curve[-1]["reward_margin"] > 0.1 and curve[-1]["reward_accuracy"] > 0.5
     for p in curve:  # the logged loss is DPO plus the weighted SFT term

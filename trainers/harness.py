@@ -67,6 +67,8 @@ def _callback_types() -> tuple[Any, ...]:
             if self.requested:
                 control.should_save = True
                 control.should_training_stop = True
+            if state.global_step >= state.max_steps:  # the loss curve ends at the last step
+                control.should_log = True
             return control
 
     class Report(TrainerCallback):
