@@ -72,6 +72,7 @@ from figures_read import (  # noqa: E402
     table,
     when,
 )
+from figures_train import train_throughput  # noqa: E402
 
 READMES = (HERE.parent / "README.md", HERE / "README.md")
 BLOCK = re.compile(r"<!-- figures:([a-z0-9-]+) -->(.*?)<!-- /figures -->", re.S)
@@ -166,6 +167,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "cluster-ingest": cluster_ingest,
     "cluster-reading": cluster_reading,
     "cluster-estimate": cluster_estimate,
+    "train-throughput": train_throughput,
 }
 
 
