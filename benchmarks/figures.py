@@ -61,6 +61,7 @@ from figures_local import (  # noqa: E402
 # the markdown results files, which tests/test_readme_figures.py reads from here
 from figures_read import PEERS_MD as PEERS_MD  # noqa: E402
 from figures_read import RUN_MD, missed  # noqa: E402
+from figures_train import train_throughput  # noqa: E402
 
 READMES = (HERE.parent / "README.md", HERE / "README.md")
 BLOCK = re.compile(r"<!-- figures:([a-z0-9-]+) -->(.*?)<!-- /figures -->", re.S)
@@ -133,6 +134,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "cluster-reading": cluster_reading,
     "cluster-estimate": cluster_estimate,
     "demo-agreement": demo_agreement,
+    "train-throughput": train_throughput,
 }
 
 

@@ -67,6 +67,8 @@ def _questions(rows: Any, shape: str) -> dict[str, dict[str, Any]]:
             q["teacher"].append(answer_of(r["label"]))
         elif shape == "prompt_completion":
             q["teacher"].append(answer_of(r["completion"]))
+        elif shape == "preference":  # the teacher's answer is the chosen one (a rejected one is wrong)
+            q["teacher"].append(answer_of(r["chosen"]))
         else:
             q["teacher"].append(answer_of(r["messages"][-1]["content"]))
     return out
@@ -206,6 +208,9 @@ def _loss_examples(split: Any, meta: dict[str, Any], tok: Any) -> list[dict[str,
         found = [causal.encode_pair(tok, task_input(meta["label_prefix"], r["input"]), str(r["label"]), chat, n)
                  for r in split]  # fmt: skip
         return [x for x in found if x is not None]
+    if meta["task"] == "dpo":  # the chosen answers: the ones the policy should make likely
+        found = [causal.encode_pair(tok, str(r["prompt"]), str(r["chosen"]), chat, n) for r in split]
+        return [x for x in found if x is not None]
     return causal.encode_rows(split, meta["shape"], tok, chat, n)
 
 
@@ -227,7 +232,7 @@ def evaluate(model_dirs: list[Path], export_dir: Path | None = None, *, split_na
     }  # fmt: skip
     questions: dict[str, dict[str, Any]] = {}
     teacher: dict[str, Any] = {}
-    if meta0["task"] in ("step_by_step", "sft"):
+    if meta0["task"] in ("step_by_step", "sft", "dpo"):
         questions, reference, teacher = reference_table(split.eval, export.shape, rel_tol, max_examples)
         report.update(reference=reference, inputs=len(questions))
         if not any(v.get("ref") for v in questions.values()):
