@@ -21,6 +21,7 @@ import logging
 from typing import Any
 
 from trainers.causal import PadCollator, encode_pair, sequence_logps
+from trainers.data import turn_text
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,9 @@ def encode_rows(rows: Any, tok: Any, chat: bool, max_length: int) -> list[dict[s
     out: list[dict[str, Any]] = []
     dropped = 0
     for r in rows:
-        chosen = encode_pair(tok, str(r["prompt"]), str(r["chosen"]), chat, max_length)
-        rejected = encode_pair(tok, str(r["prompt"]), str(r["rejected"]), chat, max_length)
+        prompt = turn_text(r["prompt"], answer=False)
+        chosen = encode_pair(tok, prompt, turn_text(r["chosen"], answer=True), chat, max_length)
+        rejected = encode_pair(tok, prompt, turn_text(r["rejected"], answer=True), chat, max_length)
         if chosen is None or rejected is None:
             dropped += 1
             continue
