@@ -6,8 +6,9 @@ Every quoted figure sits in a block of one of the two READMEs,
 
 whose text is what the renderer NAME (RENDERERS below) makes of the committed results files, which only the
 benchmark scripts write: `results.md` (run.py), `peers_results.md` (peers.py), and `results/NAME.json`
-(bench_dedup.py, bench_embed.py, bench_view.py, bench_cluster.py). The renderers live in figures_clients.py
-(run.py, peers.py) and figures_local.py (the others), each with its rows of README.md's speed table;
+(bench_dedup.py, bench_embed.py, bench_view.py, bench_cluster.py, demo_agreement.py). The renderers live in
+figures_clients.py (run.py, peers.py) and figures_local.py (the others), each with its rows of README.md's
+speed table, and here (demo_agreement.py);
 figures_read.py reads the files. To change what a block says, change its renderer or re-run its benchmark,
 then rewrite the blocks:
 
@@ -24,10 +25,12 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import _results  # noqa: E402
 from figures_clients import (  # noqa: E402
     client_speed_rows,
     filter_memory,
@@ -59,6 +62,7 @@ from figures_quality import quality_table  # noqa: E402
 # the markdown results files, which tests/test_readme_figures.py reads from here
 from figures_read import PEERS_MD as PEERS_MD  # noqa: E402
 from figures_read import RUN_MD, missed  # noqa: E402
+from figures_train import train_throughput  # noqa: E402
 
 READMES = (HERE.parent / "README.md", HERE / "README.md")
 BLOCK = re.compile(r"<!-- figures:([a-z0-9-]+) -->(.*?)<!-- /figures -->", re.S)
@@ -71,6 +75,37 @@ def speed() -> str:
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", f"Missed in the `run.py` run: {'; '.join(missed(RUN_MD))}."]
     return "\n" + "\n".join(lines) + "\n"
+
+
+def pct(share: float) -> str:
+    return f"{share:.1%}" if share < 0.1 else f"{share:.0%}"
+
+
+def demo_agreement() -> str:
+    d = _results.load("demo_agreement")
+    f = d["figures"]
+
+    def agreed(x: dict[str, Any]) -> str:
+        p = x["settings"]["params"]
+        return (
+            f"with {p['k']} samples a question at temperature {p['temperature']:g}, {x['samples_agreeing']} of "
+            f"{x['samples']} samples ({pct(x['share_samples_agreeing'])}) agree with gold, for "
+            f"{x['questions_with_an_agreeing_sample']} of the {x['questions']} questions"
+        )
+
+    out = (
+        f"{agreed(f)}, and the filters keep {f['curated_rows']} rows from {f['curated_questions']} questions"
+    )
+    took = f"run, export and report took {f['wall_s_median']['total']:.0f} s"
+    m = f.get("multi_step")
+    if m:
+        out += f" (the multi-step problems of the earlier demo, {agreed(m)}, {m['curated_rows']} kept)"
+        took += f", against {m['wall_s_median']['total']:.0f} s for the earlier demo"
+    medians = f"median of {f['runs']}" if f["runs"] > 1 else "one run"
+    return (
+        f"{out}; {took} (`benchmarks/demo_agreement.py`, {d['date'][:10]}, {d['cpus']} CPUs, "
+        f"load {d['load_start']:.1f} → {d['load_end']:.1f}; {medians})"
+    )
 
 
 RENDERERS: dict[str, Callable[[], str]] = {
@@ -99,6 +134,8 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "cluster-ingest": cluster_ingest,
     "cluster-reading": cluster_reading,
     "cluster-estimate": cluster_estimate,
+    "demo-agreement": demo_agreement,
+    "train-throughput": train_throughput,
     "quality-table": quality_table,
 }
 

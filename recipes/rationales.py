@@ -285,6 +285,7 @@ def preference_pairs(
                 "prompt": [{"role": "user", "content": p["input"]}],
                 "chosen": [{"role": "assistant", "content": _answer_text(p)}],
                 "rejected": [{"role": "assistant", "content": _answer_text(n)}],
+                "gold": None if p["gold"] is None else str(p["gold"]),
             },
             (pid, nid),
         )

@@ -39,6 +39,7 @@ def test_example_config_runs_on_an_openai_compatible_server(example, vllm_server
     # The same folder layout as the repository, so the config's relative paths mean what they mean there.
     (tmp_path / "conf" / "examples").mkdir(parents=True)  # not "recipes": -m would import it
     shutil.copytree(ROOT / "data", tmp_path / "data")
+    shutil.copytree(ROOT / "recipes" / "templates", tmp_path / "conf" / "templates")  # few-shot files named
     for seeds in (tmp_path / "data" / "seeds").glob("*.jsonl"):
         rows = seeds.read_text(encoding="utf-8").splitlines()
         seeds.write_text("\n".join(rows[:SEED_ROWS]) + "\n", encoding="utf-8")

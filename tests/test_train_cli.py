@@ -10,7 +10,7 @@ import sys
 
 import pytest
 from conftest import ROOT, write_config
-from test_train import FAST, _answer, run_rationales
+from test_train import DEMO_SEEDS, FAST, _answer, run_rationales
 
 from factory import api
 from factory.errors import ConfigError
@@ -111,9 +111,8 @@ def test_bad_input_is_one_config_error(tmp_path, sbs_export, tiny_llama):
 def test_demo_export_to_step_by_step_student_to_eval(tmp_path, tiny_llama):
     """The demo config (teacher swapped for a scripted one, splits set) → export → train → eval, by the CLI."""
     demo = (ROOT / "recipes" / "examples" / "rationales_demo.yaml").read_text()
-    demo = demo.replace(
-        "../../data/seeds/arithmetic.jsonl", str(ROOT / "data" / "seeds" / "arithmetic.jsonl")
-    )
+    for rel, path in (("../../data/", ROOT / "data"), ("../templates/", ROOT / "recipes" / "templates")):
+        demo = demo.replace(rel, f"{path}/")  # the seeds and the few-shot file it names
     demo = demo.replace("  out: out/demo\n", "  out: sbs\n  shape: step_by_step\n")
     cfg = write_config(tmp_path, demo + f"store: {tmp_path / 'demo.duckdb'}\n", name="demo.yaml")
     teacher = ScriptedTeacher("scripted:demo", "demo", {"fn": _answer})
@@ -122,6 +121,8 @@ def test_demo_export_to_step_by_step_student_to_eval(tmp_path, tiny_llama):
     store = str(tmp_path / "demo.duckdb")
     exp = _cli("export", "rationales-demo", "--store", store, cwd=tmp_path)
     assert exp.returncode == 0 and "as step_by_step" in exp.stdout, exp.stderr
+    questions = len(DEMO_SEEDS.read_text().splitlines())
+    assert f"exported {questions} records" in exp.stdout  # the agreement filter keeps one sample a question
 
     yml = tmp_path / "train.yaml"
     yml.write_text("export: sbs\ntask: step_by_step\nbatch_size: 4\nmax_length: 160\nlearning_rate: 0.005\n"
@@ -142,6 +143,7 @@ def test_demo_export_to_step_by_step_student_to_eval(tmp_path, tiny_llama):
     assert lines[0].startswith("step_by_step on test of ") and "reference: gold" in lines[0]
     student = next(x for x in lines if x.startswith("student: student")).split()
     teacher = next(x for x in lines if x.startswith("teacher: scripted:demo")).split()
-    # k=4, one sample right: the three wrong ones are set aside, so the exported targets are all right
+    # One sample of each question is right and the demo's agreement filter exports only that one, so the
+    # teacher's exported answers all agree with gold: majority 1, per sample 1.
     assert teacher[2:4] == ["1.0000", "1.0000"]
     assert student[-1] == teacher[-1]  # both scored on the same questions

@@ -190,7 +190,7 @@ def test_preference_pairs_load_in_the_format_dpo_reads(tmp_path, seeds_file, emb
     assert sum(len(ds[s]) for s in ds) == 16
     gold = _gold(seeds_file)
     for split in ds:
-        assert ds[split].column_names == ["prompt", "chosen", "rejected"]
+        assert ds[split].column_names == ["prompt", "chosen", "rejected", "gold"]  # gold: for eval
         for row in ds[split]:
             assert is_conversational(row)
             assert [m["role"] for m in row["prompt"]] == ["user"]
@@ -198,6 +198,7 @@ def test_preference_pairs_load_in_the_format_dpo_reads(tmp_path, seeds_file, emb
             q = row["prompt"][0]["content"]
             assert row["chosen"][0]["content"].endswith(f"The answer is {gold[q]}.")
             assert row["rejected"][0]["content"].startswith("Off by one")
+            assert row["gold"] == gold[q]
     # a question's pairs never straddle splits
     sides = {}
     for split in ds:
@@ -209,7 +210,16 @@ def test_preference_pairs_load_in_the_format_dpo_reads(tmp_path, seeds_file, emb
     assert detect_shape(list(_jsonl(tmp_path / "cap" / "train.jsonl")[0])) == "preference"  # with lineage
     tok = AutoTokenizer.from_pretrained(str(embedded_dir))
     text = maybe_apply_chat_template(ds["train"][0], tok)
-    assert set(text) == {"prompt", "chosen", "rejected"} and "assistant" in text["prompt"]
+    assert {"prompt", "chosen", "rejected"} <= set(text) and "assistant" in text["prompt"]
+    # `factory train --task dpo` reads the conversational columns as the user's and the assistant's turns
+    from trainers.causal import encode_pair
+    from trainers.dpo import encode_rows
+
+    row = ds["train"][0]
+    (ex,) = encode_rows([row], tok, True, 512)
+    user = row["prompt"][0]["content"]
+    assert ex["chosen"] == encode_pair(tok, user, row["chosen"][0]["content"], True, 512)
+    assert ex["rejected"] == encode_pair(tok, user, row["rejected"][0]["content"], True, 512)
     # capped at one pair a question, deterministic, with the lineage of both records
     assert capped.rows == 8 and capped.skipped == 8  # one right sample per question is in no pair
     assert (tmp_path / "cap" / "train.jsonl").read_bytes() == (tmp_path / "cap2" / "train.jsonl").read_bytes()

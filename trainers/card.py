@@ -14,7 +14,7 @@ from factory import __version__
 from factory import markdown as md
 
 PIPELINE = {"sft": "text-generation", "step_by_step": "text-generation", "triples": "text-generation",
-            "classifier": "text-classification"}  # fmt: skip
+            "classifier": "text-classification", "dpo": "text-generation"}  # fmt: skip
 # What the card reads from metrics.json (a test holds every training's metrics to it).
 METRIC_KEYS = {
     "train": ("global_step", "examples", "first_loss", "final_loss", "examples_per_s", "train_s", "device",
@@ -106,7 +106,7 @@ def render_model_card(cfg: dict[str, Any], meta: dict[str, Any], metrics: dict[s
         ]
     out += ["## Training", ""]
     keep = ("task", "epochs", "max_steps", "batch_size", "grad_accum", "learning_rate", "max_length", "lora",
-            "lora_r", "lora_alpha", "alpha", "label_only", "label_prefix", "rationale_prefix", "seed", "precision")  # fmt: skip
+            "lora_r", "lora_alpha", "alpha", "label_only", "label_prefix", "rationale_prefix", "beta", "sft_weight", "seed", "precision")  # fmt: skip
     shown = {k: cfg.get(k) for k in keep if k in cfg}
     if meta["task"] != "step_by_step":
         shown = {
@@ -114,6 +114,8 @@ def render_model_card(cfg: dict[str, Any], meta: dict[str, Any], metrics: dict[s
             for k, v in shown.items()
             if k not in ("alpha", "label_only", "label_prefix", "rationale_prefix")
         }
+    if meta["task"] != "dpo":
+        shown = {k: v for k, v in shown.items() if k not in ("beta", "sft_weight")}
     if not cfg.get("lora"):
         shown = {k: v for k, v in shown.items() if not k.startswith("lora_")}
     shown["learning_rate"] = meta.get("learning_rate")
@@ -134,6 +136,11 @@ def render_model_card(cfg: dict[str, Any], meta: dict[str, Any], metrics: dict[s
         )
         out += [f"Distilling Step-by-Step: {what}. At inference only the label task runs: prompt "
                 f"`{meta['label_prefix']} QUESTION`.", ""]  # fmt: skip
+    if meta["task"] == "dpo":
+        sft = f" + {cfg.get('sft_weight')}·CE(chosen)" if cfg.get("sft_weight") else ""
+        out += [f"DPO (Rafailov et al. 2023) on (prompt, chosen, rejected) pairs: loss = −log σ(β·Δ), β = "
+                f"{cfg.get('beta')}, Δ the chosen-minus-rejected log-ratio of the student to the starting student "
+                f"(frozen reference){sft}. At inference the prompt is given as is.", ""]  # fmt: skip
     if curve:
         pts = curve if len(curve) <= 12 else [*curve[:: max(1, len(curve) // 12)], curve[-1]]
         out += ["Loss curve (logged steps; all of them are in metrics.json):", "",

@@ -105,29 +105,69 @@ class PadCollator:
         }
 
 
-def answer_loss(model: Any, batch: dict[str, Any], reduction: str = "mean") -> Any:
-    """Cross-entropy over the answer tokens of a padded batch (its mean is the model's own loss).
+def answer_logits(model: Any, batch: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """The logits that predict answer tokens, only those: (logits [N, vocab], targets [N], rows [N]).
 
-    Logits are computed only from the first position that predicts an answer token on (``logits_to_keep``):
-    prompts are most of a short-answer example, and a 49k-token vocabulary makes their logits costly."""
-    import torch
-
+    The decoder runs over the whole batch, but the vocabulary projection (49k columns for SmolLM2) only over
+    the N positions whose next token is an answer token: no logits for prompts or padding. Models whose
+    logits are more than ``lm_head(hidden)`` (a soft cap, a scale) get the full projection, cut to
+    ``logits_to_keep`` positions."""
     labels = batch["labels"]
+    targets = labels[:, 1:]
+    where = targets != IGNORE
+    rows = where.nonzero()[:, 0]
+    parts = _decoder_and_head(model)
+    if parts is not None:
+        decoder, head = parts
+        hidden = decoder(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
+        return head(hidden[:, :-1][where]), targets[where], rows
     width = labels.size(1)
-    trained = (labels != IGNORE).any(0).nonzero()
-    start = int(trained[0]) if len(trained) else 1
+    trained = where.any(0).nonzero()
+    start = int(trained[0]) + 1 if len(trained) else 1
     keep = width - start + 1  # positions start-1 … width-1; the last predicts nothing
     kwargs: dict[str, Any] = {}
     if keep < width and _takes_logits_to_keep(model):
         kwargs["logits_to_keep"] = keep
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs).logits
-    targets = labels[:, width - logits.size(1) + 1 :]
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.size(-1)),
-        targets.reshape(-1),
-        ignore_index=IGNORE,
-        reduction=reduction,
-    )
+    cut = width - logits.size(1)
+    return logits[:, :-1][where[:, cut:]], targets[where], rows
+
+
+def answer_loss(model: Any, batch: dict[str, Any], reduction: str = "mean") -> Any:
+    """Cross-entropy over the answer tokens of a padded batch (its mean is the model's own loss)."""
+    import torch
+
+    logits, targets, _ = answer_logits(model, batch)
+    return torch.nn.functional.cross_entropy(logits.float(), targets, reduction=reduction)
+
+
+def sequence_logps(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+    """Per row of the batch: the sum of the log-probabilities of its answer tokens, and how many there are."""
+    import torch
+
+    logits, targets, rows = answer_logits(model, batch)
+    logp = torch.log_softmax(logits.float(), -1).gather(1, targets[:, None])[:, 0]
+    n = batch["labels"].size(0)
+    sums = torch.zeros(n, dtype=logp.dtype, device=logp.device).index_add(0, rows, logp)
+    counts = torch.zeros(n, dtype=logp.dtype, device=logp.device).index_add(0, rows, torch.ones_like(logp))
+    return sums, counts
+
+
+def _decoder_and_head(model: Any) -> tuple[Any, Any] | None:
+    """The decoder stack and the output projection of a plain ``lm_head(hidden)`` causal LM, else None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = getattr(base, "config", None)
+    if any(getattr(cfg, k, None) for k in ("final_logit_softcapping", "logit_scale", "logits_scaling")):
+        return None
+    if not _takes_logits_to_keep(base):  # the signature of the standard decoder-only heads
+        return None
+    decoder = getattr(base, "model", None)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if decoder is None or head is None or not hasattr(decoder, "embed_tokens"):
+        return None
+    return decoder, head
 
 
 def _takes_logits_to_keep(model: Any) -> bool:
@@ -140,8 +180,10 @@ def _takes_logits_to_keep(model: Any) -> bool:
 def trainer_class() -> Any:
     from transformers import Trainer
 
-    class AnswerTrainer(Trainer):
-        """A Trainer whose loss is ``answer_loss`` (logits only where answers are)."""
+    from trainers.batching import autocast, trainer_mixin
+
+    class AnswerTrainer(trainer_mixin(), Trainer):  # type: ignore[misc]
+        """A Trainer whose loss is ``answer_loss`` (logits only where answers are), on length-grouped batches."""
 
         def __init__(self, *args: Any, **kwargs: Any):
             super().__init__(*args, **kwargs)
@@ -150,7 +192,8 @@ def trainer_class() -> Any:
         def compute_loss(
             self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None
         ) -> Any:
-            loss = answer_loss(model, inputs)
+            with autocast(model, self.bf16_autocast):
+                loss = answer_loss(model, inputs)
             return (loss, None) if return_outputs else loss
 
     return AnswerTrainer

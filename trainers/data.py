@@ -24,7 +24,7 @@ SHAPE_COLUMNS = {
     "prompt_completion": (("prompt", "completion"), ("gold",)),
     "text_label": (("text", "label"), ()),
     "triples": (("head", "relation", "tail"), ()),
-    "preference": (("prompt", "chosen", "rejected"), ("chosen_record_id", "rejected_record_id")),
+    "preference": (("prompt", "chosen", "rejected"), ("gold", "chosen_record_id", "rejected_record_id")),
 }
 LINEAGE = ("record_id", "seed_id", "stage", "sample_index", "teacher", "template_version", "request_keys",
            "dropped_by")  # fmt: skip
@@ -33,12 +33,14 @@ TASK_SHAPES = {
     "step_by_step": ("step_by_step",),
     "classifier": ("text_label",),
     "triples": ("triples", "prompt_completion"),
+    "dpo": ("preference",),
 }
 EXPORT_HINT = {
     "sft": "factory export RUN --as messages --out DIR",
     "step_by_step": "factory export RUN --as step_by_step --out DIR (rationales recipe)",
     "classifier": "factory export RUN --as text_label --out DIR (boundary or relabel recipe)",
     "triples": "factory export RUN --as triples --out DIR (commonsense recipe)",
+    "dpo": "factory export RUN --as preference --out DIR (rationales recipe)",
 }
 EVAL_SPLITS = ("test", "validation")
 
@@ -95,7 +97,7 @@ def load_export(path: str | Path, *, cache_dir: str | None = None) -> Export:
     if shape is None:
         raise ConfigError(
             f"EXPORT_DIR {p}: its columns ({', '.join(first.column_names)}) are not a training shape (a records "
-            "export?); export with --as messages | prompt_completion | step_by_step | text_label | triples"
+            "export?); export with --as messages | prompt_completion | step_by_step | text_label | triples | preference"
         )
     label_names = None
     if shape == "text_label":
@@ -131,8 +133,26 @@ def input_text(row: dict[str, Any], shape: str) -> str:
         return "\n".join(users)
     if shape == "triples":
         return f"{row['head']} {row['relation']}"
-    key = {"step_by_step": "input", "prompt_completion": "prompt", "text_label": "text"}[shape]
+    key = {
+        "step_by_step": "input",
+        "prompt_completion": "prompt",
+        "text_label": "text",
+    }.get(shape)
+    if key is None:  # preference
+        return turn_text(row["prompt"], answer=False)
     return str(row[key])
+
+
+def turn_text(value: Any, *, answer: bool) -> str:
+    """A preference column as text: plain text as is; TRL's conversational form (a list of turns) as the
+    content of its assistant turns (``answer``) or of its other turns (a prompt)."""
+    if isinstance(value, list):
+        return "\n".join(
+            str(t["content"])
+            for t in value
+            if isinstance(t, dict) and (t.get("role") == "assistant") == answer
+        )
+    return str(value)
 
 
 def _rank(text: str) -> int:

@@ -67,6 +67,8 @@ def _questions(rows: Any, shape: str) -> dict[str, dict[str, Any]]:
             q["teacher"].append(answer_of(r["label"]))
         elif shape == "prompt_completion":
             q["teacher"].append(answer_of(r["completion"]))
+        elif shape == "preference":  # the teacher's answer is the chosen one (a rejected one is wrong)
+            q["teacher"].append(answer_of(data.turn_text(r["chosen"], answer=True)))
         else:
             q["teacher"].append(answer_of(r["messages"][-1]["content"]))
     return out
@@ -83,6 +85,8 @@ def _student_prompt(tok: Any, meta: dict[str, Any], row: dict[str, Any]) -> list
         return list(tok(text, add_special_tokens=False)["input_ids"])
     if shape == "triples":
         return causal.prompt_ids(tok, f"{row['head']} {row['relation']} [GEN]", chat)
+    if shape == "preference":
+        return causal.prompt_ids(tok, data.turn_text(row["prompt"], answer=False), chat)
     return causal.prompt_ids(tok, str(row["prompt"]), chat)
 
 
@@ -206,6 +210,10 @@ def _loss_examples(split: Any, meta: dict[str, Any], tok: Any) -> list[dict[str,
         found = [causal.encode_pair(tok, task_input(meta["label_prefix"], r["input"]), str(r["label"]), chat, n)
                  for r in split]  # fmt: skip
         return [x for x in found if x is not None]
+    if meta["task"] == "dpo":  # the chosen answers: the ones the policy should make likely
+        found = [causal.encode_pair(tok, data.turn_text(r["prompt"], answer=False),
+                                    data.turn_text(r["chosen"], answer=True), chat, n) for r in split]  # fmt: skip
+        return [x for x in found if x is not None]
     return causal.encode_rows(split, meta["shape"], tok, chat, n)
 
 
@@ -227,7 +235,7 @@ def evaluate(model_dirs: list[Path], export_dir: Path | None = None, *, split_na
     }  # fmt: skip
     questions: dict[str, dict[str, Any]] = {}
     teacher: dict[str, Any] = {}
-    if meta0["task"] in ("step_by_step", "sft"):
+    if meta0["task"] in ("step_by_step", "sft", "dpo"):
         questions, reference, teacher = reference_table(split.eval, export.shape, rel_tol, max_examples)
         report.update(reference=reference, inputs=len(questions))
         if not any(v.get("ref") for v in questions.values()):

@@ -49,7 +49,8 @@ def training_args(cfg: Any, out: Path, **extra: Any) -> Any:
         save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500,
         save_total_limit=2, report_to=[], seed=cfg.seed, data_seed=cfg.seed, disable_tqdm=True,
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(), remove_unused_columns=False,
-        **precision_flags(cfg.precision), **extra,
+        logging_nan_inf_filter=False,  # its check reads the loss back every step
+        **precision_flags(cfg.precision, causal=cfg.task != "classifier"), **extra,
     )  # fmt: skip
 
 
@@ -66,6 +67,8 @@ def _callback_types() -> tuple[Any, ...]:
             if self.requested:
                 control.should_save = True
                 control.should_training_stop = True
+            if state.global_step >= state.max_steps:  # the loss curve ends at the last step
+                control.should_log = True
             return control
 
     class Report(TrainerCallback):

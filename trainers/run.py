@@ -112,7 +112,7 @@ def _train(cfg: TrainConfig, on_progress: OnProgress | None, callbacks: Sequence
         "shape": export.shape, "student": cfg.student, "student_base": str(base), "export": str(export.path),
         "chat": causal_task and uses_chat(tok, cfg.task), "label_prefix": cfg.label_prefix,
         "rationale_prefix": cfg.rationale_prefix, "label_only": cfg.label_only, "alpha": cfg.alpha,
-        "label_names": export.label_names, "max_new_tokens": cfg.new_tokens, "max_length": cfg.max_length,
+        "beta": cfg.beta, "sft_weight": cfg.sft_weight, "label_names": export.label_names, "max_new_tokens": cfg.new_tokens, "max_length": cfg.max_length,
         "eval_split": cfg.eval_split, "holdout": cfg.holdout, "learning_rate": cfg.lr, "lora": cfg.lora,
         "out": str(out), "factory_version": __version__,
     }  # fmt: skip
@@ -152,7 +152,7 @@ def _fit(cfg: TrainConfig, base: Path, tok: Any, rows: Any, export: data.Export,
          out: Path, on_progress: OnProgress | None, callbacks: list[Any]) -> tuple[harness.Outcome, int]:  # fmt: skip
     from transformers import set_seed
 
-    from trainers import causal, classifier, step_by_step
+    from trainers import causal, classifier, dpo, step_by_step
 
     set_seed(cfg.seed)
     args = harness.training_args(cfg, out)
@@ -165,6 +165,8 @@ def _fit(cfg: TrainConfig, base: Path, tok: Any, rows: Any, export: data.Export,
         model = student.load_causal(base)
         if cfg.task == "step_by_step":
             examples = step_by_step.encode_rows(rows, tok, meta["chat"], cfg)
+        elif cfg.task == "dpo":
+            examples = dpo.encode_rows(rows, tok, meta["chat"], cfg.max_length)
         else:
             examples = causal.encode_rows(rows, export.shape, tok, meta["chat"], cfg.max_length)
     if not examples:
@@ -174,13 +176,18 @@ def _fit(cfg: TrainConfig, base: Path, tok: Any, rows: Any, export: data.Export,
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     meta["trainable_params"] = trainable
     meta["total_params"] = sum(p.numel() for p in model.parameters())
+    meta["precision"] = student.resolve_precision(cfg.precision, causal=cfg.task != "classifier")
+    bf16 = meta["precision"] == "bf16" and cfg.task != "classifier"
     if cfg.task == "step_by_step":
-        trainer = step_by_step.build_trainer(model, tok, examples, args, cfg)
+        trainer = step_by_step.build_trainer(model, tok, examples, args, cfg, bf16=bf16)
+    elif cfg.task == "dpo":
+        trainer = dpo.build_trainer(model, tok, examples, args, cfg, bf16=bf16)
     elif cfg.task == "classifier":
         trainer = classifier.build_trainer(model, tok, examples, args)
     else:
         trainer = causal.trainer_class()(model=model, args=args, train_dataset=examples,
                                          data_collator=causal.PadCollator(tok.pad_token_id), processing_class=tok)  # fmt: skip
+        trainer.bf16_autocast = bf16
     outcome = harness.run_trainer(trainer, out, on_progress=on_progress, callbacks=callbacks)
     if not outcome.interrupted:
         student.save_student(trainer.model, tok, out, lora=cfg.lora)
@@ -188,7 +195,9 @@ def _fit(cfg: TrainConfig, base: Path, tok: Any, rows: Any, export: data.Export,
 
 
 def _train_metrics(cfg: TrainConfig, meta: dict[str, Any], outcome: harness.Outcome) -> dict[str, Any]:
-    curve = harness.loss_curve(outcome.log_history, "label_loss", "rationale_loss")
+    from trainers.dpo import LOGGED
+
+    curve = harness.loss_curve(outcome.log_history, "label_loss", "rationale_loss", *LOGGED)
     seen = (outcome.global_step - outcome.resumed_from) * cfg.batch_size * cfg.grad_accum
     return {
         "global_step": outcome.global_step, "resumed_from": outcome.resumed_from,
@@ -197,7 +206,7 @@ def _train_metrics(cfg: TrainConfig, meta: dict[str, Any], outcome: harness.Outc
         "train_s": round(outcome.wall_s, 2), "first_loss": curve[0]["loss"] if curve else None,
         "final_loss": curve[-1]["loss"] if curve else None, "loss_curve": curve,
         "trainable_params": meta.get("trainable_params"), "total_params": meta.get("total_params"),
-        "device": student.device(),
+        "device": student.device(), "precision": meta.get("precision"),
     }  # fmt: skip
 
 

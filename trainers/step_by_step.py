@@ -63,46 +63,51 @@ class TwoTaskCollator:
 def trainer_class() -> Any:
     from transformers import Trainer
 
-    class StepByStepTrainer(Trainer):
-        """A Trainer whose loss is the two-task mix; logs each task's loss next to the total."""
+    from trainers.batching import Running, autocast, trainer_mixin
+
+    class StepByStepTrainer(trainer_mixin(), Trainer):  # type: ignore[misc]
+        """A Trainer whose loss is the two-task mix; logs each task's loss next to the total.
+
+        Each task is its own forward pass over its own padded batch, so the long rationales never pad the
+        short label task; batches are length-grouped by the two tasks' tokens together."""
 
         def __init__(self, *args: Any, alpha: float = 0.5, **kwargs: Any):
             super().__init__(*args, **kwargs)
             self.alpha = alpha
             # Each task's CE is a mean over its own tokens, so gradient accumulation divides by the steps.
             self.model_accepts_loss_kwargs = False
-            self._sums = {"label": 0.0, "rationale": 0.0}
-            self._n = 0
+            self._running = Running()
 
         def compute_loss(
             self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None
         ) -> Any:
-            lab = answer_loss(model, inputs["label"])
-            loss = lab
-            self._sums["label"] += float(lab.detach())
-            if "rationale" in inputs:
-                rat = answer_loss(model, inputs["rationale"])
-                self._sums["rationale"] += float(rat.detach())
-                loss = combine(lab, rat, self.alpha)
-            self._n += 1
+            with autocast(model, self.bf16_autocast):
+                lab = answer_loss(model, inputs["label"])
+                loss = lab
+                if "rationale" in inputs:
+                    rat = answer_loss(model, inputs["rationale"])
+                    loss = combine(lab, rat, self.alpha)
+                    self._running.add(label_loss=lab, rationale_loss=rat)
+                else:
+                    self._running.add(label_loss=lab)
             return (loss, None) if return_outputs else loss
 
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            if "loss" in logs and self._n:
-                logs["label_loss"] = round(self._sums["label"] / self._n, 6)
-                if self._sums["rationale"]:
-                    logs["rationale_loss"] = round(self._sums["rationale"] / self._n, 6)
-                self._sums = {"label": 0.0, "rationale": 0.0}
-                self._n = 0
+            if "loss" in logs:
+                logs.update(self._running.means())
             super().log(logs, start_time)
 
     return StepByStepTrainer
 
 
-def build_trainer(model: Any, tok: Any, examples: list[dict[str, Any]], args: Any, cfg: Any) -> Any:
+def build_trainer(
+    model: Any, tok: Any, examples: list[dict[str, Any]], args: Any, cfg: Any, *, bf16: bool = False
+) -> Any:
     cls = trainer_class()
     alpha = 1.0 if cfg.label_only else cfg.alpha
-    return cls(
+    trainer = cls(
         model=model, args=args, train_dataset=examples, data_collator=TwoTaskCollator(tok.pad_token_id),
         processing_class=tok, alpha=alpha,
     )  # fmt: skip
+    trainer.bf16_autocast = bf16
+    return trainer

@@ -19,7 +19,8 @@ from factory.errors import ConfigError
 log = logging.getLogger(__name__)
 
 ENCODERS = ("bert", "roberta", "distilbert", "xlm-roberta", "deberta", "deberta-v2", "electra", "mpnet")
-CAUSAL_TASKS = ("sft", "step_by_step", "triples")
+CAUSAL_TASKS = ("sft", "step_by_step", "triples", "dpo")
+CPU_BF16_AUTO = False  # see resolve_precision
 
 
 def resolve_student(student: str) -> Path:
@@ -119,15 +120,39 @@ def save_student(model: Any, tokenizer: Any, out: Path, *, lora: bool) -> None:
     tokenizer.save_pretrained(str(out))
 
 
-def precision_flags(precision: str) -> dict[str, Any]:
-    """TrainingArguments flags: ``auto`` is bf16 on a GPU that has it, else fp32."""
+def cpu_has_bf16() -> bool:
+    """A CPU whose instructions do bf16 matrix products (AVX512-BF16 or AMX), as oneDNN reports it."""
     import torch
 
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, *, causal: bool = True) -> str:
+    """fp32 | bf16 | fp16 for this machine. ``auto``: bf16 on a GPU that has it; on a CPU, bf16 for a causal
+    student when the CPU has bf16 instructions (measured faster there: benchmarks/README.md), else fp32."""
+    import torch
+
+    cuda = torch.cuda.is_available()
     if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    if precision in ("bf16", "fp16") and not torch.cuda.is_available():
-        raise ConfigError(f"--precision {precision} needs a GPU; use fp32 (or auto) on a CPU")
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+        if cuda:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if causal and CPU_BF16_AUTO and cpu_has_bf16() else "fp32"
+    if precision == "fp16" and not cuda:
+        raise ConfigError("--precision fp16 needs a GPU; use bf16 or fp32 (or auto) on a CPU")
+    if precision == "bf16" and not cuda and not (causal and cpu_has_bf16()):
+        what = "a classifier student" if not causal else "this CPU (no AVX512-BF16 or AMX)"
+        raise ConfigError(f"--precision bf16 needs a GPU for {what}; use fp32 (or auto)")
+    return precision
+
+
+def precision_flags(precision: str, *, causal: bool = False) -> dict[str, Any]:
+    """TrainingArguments flags. A causal student's Trainer runs its own bf16 autocast (``bf16`` stays off
+    here, so it works on a CPU too); fp16 needs the Trainer's loss scaling."""
+    resolved = resolve_precision(precision, causal=causal)
+    return {"bf16": resolved == "bf16" and not causal, "fp16": resolved == "fp16"}
 
 
 @contextmanager

@@ -1,0 +1,96 @@
+"""What keeps training steps cheap changes no number: the answer-only vocabulary projection gives the model's
+own loss, the length-grouped order is a seeded permutation that pads less, bf16 autocast stays close to fp32,
+and per-task losses are read back only when the Trainer logs."""
+
+import random
+
+import pytest
+
+IGNORE = -100
+
+
+@pytest.fixture(scope="module")
+def small():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)  # fmt: skip
+    model = LlamaForCausalLM(cfg)
+    ids = torch.randint(0, 97, (3, 14))
+    mask = torch.ones_like(ids)
+    mask[1, 10:] = 0  # right padding
+    labels = ids.clone()
+    labels[:, :6] = IGNORE  # prompts
+    labels[1, 10:] = IGNORE
+    labels[2, :9] = IGNORE  # a longer prompt
+    return model, {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def test_answer_only_projection_is_the_models_own_loss_and_log_probs(small, monkeypatch):
+    import torch
+
+    from trainers import causal
+
+    model, batch = small
+    assert causal._decoder_and_head(model) is not None  # the fast path runs for a Llama
+    own = model(**batch).loss
+    fast = causal.answer_loss(model, batch)
+    assert float(fast.detach()) == pytest.approx(float(own.detach()), rel=1e-5)
+    sums, counts = causal.sequence_logps(model, batch)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    lp = torch.log_softmax(logits[:, :-1], -1).gather(2, batch["input_ids"][:, 1:, None])[..., 0]
+    trained = batch["labels"][:, 1:] != IGNORE
+    assert torch.allclose(sums, (lp * trained).sum(1), atol=1e-4)
+    assert counts.tolist() == trained.sum(1).tolist() == [8, 4, 5]
+
+    monkeypatch.setattr(causal, "_decoder_and_head", lambda m: None)  # a model with a soft cap, say
+    assert float(causal.answer_loss(model, batch).detach()) == pytest.approx(float(own.detach()), rel=1e-5)
+
+
+def test_bf16_autocast_stays_close_to_fp32(small):
+    from trainers.batching import autocast
+    from trainers.causal import answer_loss
+
+    model, batch = small
+    with autocast(model, True):
+        low = float(answer_loss(model, batch))
+    assert low == pytest.approx(float(answer_loss(model, batch)), rel=2e-2)
+
+
+def _padding(order: list[int], lengths: list[int], batch: int) -> int:
+    chunks = [order[i : i + batch] for i in range(0, len(order), batch)]
+    return sum(max(lengths[i] for i in c) * len(c) - sum(lengths[i] for i in c) for c in chunks)
+
+
+def test_length_grouped_order_is_a_seeded_permutation_that_pads_less():
+    from trainers.batching import LengthGroupedSampler
+
+    rnd = random.Random(1)
+    lengths = [rnd.randint(20, 400) for _ in range(1000)]
+    s = LengthGroupedSampler(lengths, batch_size=8, seed=3)
+    first = list(s)
+    assert sorted(first) == list(range(1000)) and list(s) == first  # the same seed and epoch: the same order
+    assert list(LengthGroupedSampler(lengths, 8, 3)) == first  # a resumed training sees the same batches
+    s.set_epoch(1)
+    assert list(s) != first and sorted(s) == list(range(1000))
+    assert list(LengthGroupedSampler(lengths, 8, 4)) != first
+    shuffled = list(range(1000))
+    rnd.shuffle(shuffled)
+    assert _padding(first, lengths, 8) < 0.1 * _padding(shuffled, lengths, 8)
+    tops = [max(lengths[i] for i in first[k : k + 8]) for k in range(0, 1000, 8)]
+    assert tops != sorted(tops, reverse=True)  # long and short batches still mix across the epoch
+
+
+def test_per_task_losses_stay_on_the_device_until_logged():
+    import torch
+
+    from trainers.batching import Running
+
+    r = Running()
+    for x in (1.0, 2.0, 4.5):
+        r.add(label_loss=torch.tensor(x, requires_grad=True) * 1, rationale_loss=torch.tensor(2 * x))
+    assert isinstance(r.sums["label_loss"], torch.Tensor) and not r.sums["label_loss"].requires_grad
+    assert r.means() == {"label_loss": 2.5, "rationale_loss": 5.0}
+    assert r.means() == {}  # read back once, then it starts over
