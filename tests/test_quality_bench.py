@@ -47,7 +47,7 @@ def quick_run(tmp_path_factory, tiny_llama):  # type: ignore[no-untyped-def]
     try:
         rc = quality.main(["--data", str(data), "--student", str(tiny_llama), "--device", "cpu", "--seeds", "1",
                            "--steps", "2", "--batch-size", "2", "--train-rows", "4", "--eval-rows", "5",
-                           "--new-tokens", "8", "--variants", "b,c,d", "--work", str(tmp / "work"),
+                           "--new-tokens", "8", "--variants", "b,c,d,e", "--work", str(tmp / "work"),
                            "--results", "quality-ci"])  # fmt: skip
     finally:
         mp.undo()
@@ -69,7 +69,10 @@ def test_every_variant_is_trained_and_scored_on_the_same_held_out_questions(quic
         assert ds["funnel"][f"{name}-curated"]["curated"] < ds["funnel"][f"{name}-all"]["curated"]
         assert ds["budget"] == {"steps": 2, "batch_size": 2, "train_rows": 4, "inputs_seen": 4,
                                 "learning_rate": 1e-4, "max_length": 384}  # fmt: skip
-        assert set(ds["variants"]) == {"b", "c", "d"}
+        assert set(ds["variants"]) == {"b", "c", "d", "e"}
+        # one rationale a question: no question has both a trusted and a wrong one to pair for dpo
+        e = ds["variants"].pop("e")
+        assert e["status"] == "skipped" and "a trusted and a wrong sample" in e["reason"]
         for v in ds["variants"].values():
             assert v["status"] == "done" and v["seeds"] == 1 and v["questions"] == ds["scored_questions"] > 0
             assert 0 <= v["ci95"][0] <= v["accuracy"] <= v["ci95"][1] <= 1
