@@ -118,7 +118,11 @@ def budget_for(a: argparse.Namespace, curated_rows: int) -> Budget:
 
 
 def one_dataset(
-    name: str, a: argparse.Namespace, variants: list[str], out: dict[str, Any], checkpoint: Callable[[], None]
+    name: str,
+    a: argparse.Namespace,
+    variants: list[str],
+    out: dict[str, Any],
+    checkpoint: Callable[[], object],
 ) -> None:
     """Build, train and score one data set into ``out``; ``checkpoint`` saves the results so far."""
     work = a.work / name
