@@ -16,6 +16,7 @@ from factory.report.charts import FONT, INK, MUTED, PALETTE, esc, num
 
 SVG = RESULTS / "quality.svg"
 DATASETS = {"svamp": "SVAMP", "cqa": "CommonsenseQA"}
+CHANCE = {"cqa": "chance, one of five choices, is 20 %"}  # SVAMP's answers are free numbers: no chance level
 
 
 def _pct(x: float) -> str:
@@ -43,7 +44,7 @@ def quality_table(name: str = "quality") -> str:
             f"**{DATASETS.get(name, name)}** ({ds['file']}): {ds['scored_questions']} of "
             f"{ds['validation_questions']} held-out questions scored; every variant {b['steps']} steps × "
             f"{b['batch_size']} inputs over the first {b['train_rows']} rows of its export, learning rate "
-            f"{b['learning_rate']:g}.",
+            f"{b['learning_rate']:g}{'; ' + CHANCE[name] if name in CHANCE else ''}.",
             "",
             "| variant | trains on | accuracy % | 95 % interval | per seed % | s a training step |",
             "|---|---|---|---|---|---|",

@@ -150,3 +150,10 @@ def test_bad_flags_are_one_message_and_exit_2(args, said, capsys) -> None:  # ty
     quality = _bench("quality")
     assert quality.main(["--quick", *args]) == 2
     assert said in capsys.readouterr().err
+
+
+def test_the_committed_chart_is_the_committed_results_file_s() -> None:
+    figs = _bench("figures_quality")
+    assert figs.SVG.read_text(encoding="utf-8") == figs.chart(figs.load("quality")["figures"]), (
+        "python benchmarks/quality.py writes the chart with its results"
+    )
