@@ -24,8 +24,8 @@ seed's answer to one question together (benchmarks/quality_stats.py says why).
 
 Quick mode (``--quick``) is sized by measurement for a shared 2-core CPU box and about half an hour. A
 step-by-step step of 8 CommonsenseQA inputs runs two forward and backward passes of SmolLM2-135M (one a
-task): about 25 s of the two cores, 75 s with the box loaded by other work (the results file has the
-seconds each training took). 300 SVAMP inputs for one epoch left label-only and step-by-step at 4-6 % exact
+task): 35-37 s a step in the committed quick run, with other work loading the box (load 4-7 on 2 cores);
+the results file has the seconds each training and each scoring took. 300 SVAMP inputs for one epoch left label-only and step-by-step at 4-6 % exact
 match, within noise of each other. So quick mode spends its time on the comparison the question needs, (b)
 all against (c) curated, on CommonsenseQA, whose five choices give a student something to learn in few
 steps: 10 steps of 8 inputs, three seeds, the first 100 held-out questions (ordered by record id). Scoring
