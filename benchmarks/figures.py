@@ -57,6 +57,7 @@ from figures_local import (  # noqa: E402
     local_speed_rows,
     view,
 )
+from figures_quality import quality_table  # noqa: E402
 
 # the markdown results files, which tests/test_readme_figures.py reads from here
 from figures_read import PEERS_MD as PEERS_MD  # noqa: E402
@@ -135,6 +136,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "cluster-estimate": cluster_estimate,
     "demo-agreement": demo_agreement,
     "train-throughput": train_throughput,
+    "quality-table": quality_table,
 }
 
 
