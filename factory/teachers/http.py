@@ -184,16 +184,16 @@ class Pool:
         self._idle: list[_Connection] = []
         self._all: set[_Connection] = set()
 
-    async def post(self, path: str, body: bytes, parse: Callable[[Response], Any] | None = None) -> Any:
-        return await self._exchange(b"POST ", path, body, parse)
-
-    async def get(self, path: str) -> Response:
-        """One GET (``/models`` when explaining a 404); same connections and time-out as ``post``."""
-        return await self._exchange(b"GET ", path, None, None)
-
-    async def _exchange(
-        self, method: bytes, path: str, body: bytes | None, parse: Callable[[Response], Any] | None
+    async def post(
+        self,
+        path: str,
+        body: bytes | None,
+        parse: Callable[[Response], Any] | None = None,
+        *,
+        method: bytes = b"POST ",
     ) -> Any:
+        """One request (a POST; ``get`` passes its method): take a connection, send, give it back. The
+        hot path of every teacher call, so it is one coroutine, with no helper frame below it."""
         head = (method, (self.prefix + path).encode(), b" HTTP/1.1\r\n", self._fixed)
         if body is None:
             data = b"".join((*head, b"\r\n"))
@@ -208,6 +208,10 @@ class Pool:
         if conn.alive:
             self._idle.append(conn)
         return resp
+
+    async def get(self, path: str) -> Response:
+        """One GET (``/models`` when explaining a 404); same connections and time-out as ``post``."""
+        return await self.post(path, None, method=b"GET ")
 
     async def _take(self) -> _Connection:
         # A connection the server closed while idle has seen its connection_lost by now and is skipped.
