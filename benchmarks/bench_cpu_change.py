@@ -19,7 +19,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
@@ -29,25 +28,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 from _results import context, save  # noqa: E402
+from _trees import unpack  # noqa: E402
 
 from factory.testing.fault_server import start_subprocess  # noqa: E402
 
 TARGET = 0.05
-
-
-def unpack(ref: str, into: Path) -> str:
-    """REF's tree under ``into``; returns the commit it names."""
-    commit = subprocess.run(
-        ["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=ROOT, capture_output=True, text=True
-    )
-    if commit.returncode:
-        raise SystemExit(f"--before {ref!r}: not a commit of this repository ({commit.stderr.strip()})")
-    archive = into / "tree.tar"
-    with archive.open("wb") as f:
-        subprocess.run(["git", "archive", commit.stdout.strip()], cwd=ROOT, stdout=f, check=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(into / "tree", filter="data")
-    return commit.stdout.strip()
 
 
 def one(tree: Path, client: str, url: str, n: int, c: int, tag: str) -> float:
@@ -76,8 +61,8 @@ def main() -> int:
     ).stdout.strip()
     runs: dict[str, dict[int, list[float]]] = {"raw": {}, "before": {}, "after": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        before_commit = unpack(args.before, Path(tmp))
-        trees = {"raw": ROOT, "before": Path(tmp) / "tree", "after": ROOT}
+        before_tree, before_commit = unpack(args.before, Path(tmp))
+        trees = {"raw": ROOT, "before": before_tree, "after": ROOT}
         with start_subprocess(latency=0.2) as srv:
             for rep in range(args.reps):
                 for c in levels:

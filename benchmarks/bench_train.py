@@ -22,7 +22,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 from _results import context, save  # noqa: E402
+from _trees import unpack  # noqa: E402
 
 DATA = Path("/work/shared/data/palm_rationales/svamp_train.jsonl")
 TARGET = 0.8
@@ -91,20 +91,6 @@ def fed_tokens(export: Path, student: Path, label_only: bool, max_length: int) -
     split = data.pick_splits(data.load_export(export), None, 0.1)
     examples = step_by_step.encode_rows(split.train, tok, uses_chat(tok, "step_by_step"), cfg)
     return sum(len(t["input_ids"]) for ex in examples for t in ex.values())
-
-
-def unpack(ref: str, into: Path) -> tuple[Path, str]:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=ROOT, capture_output=True, text=True
-    )
-    if commit.returncode:
-        raise SystemExit(f"--before {ref!r}: not a commit of this repository ({commit.stderr.strip()})")
-    archive = into / "tree.tar"
-    with archive.open("wb") as f:
-        subprocess.run(["git", "archive", commit.stdout.strip()], cwd=ROOT, stdout=f, check=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(into / "tree", filter="data")
-    return into / "tree", commit.stdout.strip()
 
 
 def one(tree: Path, values: dict[str, object], tag: str) -> dict[str, float]:
