@@ -96,6 +96,12 @@ def trainer_mixin() -> Any:
 
     class Fast:
         bf16_autocast = False
+        _running: Running | None = None  # per-task losses summed on the device, averaged when logged
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            if "loss" in logs and self._running is not None:
+                logs.update(self._running.means())
+            super().log(logs, start_time)  # type: ignore[misc]
 
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
             ds = train_dataset if train_dataset is not None else self.train_dataset  # type: ignore[attr-defined]

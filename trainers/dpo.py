@@ -128,11 +128,6 @@ def trainer_class() -> Any:
             self._running.add(**logged)
             return (loss, None) if return_outputs else loss
 
-        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            if "loss" in logs:
-                logs.update(self._running.means())
-            super().log(logs, start_time)
-
     return DPOTrainer
 
 
