@@ -108,7 +108,33 @@ def demo_agreement() -> str:
     )
 
 
+def cpu_change() -> str:
+    d = _results.load("cpu_change")
+    f = d["figures"]
+    rows = [
+        f"| {int(c):,} | {v['raw_us']:.1f} µs | {v['before_us']:.1f} µs ({v['before_ratio']:.3f}) | "
+        f"{v['after_us']:.1f} µs ({v['after_ratio']:.3f}) | {v['change']:+.1%} |"
+        for c, v in sorted(f["levels"].items(), key=lambda kv: int(kv[0]))
+    ]
+    verdict = "missed: " + "; ".join(f["missed"]) if f["missed"] else "met at every level"
+    body = "\n".join(
+        [
+            f"Steady client CPU per request, median of {f['reps']} alternating runs a side, "
+            f"{f['before'][:7]} against {f['after'][:7]} ({d['date'][:10]}, {d['cpus']} CPUs, "
+            f"load {d['load_start']:.2f} → {d['load_end']:.2f}):",
+            "",
+            "| in flight | bare aiohttp loop | before (ratio to the loop) | after (ratio) | change of the ratio |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+            f"Target: the ratio within 5 % of before's: {verdict}.",
+        ]
+    )
+    return "\n" + body + "\n"
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
+    "cpu-change": cpu_change,
     "run-header": run_header,
     "run-throughput": run_section("Throughput"),
     "run-cache": run_section("Cache replay"),
