@@ -180,9 +180,15 @@ def test_sigkill_at_twenty_moments_then_resume(tmp_path: Path, record_property):
             quota = base["requests"] + max(
                 20, int(rng.uniform(0.3, 1.0) * remaining / max(1, kills_left + 1))
             )
-            if mode == "startup":
+            if mode == "startup":  # before this invocation's first request: start-up and journal replay
                 deadline = t_spawn + rng.uniform(0.2, 2.0)
-                reached = wait_until(lambda d=deadline: time.monotonic() >= d, p, 60)
+                reached = wait_until(
+                    lambda d=deadline, b=base["requests"]: (
+                        time.monotonic() >= d or srv.stats()["requests"] > b
+                    ),
+                    p,
+                    60,
+                )
             elif mode == "time":
                 reached = wait_until(lambda b=base["requests"]: srv.stats()["requests"] > b, p, 60)
                 time.sleep(rng.uniform(0.05, 0.6))
