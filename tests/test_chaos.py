@@ -398,6 +398,12 @@ def test_disk_full_on_a_real_small_filesystem_then_resume(tmp_path: Path):
     filler = mnt / "filler"
 
     def fill() -> None:
+        from factory.store import Store
+
+        with Store(
+            mnt / "s.duckdb"
+        ):  # created and migrated first: the disk fills during the run, not at its open
+            pass
         filler.write_bytes(b"\0" * (shutil.disk_usage(mnt).free - 1_300_000))
 
     try:
