@@ -98,6 +98,12 @@ def trainer_mixin() -> Any:
         bf16_autocast = False
         _running: Running | None = None  # per-task losses summed on the device, averaged when logged
 
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # every loss here is a mean per batch (per task): gradient accumulation divides by the steps
+            self.model_accepts_loss_kwargs = False
+            self._running = Running()
+
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             if "loss" in logs and self._running is not None:
                 logs.update(self._running.means())

@@ -185,10 +185,6 @@ def trainer_class() -> Any:
     class AnswerTrainer(trainer_mixin(), Trainer):  # type: ignore[misc]
         """A Trainer whose loss is ``answer_loss`` (logits only where answers are), on length-grouped batches."""
 
-        def __init__(self, *args: Any, **kwargs: Any):
-            super().__init__(*args, **kwargs)
-            self.model_accepts_loss_kwargs = False  # a mean per batch; accumulation divides by the steps
-
         def compute_loss(
             self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None
         ) -> Any:

@@ -101,7 +101,7 @@ def add_reference(
 def trainer_class() -> Any:
     from transformers import Trainer
 
-    from trainers.batching import Running, autocast, trainer_mixin
+    from trainers.batching import autocast, trainer_mixin
 
     class DPOTrainer(trainer_mixin(), Trainer):  # type: ignore[misc]
         """A Trainer whose loss is DPO (plus the optional SFT term); logs the reward margin and accuracy."""
@@ -109,8 +109,6 @@ def trainer_class() -> Any:
         def __init__(self, *args: Any, beta: float = 0.1, sft_weight: float = 0.0, **kwargs: Any):
             super().__init__(*args, **kwargs)
             self.beta, self.sft_weight = beta, sft_weight
-            self.model_accepts_loss_kwargs = False
-            self._running = Running()
 
         def compute_loss(
             self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None

@@ -63,7 +63,7 @@ class TwoTaskCollator:
 def trainer_class() -> Any:
     from transformers import Trainer
 
-    from trainers.batching import Running, autocast, trainer_mixin
+    from trainers.batching import autocast, trainer_mixin
 
     class StepByStepTrainer(trainer_mixin(), Trainer):  # type: ignore[misc]
         """A Trainer whose loss is the two-task mix; logs each task's loss next to the total.
@@ -74,9 +74,6 @@ def trainer_class() -> Any:
         def __init__(self, *args: Any, alpha: float = 0.5, **kwargs: Any):
             super().__init__(*args, **kwargs)
             self.alpha = alpha
-            # Each task's CE is a mean over its own tokens, so gradient accumulation divides by the steps.
-            self.model_accepts_loss_kwargs = False
-            self._running = Running()
 
         def compute_loss(
             self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None
