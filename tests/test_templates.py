@@ -13,6 +13,7 @@ REF = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined)
         ("{{ text }}", {"text": "seed with {{ braces }} and {0}"}, True),
         ("Q: {{ q }}\nA: {{a}} end", {"q": 1, "a": None}, True),
         ("  {{x}}{{y}}  ", {"x": 1.5, "y": "é"}, True),
+        ("{ literal } {{ x }} {", {"x": [1, {"a": True}]}, True),
         ("{{ x|upper }}", {"x": "a"}, False),
         ("{{ x.y }}", {"x": {"y": 2}}, False),
         ("{% for i in range(2) %}{{ i }}{% endfor %}", {}, False),
@@ -21,7 +22,7 @@ REF = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined)
 )
 def test_fast_path_renders_like_jinja(source, values, plain):
     t = Template(source, "t")
-    assert (t._plain is not None) is plain
+    assert (t._format is not None) is plain
     assert t.render(**values) == REF.from_string(source).render(**values).strip()
 
 
