@@ -15,7 +15,7 @@ from typing import Any
 import jinja2
 import orjson
 
-from factory import __version__
+from factory import __version__, plugins
 from factory.config import RunConfig, load_config, run_id_for, validate_params
 from factory.errors import ConfigError, FactoryError
 from factory.keys import digest, request_key
@@ -94,9 +94,9 @@ def prepare(
             state = recipe.bind(state, seeds)
         except ConfigError as exc:
             raise ConfigError(f"{cfg.seeds}: {exc}") from None
-    run_id = run_id_for(
-        cfg, digest_of_seeds, params.model_dump(mode="json"), str(getattr(state, "version", ""))
-    )
+    # a recipe of the user's own: a change of its code is a new run (built-ins have versioned templates)
+    version = str(getattr(state, "version", "")) + plugins.code_version(recipe.process)
+    run_id = run_id_for(cfg, digest_of_seeds, params.model_dump(mode="json"), version)
     from factory.curation import parse_steps
 
     implied = [] if not cfg.curation.recipe_filters else list(recipe.default_filters(params))

@@ -181,7 +181,11 @@ class ExportConfig(Strict):
 class RunConfig(Strict):
     name: str = Field(..., min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
                       description="Run name; re-running the same config resumes the run.")  # fmt: skip
-    recipe: str = Field(..., description="Recipe slug (`factory recipes` lists them).")
+    recipe: str = Field(
+        ...,
+        description="Recipe name (`factory recipes` lists them), or a recipe of your own: "
+        "`package.module:OBJECT` or `path/to/file.py:OBJECT` (relative to the config file).",
+    )
     seeds: str = Field(
         ..., description="Seed file (.jsonl, .json, .csv, .parquet), relative to the config file."
     )
@@ -321,7 +325,25 @@ def parse_config(data: Any, *, source: str, base_dir: Path) -> RunConfig:
         more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
         raise ConfigError(f"{source}: field {loc!r}: {msg}{more}") from None
     cfg._base_dir = base_dir
+    _absolute_references(cfg, base_dir)
     return cfg
+
+
+def _absolute_references(cfg: RunConfig, base_dir: Path) -> None:
+    """Plugins named by a relative file path (``my_recipe.py:RECIPE``) resolve against the config's folder
+    once, here: the stored config then names the same file for every later command, wherever it runs."""
+    from factory import plugins
+    from factory.teachers import absolute_spec
+
+    cfg.recipe = plugins.absolute_reference(cfg.recipe, base_dir)
+    for t in cfg.roles().values():
+        t.spec = absolute_spec(t.spec, base_dir)
+    for i, item in enumerate(cfg.filters):
+        if isinstance(item, str):
+            cfg.filters[i] = plugins.absolute_reference(item, base_dir)
+        elif isinstance(item, dict) and len(item) == 1:
+            ((name, params),) = item.items()
+            cfg.filters[i] = {plugins.absolute_reference(str(name), base_dir): params}
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -25,7 +25,6 @@ from factory import __version__
 from factory.errors import ConfigError
 from factory.import_files import Source, open_source
 from factory.keys import digest, record_id
-from factory.registry import load
 from recipes.base import Draft, Importer, Recipe
 
 log = logging.getLogger(__name__)
@@ -66,11 +65,11 @@ class _Tally:
 
 
 def recipe_for_import(slug: str) -> tuple[Recipe, Importer]:
-    from recipes import REGISTRY
+    from recipes import all_recipes, get_recipe
 
-    recipe: Recipe = load(REGISTRY, slug, kind="recipe", where="--recipe").RECIPE
+    recipe = get_recipe(slug, where="--recipe", base_dir=Path.cwd())
     if recipe.importer is None:
-        able = [s for s in sorted(REGISTRY) if load(REGISTRY, s, kind="recipe", where="").RECIPE.importer]
+        able = [r.plugin.name for r in all_recipes() if r.obj is not None and r.obj.importer is not None]
         raise ConfigError(
             f"--recipe {slug}: the {slug} recipe cannot import rows (it declares no importer); recipes that "
             f"can: {', '.join(able) or 'none'}"

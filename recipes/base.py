@@ -179,7 +179,9 @@ class Template:
             exc.name = exc.name or name  # so that whoever reports it can name the template
             raise
         # A template of plain {{ name }} fields only renders without Jinja (see _plain_format).
-        self._format, self._fields = _plain_format(source) or (None, [])
+        plain = _plain_format(source)
+        self._format: str | None = plain[0] if plain else None
+        self._fields: list[str] = plain[1] if plain else []
         # A plain dict: Jinja turns the globals into a set on every render, and a ChainMap is slow at that.
         self._tpl.globals = {"range": range}
 
