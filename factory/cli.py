@@ -372,26 +372,6 @@ def cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
-def _params_lines(model: Any, indent: int, kinds: Any = None) -> None:
-    """One line per param of a recipe or filter: name = default (kind): description."""
-    for name, fld in model.model_fields.items():
-        default = "required" if fld.is_required() else repr(fld.get_default(call_default_factory=True))
-        kind = f" ({kinds(name)})" if kinds else ""
-        print(f"{'':<{indent}}   {name} = {default}{kind}: {fld.description or ''}")
-
-
-def cmd_filters(args: argparse.Namespace) -> int:
-    from filters import all_filters
-
-    filters = all_filters()
-    w = max(len(f.slug) for f in filters)
-    for f in filters:
-        print(f"{f.slug:<{w}} {f.summary}")
-        if args.verbose:
-            _params_lines(f.params, w, lambda n, f=f: "threshold" if n in f.thresholds else "scoring")
-    return 0
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     from factory.export import export_configured
     from factory.export_shapes import set_aside_note
@@ -500,53 +480,6 @@ def cmd_push(args: argparse.Namespace) -> int:
         deleted = f", deleted {len(res.deleted)}" if res.deleted else ""
         files = f"{len(res.uploaded)} file" + ("" if len(res.uploaded) == 1 else "s")
         print(f"pushed {files}{deleted} to {res.repo_id} ({visibility}): {res.commit_url}")
-    return 0
-
-
-def cmd_recipes(args: argparse.Namespace) -> int:
-    from recipes import all_recipes
-
-    recipes = all_recipes()
-    w = max(len(r.slug) for r in recipes)
-    for r in recipes:
-        print(f"{r.slug:<{w}} {r.summary}")
-        if args.verbose:
-            print(f"{'':<{w}} seeds:   {r.seed_format}")
-            print(f"{'':<{w}} records: {r.record_format}")
-            shapes = ["records", *r.shapes, *(["messages"] if "prompt_completion" in r.shapes else [])]
-            print(f"{'':<{w}} export:  --as {' | '.join(shapes)}")
-            try:
-                implied = r.default_filters(r.params())
-            except ValueError:  # params without defaults: the default filters depend on them
-                implied = []
-            if implied:
-                print(
-                    f"{'':<{w}} filters: {', '.join(implied)} by default (`curation: {{recipe_filters: false}}`: off)"
-                )
-            _params_lines(r.params, w)
-    return 0
-
-
-def cmd_teachers(args: argparse.Namespace) -> int:
-    import importlib.util
-
-    from factory.teachers import BACKENDS
-
-    for name, (_module, summary) in BACKENDS.items():
-        extra = ""
-        if name == "vllm":
-            extra = (
-                " [installed]"
-                if importlib.util.find_spec("vllm")
-                else " [not installed: pip install '.[vllm]']"
-            )
-        elif name in ("transformers", "embedded"):
-            extra = (
-                " [installed]"
-                if importlib.util.find_spec("transformers")
-                else " [not installed: pip install '.[embedded]']"
-            )
-        print(f"{name:<13} {summary}{extra}")
     return 0
 
 
@@ -809,14 +742,6 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="machine-readable output")
     ev.set_defaults(fn=cmd_eval)
 
-    fl = sub.add_parser("filters", help="list the installed filters")
-    fl.add_argument("-v", "--verbose", action="store_true", help="also show params (threshold or scoring)")
-    fl.set_defaults(fn=cmd_filters)
-
-    rc = sub.add_parser("recipes", help="list the installed recipes")
-    rc.add_argument("-v", "--verbose", action="store_true", help="also show seed/record formats and params")
-    rc.set_defaults(fn=cmd_recipes)
-
     dr = sub.add_parser("doctor", help="check a store: the file, migrations, every table, the journal")
     dr.add_argument("--store", help="DuckDB store path")
     dr.add_argument(
@@ -832,8 +757,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_import_parser(sub)
 
-    t = sub.add_parser("teachers", help="list teacher backends and whether their engines are installed")
-    t.set_defaults(fn=cmd_teachers)
+    from factory.cli_plugins import add_plugin_parsers
+
+    add_plugin_parsers(sub)
     return p
 
 
