@@ -156,16 +156,28 @@ def _loop_runner() -> Callable[[Any], Any]:
     return asyncio.run
 
 
-def run_sync(coro: Any) -> Any:
-    """Run a coroutine to completion, also from inside a running loop (a notebook): then on a worker thread."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return _loop_runner()(coro)
+def run_sync(coro: Any, on_interrupt: Callable[[int], None] | None = None) -> Any:
+    """Run a coroutine to completion, also from inside a running loop (a notebook): then on a worker thread.
+    With ``on_interrupt`` it always runs on a worker thread, and a Ctrl+C (KeyboardInterrupt) while this
+    thread waits calls ``on_interrupt(n)``, n the Ctrl+Cs so far, and the wait goes on."""
+    if on_interrupt is None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return _loop_runner()(coro)
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1) as pool:
-        return pool.submit(_loop_runner(), coro).result()
+        fut = pool.submit(_loop_runner(), coro)
+        hits = 0
+        while True:
+            try:
+                return fut.result()
+            except KeyboardInterrupt:
+                if on_interrupt is None:
+                    raise
+                hits += 1
+                on_interrupt(hits)
 
 
 def make_teachers(prep: Prepared | RunConfig, given: dict[str, Teacher] | None = None) -> dict[str, Teacher]:
@@ -257,6 +269,24 @@ def dry_run(prep: Prepared) -> DryRunReport:
     )
 
 
+def interrupted(n: int, signame: str, stop: Callable[[], None], abandon: Callable[[], None] | None) -> bool:
+    """The n-th Ctrl+C: the first stops, the second abandons the requests in flight; False after that
+    (the caller quits at once)."""
+    if n == 1:
+        log.warning(
+            "%s: stopping; everything finished so far is kept (press Ctrl+C again to abandon the requests "
+            "in flight)",
+            signame,
+        )
+        stop()
+        return True
+    if n == 2 and abandon is not None:
+        log.warning("%s again: abandoning the requests in flight (press again to quit at once)", signame)
+        abandon()
+        return True
+    return False
+
+
 @contextlib.contextmanager
 def _signals(stop: Callable[[], None], abandon: Callable[[], None] | None = None) -> Iterator[None]:
     """The first Ctrl+C (or SIGTERM) calls ``stop``: no new request is sent, the ones in flight are waited
@@ -267,17 +297,7 @@ def _signals(stop: Callable[[], None], abandon: Callable[[], None] | None = None
 
     def on_signal(signame: str) -> None:
         hits["n"] += 1
-        if hits["n"] == 1:
-            log.warning(
-                "%s: stopping; everything finished so far is kept (press Ctrl+C again to abandon the requests "
-                "in flight)",
-                signame,
-            )
-            stop()
-        elif hits["n"] == 2 and abandon is not None:
-            log.warning("%s again: abandoning the requests in flight (press again to quit at once)", signame)
-            abandon()
-        else:
+        if not interrupted(hits["n"], signame, stop, abandon):
             raise KeyboardInterrupt
 
     installed = []
@@ -304,11 +324,13 @@ async def run_async(
     handle_signals: bool = False,
     retry_failed: bool = False,
     on_start: Callable[[], None] | None = None,
+    on_runner: Callable[[Runner], None] | None = None,
 ) -> Result:
     """Run (or resume) a prepared run. Teachers passed in (``teacher`` is the default role) are the caller's
-    to close; the ones built here are closed here. ``retry_failed`` asks again the requests whose cached
-    answer is a rejection, and keeps the new outcome in its place. ``on_start`` is called once the store
-    holds the run, before the first request (the CLI names the endpoints then)."""
+        to close; the ones built here are closed here. ``retry_failed`` asks again the requests whose cached
+        answer is a rejection, and keeps the new outcome in its place. ``on_start`` is called once the store
+        holds the run, before the first request (the CLI names the endpoints then); ``on_runner`` gets the runner
+    before it starts (``factory.run`` stops it on Ctrl+C from the waiting thread)."""
     cfg = prep.config
     if cfg.executor.kind == "ray":
         if retry_failed:
@@ -338,6 +360,8 @@ async def run_async(
             template_version=prep.template_version, retry_rejected=retry_failed, drain_s=cfg.runner.drain_s,
         )  # fmt: skip
         runner = Runner(st, roles, plan, invocation, on_progress=on_progress)
+        if on_runner is not None:  # e.g. to stop it from another thread
+            on_runner(runner)
         if on_start is not None:
             on_start()
         if handle_signals:

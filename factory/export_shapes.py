@@ -49,7 +49,14 @@ def set_aside_note(set_aside: dict[str, int]) -> str | None:
 def plan_shape(recipe_slug: str, shape: str, stage: str | None) -> Plan:
     from recipes import get_recipe
 
-    recipe = get_recipe(recipe_slug)
+    try:
+        recipe = get_recipe(recipe_slug)
+    except ConfigError:
+        if shape != "records":
+            raise
+        # a recipe this process cannot load (one made in a notebook, a plugin since removed): its records
+        # are exported as they are, every stage unless --stage names one
+        return Plan(shape, None if stage in (None, "all") else stage, lambda p: p, None)
     if shape not in SHAPES:
         raise ConfigError(f"--as {shape!r} is not one of {', '.join(SHAPES)}")
     if stage is not None and stage != "all" and stage not in recipe.stages:

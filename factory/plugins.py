@@ -67,6 +67,8 @@ class Plugin:
         return f"{where} (shadowed by the built-in)" if self.shadowed else where
 
     def load(self) -> Any:
+        if (self.kind, self.name) in _IN_PROCESS:
+            return _IN_PROCESS[(self.kind, self.name)]
         return _import_target(self.target, f"{self.kind} {self.name!r} (from {self.origin})")
 
 
@@ -104,8 +106,25 @@ def names(kind: str) -> list[str]:
     return sorted(registered(kind))
 
 
+# Objects handed to ``factory.run`` in this process (a recipe made in a notebook), by kind and name.
+_IN_PROCESS: dict[tuple[str, str], Any] = {}
+
+
+def register_object(kind: str, name: str, obj: Any) -> None:
+    """Make ``obj`` the plugin ``name`` of ``kind`` for this process. A name an installed plugin has is
+    refused, and so is one already given to a different object (the same object again is fine)."""
+    if name in registered(kind):
+        raise ConfigError(
+            f"{kind} name {name!r} is taken by an installed {kind} ({registered(kind)[name][0].origin}); "
+            "give yours another name"
+        )
+    _IN_PROCESS[(kind, name)] = obj
+
+
 def find(kind: str, name: str, *, where: str) -> Plugin:
     """The plugin registered as ``name``; unknown or ambiguous is a ConfigError naming ``where``."""
+    if (kind, name) in _IN_PROCESS:
+        return Plugin(kind, name, "", "this process")
     plugins = [p for p in registered(kind).get(name, []) if not p.shadowed]
     if not plugins:
         close = difflib.get_close_matches(name, registered(kind), n=1)
