@@ -46,7 +46,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from factory.errors import ConfigError, FactoryError, StoreError
-from factory.store import _CACHE_SCHEMA, _RECORD_SCHEMA, CACHE_COLUMNS, Batch, Store
+from factory.store import CACHE_COLUMNS, CACHE_SCHEMA, RECORD_SCHEMA, Batch, Store
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ _VERDICT_SCHEMA = pa.schema(
 )  # fmt: skip
 # Batch field → (parquet schema, whether rows from an attempt that did not finish are ingested)
 TABLES: dict[str, pa.Schema] = {
-    "cache": _CACHE_SCHEMA,
-    "records": _RECORD_SCHEMA,
+    "cache": CACHE_SCHEMA,
+    "records": RECORD_SCHEMA,
     "seeds_done": _DONE_SCHEMA,
     "verdicts": _VERDICT_SCHEMA,
     "failures": _FAILURE_SCHEMA,
@@ -741,7 +741,7 @@ def _snapshot(
     rows = store.lookup(keys) if keys else {}
     if rows:
         table = pa.Table.from_pylist(
-            [{c: r.get(c) for c in CACHE_COLUMNS} for r in rows.values()], schema=_CACHE_SCHEMA
+            [{c: r.get(c) for c in CACHE_COLUMNS} for r in rows.values()], schema=CACHE_SCHEMA
         )
         files.write_table(f"{shard}/{SNAPSHOT}", table)
 

@@ -17,6 +17,7 @@ import orjson
 import pyarrow as pa
 
 from factory.errors import StoreError
+from factory.store.tables import RECORD_SCHEMA, execute, table_of
 
 if TYPE_CHECKING:
     from factory.store import Batch, Store
@@ -33,18 +34,14 @@ def imported_before(store: Store, run_id: str) -> bool:
 
 def _forget(store: Store, run_id: str) -> None:
     """Delete every row of an import that did not finish (no one has used that run)."""
-    from factory.store import _x
-
     for table in _TABLES:  # constants, not values: the run id travels as a parameter
-        _x(store.con, f"DELETE FROM {table} WHERE {'id' if table == 'runs' else 'run_id'} = ?", [run_id])
+        execute(store.con, f"DELETE FROM {table} WHERE {'id' if table == 'runs' else 'run_id'} = ?", [run_id])
 
 
 def _insert(con: duckdb.DuckDBPyConnection, b: Batch) -> None:
-    from factory.store import _RECORD_SCHEMA, _table, _x
-
     if b.records:
-        con.register("_import_records", _table(b.records, _RECORD_SCHEMA))
-        _x(con, "INSERT INTO records (id, run_id, recipe, stage, seed_id, sample_index, text, payload, "
+        con.register("_import_records", table_of(b.records, RECORD_SCHEMA))
+        execute(con, "INSERT INTO records (id, run_id, recipe, stage, seed_id, sample_index, text, payload, "
                 "parent_ids, request_keys, teacher, template_version) SELECT * FROM _import_records")  # fmt: skip
         con.unregister("_import_records")
     if b.verdicts:
@@ -55,7 +52,7 @@ def _insert(con: duckdb.DuckDBPyConnection, b: Batch) -> None:
              "keep": pa.array(cols[4], pa.bool_()), "score": pa.array(cols[5], pa.float64()),
              "reason": pa.array(cols[6], pa.string())}
         ))  # fmt: skip
-        _x(con, "INSERT INTO verdicts (record_id, run_id, filter, filter_version, keep, score, reason) "
+        execute(con, "INSERT INTO verdicts (record_id, run_id, filter, filter_version, keep, score, reason) "
                 "SELECT * FROM _import_verdicts")  # fmt: skip
         con.unregister("_import_verdicts")
     if b.seeds_done:
@@ -64,7 +61,7 @@ def _insert(con: duckdb.DuckDBPyConnection, b: Batch) -> None:
             {"run_id": pa.array(run_ids, pa.string()), "seed_id": pa.array(seed_ids, pa.string()),
              "records": pa.array(counts, pa.int32())}
         ))  # fmt: skip
-        _x(con, "INSERT INTO seeds_done SELECT * FROM _import_seeds")
+        execute(con, "INSERT INTO seeds_done SELECT * FROM _import_seeds")
         con.unregister("_import_seeds")
 
 
@@ -72,16 +69,14 @@ def write_import(store: Store, *, run: dict[str, Any], batches: Iterable[Batch])
     """Create the run (``run``: id, name, recipe, teacher, config, config_hash, version) and write the
     batches' records, verdicts and seeds, a transaction each; the run is done when the last is in. Returns
     the records written. On any error what was written is deleted again, then the error is raised."""
-    from factory.store import _x
-
     con = store.con
     run_id = run["id"]
     written = 0
     store.limit_memory("256MB")  # DuckDB's page cache would otherwise grow with the file
     try:
-        _x(con, "BEGIN TRANSACTION")
+        execute(con, "BEGIN TRANSACTION")
         _forget(store, run_id)  # the rows of an import killed half-way
-        _x(
+        execute(
             con,
             "INSERT INTO runs (id, name, recipe, teacher, config, config_hash, status, factory_version) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -89,16 +84,16 @@ def write_import(store: Store, *, run: dict[str, Any], batches: Iterable[Batch])
              run["config_hash"], UNDONE, run["version"]],
         )  # fmt: skip
         store._new_invocation(run_id, UNDONE)
-        _x(con, "COMMIT")
+        execute(con, "COMMIT")
         for b in batches:
-            _x(con, "BEGIN TRANSACTION")
+            execute(con, "BEGIN TRANSACTION")
             _insert(con, b)
-            _x(con, "COMMIT")
+            execute(con, "COMMIT")
             written += len(b.records)
-        _x(con, "BEGIN TRANSACTION")
-        _x(con, "UPDATE runs SET status = 'done', updated_at = now() WHERE id = ?", [run_id])
-        _x(con, "UPDATE run_stats SET status = 'done', updated_at = now() WHERE run_id = ?", [run_id])
-        _x(con, "COMMIT")
+        execute(con, "BEGIN TRANSACTION")
+        execute(con, "UPDATE runs SET status = 'done', updated_at = now() WHERE id = ?", [run_id])
+        execute(con, "UPDATE run_stats SET status = 'done', updated_at = now() WHERE run_id = ?", [run_id])
+        execute(con, "COMMIT")
     except duckdb.Error as exc:
         _undo(store, run_id)
         raise StoreError(f"cannot write the imported run to {store.path}: {exc}; nothing was stored") from exc
@@ -111,14 +106,12 @@ def write_import(store: Store, *, run: dict[str, Any], batches: Iterable[Batch])
 
 
 def _undo(store: Store, run_id: str) -> None:
-    from factory.store import _x
-
     with contextlib.suppress(duckdb.Error):
-        _x(store.con, "ROLLBACK")
+        execute(store.con, "ROLLBACK")
     try:
-        _x(store.con, "BEGIN TRANSACTION")
+        execute(store.con, "BEGIN TRANSACTION")
         _forget(store, run_id)
-        _x(store.con, "COMMIT")
+        execute(store.con, "COMMIT")
     except duckdb.Error:  # the store itself failed: the run stays not done, and the next import redoes it
         with contextlib.suppress(duckdb.Error):
-            _x(store.con, "ROLLBACK")
+            execute(store.con, "ROLLBACK")

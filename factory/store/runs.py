@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from factory.errors import ConfigError
 
 if TYPE_CHECKING:
-    from factory.store import Store
+    from factory.store.tables import StoreBase
 
 LISTED = 8  # runs named in a message before "and N more"
 
@@ -45,7 +45,7 @@ def _first(runs: list[dict[str, Any]], how: str, note: str | None = None) -> Res
     return ResolvedRun(r["id"], r["name"], how, note if len(runs) > 1 else None)
 
 
-def resolve_run(store: Store, run: str | None) -> ResolvedRun:
+def resolve_run(store: StoreBase, run: str | None) -> ResolvedRun:
     runs = store._dicts("SELECT id, name, updated_at FROM runs ORDER BY updated_at DESC, id")
     where = store.path
     if run is None:

@@ -1,0 +1,196 @@
+"""What a run writes: the run and its invocations, commits of answers, records, finished seeds,
+failures and verdicts, and the cache look-ups the runner makes."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+from factory.errors import StoreError
+from factory.store import doctor
+from factory.store.tables import (
+    CACHE_SCHEMA,
+    RECORD_SCHEMA,
+    Batch,
+    StoreBase,
+    execute,
+    insert_frame,
+    table_of,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Writes(StoreBase):
+    def commit(self, batch: Batch, *, known_new: bool = True) -> None:
+        """Write a batch in one transaction. Idempotent: rows already present are left alone.
+
+        With ``known_new`` (the runner's batches: each key is sent once and each seed finishes once) cache
+        and seed rows go in with plain inserts, which cost about half of an insert that checks for
+        conflicts; should a row exist after all, the transaction is rolled back and written again with
+        the checks. Journal replay and shard ingestion pass ``known_new=False``: then records and
+        verdicts already present are skipped too."""
+        try:
+            self._write(batch, checked=not known_new)
+        except duckdb.ConstraintException:
+            self._write(batch, checked=True)
+
+    def _write(self, batch: Batch, *, checked: bool) -> None:
+        con = self.con
+        try:
+            execute(con, "BEGIN TRANSACTION")
+            if batch.replace:
+                execute(
+                    con,
+                    "DELETE FROM cache WHERE status <> 'ok' AND key IN (SELECT unnest(?::VARCHAR[]))",
+                    [batch.replace],
+                )
+            if batch.cache:
+                insert_frame(
+                    con, "_batch_cache", table_of(batch.cache, CACHE_SCHEMA),
+                    "INSERT INTO cache (key, teacher, status, request, text, finish_reason, prompt_tokens, "
+                    "completion_tokens, latency_ms, error, run_id) ",
+                    "SELECT DISTINCT ON (key) * FROM _batch_cache ON CONFLICT DO NOTHING" if checked else None,
+                )  # fmt: skip
+            if batch.records:
+                insert_frame(
+                    con, "_batch_records", table_of(batch.records, RECORD_SCHEMA),
+                    "INSERT INTO records (id, run_id, recipe, stage, seed_id, sample_index, text, payload, "
+                    "parent_ids, request_keys, teacher, template_version) ",
+                    "SELECT DISTINCT ON (id) * FROM _batch_records b "
+                    "WHERE NOT EXISTS (SELECT 1 FROM records r WHERE r.id = b.id)" if checked else None,
+                )  # fmt: skip
+            if batch.seeds_done:
+                run_ids, seed_ids, counts = zip(*batch.seeds_done, strict=True)
+                t = pa.table({"run_id": list(run_ids), "seed_id": list(seed_ids),
+                              "records": pa.array(counts, pa.int32())})  # fmt: skip
+                insert_frame(
+                    con, "_batch_done", t, "INSERT INTO seeds_done ",
+                    "SELECT DISTINCT ON (run_id, seed_id) * FROM _batch_done ON CONFLICT DO NOTHING"
+                    if checked else None,
+                )  # fmt: skip
+            if batch.failures:
+                con.executemany(
+                    "INSERT INTO failures (run_id, key, seed_id, kind, message, attempts) VALUES (?, ?, ?, ?, ?, ?)",
+                    batch.failures,
+                )
+            if batch.verdicts:
+                cols = list(zip(*batch.verdicts, strict=True))
+                t = pa.table(
+                    {"record_id": list(cols[0]), "run_id": list(cols[1]), "filter": list(cols[2]),
+                     "filter_version": list(cols[3]), "keep": pa.array(cols[4], pa.bool_()),
+                     "score": pa.array(cols[5], pa.float64()), "reason": pa.array(cols[6], pa.string())}
+                )  # fmt: skip
+                insert_frame(
+                    con, "_batch_verdicts", t,
+                    "INSERT INTO verdicts (record_id, run_id, filter, filter_version, keep, score, reason) ",
+                    "SELECT DISTINCT ON (record_id, filter, filter_version) * FROM _batch_verdicts b "
+                    "WHERE NOT EXISTS (SELECT 1 FROM verdicts v WHERE v.record_id = b.record_id "
+                    "AND v.filter = b.filter AND v.filter_version = b.filter_version)" if checked else None,
+                )  # fmt: skip
+            if batch.stats is not None:
+                s = batch.stats
+                execute(con,
+                    "UPDATE run_stats SET requests_sent = ?, attempts = ?, cache_hits = ?, prompt_tokens = ?, "
+                    "completion_tokens = ?, failures = ?, failure_examples = ?, status = ?, updated_at = now() "
+                    "WHERE run_id = ? AND invocation = ?",
+                    [
+                        s["requests_sent"], s["attempts"], s["cache_hits"], s["prompt_tokens"],
+                        s["completion_tokens"], orjson.dumps(s["failures"]).decode(),
+                        orjson.dumps(s.get("failure_examples") or {}).decode(), s["status"],
+                        s["run_id"], s["invocation"],
+                    ],
+                )  # fmt: skip
+            execute(con, "COMMIT")
+        except duckdb.Error as exc:
+            with contextlib.suppress(duckdb.Error):
+                execute(con, "ROLLBACK")
+            if not checked and isinstance(exc, duckdb.ConstraintException):
+                raise  # commit() writes the batch again with the checks
+            if doctor.is_damage(exc):
+                raise doctor.damaged(
+                    self.path, exc, note="this batch was not written (its answers stay in the journal)"
+                ) from exc
+            raise StoreError(
+                f"cannot write to the store {self.path}: {exc}. If the disk is full, free space and re-run "
+                "the same command: answers not yet committed are kept in the journal."
+            ) from exc
+
+    def start_run(
+        self,
+        *,
+        run_id: str,
+        name: str,
+        recipe: str,
+        teacher: str,
+        config: dict[str, Any],
+        config_hash: str,
+        version: str,
+    ) -> int:
+        """Create the run (or find it again on resume) and open a new invocation. Returns its number."""
+        execute(self.con, "BEGIN TRANSACTION")
+        execute(
+            self.con,
+            "INSERT INTO runs (id, name, recipe, teacher, config, config_hash, status, factory_version) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'running', ?) "
+            # The config of the latest invocation is kept: what does not change the run's output (license,
+            # source datasets, budgets, export settings) may be edited between invocations.
+            "ON CONFLICT (id) DO UPDATE SET status = 'running', updated_at = now(), "
+            "factory_version = excluded.factory_version, config = excluded.config",
+            [run_id, name, recipe, teacher, orjson.dumps(config).decode(), config_hash, version],
+        )
+        invocation = self._new_invocation(run_id, "running")
+        execute(self.con, "COMMIT")
+        return invocation
+
+    def _new_invocation(self, run_id: str, status: str) -> int:
+        rows = execute(
+            self.con, "SELECT coalesce(max(invocation), 0) + 1 FROM run_stats WHERE run_id = ?", [run_id]
+        )
+        invocation = int(rows[0][0]) if rows else 1
+        execute(
+            self.con,
+            "INSERT INTO run_stats (run_id, invocation, failures, status) VALUES (?, ?, '{}', ?)",
+            [run_id, invocation, status],
+        )
+        return invocation
+
+    def open_invocation(self, run_id: str, status: str) -> int:
+        """A new invocation of an existing run for work besides generation (a filter that calls a teacher),
+        so its requests and tokens count in the run's totals."""
+        execute(self.con, "BEGIN TRANSACTION")
+        invocation = self._new_invocation(run_id, status)
+        execute(self.con, "COMMIT")
+        return invocation
+
+    def finish_run(self, run_id: str, status: str) -> None:
+        execute(self.con, "UPDATE runs SET status = ?, updated_at = now() WHERE id = ?", [status, run_id])
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def count_cache(self, teacher: str | None = None) -> int:
+        if teacher is None:
+            return int(self._scalar("SELECT count(*) FROM cache"))
+        return int(self._scalar("SELECT count(*) FROM cache WHERE teacher = ?", [teacher]))
+
+    def lookup(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """Cached answers for these keys (missing keys are absent from the result)."""
+        if not keys:
+            return {}
+        self.con.register("_lookup", pa.table({"key": pa.array(keys, pa.string())}))
+        try:
+            rows = self._dicts(
+                "SELECT c.key, c.status, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens, "
+                "c.latency_ms, c.error FROM cache c SEMI JOIN _lookup l ON c.key = l.key"
+            )
+        finally:
+            self.con.unregister("_lookup")
+        return {r["key"]: r for r in rows}
+
+    def done_seeds(self, run_id: str) -> set[str]:
+        return {r[0] for r in self._rows("SELECT seed_id FROM seeds_done WHERE run_id = ?", [run_id])}
