@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from factory import api
 from factory.errors import ConfigError
 from factory.placement import WorkerPlan, plan_workers
 
@@ -105,13 +106,14 @@ class Child:
 
 
 @pytest.mark.slow  # a Ray instance takes 5-15 s to start here
-def test_workers_of_a_multi_gpu_engine_run_in_their_own_placement_groups():
+def test_workers_of_a_multi_gpu_engine_run_in_their_own_placement_groups(tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
     from ray import cloudpickle
 
     from factory.cluster import start_workers
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this module
+    monkeypatch.setenv("FACTORY_DIGEST_CACHE", str(tmp_path / "digests.json"))
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -137,5 +139,19 @@ def test_workers_of_a_multi_gpu_engine_run_in_their_own_placement_groups():
         seen = ray.get([a.where.remote() for a in actors], timeout=120)
         assert groups == [] and all(s["bundles"] is None and s["resources"]["GPU"] == 1.0 for s in seen)
         assert all(s["gpus"] is None for s in seen)
+        # a run whose engine needs more GPUs than the cluster has is refused before its store exists
+        model = tmp_path / "m"
+        model.mkdir()
+        (model / "config.json").write_text('{"model_type": "llama"}')
+        (model / "model.safetensors").write_bytes(b"0" * 16)
+        (tmp_path / "seeds.jsonl").write_text('{"id": "a", "text": "hi"}\n')
+        cfg = tmp_path / "run.yaml"
+        cfg.write_text(
+            "name: pg\nrecipe: prompt\nseeds: seeds.jsonl\nstore: pg.duckdb\nexecutor: {kind: ray}\n"
+            f"teacher: {{spec: 'vllm:{model}', options: {{tensor_parallel_size: 4, pipeline_parallel_size: 2}}}}\n"
+        )
+        with pytest.raises(ConfigError, match=r"needs 8 GPUs .* the Ray cluster has 4"):
+            api.run(cfg)
+        assert not (tmp_path / "pg.duckdb").exists()
     finally:
         ray.shutdown()
