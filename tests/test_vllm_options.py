@@ -91,7 +91,7 @@ def test_the_engine_gets_the_devices_defaults_unless_the_config_sets_them(folder
     assert kw["tensor_parallel_size"] == 1 and kw["pipeline_parallel_size"] == 1
     assert "distributed_executor_backend" not in kw
     assert t.describe()["device"] == "cuda"
-    assert t.describe()["engine"] == (
+    assert t.describe()["settings"] == (
         "cuda: enforce_eager=False, gpu_memory_utilization=0.9, enable_prefix_caching=True, "
         "enable_chunked_prefill=True, tensor_parallel_size=1, pipeline_parallel_size=1"
     )
@@ -110,11 +110,11 @@ def test_the_engine_gets_the_devices_defaults_unless_the_config_sets_them(folder
 def test_describe_says_what_is_set_before_the_engine_starts(folder):
     d = build_teacher(f"vllm:{folder}", {"tensor_parallel_size": 2, "enforce_eager": True}).describe()
     assert d["device"] is None and d["engine_options"] == {"enforce_eager": True}
-    assert d["engine"] == (
+    assert d["settings"] == (
         "engine options by device at start; set: enforce_eager=True, tensor_parallel_size=2, "
         "pipeline_parallel_size=1"
     )
-    assert build_teacher(f"vllm:{folder}").describe()["engine"] == "engine options by device at start"
+    assert build_teacher(f"vllm:{folder}").describe()["settings"] == "engine options by device at start"
 
 
 def test_a_parallel_engine_is_checked_at_start_and_uses_its_ray_placement_group(folder, monkeypatch):
@@ -148,3 +148,17 @@ def test_neither_the_device_nor_parallelism_changes_a_request_key(folder, monkey
         assert request_key(t.identity(), body) == request_key(
             build_teacher(f"vllm:{folder}", {"dtype": "bfloat16"}).identity(), body
         )
+
+
+def test_the_runs_teacher_line_says_what_the_config_sets(folder, tmp_path, cli):
+    (tmp_path / "seeds.jsonl").write_text('{"id": "a", "text": "hi"}\n')
+    (tmp_path / "run.yaml").write_text(
+        "name: tp\nrecipe: prompt\nseeds: seeds.jsonl\nstore: tp.duckdb\n"
+        f"teacher: {{spec: 'vllm:{folder}', options: {{tensor_parallel_size: 2}}}}\n"
+    )
+    got = cli("run", "run.yaml", "--dry-run", cwd=tmp_path)
+    assert got.returncode == 0, got.stderr
+    assert (
+        f"teacher vllm:{folder} → a local vllm engine (engine options by device at start; "
+        "set: tensor_parallel_size=2, pipeline_parallel_size=1)"
+    ) in got.stdout.splitlines()

@@ -108,7 +108,7 @@ class VLLMTeacher(LocalEngineTeacher):
 
     def describe(self) -> dict[str, Any]:
         """``device`` and ``engine_options`` are what the engine started with (before: None and the options
-        the config sets); ``engine`` says the same in one line."""
+        the config sets); ``settings`` says the same in one line."""
         tp, pp = self.tensor_parallel_size, self.pipeline_parallel_size
         return {
             **super().describe(),
@@ -119,7 +119,7 @@ class VLLMTeacher(LocalEngineTeacher):
             "tensor_parallel_size": tp,
             "pipeline_parallel_size": pp,
             "engine_options": dict(self.engine_options),
-            "engine": vo.summary(self.device, self.engine_options, tp, pp),
+            "settings": vo.summary(self.device, self.engine_options, tp, pp),
             "loaded": self._llm is not None,
         }
 
