@@ -85,10 +85,10 @@ class VLLMTeacher(LocalEngineTeacher):
         self.seed = int(opts["seed"])
         if not isinstance(opts["engine_args"], dict):
             raise ConfigError("the vllm teacher option engine_args must be a mapping of vllm.LLM arguments")
+        self.tensor_parallel_size, self.pipeline_parallel_size = vo.parallel_sizes(opts, opts["engine_args"])
+        self.device: str | None = None  # known once the engine starts, with the options it started with
+        self.engine_options: dict[str, Any] = {}
         self.engine_args: dict[str, Any] = dict(opts["engine_args"])
-        self.tensor_parallel_size, self.pipeline_parallel_size = vo.parallel_sizes(opts, self.engine_args)
-        self.device: str | None = None  # known once the engine starts
-        self.engine_options: dict[str, Any] = self._explicit()  # then: what the engine was started with
         self._llm: Any = None
         self._tokenizer: Any = None
 
@@ -110,16 +110,17 @@ class VLLMTeacher(LocalEngineTeacher):
         """``device`` and ``engine_options`` are what the engine started with (before: None and the options
         the config sets); ``settings`` says the same in one line."""
         tp, pp = self.tensor_parallel_size, self.pipeline_parallel_size
+        options = self.engine_options if self.device is not None else self._explicit()
         return {
             **super().describe(),
             "path": str(self._folder),
-            "max_model_len": self.max_model_len,
-            "dtype": self.dtype,
             "device": self.device,
             "tensor_parallel_size": tp,
             "pipeline_parallel_size": pp,
-            "engine_options": dict(self.engine_options),
-            "settings": vo.summary(self.device, self.engine_options, tp, pp),
+            "engine_options": dict(options),
+            "settings": vo.summary(self.device, options, tp, pp),
+            "max_model_len": self.max_model_len,
+            "dtype": self.dtype,
             "loaded": self._llm is not None,
         }
 
