@@ -553,7 +553,7 @@ def connect(prep: Any, address: str | None = None) -> Any:
     ShardFiles(shard_root(prep))  # a shard_dir URL no filesystem opens
     ray = ray_init(address if address is not None else cfg.executor.address)
     if _local_engine(prep):  # workers the cluster's GPUs cannot hold
-        worker_plan(prep, ray, len(shards_of(len(prep.seeds), cfg.executor.shard_seeds)))
+        worker_plan(prep, ray, -(-len(prep.seeds) // cfg.executor.shard_seeds))
     return ray
 
 

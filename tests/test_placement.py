@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -78,6 +79,8 @@ class Probe:
             "bundles": group.bundle_specs if group else None,
             "resources": ray.get_runtime_context().get_assigned_resources(),
             "gpus": placement_gpus(),
+            # the teacher asks from its engine thread, not the actor's
+            "gpus_from_a_thread": ThreadPoolExecutor(1).submit(placement_gpus).result(),
         }
 
     def child_in_group(self, bundle: int) -> bool:
@@ -126,7 +129,7 @@ def test_workers_of_a_multi_gpu_engine_run_in_their_own_placement_groups(tmp_pat
         seen = ray.get([a.where.remote() for a in actors], timeout=120)
         for s in seen:
             assert s["bundles"] == [{"CPU": 1.0, "GPU": 1.0}, {"GPU": 1.0}]
-            assert s["gpus"] == 2  # what the vllm teacher checks its parallel sizes against
+            assert s["gpus"] == s["gpus_from_a_thread"] == 2  # what the vllm teacher checks its sizes against
             assert s["resources"].get("CPU") == 1.0 and not s["resources"].get("GPU")
         assert all(ray.get([a.child_in_group.remote(1) for a in actors], timeout=120))
         assert [s["group"] for s in seen] == [g.id.hex() for g in groups]  # each worker in its own group
@@ -138,7 +141,7 @@ def test_workers_of_a_multi_gpu_engine_run_in_their_own_placement_groups(tmp_pat
         actors, groups = start_workers(ray, plan(cluster_gpus=4, cluster_cpus=2, workers=2), Probe, ())
         seen = ray.get([a.where.remote() for a in actors], timeout=120)
         assert groups == [] and all(s["bundles"] is None and s["resources"]["GPU"] == 1.0 for s in seen)
-        assert all(s["gpus"] is None for s in seen)
+        assert all(s["gpus"] is None and s["gpus_from_a_thread"] is None for s in seen)
         # a run whose engine needs more GPUs than the cluster has is refused before its store exists
         model = tmp_path / "m"
         model.mkdir()
