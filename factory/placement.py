@@ -57,8 +57,8 @@ def plan_workers(
     fits = gpus // k
     if fits < 1:
         raise ConfigError(
-            f"the teacher's engine needs {k} GPUs (tensor_parallel_size × pipeline_parallel_size) and the Ray "
-            f"cluster has {gpus}: lower tensor_parallel_size or pipeline_parallel_size, or add GPUs"
+            f"the teacher's engine needs {k} GPUs (tensor_parallel_size × pipeline_parallel_size) and the "
+            f"Ray cluster has {gpus}: lower tensor_parallel_size or pipeline_parallel_size, or add GPUs"
         )
     if workers is not None and workers > fits:
         raise ConfigError(

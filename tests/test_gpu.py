@@ -87,7 +87,8 @@ def test_a_cluster_worker_runs_a_two_gpu_engine_in_its_placement_group(cuda_vllm
     # SmolLM2-135M has 9 attention heads, so two GPUs split its 30 layers (pipeline), not its heads
     cfg.write_text(
         "name: pp\nrecipe: prompt\nseeds: seeds.jsonl\nstore: pp.duckdb\nparams: {max_tokens: 8}\n"
-        f"teacher: {{spec: 'vllm:{embedded_dir}', options: {{pipeline_parallel_size: 2, max_model_len: 1024}}}}\n"
+        f"teacher: {{spec: 'vllm:{embedded_dir}', "
+        "options: {pipeline_parallel_size: 2, max_model_len: 1024}}\n"
         "executor: {kind: ray, shard_seeds: 3, workers: 1}\n"
     )
     res = api.run(cfg)

@@ -120,7 +120,7 @@ def test_workers_of_a_multi_gpu_engine_run_in_their_own_placement_groups(tmp_pat
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address="local", num_cpus=2, num_gpus=4, include_dashboard=False, object_store_memory=128 * 2**20,
+    ray.init(address="local", num_cpus=2, num_gpus=4, include_dashboard=False, object_store_memory=2**27,
              logging_level="warning", log_to_driver=False)  # fmt: skip
     try:
         p = plan(cluster_gpus=4, cluster_cpus=2, gpus_per_engine=2)
@@ -151,7 +151,8 @@ def test_workers_of_a_multi_gpu_engine_run_in_their_own_placement_groups(tmp_pat
         cfg = tmp_path / "run.yaml"
         cfg.write_text(
             "name: pg\nrecipe: prompt\nseeds: seeds.jsonl\nstore: pg.duckdb\nexecutor: {kind: ray}\n"
-            f"teacher: {{spec: 'vllm:{model}', options: {{tensor_parallel_size: 4, pipeline_parallel_size: 2}}}}\n"
+            f"teacher: {{spec: 'vllm:{model}', "
+            "options: {tensor_parallel_size: 4, pipeline_parallel_size: 2}}\n"
         )
         with pytest.raises(ConfigError, match=r"needs 8 GPUs .* the Ray cluster has 4"):
             api.run(cfg)

@@ -52,7 +52,7 @@ VLLM_DEFAULTS: dict[str, Any] = {
 # Engine arguments that change only speed, memory or placement, never an answer: not part of the
 # identity, so tuning throughput keeps the cache. Any other argument (quantization, kv_cache_dtype,
 # revision, tokenizer, hf_overrides, ...) is keyed. The options gpu_memory_utilization, enforce_eager,
-# tensor_parallel_size and pipeline_parallel_size are not keyed either, nor is the device that chose a default.
+# tensor_parallel_size and pipeline_parallel_size are not keyed either, nor is the device that chose one.
 THROUGHPUT_ARGS = frozenset(
     {
         "gpu_memory_utilization", "enforce_eager", "tensor_parallel_size", "pipeline_parallel_size",
