@@ -83,11 +83,11 @@ class VLLMTeacher(LocalEngineTeacher):
         self.max_model_len = int(opts["max_model_len"])
         self.dtype = str(opts["dtype"])
         self.seed = int(opts["seed"])
-        if not isinstance(opts["engine_args"], dict):
-            raise ConfigError("the vllm teacher option engine_args must be a mapping of vllm.LLM arguments")
         self.tensor_parallel_size, self.pipeline_parallel_size = vo.parallel_sizes(opts, opts["engine_args"])
         self.device: str | None = None  # known once the engine starts, with the options it started with
         self.engine_options: dict[str, Any] = {}
+        if not isinstance(opts["engine_args"], dict):
+            raise ConfigError("the vllm teacher option engine_args must be a mapping of vllm.LLM arguments")
         self.engine_args: dict[str, Any] = dict(opts["engine_args"])
         self._llm: Any = None
         self._tokenizer: Any = None

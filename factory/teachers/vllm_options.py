@@ -68,13 +68,14 @@ def flag(name: str, value: Any) -> bool | None:
     return value
 
 
-def parallel_sizes(options: Mapping[str, Any], engine_args: Mapping[str, Any]) -> tuple[int, int]:
+def parallel_sizes(options: Mapping[str, Any], engine_args: Any) -> tuple[int, int]:
     """(tensor, pipeline) parallel sizes from the teacher options, or from ``engine_args`` where only they
-    name one; the same size in both with two values is refused."""
+    name one; the same size in both with two values is refused. ``engine_args`` not a mapping: the
+    caller's own check refuses it."""
     sizes = []
     for name in PARALLEL:
         value = positive_int(name, options[name])
-        if name in engine_args:
+        if isinstance(engine_args, Mapping) and name in engine_args:
             other = positive_int(f"engine_args.{name}", engine_args[name])
             if name in options and options[name] != 1 and other != value:
                 raise ConfigError(
