@@ -209,9 +209,14 @@ def endpoints(prep: Prepared) -> list[str]:
             continue
         seen.add(id(t))
         who = tc.spec if role == "default" else f"{role} ({tc.spec})"
-        url = t.describe().get("base_url")
+        described = t.describe()
+        url = described.get("base_url")
         if url is None:
-            lines.append(f"teacher {who} → a local {parse_spec(tc.spec)[0]} engine")
+            settings = described.get("settings")  # what the engine runs with, where the backend says
+            lines.append(
+                f"teacher {who} → a local {parse_spec(tc.spec)[0]} engine"
+                + (f" ({settings})" if settings else "")
+            )
             continue
         default = "@" not in parse_spec(tc.spec)[1] and not tc.base_url and "base_url" not in tc.options
         lines.append(f"teacher {who} → {url}" + (" (no @URL in the spec)" if default else ""))

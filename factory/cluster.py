@@ -6,10 +6,11 @@ ingested into the store by the driver.
 - Workers: ``executor.workers`` Ray actors. Each prepares the config once (the config and template files
   must be at the same paths on every node, or shipped with ``ray job submit --working-dir``; the seeds
   come with each shard, and the seed file is read only by a recipe that binds to all seeds),
-  builds its teachers once (a local engine's model is loaded once per actor, one GPU each) and takes
-  shards one after another. A shard runs in the single-process runner against a scratch DuckDB file on
-  the worker; each commit also goes out as parquet parts to ``{shard_dir}/{shard}/{attempt}/``. Workers
-  never open the store.
+  builds its teachers once (a local engine's model is loaded once per actor, on the GPUs the actor
+  reserves: one, or a placement group of several for a tensor- or pipeline-parallel engine, see
+  :mod:`factory.placement`) and takes shards one after another. A shard runs in the single-process
+  runner against a scratch DuckDB file on the worker; each commit also goes out as parquet parts to
+  ``{shard_dir}/{shard}/{attempt}/``. Workers never open the store.
 - The driver ingests a shard's parts into the store with checked inserts (records, answers, seeds done:
   present rows are skipped), so an attempt that was retried, or read twice, adds nothing twice. Parts of
   attempts that died are ingested too: what a killed worker was paid for is kept. A retried attempt
@@ -46,6 +47,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from factory.errors import ConfigError, FactoryError, StoreError
+from factory.placement import WorkerPlan, plan_workers
 from factory.store import CACHE_COLUMNS, CACHE_SCHEMA, RECORD_SCHEMA, Batch, Store
 
 log = logging.getLogger(__name__)
@@ -549,7 +551,54 @@ def connect(prep: Any, address: str | None = None) -> Any:
     """Check what a cluster run cannot do and reach the cluster, before anything is stored."""
     cfg = prep.config
     ShardFiles(shard_root(prep))  # a shard_dir URL no filesystem opens
-    return ray_init(address if address is not None else cfg.executor.address)
+    ray = ray_init(address if address is not None else cfg.executor.address)
+    if _local_engine(prep):  # workers the cluster's GPUs cannot hold
+        worker_plan(prep, ray, -(-len(prep.seeds) // cfg.executor.shard_seeds))
+    return ray
+
+
+def worker_plan(
+    prep: Any, ray: Any, shards: int, *, workers: int | None = None, teachers: dict[str, Any] | None = None
+) -> WorkerPlan:
+    """How many workers the cluster holds for this run and what each reserves (factory.placement)."""
+    from factory.teachers.local import LocalEngineTeacher
+
+    if teachers is None:
+        from factory import api
+
+        teachers = api.make_teachers(prep)
+    engines = [t.gpus_per_engine() for t in teachers.values() if isinstance(t, LocalEngineTeacher)]
+    res = ray.cluster_resources()
+    return plan_workers(
+        local=_local_engine(prep), gpus_per_engine=max(engines, default=1),
+        cluster_gpus=float(res.get("GPU", 0)), cluster_cpus=float(res.get("CPU", 1)),
+        workers=workers or prep.config.executor.workers, shards=shards,
+    )  # fmt: skip
+
+
+def start_workers(
+    ray: Any, plan: WorkerPlan, cls: type, args: tuple[Any, ...]
+) -> tuple[list[Any], list[Any]]:
+    """The plan's workers (actors of ``cls``) and their placement groups: each worker in a group of its own
+    when its engine spans several GPUs, where vLLM finds it and puts its GPU workers in its bundles."""
+    worker_cls = ray.remote(
+        num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_restarts=-1, max_task_retries=3
+    )(cls)
+    actors, groups = [], []
+    for _ in range(plan.workers):
+        if not plan.bundles:
+            actors.append(worker_cls.remote(*args))
+            continue
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        group = placement_group(list(plan.bundles), strategy=plan.strategy)
+        groups.append(group)
+        strategy = PlacementGroupSchedulingStrategy(
+            placement_group=group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
+        )
+        actors.append(worker_cls.options(scheduling_strategy=strategy).remote(*args))
+    return actors, groups
 
 
 def _local_engine(prep: Any) -> bool:
@@ -592,13 +641,12 @@ async def run_on_ray(
     if not pending:
         return report
 
-    gpus = float(ray.cluster_resources().get("GPU", 0))
+    from factory import api
+
+    teachers = api.make_teachers(prep)
+    placed = worker_plan(prep, ray, len(pending), workers=workers, teachers=teachers)
     local = _local_engine(prep)
-    n = workers or ex.workers
-    if n is None:
-        n = int(gpus) if local and gpus >= 1 else int(ray.cluster_resources().get("CPU", 1))
-    n = max(1, min(n, len(pending)))
-    report.workers = n
+    n = report.workers = placed.workers
     budgets: dict[str, Any] = {}
     names: dict[str, str] = {}
     in_flight = None
@@ -612,19 +660,13 @@ async def run_on_ray(
                 opts.get("max_requests_per_minute"), opts.get("learn_rate_limit", True)
             )
         in_flight = max(1, cfg.teacher.max_in_flight // n)
-    worker_cls = ray.remote(
-        num_cpus=0 if (local and gpus >= 1) else 1,
-        num_gpus=1 if (local and gpus >= 1) else 0,
-        max_restarts=-1,
-        max_task_retries=3,
-    )(ShardWorker)
     config = cfg.model_dump(mode="json")
     from factory.seeds import seeds_digest
 
     digest = seeds_digest(prep.seeds)
-    actors = [
-        worker_cls.remote(config, str(cfg._base_dir.resolve()), digest, in_flight, names) for _ in range(n)
-    ]
+    actors, groups = start_workers(
+        ray, placed, ShardWorker, (config, str(cfg._base_dir.resolve()), digest, in_flight, names)
+    )
     try:
         ids = await asyncio.gather(*[a.ready.remote() for a in actors])
         if any(i != prep.run_id for i in ids):
@@ -642,9 +684,7 @@ async def run_on_ray(
             return await ref
 
         spend = _Spending(cfg.budget.max_requests, cfg.budget.max_output_tokens)
-        from factory import api
-
-        identities = {role: t.identity() for role, t in api.make_teachers(prep).items()}
+        identities = {role: t.identity() for role, t in teachers.items()}
 
         def submit(actor: Any) -> None:
             share = spend.share(idle=n - len(running))
@@ -714,6 +754,9 @@ async def run_on_ray(
         for b in budgets.values():
             with contextlib.suppress(Exception):
                 ray.kill(b)
+        for g in groups:
+            with contextlib.suppress(Exception):
+                ray.util.remove_placement_group(g)
     if report.shards_done + report.shards_skipped == report.shards and not ex.keep_shards:
         files.remove("")
     return report

@@ -97,6 +97,10 @@ class LocalEngineTeacher(Teacher):
         """The folder to load (called on the worker thread; subclasses may build it here)."""
         return self._folder
 
+    def gpus_per_engine(self) -> int:
+        """The GPUs one engine of this teacher spans when it runs on GPUs (a cluster worker reserves them)."""
+        return 1
+
     @abc.abstractmethod
     def _run(self, requests: Sequence[Request]) -> list[Completion | TeacherError]: ...
 

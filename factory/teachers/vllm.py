@@ -12,6 +12,10 @@ What can go wrong, per request:
     it, and becomes ``TeacherRejected(kind="invalid_request")``;
   * anything else failing the batch is a ``TeacherUnavailable(kind="engine")`` for every request in it.
 
+Engine options the config leaves unset (CUDA graphs, memory share, prefix caching, chunked prefill) are
+chosen by the device when the engine starts, and a GPU engine's tensor and pipeline parallel sizes are
+checked against the GPUs it may use (:mod:`factory.teachers.vllm_options`).
+
 Nothing heavy is imported here at module level: ``vllm`` and ``torch`` load with the engine.
 """
 
@@ -26,15 +30,19 @@ from pathlib import Path
 from typing import Any
 
 from factory.errors import ConfigError, TeacherError, TeacherRejected, TeacherUnavailable
+from factory.teachers import vllm_options as vo
 from factory.teachers.base import Teacher
 from factory.teachers.local import LocalEngineTeacher, model_folder, plain_messages, take_options
 from factory.types import Completion, Request
 
 log = logging.getLogger(__name__)
 
+# None: chosen by the device when the engine starts (factory.teachers.vllm_options.BY_DEVICE).
 VLLM_DEFAULTS: dict[str, Any] = {
-    "gpu_memory_utilization": 0.3,
-    "enforce_eager": True,
+    "gpu_memory_utilization": None,
+    "enforce_eager": None,
+    "tensor_parallel_size": 1,
+    "pipeline_parallel_size": 1,
     "max_model_len": 2048,
     "dtype": "auto",
     "seed": 0,
@@ -43,8 +51,8 @@ VLLM_DEFAULTS: dict[str, Any] = {
 
 # Engine arguments that change only speed, memory or placement, never an answer: not part of the
 # identity, so tuning throughput keeps the cache. Any other argument (quantization, kv_cache_dtype,
-# revision, tokenizer, hf_overrides, ...) is keyed. The options gpu_memory_utilization and enforce_eager
-# are not keyed either.
+# revision, tokenizer, hf_overrides, ...) is keyed. The options gpu_memory_utilization, enforce_eager,
+# tensor_parallel_size and pipeline_parallel_size are not keyed either, nor is the device that chose one.
 THROUGHPUT_ARGS = frozenset(
     {
         "gpu_memory_utilization", "enforce_eager", "tensor_parallel_size", "pipeline_parallel_size",
@@ -70,11 +78,14 @@ class VLLMTeacher(LocalEngineTeacher):
         folder = folder or model_folder(model, spec)
         super().__init__(spec, folder.name)
         self._init_local(folder)
-        self.gpu_memory_utilization = float(opts["gpu_memory_utilization"])
-        self.enforce_eager = bool(opts["enforce_eager"])
+        self.gpu_memory_utilization = vo.fraction("gpu_memory_utilization", opts["gpu_memory_utilization"])
+        self.enforce_eager = vo.flag("enforce_eager", opts["enforce_eager"])
         self.max_model_len = int(opts["max_model_len"])
         self.dtype = str(opts["dtype"])
         self.seed = int(opts["seed"])
+        self.tensor_parallel_size, self.pipeline_parallel_size = vo.parallel_sizes(opts, opts["engine_args"])
+        self.device: str | None = None  # known once the engine starts, with the options it started with
+        self.engine_options: dict[str, Any] = {}
         if not isinstance(opts["engine_args"], dict):
             raise ConfigError("the vllm teacher option engine_args must be a mapping of vllm.LLM arguments")
         self.engine_args: dict[str, Any] = dict(opts["engine_args"])
@@ -96,29 +107,61 @@ class VLLMTeacher(LocalEngineTeacher):
         return out
 
     def describe(self) -> dict[str, Any]:
+        """``device`` and ``engine_options`` are what the engine started with (before: None and the options
+        the config sets); ``settings`` says the same in one line."""
+        tp, pp = self.tensor_parallel_size, self.pipeline_parallel_size
+        options = self.engine_options if self.device is not None else self._explicit()
         return {
             **super().describe(),
             "path": str(self._folder),
+            "device": self.device,
+            "tensor_parallel_size": tp,
+            "pipeline_parallel_size": pp,
+            "engine_options": dict(options),
+            "settings": vo.summary(self.device, options, tp, pp),
             "max_model_len": self.max_model_len,
             "dtype": self.dtype,
             "loaded": self._llm is not None,
         }
 
+    def gpus_per_engine(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
     # -- engine ----------------------------------------------------------------------------------------
+    def _explicit(self) -> dict[str, Any]:
+        """The device-chosen options the config sets (teacher options, then engine_args over them)."""
+        out: dict[str, Any] = {}
+        if self.enforce_eager is not None:
+            out["enforce_eager"] = self.enforce_eager
+        if self.gpu_memory_utilization is not None:
+            out["gpu_memory_utilization"] = self.gpu_memory_utilization
+        out.update({k: self.engine_args[k] for k in vo.CHOSEN if k in self.engine_args})
+        return out
+
     def _engine_kwargs(self, folder: Path) -> dict[str, Any]:
+        """Runs on the engine thread, once vLLM is imported: the device picks what the config left unset,
+        and a GPU engine is checked against the GPUs it may use."""
+        device = vo.current_device()
+        tp, pp = self.tensor_parallel_size, self.pipeline_parallel_size
+        in_group = vo.placement_gpus()
+        if device == "cuda":
+            vo.check_parallel(tp, pp, vo.visible_gpus())
+        chosen = vo.engine_options(device, self._explicit())
         kwargs: dict[str, Any] = {
             "model": str(folder),
-            "gpu_memory_utilization": self.gpu_memory_utilization,
-            "enforce_eager": self.enforce_eager,
+            **chosen,
+            "tensor_parallel_size": tp,
+            "pipeline_parallel_size": pp,
             "max_model_len": self.max_model_len,
             "dtype": _cpu_dtype() if self.dtype == "auto" else self.dtype,
             "seed": self.seed,
         }
-        if _on_cpu():
-            # vLLM's CPU runner fails a whole batch ("CPU Generator does not use offset") when a seeded
-            # request's prompt is prefilled in chunks; whole prompts per step avoid it.
-            kwargs["enable_chunked_prefill"] = False
+        if in_group is not None and tp * pp > 1:
+            # vLLM's workers go in the placement group of the Ray worker this engine runs in
+            kwargs["distributed_executor_backend"] = "ray"
         kwargs.update(self.engine_args)
+        self.device, self.engine_options = device, chosen
+        log.info("vLLM engine for %s: %s", folder, vo.summary(device, chosen, tp, pp))
         return kwargs
 
     def _load(self) -> Any:
@@ -261,15 +304,6 @@ class VLLMTeacher(LocalEngineTeacher):
             log.debug("vLLM engine shutdown: %r", exc)
         del llm
         gc.collect()
-
-
-def _on_cpu() -> bool:
-    try:
-        from vllm.platforms import current_platform
-
-        return bool(current_platform.is_cpu())
-    except Exception:  # an engine that cannot say: leave vLLM's defaults alone
-        return False
 
 
 def _cpu_dtype() -> str:
