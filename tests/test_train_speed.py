@@ -1,6 +1,7 @@
 """What keeps training steps cheap changes no number: the answer-only vocabulary projection gives the model's
-own loss, the length-grouped order is a seeded permutation that pads less, bf16 autocast stays close to fp32,
-and per-task losses are read back only when the Trainer logs."""
+own loss (with the answer positions worked out by the collator or not), the length-grouped order is a seeded
+permutation that pads less, bf16 autocast stays close to fp32, gradient checkpointing gives the same
+gradients, and per-task losses are read back only when the Trainer logs."""
 
 import random
 
@@ -47,6 +48,55 @@ def test_answer_only_projection_is_the_models_own_loss_and_log_probs(small, monk
 
     monkeypatch.setattr(causal, "_decoder_and_head", lambda m: None)  # a model with a soft cap, say
     assert float(causal.answer_loss(model, batch).detach()) == pytest.approx(float(own.detach()), rel=1e-5)
+
+
+def test_the_collators_answer_positions_pick_the_same_logits(small, monkeypatch):
+    import torch
+
+    from trainers import causal
+
+    model, batch = small
+    rows = [
+        {"input_ids": ids[: int(m.sum())].tolist(), "labels": lab[: int(m.sum())].tolist()}
+        for ids, m, lab in zip(batch["input_ids"], batch["attention_mask"], batch["labels"], strict=True)
+    ]
+    collated = causal.PadCollator(pad_id=0)(rows)
+    assert torch.equal(collated["labels"], batch["labels"])
+    assert collated["answer_rows"].tolist() == [0] * 8 + [1] * 4 + [2] * 5 and collated["answer_start"] == 6
+    for fast in (True, False):  # the decoder-and-head path, and the full logits cut to logits_to_keep
+        if not fast:
+            monkeypatch.setattr(causal, "_decoder_and_head", lambda m: None)
+        ours = causal.answer_logits(model, collated)
+        found_here = causal.answer_logits(model, batch)  # no positions given: worked out from the labels
+        for a, b in zip(ours, found_here, strict=True):
+            assert torch.allclose(a, b, atol=1e-6)
+        own = model(**batch).loss
+        assert float(causal.answer_loss(model, collated).detach()) == pytest.approx(float(own.detach()), rel=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(small):
+    import copy
+
+    import torch
+
+    from trainers.causal import answer_loss
+
+    model, batch = small
+    grads, calls = [], []
+    for checkpointed in (False, True):
+        m = copy.deepcopy(model)
+        if checkpointed:
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        m.train()
+        seen = []
+        mlp = m.model.layers[0].mlp
+        mlp.forward = lambda x, f=mlp.forward: seen.append(1) or f(x)  # counts the runs of a layer's MLP
+        answer_loss(m, batch).backward()
+        grads.append({n: p.grad for n, p in m.named_parameters()})
+        calls.append(len(seen))
+    assert calls == [1, 2]  # checkpointed: the layer runs again in the backward pass
+    assert all(g is not None for g in grads[1].values())
+    assert all(torch.allclose(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-7) for n in grads[0])
 
 
 def test_bf16_autocast_stays_close_to_fp32(small):
