@@ -71,7 +71,9 @@ def test_the_collators_answer_positions_pick_the_same_logits(small, monkeypatch)
         for a, b in zip(ours, found_here, strict=True):
             assert torch.allclose(a, b, atol=1e-6)
         own = model(**batch).loss
-        assert float(causal.answer_loss(model, collated).detach()) == pytest.approx(float(own.detach()), rel=1e-5)
+        assert float(causal.answer_loss(model, collated).detach()) == pytest.approx(
+            float(own.detach()), rel=1e-5
+        )
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(small):
@@ -90,7 +92,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(small):
         m.train()
         seen = []
         mlp = m.model.layers[0].mlp
-        mlp.forward = lambda x, f=mlp.forward: seen.append(1) or f(x)  # counts the runs of a layer's MLP
+        mlp.forward = lambda x, f=mlp.forward, seen=seen: seen.append(1) or f(x)  # counts the MLP runs
         answer_loss(m, batch).backward()
         grads.append({n: p.grad for n, p in m.named_parameters()})
         calls.append(len(seen))
