@@ -218,14 +218,14 @@ def check_generation(tmp: Path, s: Size) -> dict[str, Any]:
 def sentence_folder(folder: Path, s: Size) -> tuple[Path, int]:
     """A random MiniLM-shaped BERT in the layout of a sentence-transformers folder (the shipped model's)."""
     import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel, BertTokenizer
 
     folder.mkdir(parents=True)
     n_words = 30522 - 5 if s.bert_hidden >= 384 else 1000
     (folder / "vocab.txt").write_text(
         "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(n_words))]) + "\n"
     )
-    tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    tok = BertTokenizer(vocab_file=str(folder / "vocab.txt"))
     cfg = BertConfig(vocab_size=n_words + 5, hidden_size=s.bert_hidden, num_hidden_layers=s.bert_layers,
                      num_attention_heads=max(2, s.bert_hidden // 32), intermediate_size=4 * s.bert_hidden,
                      max_position_embeddings=512)  # fmt: skip
@@ -327,6 +327,8 @@ def check_training(tmp: Path, s: Size) -> dict[str, Any]:
     class Clock(TrainerCallback):
         """The wall time from the end of the warm-up steps to the end of the last one."""
 
+        t_start = t_end = 0.0
+
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if state.global_step in (s.warmup_steps, steps):
                 sync()
@@ -352,7 +354,7 @@ def check_training(tmp: Path, s: Size) -> dict[str, Any]:
         model = llama(s, dtype, dev)
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.0, fused=True)
-        first = None
+        first: Any = None
         t0 = 0.0
         for step in range(steps):
             if step == s.warmup_steps:

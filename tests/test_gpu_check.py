@@ -1,6 +1,7 @@
 """benchmarks/gpu_check.py stays runnable: its ``--tiny`` mode runs every check's code path on the CPU, with
 the packages a GPU image lacks (duckdb, datasets, polars, pydantic, orjson, vllm, trl) refused to the
-factory's own modules and to the script, and writes a results file with a figure for each check."""
+factory's own modules and to the script, and writes a results file with a figure for each check, which the
+benchmarks README's block renders as a table."""
 
 import json
 import os
@@ -38,7 +39,7 @@ runpy.run_path(script, run_name="__main__")
 
 
 @pytest.mark.slow
-def test_tiny_mode_runs_every_check_without_the_packages_a_gpu_image_lacks(tmp_path):
+def test_tiny_mode_runs_every_check_without_the_packages_a_gpu_image_lacks(tmp_path, monkeypatch):
     out = tmp_path / "gpu_check.json"
     env = {**os.environ, "FACTORY_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
     args = [sys.executable, "-c", GUARD, str(ROOT), ",".join(MISSING), "--tiny", "--out", str(out)]
@@ -49,8 +50,19 @@ def test_tiny_mode_runs_every_check_without_the_packages_a_gpu_image_lacks(tmp_p
     assert figures["mode"] == "tiny" and data["versions"]["torch"] != "not installed"
     for name in ("generation", "embeddings", "training"):
         f = figures[name]
-        assert f["ours"] > 0 and f["bare"] > 0 and f["ratio"] == pytest.approx(f["ours"] / f["bare"], rel=1e-2)
+        assert (
+            f["ours"] > 0 and f["bare"] > 0 and f["ratio"] == pytest.approx(f["ours"] / f["bare"], rel=1e-2)
+        )
         assert f["ours_device"] == "cpu" and len(f["ours_s"]) == f["reps"] == 2
     assert figures["generation"]["same_output"] == 1.0  # the teacher generates what bare generate does
     assert figures["embeddings"]["min_cosine_ours_vs_bare"] > 0.999  # the same vectors
     assert figures["training"]["precision"] == "fp32" and figures["training"]["params"] > 0
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import _results
+    from figures_train import gpu_check
+
+    monkeypatch.setattr(_results, "RESULTS", tmp_path)
+    table = gpu_check()
+    assert "Not run on a GPU yet" not in table and "tiny mode" in table
+    assert all(f"| {name} |" in table for name in ("generation", "embeddings", "training"))
