@@ -146,3 +146,23 @@ def test_per_task_losses_stay_on_the_device_until_logged():
     assert isinstance(r.sums["label_loss"], torch.Tensor) and not r.sums["label_loss"].requires_grad
     assert r.means() == {"label_loss": 2.5, "rationale_loss": 5.0}
     assert r.means() == {}  # read back once, then it starts over
+
+
+def test_training_arguments_follow_the_device_and_gradient_checkpointing(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from trainers import harness, student
+
+    cfg = SimpleNamespace(epochs=1.0, max_steps=2, batch_size=2, grad_accum=1, lr=1e-4, warmup_ratio=0.0,
+                          weight_decay=0.0, logging_steps=1, save_steps=None, seed=0, precision="fp32",
+                          task="sft", device="cpu", gradient_checkpointing=True)  # fmt: skip
+    on_cpu = harness.training_args(cfg, tmp_path)
+    assert on_cpu.use_cpu and not on_cpu.dataloader_pin_memory and not on_cpu.accelerator_config.non_blocking
+    assert on_cpu.gradient_checkpointing and on_cpu.gradient_checkpointing_kwargs == {"use_reentrant": False}
+    monkeypatch.setattr(student, "resolve_device", lambda device="auto": "cuda")  # as where torch sees a GPU
+    on_gpu = harness.training_args(
+        SimpleNamespace(**{**vars(cfg), "gradient_checkpointing": False}), tmp_path
+    )
+    # pinned batches copied without blocking: the host never waits for the last step's kernels to queue the next
+    assert not on_gpu.use_cpu and on_gpu.dataloader_pin_memory and on_gpu.accelerator_config.non_blocking
+    assert not on_gpu.gradient_checkpointing
