@@ -208,6 +208,7 @@ def check_generation(tmp: Path, s: Size) -> dict[str, Any]:
         bare_s.append(time.perf_counter() - t0)
         ours_texts = [c.text for c in done]
         tokens = sum(c.completion_tokens for c in done)
+    asyncio.run(teacher.aclose())  # frees the teacher's model before the next check
     same = sum(a.strip() == b.strip() for a, b in zip(ours_texts, bare_texts, strict=True)) / len(requests)
     return _pair("generated tokens/s", tokens, ours_s, bare_s, dev, dev, same_output=round(same, 4),
                  prompts=len(requests), new_tokens=s.new_tokens, batch_size=s.gen_batch, dtype=dtype,
