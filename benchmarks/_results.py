@@ -42,11 +42,11 @@ def context(dists: list[str]) -> dict[str, Any]:
     }
 
 
-def save(name: str, ctx: dict[str, Any], figures: dict[str, Any]) -> Path:
-    """Write results/<name>.json: the context, the load average now, and the figures."""
+def save(name: str, ctx: dict[str, Any], figures: dict[str, Any], folder: Path = RESULTS) -> Path:
+    """Write results/<name>.json (or ``folder``/<name>.json): the context, the load average now, the figures."""
     data = {**ctx, "load_end": round(os.getloadavg()[0], 2), "figures": figures}
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)

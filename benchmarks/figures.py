@@ -6,7 +6,8 @@ Every quoted figure sits in a block of one of the two READMEs,
 
 whose text is what the renderer NAME (RENDERERS below) makes of the committed results files, which only the
 benchmark scripts write: `results.md` (run.py), `peers_results.md` (peers.py), and `results/NAME.json`
-(bench_dedup.py, bench_embed.py, bench_view.py, bench_cluster.py, demo_agreement.py). The renderers live in
+(bench_dedup.py, bench_embed.py, bench_view.py, bench_cluster.py, demo_agreement.py, gpu_check.py: its
+block says so while its file is absent). The renderers live in
 figures_clients.py (run.py, peers.py) and figures_local.py (the others), each with its rows of README.md's
 speed table, and here (demo_agreement.py);
 figures_read.py reads the files. To change what a block says, change its renderer or re-run its benchmark,
@@ -62,7 +63,7 @@ from figures_quality import quality_table  # noqa: E402
 # the markdown results files, which tests/test_readme_figures.py reads from here
 from figures_read import PEERS_MD as PEERS_MD  # noqa: E402
 from figures_read import RUN_MD, missed  # noqa: E402
-from figures_train import train_throughput  # noqa: E402
+from figures_train import gpu_check, train_throughput  # noqa: E402
 
 READMES = (HERE.parent / "README.md", HERE / "README.md")
 BLOCK = re.compile(r"<!-- figures:([a-z0-9-]+) -->(.*?)<!-- /figures -->", re.S)
@@ -169,6 +170,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "cluster-estimate": cluster_estimate,
     "demo-agreement": demo_agreement,
     "train-throughput": train_throughput,
+    "gpu-check": gpu_check,
     "quality-table": quality_table,
 }
 

@@ -52,3 +52,47 @@ def train_throughput() -> str:
         f"Target: step_by_step at least {x['target']} × label-only's tokens/s in this tree: {verdict}."
     )
     return "\n" + "\n".join(lines) + "\n"
+
+
+GPU_CHECKS = {
+    "generation": (
+        "transformers teacher, fed like the runner feeds it",
+        "bare `model.generate`, same batches",
+    ),
+    "embeddings": ("`factory.embeddings.encode`", "bare `SentenceTransformer.encode`"),
+    "training": ("the factory's causal Trainer, bf16 weights", "bare torch loop (own loss, fused AdamW)"),
+}
+
+
+def gpu_check() -> str:
+    """The GPU check's table (results/gpu_check.json, written by gpu_check.py), or a line saying it has not
+    run on a GPU yet."""
+    if not (_results.RESULTS / "gpu_check.json").is_file():
+        return (
+            "\nNot run on a GPU yet: `results/gpu_check.json` is absent. `python benchmarks/gpu_check.py` on a "
+            "GPU machine writes it, and `python benchmarks/figures.py` then puts its table here.\n"
+        )
+    d = _results.load("gpu_check")
+    x: dict[str, Any] = d["figures"]
+    v = d["versions"]
+    lines = [
+        "",
+        f"Measured {d['date']} by `gpu_check.py` on {x.get('gpu') or 'no GPU'} ({x['mode']} mode; {when(d)}; "
+        f"torch {v.get('torch')}, transformers {v.get('transformers')}, sentence-transformers "
+        f"{v.get('sentence-transformers')}). Medians of the repetitions; ratio = ours ÷ bare.",
+        "",
+        "| check | ours | bare | unit | ours (device) | bare (device) | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, (ours, bare) in GPU_CHECKS.items():
+        f = x.get(name)
+        if f is None:
+            continue
+        if "error" in f:
+            lines.append(f"| {name} | {ours} | {bare} | failed: {f['error']} | | | |")
+            continue
+        lines.append(
+            f"| {name} | {ours} | {bare} | {f['unit']} | {f['ours']:,.1f} ({f['ours_device']}) | "
+            f"{f['bare']:,.1f} ({f['bare_device']}) | {f['ratio']:.3f} |"
+        )
+    return "\n" + "\n".join(lines) + "\n"

@@ -533,7 +533,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "learning_rate": args.lr, "alpha": args.alpha, "label_only": args.label_only, "beta": args.beta,
         "sft_weight": args.sft_weight,
         "max_length": args.max_length, "eval_split": args.eval_split, "max_train_examples": args.max_train_examples,
-        "max_eval_examples": args.max_eval_examples, "overwrite": args.overwrite,
+        "max_eval_examples": args.max_eval_examples, "overwrite": args.overwrite, "device": args.device,
+        "gradient_checkpointing": args.gradient_checkpointing,
     }  # fmt: skip
     cfg = load_train_config(args.config, given)
     with TrainView() as view:
@@ -728,6 +729,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--max-train-examples", type=int, help="train on at most N rows")
     tr.add_argument("--max-eval-examples", type=int, help="evaluate at most N inputs")
+    tr.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        help="where to train (default auto: the GPU when there is one)",
+    )
+    tr.add_argument(
+        "--gradient-checkpointing", action="store_true", default=None,
+        help="recompute activations in the backward pass: less memory, about a third more compute",
+    )  # fmt: skip
     tr.add_argument("--overwrite", action="store_true", default=None, help="replace a non-empty --out")
     tr.add_argument("--json", action="store_true", help="print metrics.json")
     tr.set_defaults(fn=cmd_train)

@@ -18,6 +18,23 @@ ROOT = Path(__file__).resolve().parents[1]
 SEEDS = ROOT / "data" / "seeds" / "arithmetic.jsonl"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` run only where torch sees a CUDA device (torch is imported only if one is marked)."""
+    marked = [item for item in items if item.get_closest_marker("gpu")]
+    if not marked:
+        return
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    except ImportError:
+        cuda = False
+    if not cuda:
+        skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+        for item in marked:
+            item.add_marker(skip)
+
+
 def write_config(tmp: Path, body: str, name: str = "cfg.yaml") -> Path:
     p = tmp / name
     p.write_text(body, encoding="utf-8")

@@ -106,6 +106,7 @@ def snapshot_callback():
         def on_train_begin(self, args, state, control, model=None, **kw):
             self.before = {n: p.detach().clone() for n, p in model.named_parameters()}
             self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+            self.checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))
 
         def on_train_end(self, args, state, control, model=None, **kw):
             self.after = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -180,11 +181,14 @@ def test_sft_learns_only_the_assistant_turn_and_reloads(tmp_path, exports, tiny_
 
 
 def test_sft_with_lora_moves_every_adapter_weight_and_saves_a_merged_model(tmp_path, exports, tiny_llama):
+    """With gradient checkpointing too: the frozen base's activations are recomputed in the backward pass and
+    the gradients still reach every adapter."""
     from transformers import AutoModelForCausalLM
 
     snap = snapshot_callback()
     res = train(tmp_path, exports["messages"], "sft", tiny_llama, [snap], lora=True, lora_r=4, max_steps=4,
-                max_new_tokens=4, max_eval_examples=2)  # fmt: skip
+                max_new_tokens=4, max_eval_examples=2, gradient_checkpointing=True)  # fmt: skip
+    assert snap.checkpointing and res.metrics["train"]["gradient_checkpointing"] is True
     assert snap.trainable and all("lora_" in n for n in snap.trainable)
     assert snap.unchanged(snap.trainable) == []  # lora_B starts at zero, lora_A moves once B is non-zero
     frozen = [n for n in snap.before if n not in snap.trainable]

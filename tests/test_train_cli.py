@@ -79,7 +79,10 @@ def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes(tmp_path, sbs_export, t
     assert train(cfg).status == "already_done"  # a third run finds it finished
 
 
-def test_bad_input_is_one_config_error(tmp_path, sbs_export, tiny_llama):
+def test_bad_input_is_one_config_error(tmp_path, sbs_export, tiny_llama, monkeypatch):
+    import torch
+    from transformers import LlamaForCausalLM
+
     from trainers.run import train
 
     cases = [
@@ -88,10 +91,16 @@ def test_bad_input_is_one_config_error(tmp_path, sbs_export, tiny_llama):
         (dict(task="classifier"), "--task classifier needs an export in the shape text_label"),
         (dict(student=str(tmp_path / "no-model")), "--student"),
         (dict(student="minilm"), "is an encoder"),
+        (dict(gradient_checkpointing=True), "gradient_checkpointing: the student .* does not support it"),
     ]
+    if not torch.cuda.is_available():
+        cases += [(dict(device="cuda"), "--device cuda: torch sees no CUDA device"),
+                  (dict(precision="fp16"), "fp16 needs a GPU")]  # fmt: skip
+    monkeypatch.setattr(LlamaForCausalLM, "supports_gradient_checkpointing", False)  # an architecture without
     for over, message in cases:
         with pytest.raises(ConfigError, match=message):
             train(_config(tmp_path, over.pop("export", sbs_export), over.pop("student", tiny_llama), **over))
+    assert not (tmp_path / "out").exists()  # each one is refused before the output folder is made
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="--overwrite"):

@@ -1,6 +1,7 @@
 """What keeps training steps cheap changes no number: the answer-only vocabulary projection gives the model's
-own loss, the length-grouped order is a seeded permutation that pads less, bf16 autocast stays close to fp32,
-and per-task losses are read back only when the Trainer logs."""
+own loss (with the answer positions worked out by the collator or not), the length-grouped order is a seeded
+permutation that pads less, bf16 autocast stays close to fp32, gradient checkpointing gives the same
+gradients, and per-task losses are read back only when the Trainer logs."""
 
 import random
 
@@ -49,6 +50,57 @@ def test_answer_only_projection_is_the_models_own_loss_and_log_probs(small, monk
     assert float(causal.answer_loss(model, batch).detach()) == pytest.approx(float(own.detach()), rel=1e-5)
 
 
+def test_the_collators_answer_positions_pick_the_same_logits(small, monkeypatch):
+    import torch
+
+    from trainers import causal
+
+    model, batch = small
+    rows = [
+        {"input_ids": ids[: int(m.sum())].tolist(), "labels": lab[: int(m.sum())].tolist()}
+        for ids, m, lab in zip(batch["input_ids"], batch["attention_mask"], batch["labels"], strict=True)
+    ]
+    collated = causal.PadCollator(pad_id=0)(rows)
+    assert torch.equal(collated["labels"], batch["labels"])
+    assert collated["answer_rows"].tolist() == [0] * 8 + [1] * 4 + [2] * 5 and collated["answer_start"] == 6
+    for fast in (True, False):  # the decoder-and-head path, and the full logits cut to logits_to_keep
+        if not fast:
+            monkeypatch.setattr(causal, "_decoder_and_head", lambda m: None)
+        ours = causal.answer_logits(model, collated)
+        found_here = causal.answer_logits(model, batch)  # no positions given: worked out from the labels
+        for a, b in zip(ours, found_here, strict=True):
+            assert torch.allclose(a, b, atol=1e-6)
+        own = model(**batch).loss
+        assert float(causal.answer_loss(model, collated).detach()) == pytest.approx(
+            float(own.detach()), rel=1e-5
+        )
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(small):
+    import copy
+
+    import torch
+
+    from trainers.causal import answer_loss
+
+    model, batch = small
+    grads, calls = [], []
+    for checkpointed in (False, True):
+        m = copy.deepcopy(model)
+        if checkpointed:
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        m.train()
+        seen = []
+        mlp = m.model.layers[0].mlp
+        mlp.forward = lambda x, f=mlp.forward, seen=seen: seen.append(1) or f(x)  # counts the MLP runs
+        answer_loss(m, batch).backward()
+        grads.append({n: p.grad for n, p in m.named_parameters()})
+        calls.append(len(seen))
+    assert calls == [1, 2]  # checkpointed: the layer runs again in the backward pass
+    assert all(g is not None for g in grads[1].values())
+    assert all(torch.allclose(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-7) for n in grads[0])
+
+
 def test_bf16_autocast_stays_close_to_fp32(small):
     from trainers.batching import autocast
     from trainers.causal import answer_loss
@@ -94,3 +146,23 @@ def test_per_task_losses_stay_on_the_device_until_logged():
     assert isinstance(r.sums["label_loss"], torch.Tensor) and not r.sums["label_loss"].requires_grad
     assert r.means() == {"label_loss": 2.5, "rationale_loss": 5.0}
     assert r.means() == {}  # read back once, then it starts over
+
+
+def test_training_arguments_follow_the_device_and_gradient_checkpointing(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from trainers import harness, student
+
+    cfg = SimpleNamespace(epochs=1.0, max_steps=2, batch_size=2, grad_accum=1, lr=1e-4, warmup_ratio=0.0,
+                          weight_decay=0.0, logging_steps=1, save_steps=None, seed=0, precision="fp32",
+                          task="sft", device="cpu", gradient_checkpointing=True)  # fmt: skip
+    on_cpu = harness.training_args(cfg, tmp_path)
+    assert on_cpu.use_cpu and not on_cpu.dataloader_pin_memory and not on_cpu.accelerator_config.non_blocking
+    assert on_cpu.gradient_checkpointing and on_cpu.gradient_checkpointing_kwargs == {"use_reentrant": False}
+    monkeypatch.setattr(student, "resolve_device", lambda device="auto": "cuda")  # as where torch sees a GPU
+    on_gpu = harness.training_args(
+        SimpleNamespace(**{**vars(cfg), "gradient_checkpointing": False}), tmp_path
+    )
+    # pinned batches copied without blocking: the host never waits for the last step's kernels to queue the next
+    assert not on_gpu.use_cpu and on_gpu.dataloader_pin_memory and on_gpu.accelerator_config.non_blocking
+    assert not on_gpu.gradient_checkpointing

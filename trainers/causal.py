@@ -98,11 +98,29 @@ class PadCollator:
         ids = [r["input_ids"] + [self.pad_id] * (n - len(r["input_ids"])) for r in rows]
         labels = [r["labels"] + [IGNORE] * (n - len(r["labels"])) for r in rows]
         mask = [[1] * len(r["input_ids"]) + [0] * (n - len(r["input_ids"])) for r in rows]
-        return {
+        batch = {
             "input_ids": torch.tensor(ids),
             "attention_mask": torch.tensor(mask),
             "labels": torch.tensor(labels),
         }
+        batch.update(answer_positions(batch["labels"]))
+        return batch
+
+
+def answer_positions(labels: Any) -> dict[str, Any]:
+    """Where a batch's answer tokens are, worked out from its labels on the host (see ``answer_logits``):
+    ``answer_at`` the flat index b·(width−1)+t of each position t whose next token is an answer token,
+    ``answer_rows`` its row b, ``answer_start`` the first column of an answer token (an int)."""
+    width = labels.size(1)
+    at = (labels[:, 1:] != IGNORE).reshape(-1).nonzero()[:, 0]
+    trained = (labels[:, 1:] != IGNORE).any(0).nonzero()
+    start = int(trained[0]) + 1 if len(trained) else 1
+    return {"answer_at": at, "answer_rows": at // max(1, width - 1), "answer_start": start}
+
+
+def to_device(batch: dict[str, Any], dev: Any) -> dict[str, Any]:
+    """The batch's tensors on ``dev`` (without waiting for the copies); other values as they are."""
+    return {k: v.to(dev, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
 
 
 def answer_logits(model: Any, batch: dict[str, Any]) -> tuple[Any, Any, Any]:
@@ -111,28 +129,39 @@ def answer_logits(model: Any, batch: dict[str, Any]) -> tuple[Any, Any, Any]:
     The decoder runs over the whole batch, but the vocabulary projection (49k columns for SmolLM2) only over
     the N positions whose next token is an answer token: no logits for prompts or padding. Models whose
     logits are more than ``lm_head(hidden)`` (a soft cap, a scale) get the full projection, cut to
-    ``logits_to_keep`` positions."""
+    ``logits_to_keep`` positions.
+
+    The positions come from the collator (``answer_positions``, computed on the host before the batch is
+    copied), so picking them is a gather on the device: a training step never waits for the GPU to say how
+    many answer tokens there are. A batch without them gets them here, at the cost of that wait."""
     labels = batch["labels"]
-    targets = labels[:, 1:]
-    where = targets != IGNORE
-    rows = where.nonzero()[:, 0]
+    if "answer_at" not in batch:
+        found = answer_positions(labels)
+        dev = labels.device
+        batch = {**batch, **{k: v.to(dev) if hasattr(v, "to") else v for k, v in found.items()}}
+    at, rows = batch["answer_at"], batch["answer_rows"]
+    targets = labels[:, 1:].reshape(-1).index_select(0, at)
+    width = labels.size(1)
     parts = _decoder_and_head(model)
     if parts is not None:
         decoder, head = parts
         hidden = decoder(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         ).last_hidden_state
-        return head(hidden[:, :-1][where]), targets[where], rows
-    width = labels.size(1)
-    trained = where.any(0).nonzero()
-    start = int(trained[0]) + 1 if len(trained) else 1
+        # position t of row b sits at b·width + t in the flattened hidden states; ``at`` is b·(width−1) + t
+        picked = hidden.flatten(0, 1).index_select(0, at + rows)
+        return head(picked), targets, rows
+    start = int(batch["answer_start"])
     keep = width - start + 1  # positions start-1 … width-1; the last predicts nothing
     kwargs: dict[str, Any] = {}
     if keep < width and _takes_logits_to_keep(model):
         kwargs["logits_to_keep"] = keep
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs).logits
     cut = width - logits.size(1)
-    return logits[:, :-1][where[:, cut:]], targets[where], rows
+    # the logits cover positions cut … width-1: position t of row b is row b, column t − cut
+    t = at - rows * (width - 1)
+    flat = logits.flatten(0, 1).index_select(0, rows * logits.size(1) + (t - cut))
+    return flat, targets, rows
 
 
 def answer_loss(model: Any, batch: dict[str, Any], reduction: str = "mean") -> Any:
@@ -207,7 +236,7 @@ def eval_loss(model: Any, examples: list[dict[str, list[int]]], pad_id: int, bat
     model.eval()
     with torch.no_grad():
         for i in range(0, len(examples), batch_size):
-            batch = {k: v.to(dev) for k, v in collate(examples[i : i + batch_size]).items()}
+            batch = to_device(collate(examples[i : i + batch_size]), dev)
             total += float(answer_loss(model, batch, reduction="sum"))
             tokens += int((batch["labels"][:, 1:] != IGNORE).sum())
     return total / tokens if tokens else None

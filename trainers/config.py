@@ -20,7 +20,9 @@ from factory.yamlsafe import load_yaml
 TASKS = ("sft", "step_by_step", "classifier", "triples", "dpo")
 Task = Literal["sft", "step_by_step", "classifier", "triples", "dpo"]
 # Fields that do not change what is trained: a re-run that differs only in these resumes the same training.
-NOT_IDENTITY = ("out", "overwrite", "logging_steps", "save_steps", "eval_batch_size", "max_eval_examples")
+# (device and gradient_checkpointing change where and how the same steps run, not what they compute.)
+NOT_IDENTITY = ("out", "overwrite", "logging_steps", "save_steps", "eval_batch_size", "max_eval_examples",
+                "device", "gradient_checkpointing")  # fmt: skip
 # Fields of one task only: they are left out of the identity of the others, so adding one keeps them resuming.
 TASK_FIELDS = {"beta": "dpo", "sft_weight": "dpo"}
 # Generation length per task when max_new_tokens is unset: a label is short, a rationale is not.
@@ -104,7 +106,22 @@ class TrainConfig(BaseModel):
         None, ge=1, description="Also checkpoint every N steps (Ctrl+C always saves one)."
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 on a GPU that has it, else fp32."
+        "auto",
+        description="auto: bf16 on a GPU that has it, else fp32. bf16 on a GPU holds the weights themselves in "
+        "bf16 (half the memory; the optimizer updates bf16 weights); bf16 on a CPU keeps fp32 weights and runs "
+        "the causal student's matrix products under bf16 autocast. fp16 (GPU only): fp32 weights, fp16 "
+        "autocast with loss scaling.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="Where training and evaluation run. auto: the GPU when torch sees one (CUDA), else the CPU; "
+        "cuda fails unless one is visible (pick among several with CUDA_VISIBLE_DEVICES).",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Keep only each layer's inputs during the forward pass and recompute the rest during the "
+        "backward pass: much less activation memory (longer max_length or bigger batches fit) for about a "
+        "third more compute. Same results; the student's architecture must support it.",
     )
 
     @model_validator(mode="after")

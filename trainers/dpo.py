@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from trainers.causal import PadCollator, encode_pair, sequence_logps
+from trainers.causal import PadCollator, encode_pair, sequence_logps, to_device
 from trainers.data import turn_text
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class PairCollator:
 
 def policy_logps(model: Any, batch: dict[str, Any]) -> tuple[Any, Any, Any]:
     """Summed log-probabilities of the chosen and the rejected answers, and the chosen answers' token counts."""
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+    inputs = {k: v for k, v in batch.items() if not k.startswith("ref_")}
     sums, counts = sequence_logps(model, inputs)
     n = sums.size(0) // 2
     return sums[:n], sums[n:], counts[:n]
@@ -91,7 +91,7 @@ def add_reference(
     with torch.no_grad(), autocast(model, bf16):
         for i in range(0, len(examples), batch_size):
             chunk = examples[i : i + batch_size]
-            batch = {k: v.to(dev) for k, v in collate(chunk).items()}
+            batch = to_device(collate(chunk), dev)
             chosen, rejected, _ = policy_logps(model, batch)
             for ex, c, r in zip(chunk, chosen.tolist(), rejected.tolist(), strict=True):
                 ex["ref_chosen"], ex["ref_rejected"] = c, r

@@ -131,14 +131,14 @@ def _majority(answers: list[str | None]) -> str | None:
 
 def eval_model(model_dir: Path, meta: dict[str, Any], split: Any, *, max_examples: int | None, batch_size: int,
                rel_tol: float, questions: dict[str, dict[str, Any]] | None = None,
-               on_progress: OnProgress | None = None) -> dict[str, Any]:  # fmt: skip
+               on_progress: OnProgress | None = None, device: str = "auto") -> dict[str, Any]:  # fmt: skip
     """One student's metrics and samples on ``split``."""
     from trainers import student
 
     task, shape = meta["task"], meta["shape"]
-    dev = student.device()
+    dev = student.resolve_device(device)
     if task == "classifier":
-        return _eval_classifier(model_dir, meta, data.take(split, max_examples), batch_size, on_progress)
+        return _eval_classifier(model_dir, meta, data.take(split, max_examples), batch_size, on_progress, dev)
     tok = student.load_tokenizer(model_dir, causal=True)
     model = student.load_causal(model_dir).to(dev)
     if task == "triples":
@@ -171,11 +171,11 @@ def eval_model(model_dir: Path, meta: dict[str, Any], split: Any, *, max_example
 
 
 def _eval_classifier(model_dir: Path, meta: dict[str, Any], rows: Any, batch_size: int,
-                     on_progress: OnProgress | None) -> dict[str, Any]:  # fmt: skip
+                     on_progress: OnProgress | None, dev: str) -> dict[str, Any]:  # fmt: skip
     from trainers import student
 
     tok = student.load_tokenizer(model_dir, causal=False)
-    model = student.load_classifier(model_dir, meta["label_names"], tok.pad_token_id).to(student.device())
+    model = student.load_classifier(model_dir, meta["label_names"], tok.pad_token_id).to(dev)
     preds = classifier.predict(model, tok, [str(t) for t in rows["text"]], max_length=meta["max_length"],
                                batch_size=batch_size, on_batch=_progress(on_progress, len(rows)))  # fmt: skip
     names = meta["label_names"]
@@ -219,8 +219,9 @@ def _loss_examples(split: Any, meta: dict[str, Any], tok: Any) -> list[dict[str,
 
 def evaluate(model_dirs: list[Path], export_dir: Path | None = None, *, split_name: str | None = None,
              max_examples: int | None = None, batch_size: int = 16, rel_tol: float = 1e-4,
-             on_progress: OnProgress | None = None) -> dict[str, Any]:  # fmt: skip
-    """Students side by side (and the teacher when the export holds its answers) on one held-out split."""
+             on_progress: OnProgress | None = None, device: str = "auto") -> dict[str, Any]:  # fmt: skip
+    """Students side by side (and the teacher when the export holds its answers) on one held-out split,
+    on ``device`` (auto: the GPU when there is one)."""
     metas = [read_meta(m) for m in model_dirs]
     tasks = {m["task"] for m in metas}
     if len(tasks) > 1:
@@ -252,7 +253,7 @@ def evaluate(model_dirs: list[Path], export_dir: Path | None = None, *, split_na
     for path, meta in zip(model_dirs, metas, strict=True):
         res = eval_model(Path(path), {**meta, "shape": export.shape}, split.eval, max_examples=max_examples,
                          batch_size=batch_size, rel_tol=rel_tol, questions=questions or None,
-                         on_progress=on_progress)  # fmt: skip
+                         on_progress=on_progress, device=device)  # fmt: skip
         name = f"student{' (label-only)' if meta.get('label_only') else ''}: {Path(path).name}"
         report["models"].append({"name": name, "kind": "student", "path": str(Path(path).resolve()),
                                  "metrics": res["metrics"]})  # fmt: skip

@@ -36,11 +36,15 @@ OnProgress = Callable[[Progress], None]
 
 
 def training_args(cfg: Any, out: Path, **extra: Any) -> Any:
-    import torch
+    """The Trainer's arguments for ``cfg``: its device (``use_cpu`` when that is the CPU), precision and
+    gradient checkpointing (non-reentrant: it also works when only LoRA adapters are trained). On a GPU,
+    batches are pinned and copied without blocking: a blocking copy would make the host wait for the
+    previous step's kernels before it queues the next step."""
     from transformers import TrainingArguments
 
-    from trainers.student import precision_flags
+    from trainers.student import precision_flags, resolve_device
 
+    gpu = resolve_device(cfg.device) == "cuda"
     return TrainingArguments(
         output_dir=str(out / "checkpoints"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
@@ -48,9 +52,12 @@ def training_args(cfg: Any, out: Path, **extra: Any) -> Any:
         lr_scheduler_type="linear", logging_steps=cfg.logging_steps, logging_first_step=True,
         save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500,
         save_total_limit=2, report_to=[], seed=cfg.seed, data_seed=cfg.seed, disable_tqdm=True,
-        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(), remove_unused_columns=False,
+        dataloader_num_workers=0, dataloader_pin_memory=gpu, use_cpu=not gpu, remove_unused_columns=False,
+        accelerator_config={"non_blocking": True} if gpu else None,
         logging_nan_inf_filter=False,  # its check reads the loss back every step
-        **precision_flags(cfg.precision, causal=cfg.task != "classifier"), **extra,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        **precision_flags(cfg.precision, causal=cfg.task != "classifier", device=cfg.device), **extra,
     )  # fmt: skip
 
 

@@ -96,6 +96,12 @@ def _train(cfg: TrainConfig, on_progress: OnProgress | None, callbacks: Sequence
     data.check_task(export, cfg.task)
     base = student.resolve_student(cfg.student)
     student.check_student(base, cfg.task, cfg.student)
+    causal_task = cfg.task != "classifier"
+    # where and in what precision it trains: a bad choice is an error before anything is written
+    dev = student.resolve_device(cfg.device)
+    precision = student.resolve_precision(cfg.precision, causal=causal_task, device=dev)
+    if cfg.gradient_checkpointing:
+        student.check_gradient_checkpointing(base, cfg.task, cfg.student)
     out = cfg.out_dir().expanduser().resolve()
     state = _prepare_out(out, cfg.identity(export.fingerprint, base), cfg, (export.path, base))
     if state == "done":
@@ -103,7 +109,6 @@ def _train(cfg: TrainConfig, on_progress: OnProgress | None, callbacks: Sequence
         log.info("%s already holds this finished training", out)
         return TrainResult("already_done", out, int(metrics["train"]["global_step"]), metrics=metrics)
     split = data.pick_splits(export, cfg.eval_split, cfg.holdout)
-    causal_task = cfg.task != "classifier"
     tok = student.load_tokenizer(base, causal=causal_task)
     from trainers.causal import uses_chat
 
@@ -114,7 +119,8 @@ def _train(cfg: TrainConfig, on_progress: OnProgress | None, callbacks: Sequence
         "rationale_prefix": cfg.rationale_prefix, "label_only": cfg.label_only, "alpha": cfg.alpha,
         "beta": cfg.beta, "sft_weight": cfg.sft_weight, "label_names": export.label_names, "max_new_tokens": cfg.new_tokens, "max_length": cfg.max_length,
         "eval_split": cfg.eval_split, "holdout": cfg.holdout, "learning_rate": cfg.lr, "lora": cfg.lora,
-        "out": str(out), "factory_version": __version__,
+        "out": str(out), "factory_version": __version__, "device": dev, "precision": precision,
+        "weights_dtype": student.weights_dtype(precision, dev),
     }  # fmt: skip
     if state == "trained":  # trained and saved earlier; the evaluation did not finish
         meta = _read(out / META)
@@ -132,7 +138,7 @@ def _train(cfg: TrainConfig, on_progress: OnProgress | None, callbacks: Sequence
         train_metrics = _train_metrics(cfg, meta, outcome)
         _write_json(out / "metrics.json", {"train": train_metrics, "eval": None})
     report = evaluate.evaluate([out], export.path, max_examples=cfg.max_eval_examples,
-                               batch_size=cfg.eval_batch_size, on_progress=on_progress)  # fmt: skip
+                               batch_size=cfg.eval_batch_size, on_progress=on_progress, device=dev)  # fmt: skip
     metrics = {
         "task": cfg.task, "student": cfg.student, "student_base": meta["student_base"],
         "export": str(export.path), "dataset": card.dataset_facts(export.path),
@@ -156,13 +162,14 @@ def _fit(cfg: TrainConfig, base: Path, tok: Any, rows: Any, export: data.Export,
 
     set_seed(cfg.seed)
     args = harness.training_args(cfg, out)
+    dtype = meta["weights_dtype"]
     if cfg.task == "classifier":
         if not export.label_names:
             raise ConfigError(f"--task classifier: {export.path} has no label names (a ClassLabel column)")
-        model: Any = student.load_classifier(base, export.label_names, tok.pad_token_id)
+        model: Any = student.load_classifier(base, export.label_names, tok.pad_token_id, dtype)
         examples = classifier.encode_rows(rows, tok, cfg.max_length)
     else:
-        model = student.load_causal(base)
+        model = student.load_causal(base, dtype)
         if cfg.task == "step_by_step":
             examples = step_by_step.encode_rows(rows, tok, meta["chat"], cfg)
         elif cfg.task == "dpo":
@@ -176,8 +183,8 @@ def _fit(cfg: TrainConfig, base: Path, tok: Any, rows: Any, export: data.Export,
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     meta["trainable_params"] = trainable
     meta["total_params"] = sum(p.numel() for p in model.parameters())
-    meta["precision"] = student.resolve_precision(cfg.precision, causal=cfg.task != "classifier")
-    bf16 = meta["precision"] == "bf16" and cfg.task != "classifier"
+    # bf16 autocast over fp32 weights (a CPU's bf16); weights loaded in bf16 need none
+    bf16 = meta["precision"] == "bf16" and cfg.task != "classifier" and dtype == "float32"
     if cfg.task == "step_by_step":
         trainer = step_by_step.build_trainer(model, tok, examples, args, cfg, bf16=bf16)
     elif cfg.task == "dpo":
@@ -206,7 +213,8 @@ def _train_metrics(cfg: TrainConfig, meta: dict[str, Any], outcome: harness.Outc
         "train_s": round(outcome.wall_s, 2), "first_loss": curve[0]["loss"] if curve else None,
         "final_loss": curve[-1]["loss"] if curve else None, "loss_curve": curve,
         "trainable_params": meta.get("trainable_params"), "total_params": meta.get("total_params"),
-        "device": student.device(), "precision": meta.get("precision"),
+        "device": meta.get("device"), "precision": meta.get("precision"),
+        "weights_dtype": meta.get("weights_dtype"), "gradient_checkpointing": cfg.gradient_checkpointing,
     }  # fmt: skip
 
 

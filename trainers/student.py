@@ -68,14 +68,16 @@ def load_tokenizer(folder: Path, *, causal: bool) -> Any:
     return tok
 
 
-def load_causal(folder: Path) -> Any:
+def load_causal(folder: Path, dtype: str = "float32") -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype))
 
 
-def load_classifier(folder: Path, label_names: list[str], pad_id: int | None = None) -> Any:
+def load_classifier(
+    folder: Path, label_names: list[str], pad_id: int | None = None, dtype: str = "float32"
+) -> Any:
     import torch
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -84,7 +86,7 @@ def load_classifier(folder: Path, label_names: list[str], pad_id: int | None = N
     hf_logging.set_verbosity_error()  # the new head's "newly initialized weights" notice is expected
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            str(folder), dtype=torch.float32, num_labels=len(label_names),
+            str(folder), dtype=getattr(torch, dtype), num_labels=len(label_names),
             id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)},
             ignore_mismatched_sizes=True,
         )  # fmt: skip
@@ -130,29 +132,77 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def resolve_precision(precision: str, *, causal: bool = True) -> str:
-    """fp32 | bf16 | fp16 for this machine. ``auto``: bf16 on a GPU that has it; on a CPU, bf16 for a causal
-    student when the CPU has bf16 instructions (measured faster there: benchmarks/README.md), else fp32."""
+def resolve_device(device: str = "auto") -> str:
+    """cpu | cuda for ``--device`` (auto: cuda when torch sees a GPU); cuda without one is a ConfigError."""
     import torch
 
     cuda = torch.cuda.is_available()
+    if device == "auto":
+        return "cuda" if cuda else "cpu"
+    if device == "cuda" and not cuda:
+        raise ConfigError(
+            "--device cuda: torch sees no CUDA device here (a CPU-only torch, no driver, or "
+            "CUDA_VISIBLE_DEVICES hides it); use --device auto or cpu"
+        )
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device}: use auto, cpu or cuda")
+    return device
+
+
+def resolve_precision(precision: str, *, causal: bool = True, device: str = "auto") -> str:
+    """fp32 | bf16 | fp16 on ``device``. ``auto``: bf16 on a GPU that has it; on a CPU, bf16 for a causal
+    student when the CPU has bf16 instructions (measured faster there: benchmarks/README.md), else fp32."""
+    import torch
+
+    cuda = resolve_device(device) == "cuda"
     if precision == "auto":
         if cuda:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
         return "bf16" if causal and CPU_BF16_AUTO and cpu_has_bf16() else "fp32"
     if precision == "fp16" and not cuda:
         raise ConfigError("--precision fp16 needs a GPU; use bf16 or fp32 (or auto) on a CPU")
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ConfigError("--precision bf16: this GPU has no bf16; use fp16 or fp32 (or auto)")
     if precision == "bf16" and not cuda and not (causal and cpu_has_bf16()):
         what = "a classifier student" if not causal else "this CPU (no AVX512-BF16 or AMX)"
         raise ConfigError(f"--precision bf16 needs a GPU for {what}; use fp32 (or auto)")
     return precision
 
 
-def precision_flags(precision: str, *, causal: bool = False) -> dict[str, Any]:
+def weights_dtype(precision: str, device: str) -> str:
+    """The dtype the student's weights are loaded in: bfloat16 for bf16 on a GPU (no fp32 copy, no casts
+    each step), else float32 (fp16 and a CPU's bf16 run under autocast over fp32 weights)."""
+    return "bfloat16" if precision == "bf16" and device == "cuda" else "float32"
+
+
+def precision_flags(precision: str, *, causal: bool = False, device: str = "auto") -> dict[str, Any]:
     """TrainingArguments flags. A causal student's Trainer runs its own bf16 autocast (``bf16`` stays off
     here, so it works on a CPU too); fp16 needs the Trainer's loss scaling."""
-    resolved = resolve_precision(precision, causal=causal)
+    resolved = resolve_precision(precision, causal=causal, device=device)
     return {"bf16": resolved == "bf16" and not causal, "fp16": resolved == "fp16"}
+
+
+def check_gradient_checkpointing(folder: Path, task: str, label: str) -> None:
+    """A ConfigError when the student's architecture cannot recompute its activations (read from its
+    config.json; nothing is loaded)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING,
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
+    )
+
+    mapping = (
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING if task == "classifier" else MODEL_FOR_CAUSAL_LM_MAPPING
+    )
+    try:
+        cls: Any = mapping[type(AutoConfig.from_pretrained(str(folder)))]
+    except (KeyError, ValueError, OSError):
+        return  # an unknown architecture: loading it says so
+    if not getattr(cls, "supports_gradient_checkpointing", False):
+        raise ConfigError(
+            f"gradient_checkpointing: the student {label} ({cls.__name__}) does not support it; "
+            "drop the option, or lower batch_size / max_length to fit in memory"
+        )
 
 
 @contextmanager
@@ -174,6 +224,4 @@ def quiet() -> Iterator[None]:
 
 
 def device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device("auto")
