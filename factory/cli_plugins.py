@@ -108,7 +108,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 # The built-in engines' libraries: (module, the extra that installs it).
 ENGINE_EXTRAS = {
-    "vllm": ("vllm", "vllm"), "transformers": ("transformers", "embedded"), "embedded": ("transformers", "embedded"),
+    "vllm": ("vllm", "cpu"), "transformers": ("transformers", "embedded"), "embedded": ("transformers", "embedded"),
 }  # fmt: skip
 
 

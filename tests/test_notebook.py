@@ -159,4 +159,6 @@ print(json.dumps({{"status": run.status, "records": run.progress.records}}))
         done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
         second = json.loads(done.stdout.strip().splitlines()[-1])
         assert second["status"] == "done" and first["records"] + second["records"] == 40
-        assert slow.stats()["requests"] == 40  # the requests in flight at the stop were waited for, not re-sent
+        assert (
+            slow.stats()["requests"] == 40
+        )  # the requests in flight at the stop were waited for, not re-sent
