@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from factory import __version__
+from factory.cli_output import print_funnel, print_rows
 from factory.errors import ConfigError, FactoryError
 
 EXIT_INTERRUPTED = 130
@@ -157,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for k, v in summary.items():
             print(f"{k:>18}: {v}")
         if result.curation is not None:
-            _print_funnel(result.curation.funnel)
+            print_funnel(result.curation.funnel)
     if result.error:
         print(f"error: {result.error}", file=sys.stderr)
         return result.exit_code or 3
@@ -213,14 +214,6 @@ def _resolve(st: Any, run: str | None) -> str:
     return found.id
 
 
-def _print_funnel(f: dict[str, Any]) -> None:
-    print(f"funnel: generated {f['generated']} → parsed {f['parsed']}", end="")
-    for step in f["filters"]:
-        top = "; ".join(f"{r['reason']} ×{r['records']}" for r in step["top_reasons"])
-        print(f" → {step['filter']} {step['kept']}/{step['in']}" + (f" ({top})" if top else ""), end="")
-    print(f" → curated {f['curated']}")
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     from factory.locate import is_config_path
 
@@ -256,7 +249,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     width = max(len(k) for k in s)
     for k, v in s.items():
         print(f"{k:>{width}}: {v}")
-    _print_funnel(funnel)
+    print_funnel(funnel)
     if reasons:
         print("failure reasons (failed attempts, retries included; seeds that finally failed):")
         for r in reasons:
@@ -302,7 +295,7 @@ def cmd_filter(args: argparse.Namespace) -> int:
         return 0
     scored = ", ".join(f"{k} {v}" for k, v in res.scored.items())
     print(f"pass {res.pass_id} of {run_id}; records scored now: {scored}")
-    _print_funnel(res.funnel)
+    print_funnel(res.funnel)
     return 0
 
 
@@ -507,18 +500,12 @@ class TrainView(_BarView):
             print(f"{label} {p.done}/{p.total} {info}".rstrip(), file=sys.stderr, flush=True)
 
 
-def _print_rows(head: list[str], rows: list[list[Any]]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]
-    for r in [head, *rows]:
-        print("  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=False)).rstrip())
-
-
 def _print_eval(report: dict[str, Any]) -> None:
     from trainers.card import eval_rows
 
     print(f"{report['task']} on {report['split']} of {report['export']}: {report['rows']} rows, "
           f"{report.get('inputs', report['rows'])} inputs; reference: {report.get('reference', '')}")  # fmt: skip
-    _print_rows(*eval_rows(report))
+    print_rows(*eval_rows(report))
     for note in report.get("notes", []):
         print(f"note: {note}")
 

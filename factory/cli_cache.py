@@ -51,7 +51,7 @@ def _selector(args: argparse.Namespace, st: Any) -> Any:
 
 
 def cmd_cache_stats(args: argparse.Namespace) -> int:
-    from factory.cli import _print_rows
+    from factory.cli_output import print_rows
     from factory.store.cache_admin import cache_stats
 
     with _open(args) as st:
@@ -69,7 +69,7 @@ def cmd_cache_stats(args: argparse.Namespace) -> int:
                        ("run that stored it", "by_run")):  # fmt: skip
         if s[key]:
             print(f"by {title}:")
-            _print_rows(["  " + title, "rows", "bytes", "not ok"],
+            print_rows(["  " + title, "rows", "bytes", "not ok"],
                         [["  " + (g["name"] or "-"), g["rows"], _human(g["bytes"]), g["failed"]] for g in s[key]])  # fmt: skip
     if s["forgotten"]:
         print(f"forgotten keys (their tokens still count in the cards and reports of runs that used them): "
@@ -78,7 +78,7 @@ def cmd_cache_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_ls(args: argparse.Namespace) -> int:
-    from factory.cli import _print_rows
+    from factory.cli_output import print_rows
     from factory.store.cache_admin import cache_rows
 
     if args.limit < 0:
@@ -91,7 +91,7 @@ def cmd_cache_ls(args: argparse.Namespace) -> int:
     if not rows:
         print("no cache rows match", file=sys.stderr)
         return 0
-    _print_rows(
+    print_rows(
         ["key", "teacher", "status", "run", "created", "bytes", "error"],
         [[r["key"][:16], r["teacher"], r["status"], r["run"] or "-", (r["created"] or "")[:19].replace("T", " "),
           r["bytes"], (r["error"] or "")[:60]] for r in rows],

@@ -86,7 +86,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         for reason, n in res.rejected.items():
             print(f"  {n} rows rejected by the recipe: {reason}")
     if res.funnel is not None:
-        from factory.cli import _print_funnel
+        from factory.cli_output import print_funnel
 
-        _print_funnel(res.funnel)
+        print_funnel(res.funnel)
     return 0

@@ -35,7 +35,7 @@ from recipes.base import (
     gather_all,
     template_path,
 )
-from recipes.rationales import answers_agree, normalize_answer
+from recipes.rationale_answers import answers_agree, normalize_answer
 
 STAGE = "program"
 

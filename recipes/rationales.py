@@ -7,10 +7,6 @@ one, the k samples vote and each records the majority answer and its vote share 
 
 from __future__ import annotations
 
-import ast
-import math
-import operator
-import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,8 +34,16 @@ from recipes.base import (
     sample_seed,
     template_path,
 )
-
-STAGE = "rationale"
+from recipes.rationale_answers import (
+    STAGE,
+    answer_text,
+    gold_fields,
+    normalize_answer,
+    parse_completion,
+    record_score,
+    vote_fields,
+)
+from recipes.rationales_import import IMPORTER
 
 
 class RationalesParams(Params):
@@ -78,95 +82,6 @@ class State:
     @property
     def version(self) -> str:
         return digest("tplset1", [self.template.source, self.examples], length=12)
-
-
-_MARKER = re.compile(
-    r"(?:so,?\s+)?(?:the (?:final )?answer is|final answer\s*:|answer\s*:|####)\s*", re.IGNORECASE
-)
-_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
-
-
-_OPTION = re.compile(r"^\(?[a-j]\)\s+(?=\S)", re.IGNORECASE)  # "(d) math problem": a choice's letter
-_EXPR = re.compile(r"([-+*/().\d ]*\d[-+*/().\d ]*?)\s*\.?\s*(?:\n|$)")
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
-
-
-def normalize_answer(value: Any) -> str:
-    """Canonical answer text: numbers without commas, currency or trailing zeros; other text lowercased, a
-    multiple-choice letter before it dropped ("(d) Math problem" is "math problem")."""
-    s = str(value).strip().rstrip(".").strip()
-    s = _OPTION.sub("", s)
-    m = _NUMBER.fullmatch(s.replace(" ", ""))
-    if m:
-        num = s.replace(",", "").replace("$", "").replace(" ", "")
-        f = float(num)
-        if math.isfinite(f) and f == int(f):
-            return str(int(f))
-        return repr(f)
-    return re.sub(r"\s+", " ", s).lower()
-
-
-def parse_completion(text: str) -> tuple[str, str | None]:
-    """Split a completion into (rationale, answer).
-
-    The answer follows the first marker ("The answer is", "Answer:", "####") that a number (or an arithmetic
-    expression that is the whole sentence: "The answer is (84 / 2).") follows, else the last marker's line,
-    else the last number in the text. Text after the answer's sentence is dropped.
-    """
-    text = text.strip()
-    matches = list(_MARKER.finditer(text))
-    for m in matches:
-        value = _arithmetic(text[m.end() :])
-        if value is not None:
-            return text[: m.start()].strip(), value
-        num = _NUMBER.match(text[m.end() :].lstrip())
-        if num:
-            return text[: m.start()].strip(), normalize_answer(num.group(0))
-    if matches:
-        m = matches[-1]
-        answer = text[m.end() :].strip().split("\n", 1)[0].strip().rstrip(".")
-        if answer:
-            return text[: m.start()].strip(), normalize_answer(answer)
-    numbers = _NUMBER.findall(text)
-    if numbers:
-        return text, normalize_answer(numbers[-1])
-    return text, None
-
-
-def _arithmetic(rest: str) -> str | None:
-    """The value of an arithmetic expression that makes up the whole answer sentence, else None."""
-    m = _EXPR.match(rest.lstrip())
-    if not m or not any(op in m.group(1).lstrip().lstrip("-") for op in "+-*/"):
-        return None
-    try:
-        value = _evaluate(ast.parse(m.group(1).strip(), mode="eval").body)
-    except (SyntaxError, ValueError, ZeroDivisionError, OverflowError):
-        return None
-    return normalize_answer(repr(value)) if math.isfinite(value) else None
-
-
-def _evaluate(node: ast.AST) -> float:
-    if (
-        isinstance(node, ast.Constant)
-        and isinstance(node.value, int | float)
-        and not isinstance(node.value, bool)
-    ):
-        return float(node.value)
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
-        v = _evaluate(node.operand)
-        return -v if isinstance(node.op, ast.USub) else v
-    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-        return float(_OPS[type(node.op)](_evaluate(node.left), _evaluate(node.right)))
-    raise ValueError("not arithmetic")
-
-
-def answers_agree(a: str | None, b: str | None, rel_tol: float = 1e-6) -> bool:
-    if a is None or b is None:
-        return False
-    try:
-        return math.isclose(float(a), float(b), rel_tol=rel_tol, abs_tol=1e-9)
-    except ValueError:
-        return a == b
 
 
 def prepare(params: RationalesParams, resolve: Callable[[str], Path]) -> State:
@@ -229,40 +144,10 @@ async def process(seed: Seed, state: State, generate: Generate) -> list[Draft]:
         elif not rationale:
             reject = "empty rationale"
         drafts.append(
-            Draft(stage=STAGE, sample_index=i, payload=payload, text=_answer_text(payload),
+            Draft(stage=STAGE, sample_index=i, payload=payload, text=answer_text(payload),
                   request_keys=(res.key,), reject=reject, score=record_score(payload))
         )  # fmt: skip
     return drafts
-
-
-def gold_fields(answer: str | None, gold: str | None) -> dict[str, Any]:
-    """``agrees_with_gold`` and ``label`` (positive | negative; both null without gold)."""
-    agrees = answers_agree(answer, gold) if gold is not None else None
-    return {
-        "agrees_with_gold": agrees,
-        "label": None if gold is None else ("positive" if agrees else "negative"),
-    }
-
-
-def vote_fields(answer: str | None, votes: Counter[str], n: int) -> dict[str, Any]:
-    """The self-consistency vote of a question's ``n`` samples as one sample sees it."""
-    majority = votes.most_common(1)[0][0] if votes else None
-    return {
-        "majority_answer": majority,
-        "vote_share": (votes[answer] / n) if answer is not None and n else 0.0,
-        "agrees_with_majority": answer is not None and answer == majority,
-    }
-
-
-def record_score(payload: dict[str, Any]) -> float:
-    """1/0 for agreement with gold where there is gold, else the vote share."""
-    if payload["gold"] is not None:
-        return 1.0 if payload["agrees_with_gold"] else 0.0
-    return float(payload["vote_share"])
-
-
-def _answer_text(p: dict[str, Any]) -> str:
-    return f"{p['rationale']}\nThe answer is {p['answer']}."
 
 
 def distrust(p: dict[str, Any]) -> str | None:
@@ -283,8 +168,8 @@ def preference_pairs(
         (
             {
                 "prompt": [{"role": "user", "content": p["input"]}],
-                "chosen": [{"role": "assistant", "content": _answer_text(p)}],
-                "rejected": [{"role": "assistant", "content": _answer_text(n)}],
+                "chosen": [{"role": "assistant", "content": answer_text(p)}],
+                "rejected": [{"role": "assistant", "content": answer_text(n)}],
                 "gold": None if p["gold"] is None else str(p["gold"]),
             },
             (pid, nid),
@@ -297,7 +182,7 @@ SHAPES = {
     "prompt_completion": Shape(
         lambda p: {
             "prompt": p["input"],
-            "completion": _answer_text(p),
+            "completion": answer_text(p),
             "gold": None if p["gold"] is None else str(p["gold"]),
         },
         trusted_only=True,
@@ -316,9 +201,6 @@ SHAPES = {
     "preference": Shape(group=preference_pairs),
 }
 
-
-# Last: the import module uses the functions above.
-from recipes.rationales_import import IMPORTER  # noqa: E402
 
 RECIPE = Recipe(
     slug="rationales",

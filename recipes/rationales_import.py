@@ -9,19 +9,21 @@ generated samples.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recipes.base import Draft, Importer
-from recipes.rationales import (
+from recipes.rationale_answers import (
     STAGE,
-    RationalesParams,
-    _answer_text,
+    answer_text,
     gold_fields,
     normalize_answer,
     parse_completion,
     record_score,
     vote_fields,
 )
+
+if TYPE_CHECKING:
+    from recipes.rationales import RationalesParams
 
 LETTERS = "abcdefghij"
 
@@ -78,7 +80,7 @@ def import_row(values: dict[str, Any], params: RationalesParams) -> Draft:
         reject = "no answer parsed"
     elif not rationale:
         reject = "empty rationale"
-    return Draft(stage=STAGE, sample_index=0, payload=payload, text=_answer_text(payload), reject=reject,
+    return Draft(stage=STAGE, sample_index=0, payload=payload, text=answer_text(payload), reject=reject,
                  score=record_score(payload))  # fmt: skip
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from factory.importer import import_file
 from factory.keys import record_id
-from recipes.rationales import normalize_answer
+from recipes.rationale_answers import normalize_answer
 
 DATA = Path("/work/shared/data/palm_rationales")
 SVAMP, CQA = DATA / "svamp_train.jsonl", DATA / "cqa_train.jsonl"

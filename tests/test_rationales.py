@@ -4,7 +4,8 @@ import pytest
 
 from factory.seeds import Seed
 from factory.types import Completion
-from recipes.rationales import RationalesParams, normalize_answer, parse_completion, prepare, process
+from recipes.rationale_answers import normalize_answer, parse_completion
+from recipes.rationales import RationalesParams, prepare, process
 
 
 @pytest.mark.parametrize(

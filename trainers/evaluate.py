@@ -42,7 +42,7 @@ def read_meta(model_dir: Path) -> dict[str, Any]:
 
 def answer_of(text: str | None) -> str | None:
     """The final answer in a generated or exported text (numbers normalized, like the rationales recipe)."""
-    from recipes.rationales import normalize_answer, parse_completion
+    from recipes.rationale_answers import normalize_answer, parse_completion
 
     if text is None or not str(text).strip():
         return None
@@ -51,7 +51,7 @@ def answer_of(text: str | None) -> str | None:
 
 
 def agree(a: str | None, b: str | None, rel_tol: float) -> bool:
-    from recipes.rationales import answers_agree
+    from recipes.rationale_answers import answers_agree
 
     return answers_agree(a, b, rel_tol=rel_tol)
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from factory.errors import ConfigError
 from factory.outputs import ensure_folder, temp_beside, user_modes
 from factory.report import charts
+from factory.report.charts import funnel_steps
 from factory.store import Store
 
 FUNNEL_TITLE = "Where the records went: generated → parsed → each filter → curated"
@@ -26,21 +26,6 @@ class ReportResult:
     path: Path
     bytes: int
     notes: list[str]
-
-
-def funnel_steps(funnel: dict[str, Any], parse_reasons: list[tuple[str, str, int]]) -> list[charts.Step]:
-    """The funnel as chart rows: generated, parsed (the recipe's own checks), each filter of the latest
-    pass (what it kept of what reached it, its top reasons), curated."""
-    steps = [charts.Step("generated", funnel["generated"])]
-    dropped = funnel["generated"] - funnel["parsed"]
-    top = sorted(parse_reasons, key=lambda x: (-x[2], x[0], x[1]))[:3]
-    steps.append(charts.Step("parsed", funnel["parsed"], dropped, tuple((f"{f}: {r}", n) for f, r, n in top)))
-    for x in funnel["filters"]:
-        reasons = sorted(x["top_reasons"], key=lambda y: (-y["records"], y["reason"]))
-        steps.append(charts.Step(x["filter"], x["kept"], x["dropped"],
-                                 tuple((y["reason"], y["records"]) for y in reasons)))  # fmt: skip
-    steps.append(charts.Step("curated", funnel["curated"]))
-    return steps
 
 
 def funnel_svg(store: Store, run_id: str) -> str:

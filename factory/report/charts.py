@@ -253,3 +253,18 @@ def scatter(
         body.append(f'<circle cx="{size + 16}" cy="{y - 4}" r="5" fill="{colour}"/>')
         body.append(_text(size + 26, y, f"{cut(name, 20)} ({counts[g]:,})", size=11))
     return _svg(width, height, body, title, chart_id)
+
+
+def funnel_steps(funnel: dict[str, Any], parse_reasons: list[tuple[str, str, int]]) -> list[Step]:
+    """The funnel as chart rows: generated, parsed (the recipe's own checks), each filter of the latest
+    pass (what it kept of what reached it, its top reasons), curated."""
+    steps = [Step("generated", funnel["generated"])]
+    dropped = funnel["generated"] - funnel["parsed"]
+    top = sorted(parse_reasons, key=lambda x: (-x[2], x[0], x[1]))[:3]
+    steps.append(Step("parsed", funnel["parsed"], dropped, tuple((f"{f}: {r}", n) for f, r, n in top)))
+    for x in funnel["filters"]:
+        reasons = sorted(x["top_reasons"], key=lambda y: (-y["records"], y["reason"]))
+        steps.append(Step(x["filter"], x["kept"], x["dropped"],
+                                 tuple((y["reason"], y["records"]) for y in reasons)))  # fmt: skip
+    steps.append(Step("curated", funnel["curated"]))
+    return steps

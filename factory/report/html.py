@@ -46,10 +46,8 @@ def _clip(s: str | None, limit: int = MAX_TEXT) -> str:
 
 
 def context(facts: Facts, emap: Map | None, map_note: str | None) -> dict[str, Any]:
-    from factory.report import funnel_steps
-
     run, fn = facts.run, facts.funnel
-    steps = funnel_steps(fn, facts.parse_reasons)
+    steps = charts.funnel_steps(fn, facts.parse_reasons)
     return {
         "version": __version__,
         "run": run,
