@@ -65,6 +65,12 @@ class Teacher(abc.ABC):
     @abc.abstractmethod
     async def complete(self, requests: Sequence[Request]) -> list[Completion | TeacherError]: ...
 
+    def suggested_in_flight(self) -> int | None:
+        """How many seeds a runner should keep in flight to keep this teacher busy, by its own measure (a
+        local engine's capacity; asked again as the run goes, so it may change once the engine has
+        started), or None: then the runner sizes its window from the config's ``max_in_flight``."""
+        return None
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections, engines and threads."""
 
