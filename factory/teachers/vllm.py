@@ -85,7 +85,10 @@ class VLLMTeacher(LocalEngineTeacher):
         self.dtype = str(opts["dtype"])
         self.seed = int(opts["seed"])
         if not isinstance(opts["engine_args"], dict):
-            raise ConfigError("the vllm teacher option engine_args must be a mapping of vllm.LLM arguments")
+            raise ConfigError(
+                "the vllm teacher option engine_args must be a mapping of vLLM engine arguments "
+                "(the fields of vllm.AsyncEngineArgs, e.g. {max_num_seqs: 64})"
+            )
         self.engine_args: dict[str, Any] = dict(opts["engine_args"])
         self._engine: Any = None
         self._tokenizer: Any = None
@@ -235,6 +238,7 @@ class VLLMTeacher(LocalEngineTeacher):
         except Exception as exc:  # vLLM validates SamplingParams on construction
             return TeacherRejected(f"vLLM refused the request: {exc}", kind="invalid_request", cacheable=True)
         from vllm.inputs import TokensPrompt
+        from vllm.renderers.inputs.preprocess import parse_model_prompt
 
         self.attempts += 1
         self.in_flight += 1
@@ -243,7 +247,10 @@ class VLLMTeacher(LocalEngineTeacher):
         t0 = time.perf_counter()
         final: Any = None
         try:
-            async for out in engine.generate(TokensPrompt(prompt_token_ids=ids), params, self._next_id()):
+            # rendered for the engine here (as vLLM's own entry points do), not by generate()
+            prompt = parse_model_prompt(engine.model_config, TokensPrompt(prompt_token_ids=ids))
+            (rendered,) = engine.renderer.render_cmpl([prompt])
+            async for out in engine.generate(rendered, params, self._next_id()):
                 final = out
         except Exception as exc:
             cause = _blamed(exc)
