@@ -6,10 +6,10 @@ Every quoted figure sits in a block of one of the two READMEs,
 
 whose text is what the renderer NAME (RENDERERS below) makes of the committed results files, which only the
 benchmark scripts write: `results.md` (run.py), `peers_results.md` (peers.py), and `results/NAME.json`
-(bench_dedup.py, bench_embed.py, bench_view.py, bench_cluster.py, demo_agreement.py, gpu_check.py: its
-block says so while its file is absent). The renderers live in
-figures_clients.py (run.py, peers.py) and figures_local.py (the others), each with its rows of README.md's
-speed table, and here (demo_agreement.py);
+(bench_dedup.py, bench_embed.py, bench_view.py, bench_cluster.py, demo_agreement.py, bench_local_engine.py,
+gpu_check.py: its block says so while its file is absent). The renderers live in figures_clients.py (run.py,
+peers.py) and figures_local.py (the others), each with its rows of README.md's speed table, figures_engine.py
+(bench_local_engine.py), and here (demo_agreement.py);
 figures_read.py reads the files. To change what a block says, change its renderer or re-run its benchmark,
 then rewrite the blocks:
 
@@ -47,6 +47,7 @@ from figures_clients import (  # noqa: E402
     run_section,
     worker_cpu,
 )
+from figures_engine import local_engine  # noqa: E402
 from figures_local import (  # noqa: E402
     cluster,
     cluster_estimate,
@@ -172,6 +173,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "train-throughput": train_throughput,
     "gpu-check": gpu_check,
     "quality-table": quality_table,
+    "local-engine": local_engine,
 }
 
 

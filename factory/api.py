@@ -19,7 +19,7 @@ from factory import __version__, plugins
 from factory.config import RunConfig, load_config, run_id_for, validate_params
 from factory.errors import ConfigError, FactoryError
 from factory.keys import digest, request_key
-from factory.runner import Budget, Plan, Progress, Result, Runner
+from factory.runner import Budget, Plan, Progress, Result, Runner, seeds_in_flight
 from factory.seeds import Seed, load_seeds, seeds_digest
 from factory.store import Store
 from factory.teachers import build_teacher, parse_spec
@@ -357,11 +357,12 @@ async def run_async(
             run_id=prep.run_id, name=cfg.name, recipe=cfg.recipe, teacher=teacher.name, config=config_json,
             config_hash=digest("cfg1", cfg.fingerprint(), length=16), version=__version__,
         )  # fmt: skip
+        window = seeds_in_flight(cfg.runner.max_seeds_in_flight, teacher, cfg.teacher.max_in_flight)
         plan = Plan(
             run_id=prep.run_id, recipe=prep.recipe, state=prep.state, seeds=prep.seeds,
             budget=Budget(cfg.budget.max_requests, cfg.budget.max_output_tokens),
             commit_interval_s=cfg.runner.commit_interval_s,
-            max_seeds_in_flight=cfg.runner.max_seeds_in_flight or max(16, cfg.teacher.max_in_flight),
+            max_seeds_in_flight=window,
             template_version=prep.template_version, retry_rejected=retry_failed, drain_s=cfg.runner.drain_s,
         )  # fmt: skip
         runner = Runner(st, roles, plan, invocation, on_progress=on_progress)

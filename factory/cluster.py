@@ -348,7 +348,7 @@ class ShardWorker:
         root: str,
         budget: tuple[int | None, int | None] = (None, None),
     ) -> dict[str, Any]:
-        from factory.runner import Budget, Plan, Runner
+        from factory.runner import Budget, Plan, Runner, seeds_in_flight
 
         prep = self.prep
         self._share_budgets()
@@ -374,10 +374,13 @@ class ShardWorker:
                     run_id=prep.run_id, name=cfg.name, recipe=cfg.recipe, teacher=self.teachers["default"].name,
                     config={}, config_hash="", version="",
                 )  # fmt: skip
+                window = seeds_in_flight(
+                    cfg.runner.max_seeds_in_flight, self.teachers["default"], cfg.teacher.max_in_flight
+                )
                 plan = Plan(
                     run_id=prep.run_id, recipe=prep.recipe, state=prep.state, seeds=seeds, budget=Budget(*budget),
                     commit_interval_s=cfg.runner.commit_interval_s,
-                    max_seeds_in_flight=cfg.runner.max_seeds_in_flight or max(16, cfg.teacher.max_in_flight),
+                    max_seeds_in_flight=window,
                     template_version=prep.template_version, drain_s=cfg.runner.drain_s,
                 )  # fmt: skip
                 # the teachers live across shards: a runner counts from where they stand when it starts

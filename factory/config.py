@@ -95,7 +95,10 @@ class BudgetConfig(Strict):
 class RunnerConfig(Strict):
     commit_interval_s: float = Field(1.0, gt=0, le=60, description="Commit to the store at least this often.")
     max_seeds_in_flight: int | None = Field(
-        None, ge=1, description="Seeds processed at once (default: max_in_flight)."
+        None,
+        ge=1,
+        description="Seeds processed at once (default: a local engine's capacity, which it reports; else "
+        "max_in_flight, at least 16).",
     )
     drain_s: float = Field(
         30.0,

@@ -24,7 +24,7 @@ class Plan:
     seeds: list[Seed]
     budget: Budget = field(default_factory=Budget)
     commit_interval_s: float = 1.0
-    max_seeds_in_flight: int = 64
+    max_seeds_in_flight: int | None = 64  # None: sized by the default teacher (Runner._window)
     template_version: str = ""
     retry_rejected: bool = False  # re-ask requests whose cached answer is a rejection (--retry-failed)
     drain_s: float = 30.0  # how long a drain waits for the requests in flight before abandoning them

@@ -50,6 +50,20 @@ log = logging.getLogger(__name__)
 Outcome = Completion | TeacherError
 
 
+DEFAULT_SEEDS_IN_FLIGHT = 64
+
+
+def seeds_in_flight(explicit: int | None, teacher: Teacher, max_in_flight: int) -> int | None:
+    """The plan's ``max_seeds_in_flight``: the config's when it sets one; None (sized by the teacher as the
+    run goes, see ``Runner._window``) for a teacher that suggests its own; else from the API setting
+    ``max_in_flight`` (at least 16: a seed's requests may wait on one another)."""
+    if explicit is not None:
+        return explicit
+    if teacher.suggested_in_flight() is not None:
+        return None
+    return max(16, max_in_flight)
+
+
 class _Draining(Exception):
     """A request not sent because the run is stopping (its seed is left for the next invocation)."""
 
@@ -241,16 +255,21 @@ class Runner(RunCounters):
             log.info(
                 "run %s: %d seeds, %d already done", self.plan.run_id, len(self.plan.seeds), self.seeds_done
             )
-            window = asyncio.Semaphore(self.plan.max_seeds_in_flight)
+            freed = asyncio.Event()
+
+            def seed_done(task: asyncio.Task[None]) -> None:
+                self._tasks.discard(task)
+                freed.set()
+
             for seed in pending:
-                await window.acquire()
+                while len(self._tasks) >= self._window() and not self._stopping:
+                    freed.clear()
+                    await freed.wait()
                 if self._stopping:
-                    window.release()
                     break
                 task = loop.create_task(self._seed(seed))
                 self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-                task.add_done_callback(lambda _t: window.release())
+                task.add_done_callback(seed_done)
             while self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
         if self._fatal is not None:
@@ -264,6 +283,13 @@ class Runner(RunCounters):
         return Result(
             self.plan.run_id, status, self.snapshot(), str(self._fatal) if self._fatal else None, code
         )
+
+    def _window(self) -> int:
+        """Seeds in flight at most: the plan's number, else what the default teacher suggests now (a local
+        engine's capacity, which it learns when it starts: asked again whenever a seed finishes)."""
+        if self.plan.max_seeds_in_flight is not None:
+            return self.plan.max_seeds_in_flight
+        return self.teacher.suggested_in_flight() or DEFAULT_SEEDS_IN_FLIGHT
 
     def finish_session(self, status: str) -> None:
         """Record this invocation's counters (a session used outside run(), e.g. by a filter)."""

@@ -2,7 +2,8 @@
 
 The embedded model is converted once into the factory cache (``$FACTORY_CACHE_DIR``, else
 ``~/.cache/factory``) and reused by later runs. Tests marked ``slow`` start vLLM (an engine in-process,
-then the OpenAI-compatible server); each needs about a minute on 2 CPU cores.
+then the OpenAI-compatible server); each needs about a minute on 2 CPU cores. The vllm teacher's own
+tests are in test_vllm_async.py.
 """
 
 from __future__ import annotations
@@ -195,59 +196,7 @@ def test_transformers_teacher_seeds_sampling(tiny_llama):
     assert [c.text for c in a] == [c.text for c in b]
 
 
-# -- (c) vLLM offline engine on the embedded model --------------------------------------------------------------
-SCHEMA = {
-    "type": "object",
-    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
-    "required": ["name", "age"],
-    "additionalProperties": False,
-}
-
-
-@needs_vllm
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_vllm_teacher_batch_with_json_schema(embedded_dir):
-    async def go():
-        t = build_teacher(f"vllm:{embedded_dir}", {"max_model_len": 1024})
-        reqs = [
-            greedy("Name three fruits.", max_tokens=32),
-            greedy("What is the capital of France?", max_tokens=32, logprobs=2),
-            Request.chat(
-                "Write a haiku about rain.", sampling=Sampling(temperature=0.7, max_tokens=32, seed=3)
-            ),
-            Request.chat(
-                "Describe a person called Ada who is 36, as JSON.",
-                sampling=Sampling(temperature=0.0, max_tokens=64),
-                json_schema=SCHEMA,
-            ),
-            greedy("word " * 1500),  # over max_model_len: rejected alone, the batch goes on
-        ]
-        t0 = time.perf_counter()
-        out = await t.complete(reqs)
-        elapsed = time.perf_counter() - t0
-        again = await t.complete(reqs[:2])
-        # a request the engine refuses is found and rejected alone
-        bad = Request.chat("x", sampling=Sampling(max_tokens=8), json_schema={"type": "nonsense"})
-        mixed = await t.complete([reqs[0], bad])
-        await t.aclose()
-        return out, again, mixed, elapsed
-
-    out, again, mixed, elapsed = run(go())
-    print(f"vLLM first batch (engine start included): {elapsed:.1f}s")
-    for c in out[:4]:
-        assert isinstance(c, Completion), c
-        assert c.text.strip() and c.completion_tokens > 0 and c.prompt_tokens > 0
-    doc = json.loads(out[3].text)
-    assert isinstance(doc["name"], str) and isinstance(doc["age"], int)
-    assert set(doc) == {"name", "age"}
-    assert isinstance(out[4], TeacherRejected) and out[4].kind == "too_long"
-    assert [c.text for c in again] == [out[0].text, out[1].text]  # greedy is repeatable
-    lp = out[1].logprobs
-    assert lp is not None and len(lp) == out[1].completion_tokens
-    assert all(isinstance(e["logprob"], float) and len(e["top_logprobs"]) == 2 for e in lp)
-    assert isinstance(mixed[0], Completion) and mixed[0].text == out[0].text
-    assert isinstance(mixed[1], TeacherRejected) and mixed[1].kind == "invalid_request"
+# -- (c) the vllm teacher on vLLM's async engine: tests/test_vllm_async.py (one engine for its module) -------
 
 
 # -- (d) the OpenAI-compatible vLLM server (tests/conftest.py), driven by the openai teacher -------------

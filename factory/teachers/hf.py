@@ -86,6 +86,10 @@ class TransformersTeacher(LocalEngineTeacher):
         device and batch_size (see factory.teachers.local)."""
         return {"dtype": self.dtype, "max_model_len": self._max_model_len_option}
 
+    def suggested_in_flight(self) -> int:
+        """Four sub-batches: one generating, the next ones gathering while it runs."""
+        return 4 * self.batch_size
+
     def describe(self) -> dict[str, Any]:
         return {
             **super().describe(),

@@ -1,6 +1,7 @@
 """What the in-process engines (vLLM, transformers) share: the model folder and its identity, strict
-options, and one worker thread on which the engine is built and every batch runs, so the event loop stays
-free while a batch decodes and concurrent callers queue instead of interleaving batches.
+options, and one worker thread on which a batch engine is built and every batch runs, so the event loop
+stays free while a batch decodes and concurrent callers queue instead of interleaving batches (vLLM's
+async engine runs on a loop thread of its own instead, see factory.teachers.vllm).
 
 Identity (hashed into every request key): the backend, the content digest of the model's files
 (:mod:`factory.teachers.weights`: weights, config, tokenizer and chat template, generation defaults) and

