@@ -25,6 +25,7 @@ from factory import api
 from factory.errors import TeacherRejected
 from factory.runner import seeds_in_flight
 from factory.teachers import build_teacher
+from factory.teachers import vllm_options as vo
 from factory.types import Completion, Request, Sampling
 
 pytestmark = [
@@ -103,6 +104,10 @@ def test_outcomes_per_request_in_one_call(teacher):
     assert isinstance(out[4], TeacherRejected) and out[4].kind == "invalid_request"
     assert teacher.errors["too_long"] >= 1 and teacher.errors["invalid_request"] >= 1
     assert teacher.in_flight == 0
+    # the engine started with the CPU's defaults, and says so
+    assert (
+        teacher.describe()["device"] == "cpu" and teacher.describe()["engine_options"] == vo.BY_DEVICE["cpu"]
+    )
 
 
 def test_a_seeded_request_gets_its_text_whatever_else_is_in_flight(teacher):

@@ -211,6 +211,9 @@ class VLLMTeacher(LocalEngineTeacher):
             # the offline LLM class's defaults (no stats logging, its batch sizes), as before this engine
             args = AsyncEngineArgs(**{"disable_log_stats": True, **self._engine_kwargs(folder)})
             engine = AsyncLLM.from_engine_args(args, usage_context=UsageContext.LLM_CLASS)
+        except ConfigError as exc:  # our own check of the options (parallel sizes over the GPUs): as it is
+            self._load_error = exc
+            raise
         except Exception as exc:
             self._load_error = ConfigError(
                 f"the vLLM engine could not start on {str(folder)!r}: {type(exc).__name__}: {exc}. "
