@@ -17,11 +17,12 @@ Batch size: ``FACTORY_EMBED_BATCH`` or ``encode(batch_size=...)``, else from the
 the CPU, and on CUDA the largest power of two whose activations at the model's longest input fit in a quarter
 of the free memory (32 to 1,024; halved on an out-of-memory error). The vectors do not depend on it:
 sentence-transformers sorts one call's texts by length and pads each batch to its longest, and the attention
-mask hides the padding (tests/test_embeddings.py compares batch sizes). A larger CPU batch is faster
-(fewer, larger matrix products over length-sorted texts); benchmarks/bench_embed.py measures it against the
-earlier batch of 64. Dynamic int8 quantization of the linear layers was measured
-beside it and dropped: its vectors strayed too far from float32's for dedup thresholds (the cosine to the
-float32 vector, and the pairs found at 0.9 and 0.95, are in benchmarks/results/embed_encoding.json).
+mask hides the padding (tests/test_embeddings.py compares batch sizes).
+
+CPU speed: benchmarks/bench_embed.py --encoding-only measures candidates beside the batch of 64
+(benchmarks/results/embed_encoding.json). Batches of 128 and 256 were slower. Dynamic int8 quantization
+of the linear layers was faster but dropped: its vectors strayed too far from float32's for dedup
+thresholds (it found fewer than half of the pairs at cosine ≥ 0.9 and ≥ 0.95).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ FIX = (
 ENV_DEVICE = "FACTORY_EMBED_DEVICE"
 ENV_BATCH = "FACTORY_EMBED_BATCH"
 ENV_PRECISION = "FACTORY_EMBED_PRECISION"
-CPU_BATCH = 128  # benchmarks/bench_embed.py: faster than 64 (sentence-transformers' and our earlier 32/64)
+CPU_BATCH = 64  # benchmarks/bench_embed.py: 128 and 256 were slower on the CPU
 GPU_BATCH = (32, 1024)  # the range of batch sizes drawn from free GPU memory
 GPU_MEMORY_SHARE = 4  # a batch's activations may take a quarter of the free GPU memory
 FLOAT16_UNSAFE = frozenset({"t5", "mt5", "umt5", "longt5"})  # activations overflow float16
