@@ -1,10 +1,12 @@
 """Embedding filters: near-duplicate search, diversity selection and MiniLM encoding, each beside its peer.
 
     python benchmarks/bench_embed.py [--n 100000] [--peer-n 50000] [--repeats 3] [--write-readme]
+    python benchmarks/bench_embed.py --encoding-only [--sentences 512] [--repeats 5] [--write-readme]
 
-Writes benchmarks/results/embed.json (with the date, load average and versions); --write-readme also rewrites
-the README blocks quoting it (benchmarks/figures.py). Exits non-zero when a target is missed. Every side is
-timed as the median of --repeats runs on the same input; nothing is extrapolated.
+Writes benchmarks/results/embed.json and embed_encoding.json (with the date, load average and versions);
+--write-readme also rewrites the README blocks quoting them (benchmarks/figures.py). Exits non-zero when a
+target is missed. Every side is timed as the median of --repeats runs on the same input; nothing is
+extrapolated.
 
   dedup      `embed_dedup`'s search (cells, the default above 20,000 vectors) over unit vectors of dim 384:
              2,000 topics (cosine about 0.5 within one) and 5% of records planted after a random earlier one
@@ -19,9 +21,14 @@ timed as the median of --repeats runs on the same input; nothing is extrapolated
              products of 1,024-row blocks). Agreement: the records each would drop at 0.95.
   diversity  `diversity`'s k-center greedy picking --size of --div-n vectors (exact), against the plain greedy
              (one matrix-vector product over all records per pick) picking as many.
-  encoding   all-MiniLM-L6-v2 (the bundled model, CPU) on real English sentences (the Python reference
-             manual's help topics and standard-library docstrings, cut into sentences): batches of 64 against
-             one sentence at a time, each side --repeats runs over the same 128 sentences, after a warm-up.
+  encoding   all-MiniLM-L6-v2 (the bundled model) on the CPU, on --sentences real English sentences (the
+             Python reference manual's help topics and standard-library docstrings, cut into sentences), each
+             side --repeats runs, in rotating order, after a warm-up: main's path (one `encode` call, batch 64)
+             against `factory.embeddings.encode` now (its CPU batch size), batches of 128 and 256, and dynamic
+             int8 quantization of the linear layers. Checks against main's vectors: cosines, the largest change,
+             the pairs at ≥ 0.95 / 0.9, and the texts `embed_dedup` decides alike. Targets: within 5 % of
+             main's path's time, and vectors within 1e-5. --encoding-only runs this part alone, --skip-encoding
+             skips it; it writes benchmarks/results/embed_encoding.json.
 
 The machine is a shared 2-core box: read the ratios rather than absolute times.
 """
@@ -55,6 +62,8 @@ TARGET_DEDUP_S = 10.0
 TARGET_DEDUP_N = 100_000
 TARGET_RECALL = 0.99
 FLOOR = 0.8
+SAME_PATH = 1.05  # now against main's path on the CPU: the same batch size, so noise only
+TOLERANCE = 1e-5  # largest change of a vector's component between batch sizes
 
 
 def vectors(n: int, topics: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -198,17 +207,78 @@ def sentences(count: int) -> list[str]:
     return out[:count]
 
 
+def earlier_drops(x: np.ndarray, threshold: float) -> np.ndarray:
+    """embed_dedup's rule, by brute force: a row goes when its cosine to an earlier row is ≥ threshold."""
+    sims = x @ x.T
+    sims[np.triu_indices(len(x))] = -np.inf
+    return sims.max(axis=1) >= threshold
+
+
+def agreement(ref: np.ndarray, other: np.ndarray) -> dict:
+    """How far ``other``'s vectors are from ``ref``'s, and whether embed_dedup would decide the same."""
+    cos = (ref * other).sum(axis=1)
+    iu = np.triu_indices(len(ref), 1)
+    out: dict[str, float | int] = {
+        "cos_median": round(float(np.median(cos)), 4),
+        "cos_min": round(float(cos.min()), 4),
+        "max_abs_diff": float(np.abs(ref - other).max()),
+    }
+    for th in (0.9, 0.95):
+        a, b = (ref @ ref.T)[iu] >= th, (other @ other.T)[iu] >= th
+        da, db = earlier_drops(ref, th), earlier_drops(other, th)
+        out |= {f"pairs_{th}": int(a.sum()), f"pairs_{th}_found": int((a & b).sum()),
+                f"pairs_{th}_extra": int((b & ~a).sum()), f"drops_{th}": int(da.sum()),
+                f"same_decisions_{th}": int((da == db).sum())}  # fmt: skip
+    return out
+
+
 def encoding(args) -> dict:
+    """Main's path (one call, batch 64, CPU) against `factory.embeddings.encode` as it is now (its CPU batch
+    size), larger batches, and dynamic int8 quantization, in an order that rotates from repeat to repeat."""
+    import copy
+
+    import torch
+
     from factory import embeddings
 
-    texts = sentences(128)
-    embeddings.encode(texts[:64])  # load the model, warm up
-    model = embeddings.load()
-    ours, _ = timed(lambda: embeddings.encode(texts), args.repeats)
-    peer, _ = timed(lambda: [model.encode([t], show_progress_bar=False) for t in texts], args.repeats)
+    texts = sentences(args.sentences)
+    model = embeddings.load(device="cpu")
+
+    def before() -> np.ndarray:  # main's factory.embeddings.encode before the device choice
+        out = model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
+                           show_progress_bar=False)  # fmt: skip
+        return np.asarray(out, dtype=np.float32)
+
+    quantized = torch.ao.quantization.quantize_dynamic(
+        copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8
+    )
+    sides = {
+        "before": before,
+        "after": lambda: embeddings.encode(texts, device="cpu"),
+        "batch_128": lambda: embeddings.encode(texts, device="cpu", batch_size=128),
+        "batch_256": lambda: embeddings.encode(texts, device="cpu", batch_size=256),
+        "int8": lambda: np.asarray(quantized.encode(texts, batch_size=embeddings.CPU_BATCH,
+                                   normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)),
+    }  # fmt: skip
+    for fn in sides.values():  # warm up each side
+        fn() if fn is not sides["before"] else model.encode(texts[:64], show_progress_bar=False)
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    out: dict[str, np.ndarray] = {}
+    names = list(sides)
+    for r in range(args.repeats):  # each repeat starts one side later: every side in every position
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            out[name] = sides[name]()
+            times[name].append(time.perf_counter() - start)
     words = statistics.mean(len(t.split()) for t in texts)
-    return {"sentences": len(texts), "words_avg": round(words, 1), "batch": 64, "ours_s": round(ours, 3),
-            "peer_s": round(peer, 3)}  # fmt: skip
+    return {
+        "sentences": len(texts),
+        "words_avg": round(words, 1),
+        "threads": torch.get_num_threads(),
+        "cpu_batch": embeddings.CPU_BATCH,
+        "seconds": {k: round(statistics.median(v), 3) for k, v in times.items()},
+        "vs_before": {k: agreement(out["before"], out[k]) for k in sides if k != "before"},
+    }
 
 
 def main() -> int:
@@ -219,19 +289,38 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=5_000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--recall-rows", type=int, default=5_000)
+    ap.add_argument("--sentences", type=int, default=512, help="sentences the encoding sides embed")
     ap.add_argument("--skip-encoding", action="store_true")
+    ap.add_argument(
+        "--encoding-only", action="store_true", help="only the encoding sides (results/embed_encoding.json)"
+    )
     ap.add_argument(
         "--write-readme", action="store_true", help="rewrite the README blocks quoting the results"
     )
     args = ap.parse_args()
-    ctx = _results.context(["numpy", "torch", "sentence-transformers"])
-    misses: list[str] = []
-    data = {"runs": args.repeats, "dedup": dedup(args, misses), "diversity": diversity(args),
-            "encoding": None if args.skip_encoding else encoding(args), "missed": misses}  # fmt: skip
-    print(f"written: {_results.save('embed', ctx, data)}")
     import figures
 
-    figures.show("embed-table", args.write_readme)
+    misses: list[str] = []
+    if not args.encoding_only:
+        ctx = _results.context(["numpy", "torch", "sentence-transformers"])
+        data = {"runs": args.repeats, "dedup": dedup(args, misses), "diversity": diversity(args),
+                "missed": misses}  # fmt: skip
+        print(f"written: {_results.save('embed', ctx, data)}")
+        figures.show("embed-table", args.write_readme)
+    if not args.skip_encoding:
+        ctx = _results.context(["torch", "transformers", "sentence-transformers"])
+        enc, enc_missed = encoding(args), []
+        if enc["seconds"]["after"] > SAME_PATH * enc["seconds"]["before"]:
+            enc_missed.append(
+                f"encoding: {enc['seconds']['after']} s now against {enc['seconds']['before']} s before"
+            )
+        if enc["vs_before"]["after"]["max_abs_diff"] > TOLERANCE:
+            enc_missed.append(f"encoding: vectors moved by {enc['vs_before']['after']['max_abs_diff']:.2g}")
+        print(
+            f"written: {_results.save('embed_encoding', ctx, {'runs': args.repeats, **enc, 'missed': enc_missed})}"
+        )
+        figures.show("embed-encoding", args.write_readme)
+        misses += enc_missed
     return 1 if misses else 0
 
 

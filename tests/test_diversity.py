@@ -193,6 +193,20 @@ def test_minilm_selection_takes_one_of_each_topic(tmp_path):
     assert (tmp_path / "embeddings" / "all-MiniLM-L6-v2").is_dir()
 
 
+def test_selection_does_not_depend_on_the_encoding_batch_size(tmp_path, monkeypatch):
+    from factory import embeddings
+
+    texts = [f"{what} {how}" for what in ("My card", "The parcel", "Our invoice", "A refund")
+             for how in ("is late.", "never arrived, please help.", "was wrong twice this month.")]  # fmt: skip
+    rows = [Row(f"r{i}", "s", f"s{i}", 0, t, {}) for i, t in enumerate(texts)]
+    ranks = []
+    for batch in ("1", "64"):  # each run encodes afresh: its own cache folder
+        monkeypatch.setenv(embeddings.ENV_BATCH, batch)
+        ctx = Context("run", "prompt", cache_dir=tmp_path / batch)
+        ranks.append([s.score for s in asyncio.run(FLT.score(rows, DiversityParams(size=5), ctx))])
+    assert ranks[0] == ranks[1] and sorted(ranks[0]) == list(range(len(texts)))
+
+
 def test_diversity_report():
     texts = ["the cat sat", "the cat ran", "a dog"]
     rep = diversity_report(texts)

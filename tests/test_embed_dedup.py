@@ -96,6 +96,18 @@ def test_minilm_catches_paraphrases_and_keeps_distinct_sentences(tmp_path):
     } and 0 < sum(not k for k, _ in strict) < len(dropped)
 
 
+def test_decisions_do_not_depend_on_the_encoding_batch_size(tmp_path, monkeypatch):
+    texts = [a for a, _ in PARAPHRASES] + DISTINCT + [b for _, b in PARAPHRASES]
+    runs = []
+    for batch in ("1", "64"):  # each run encodes afresh: its own cache folder
+        monkeypatch.setenv(embeddings.ENV_BATCH, batch)
+        runs.append(_run(_rows(texts), Context("run", "prompt", cache_dir=tmp_path / batch), threshold=0.9))
+    (one, one_verdicts), (many, many_verdicts) = runs
+    assert one_verdicts == many_verdicts and sum(not keep for keep, _ in one_verdicts) == len(PARAPHRASES)
+    assert [s.detail for s in one] == [s.detail for s in many]
+    assert np.allclose([s.score or 0.0 for s in one], [s.score or 0.0 for s in many], atol=1e-5)
+
+
 def test_embeddings_persist_and_are_not_encoded_again(tmp_path, monkeypatch):
     texts = DISTINCT + DISTINCT[:2]  # a repeated text is encoded once
     calls = []
