@@ -146,3 +146,18 @@ def test_a_seeded_run_puts_many_seeds_into_few_generate_calls(tmp_path, tiny_lla
     with Store(tmp_path / "s.duckdb", read_only=True) as st:
         texts = [r["text"] for r in st.records_table(res.run_id).to_pylist()]
     assert len(texts) == 32 and len(set(texts)) > 16  # the samples differ: each drew from its own seed
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_rows_sample_and_end_on_their_own_on_a_gpu(tiny_llama):
+    t = build_teacher(f"transformers:{tiny_llama}", {"device": "cuda"})
+    try:
+        reqs = [req(p, 1.0, seed=i, max_tokens=4 + i) for i, p in enumerate(PROMPTS)] + [req(PROMPTS[0])]
+        first = complete(t, reqs)
+        assert [c.text for c in complete(t, reqs)] == [c.text for c in first]  # the same batch repeats
+        assert [c.completion_tokens for c in first[:4]] == [4, 5, 6, 7]
+        assert len({c.text for c in first[:4]}) > 1
+        assert t.describe()["loaded"] and t._model.device.type == "cuda"
+    finally:
+        asyncio.run(t.aclose())

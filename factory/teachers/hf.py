@@ -52,7 +52,9 @@ HF_DEFAULTS: dict[str, Any] = {
     "max_model_len": None,
 }
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-SAMPLER = 2  # factory.teachers.hf_rows.SAMPLER_VERSION, kept here so that the identity imports no torch
+# The keyed version of the draw (factory.teachers.hf_rows): 1 was transformers' sampler seeded once per
+# batch of identical sampling, 2 the per-row draw. A change of the draw's answers is a new version.
+SAMPLER = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +94,8 @@ class TransformersTeacher(LocalEngineTeacher):
         self.dtype: str = str(opts["dtype"])
         if self.dtype not in DTYPES:
             raise ConfigError(f"the transformers teacher option dtype must be one of {', '.join(DTYPES)}")
-        self.batch_size = int(opts["batch_size"])
-        if self.batch_size < 1:
-            raise ConfigError("the transformers teacher option batch_size must be at least 1")
-        self.batch_tokens = int(opts["batch_tokens"])
-        if self.batch_tokens < 1:
-            raise ConfigError("the transformers teacher option batch_tokens must be at least 1")
+        self.batch_size = _at_least_one(opts, "batch_size")
+        self.batch_tokens = _at_least_one(opts, "batch_tokens")
         self.max_model_len: int | None = int(opts["max_model_len"]) if opts["max_model_len"] else None
         self._max_model_len_option = self.max_model_len  # as configured: the model's limit fills the other
         self._model: Any = None
@@ -294,6 +292,19 @@ class TransformersTeacher(LocalEngineTeacher):
     def _drop(self) -> None:
         self._model, self._tok = None, None
         gc.collect()
+
+
+def _at_least_one(opts: dict[str, Any], name: str) -> int:
+    value = opts[name]
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1 or isinstance(value, bool):
+        raise ConfigError(
+            f"the transformers teacher option {name} must be a whole number of at least 1, not {value!r}"
+        )
+    return n
 
 
 def create(spec: str, model: str, options: dict[str, Any]) -> Teacher:

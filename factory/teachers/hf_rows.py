@@ -32,16 +32,14 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
-# What "sampler" in the teacher's keyed options names: 1 was transformers' sampler seeded once per batch
-# of identical sampling; 2 is this module's per-row draw. A change of the draw is a new version (new keys).
-SAMPLER_VERSION = 2
+from factory.teachers.hf import SAMPLER  # the keyed version of this module's draw
 
 
 def row_stream(seed: int | None, prompt_ids: Sequence[int]) -> random.Random:
     """The random stream of one row: a function of the request's seed and prompt only (seedless: fresh)."""
     if seed is None:
         return random.Random()
-    h = hashlib.sha256(f"hf-rows{SAMPLER_VERSION}:{seed}:".encode() + array("q", prompt_ids).tobytes())
+    h = hashlib.sha256(f"hf-rows{SAMPLER}:{seed}:".encode() + array("q", prompt_ids).tobytes())
     return random.Random(int.from_bytes(h.digest()[:8], "big"))
 
 
