@@ -6,9 +6,10 @@ Every quoted figure sits in a block of one of the two READMEs,
 
 whose text is what the renderer NAME (RENDERERS below) makes of the committed results files, which only the
 benchmark scripts write: `results.md` (run.py), `peers_results.md` (peers.py), and `results/NAME.json`
-(bench_dedup.py, bench_embed.py, bench_view.py, bench_cluster.py, demo_agreement.py). The renderers live in
-figures_clients.py (run.py, peers.py) and figures_local.py (the others), each with its rows of README.md's
-speed table, and here (demo_agreement.py);
+(bench_dedup.py, bench_embed.py, bench_view.py, bench_cluster.py, demo_agreement.py, bench_train.py,
+bench_hf_teacher.py). The renderers live in figures_clients.py (run.py, peers.py) and figures_local.py (the
+others), each with its rows of README.md's speed table, figures_train.py and figures_hf.py, and here
+(demo_agreement.py);
 figures_read.py reads the files. To change what a block says, change its renderer or re-run its benchmark,
 then rewrite the blocks:
 
@@ -46,6 +47,7 @@ from figures_clients import (  # noqa: E402
     run_section,
     worker_cpu,
 )
+from figures_hf import hf_teacher  # noqa: E402
 from figures_local import (  # noqa: E402
     cluster,
     cluster_estimate,
@@ -162,6 +164,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "cluster-estimate": cluster_estimate,
     "demo-agreement": demo_agreement,
     "train-throughput": train_throughput,
+    "hf-teacher": hf_teacher,
     "quality-table": quality_table,
 }
 
