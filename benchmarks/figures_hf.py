@@ -24,8 +24,9 @@ def hf_teacher() -> str:
         f"Measured {d['date']} by `bench_hf_teacher.py` ({when(d)}; torch {v.get('torch')}, transformers "
         f"{v.get('transformers')}). A `{x['recipe']}` run over {x['questions']} questions, k = {x['k']} "
         f"samples a question (each its own seed), max_tokens {x['max_tokens']}, on `transformers:` with "
-        f"{x['model']}, batch_size {x['batch_size']}. Medians of {x['reps']} runs a side, alternating, each "
-        "in its own process with a fresh store; the model is loaded and warmed before the clock starts.",
+        f"{x['model']}, batch_size {x['batch_size']}. Medians of {x['reps']} runs a side, alternating, a fresh "
+        "store each; each tree's teacher runs in a process of its own, its model loaded and warmed before "
+        "the clock starts.",
         "",
         "| teacher | requests | generate calls | requests/s | runs (s) |",
         "|---|---|---|---|---|",
