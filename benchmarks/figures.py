@@ -6,10 +6,11 @@ Every quoted figure sits in a block of one of the two READMEs,
 
 whose text is what the renderer NAME (RENDERERS below) makes of the committed results files, which only the
 benchmark scripts write: `results.md` (run.py), `peers_results.md` (peers.py), and `results/NAME.json`
-(bench_dedup.py, bench_embed.py, bench_view.py, bench_cluster.py, demo_agreement.py, bench_local_engine.py,
-gpu_check.py: its block says so while its file is absent). The renderers live in figures_clients.py (run.py,
-peers.py) and figures_local.py (the others), each with its rows of README.md's speed table, figures_engine.py
-(bench_local_engine.py), and here (demo_agreement.py);
+(bench_dedup.py, bench_embed.py, bench_view.py, bench_cluster.py, demo_agreement.py, bench_train.py,
+bench_local_engine.py, bench_hf_teacher.py, gpu_check.py: its block says so while its file is absent).
+The renderers live in figures_clients.py (run.py, peers.py) and figures_local.py (the others), each with
+its rows of README.md's speed table, figures_train.py, figures_engine.py, figures_hf.py, and here
+(demo_agreement.py);
 figures_read.py reads the files. To change what a block says, change its renderer or re-run its benchmark,
 then rewrite the blocks:
 
@@ -48,6 +49,7 @@ from figures_clients import (  # noqa: E402
     worker_cpu,
 )
 from figures_engine import local_engine  # noqa: E402
+from figures_hf import hf_teacher  # noqa: E402
 from figures_local import (  # noqa: E402
     cluster,
     cluster_estimate,
@@ -174,6 +176,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "demo-agreement": demo_agreement,
     "train-throughput": train_throughput,
     "gpu-check": gpu_check,
+    "hf-teacher": hf_teacher,
     "quality-table": quality_table,
     "local-engine": local_engine,
 }

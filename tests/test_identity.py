@@ -147,7 +147,8 @@ def test_transformers_options_that_change_answers_are_keyed_and_throughput_ones_
     base = identity(folder, "transformers")
     assert identity(folder, "transformers", dtype="bfloat16") != base
     assert identity(folder, "transformers", max_model_len=32) != base
-    assert identity(folder, "transformers", batch_size=2, device="cpu") == base
+    assert identity(folder, "transformers", batch_size=2, batch_tokens=64, device="cpu") == base
+    assert base["options"]["sampler"] == 2  # per-row draws: older answers are not served
 
 
 def test_a_gguf_teacher_is_keyed_by_its_gguf_file_only(tmp_path):

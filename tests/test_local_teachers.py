@@ -100,7 +100,7 @@ def test_embedded_identity_names_model_engine_and_gguf_digest(tmp_path, monkeypa
         "model": "SmolLM2-135M-Instruct.Q4_1",
         "engine": "transformers",
         "weights": ident["weights"],
-        "options": {"dtype": "float32", "max_model_len": None},
+        "options": {"dtype": "float32", "max_model_len": None, "sampler": 2},
     }
     assert len(ident["weights"]) == 32
     assert json.loads((tmp_path / "digests.json").read_text())["files"].keys() == {str(emb.gguf_path())}

@@ -1,9 +1,22 @@
 """transformers ``generate`` on a local model folder: ``transformers:PATH``.
 
-For machines without vLLM, and for small models where its start-up costs more than it saves. Requests
-are grouped by identical sampling, sorted by prompt length (less padding) and generated in sub-batches
-of ``batch_size`` with left padding. Greedy when temperature is 0; a request's seed seeds its sub-batch.
-Stop strings end a row's generation early and the text is cut at the first one.
+For machines without vLLM, and for small models where its start-up costs more than it saves. All the
+requests of a call share batches, whatever their seed, temperature, top_p, max_tokens or stop strings:
+they are sorted by prompt length (then max_tokens; less padding) and generated in sub-batches of at most
+``batch_size`` rows and ``batch_tokens`` padded tokens (rows × (longest prompt + largest max_tokens)),
+left-padded. Each row samples and ends on its own (:mod:`factory.teachers.hf_rows`): greedy when its
+temperature is 0; otherwise drawn from a random stream of its own, seeded by its request's seed and
+prompt, one number per token; it ends at an end-of-sequence token, its first stop string (the text is cut
+there) or its own max_tokens, while the rest of its batch goes on.
+
+What a seed promises: the random numbers a row uses depend on its request alone, never on its batch.
+Its text is the same alone or in any batch as long as the model computes the same logits for it; the
+logits of a row can differ in the last bits between batch compositions (another padding width, another
+matrix shape, so float sums in another order), and such a difference changes a token only where two
+candidates (for greedy) or a draw and a cumulative-probability boundary (for sampling) are that close.
+For a given batch composition, device and dtype, answers are repeatable. So ``batch_size``,
+``batch_tokens`` and ``device`` are not keyed (see :mod:`factory.teachers.local`); the draw's algorithm is
+(``sampler`` in the keyed options: version 2 is the per-row draw, answers of version 1 are not served).
 
 ``PATH`` may also be a ``.gguf`` file, or a folder with option ``gguf_file``: transformers then loads
 the GGUF (it needs the ``gguf`` and ``accelerate`` packages).
@@ -17,7 +30,8 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +47,22 @@ HF_DEFAULTS: dict[str, Any] = {
     "device": "auto",
     "dtype": "float32",
     "batch_size": 16,
+    "batch_tokens": 32768,
     "gguf_file": None,
     "max_model_len": None,
 }
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# The keyed version of the draw (factory.teachers.hf_rows): 1 was transformers' sampler seeded once per
+# batch of identical sampling, 2 the per-row draw. A change of the draw's answers is a new version.
+SAMPLER = 2
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    index: int  # in the call's request list
+    ids: list[int]  # prompt tokens
+    sampling: Sampling
+    max_new: int  # max_tokens, cut to the room the prompt leaves under max_model_len
 
 
 class TransformersTeacher(LocalEngineTeacher):
@@ -68,23 +94,23 @@ class TransformersTeacher(LocalEngineTeacher):
         self.dtype: str = str(opts["dtype"])
         if self.dtype not in DTYPES:
             raise ConfigError(f"the transformers teacher option dtype must be one of {', '.join(DTYPES)}")
-        self.batch_size = int(opts["batch_size"])
-        if self.batch_size < 1:
-            raise ConfigError("the transformers teacher option batch_size must be at least 1")
+        self.batch_size = _at_least_one(opts, "batch_size")
+        self.batch_tokens = _at_least_one(opts, "batch_tokens")
         self.max_model_len: int | None = int(opts["max_model_len"]) if opts["max_model_len"] else None
         self._max_model_len_option = self.max_model_len  # as configured: the model's limit fills the other
         self._model: Any = None
         self._tok: Any = None
         self._eos: set[int] = set()
+        self.batches = 0  # generate calls made
 
     def _digest_weights(self) -> str:
         folder = self.model_dir()
         return folder_digest(folder, [folder / self.gguf_file] if self.gguf_file else None)
 
     def output_options(self) -> dict[str, Any]:
-        """dtype and max_model_len (None: the model's own limit, which its config.json sets). Not keyed:
-        device and batch_size (see factory.teachers.local)."""
-        return {"dtype": self.dtype, "max_model_len": self._max_model_len_option}
+        """dtype, max_model_len (None: the model's own limit, which its config.json sets) and the sampler's
+        version. Not keyed: device, batch_size and batch_tokens (see the module docstring)."""
+        return {"dtype": self.dtype, "max_model_len": self._max_model_len_option, "sampler": SAMPLER}
 
     def suggested_in_flight(self) -> int:
         """Four sub-batches: one generating, the next ones gathering while it runs."""
@@ -98,6 +124,7 @@ class TransformersTeacher(LocalEngineTeacher):
             "device": self.device,
             "dtype": self.dtype,
             "batch_size": self.batch_size,
+            "batch_tokens": self.batch_tokens,
             "loaded": self._model is not None,
         }
 
@@ -165,7 +192,7 @@ class TransformersTeacher(LocalEngineTeacher):
     def _run(self, requests: Sequence[Request]) -> list[Completion | TeacherError]:
         model, tok = self._load()
         out: list[Completion | TeacherError | None] = [None] * len(requests)
-        groups: dict[Sampling, list[tuple[int, list[int]]]] = {}
+        rows: list[_Row] = []
         for i, req in enumerate(requests):
             ids = self._prompt_ids(tok, req)
             if self.max_model_len is not None and len(ids) >= self.max_model_len:
@@ -175,80 +202,92 @@ class TransformersTeacher(LocalEngineTeacher):
                     cacheable=True,
                 )
                 continue
-            groups.setdefault(req.sampling, []).append((i, ids))
-        for sampling, items in groups.items():
-            items.sort(key=lambda it: len(it[1]))
-            for start in range(0, len(items), self.batch_size):
-                chunk = items[start : start + self.batch_size]
-                self.attempts += len(chunk)
-                for (i, _), res in zip(chunk, self._generate(model, tok, sampling, chunk), strict=True):
-                    out[i] = res
+            max_new = req.sampling.max_tokens
+            if self.max_model_len is not None:  # the row's own room, whatever the batch's longest prompt
+                max_new = max(1, min(max_new, self.max_model_len - len(ids)))
+            rows.append(_Row(i, ids, req.sampling, max_new))
+        rows.sort(key=lambda r: (len(r.ids), r.max_new))
+        for chunk in self._chunks(rows):
+            self.attempts += len(chunk)
+            for row, res in zip(chunk, self._generate(model, tok, chunk), strict=True):
+                out[row.index] = res
         for outcome in out:
             if isinstance(outcome, TeacherError):
                 self.failed(outcome)
         assert all(r is not None for r in out)
         return out  # type: ignore[return-value]
 
-    def _generate(
-        self, model: Any, tok: Any, s: Sampling, chunk: list[tuple[int, list[int]]]
-    ) -> list[Completion | TeacherError]:
+    def _chunks(self, rows: list[_Row]) -> Iterator[list[_Row]]:
+        """Rows (sorted by prompt length) in sub-batches of at most ``batch_size`` rows whose padded
+        size, rows × (longest prompt + largest max_tokens), stays within ``batch_tokens`` (a row over it
+        runs alone)."""
+        chunk: list[_Row] = []
+        most_new = 0
+        for row in rows:
+            size = (len(chunk) + 1) * (len(row.ids) + max(most_new, row.max_new))
+            if chunk and (len(chunk) == self.batch_size or size > self.batch_tokens):
+                yield chunk
+                chunk, most_new = [], 0
+            chunk.append(row)
+            most_new = max(most_new, row.max_new)
+        if chunk:
+            yield chunk
+
+    def _generate(self, model: Any, tok: Any, chunk: list[_Row]) -> list[Completion | TeacherError]:
         import torch
-        from transformers import GenerationConfig, StoppingCriteriaList
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+        from factory.teachers.hf_rows import RowEnds, RowSampler, row_stream
 
         t0 = time.perf_counter()
-        longest = max(len(ids) for _, ids in chunk)
-        max_new = s.max_tokens
-        if self.max_model_len is not None:
-            max_new = max(1, min(max_new, self.max_model_len - longest))
-        sample = s.temperature > 0
-        cfg: dict[str, Any] = {
-            "max_new_tokens": max_new,
-            "do_sample": sample,
-            "pad_token_id": tok.pad_token_id,
-            "eos_token_id": sorted(self._eos) or None,
-        }
-        if sample:
-            cfg.update(temperature=s.temperature, top_p=s.top_p, top_k=0)
+        self.batches += 1
+        cfg = GenerationConfig(
+            max_new_tokens=max(r.max_new for r in chunk),
+            do_sample=False,  # RowSampler draws the sampled rows; the greedy ones stay argmax
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=sorted(self._eos) or None,
+        )
         try:
-            batch = tok.pad({"input_ids": [ids for _, ids in chunk]}, return_tensors="pt")
+            batch = tok.pad({"input_ids": [r.ids for r in chunk]}, return_tensors="pt")
             batch = {k: v.to(model.device) for k, v in batch.items()}
-            extra: dict[str, Any] = {}
-            if s.stop:
-                stops = _stop_criterion(tok, s.stop, batch["input_ids"].shape[1])
-                extra["stopping_criteria"] = StoppingCriteriaList([stops])
-            if s.seed is not None:
-                torch.manual_seed(s.seed)
+            width = batch["input_ids"].shape[1]
+            sampler = RowSampler(
+                [r.sampling.temperature for r in chunk],
+                [r.sampling.top_p for r in chunk],
+                [row_stream(r.sampling.seed, r.ids) for r in chunk],
+            )
+            ends = RowEnds(
+                tok, width, [r.max_new for r in chunk], [r.sampling.stop for r in chunk], self._eos
+            )
             with torch.inference_mode():
-                generated = model.generate(**batch, generation_config=GenerationConfig(**cfg), **extra)
+                generated = model.generate(
+                    **batch,
+                    generation_config=cfg,
+                    logits_processor=LogitsProcessorList([sampler]),
+                    stopping_criteria=StoppingCriteriaList([ends]),
+                )
         except Exception as exc:
             log.warning("transformers batch of %d failed: %r", len(chunk), exc)
             err = f"transformers generate failed on a batch of {len(chunk)}: {type(exc).__name__}: {exc}"
             return [TeacherUnavailable(err, kind="engine") for _ in chunk]
         latency_ms = (time.perf_counter() - t0) * 1000.0
-        width = batch["input_ids"].shape[1]
-        ends = self._eos | ({tok.pad_token_id} if tok.pad_token_id is not None else set())
         results: list[Completion | TeacherError] = []
-        for row, (_, ids) in enumerate(chunk):
-            new = generated[row, width:].tolist()
-            end = next((k for k, t in enumerate(new) if t in ends), None)
-            finish = "length"
-            if end is not None:
-                # ended by EOS (counted, like vLLM does) or padded after a stop string (not counted)
-                n_tokens = end + 1 if new[end] in self._eos else end
-                new = new[:end]
-                finish = "stop"
-            else:
-                n_tokens = len(new)
+        for k, row in enumerate(chunk):
+            n, why = ends.ends[k] or (row.max_new, "length")
+            new = generated[k, width : width + n].tolist()
+            if why == "eos":  # counted, like vLLM does, and not part of the text
+                new = new[:-1]
             text = tok.decode(new, skip_special_tokens=True)
-            cut = min((p for p in (text.find(x) for x in s.stop) if p >= 0), default=-1)
+            finish = "length" if why == "length" else "stop"
+            cut = min((p for p in (text.find(x) for x in row.sampling.stop) if p >= 0), default=-1)
             if cut >= 0:
                 text, finish = text[:cut], "stop"
             results.append(
                 Completion(
                     text=text,
                     finish_reason=finish,
-                    prompt_tokens=len(ids),
-                    completion_tokens=n_tokens,
+                    prompt_tokens=len(row.ids),
+                    completion_tokens=n,
                     latency_ms=latency_ms,
                 )
             )
@@ -259,23 +298,17 @@ class TransformersTeacher(LocalEngineTeacher):
         gc.collect()
 
 
-def _stop_criterion(tok: Any, stops: Sequence[str], prompt_width: int) -> Any:
-    """Ends a row once its generated text holds a stop string. transformers' own ``stop_strings`` also
-    match across the end of the prompt (a template ending in a newline stops a ``"\\n\\n"`` at once), so
-    only the tokens after the prompt are looked at: the last few, enough to hold the longest stop."""
-    import torch
-    from transformers import StoppingCriteria
-
-    window = max(len(x) for x in stops) + 8
-
-    class StopOnStrings(StoppingCriteria):
-        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            new = input_ids[:, prompt_width:]
-            texts = tok.batch_decode(new[:, -window:], skip_special_tokens=True)
-            hit = [any(x in text for x in stops) for text in texts]
-            return torch.tensor(hit, dtype=torch.bool, device=input_ids.device)
-
-    return StopOnStrings()
+def _at_least_one(opts: dict[str, Any], name: str) -> int:
+    value = opts[name]
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1 or isinstance(value, bool):
+        raise ConfigError(
+            f"the transformers teacher option {name} must be a whole number of at least 1, not {value!r}"
+        )
+    return n
 
 
 def create(spec: str, model: str, options: dict[str, Any]) -> Teacher:
