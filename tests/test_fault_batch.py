@@ -200,3 +200,8 @@ def test_limits_and_bad_requests_are_refused(srv, client) -> None:
     body = {"input_file_id": file.id, "endpoint": ENDPOINT, "completion_window": "1h"}
     status, err = _http(srv, "POST", "/v1/batches", orjson.dumps(body), "application/json")
     assert status == 400 and err["error"]["param"] == "completion_window"
+    status, err = _http(srv, "POST", "/v1/files", b"{}", "application/json")
+    assert status == 400 and err["error"]["param"] == "file"
+    data, ctype = _multipart("batch", _jsonl(1))
+    status, err = _http(srv, "POST", "/v1/files", data[: len(data) // 2], ctype)
+    assert status == 400 and err["error"]["type"] == "invalid_request_error"

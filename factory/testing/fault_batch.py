@@ -53,6 +53,7 @@ BATCH_ENDPOINT = "/v1/chat/completions"
 COMPLETION_WINDOWS = ("24h",)
 _JSON = "application/json"
 _TERMINAL = ("completed", "failed", "expired", "cancelled")
+_STAMPED = ("in_progress", "finalizing", *_TERMINAL, "cancelling")
 
 
 def _error(status: int, message: str, param: str | None = None, code: str | None = None) -> web.Response:
@@ -123,7 +124,7 @@ class _Batch:
             "request_counts": {"total": self.total, "completed": self.completed, "failed": self.failed},
             "metadata": self.metadata,
         }
-        for name in ("in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled"):
+        for name in _STAMPED:
             out[name + "_at"] = self.times.get(name)
         return out
 
@@ -172,7 +173,7 @@ class BatchStore:
         elif len(parts) == 3 and parts[0] == "files" and parts[2] == "content":
             route, args = (self.file_content if method == "GET" else None), (parts[1],)
         elif parts == ["batches"]:
-            route = {"POST": self.create, "GET": self.list}.get(method)
+            route = {"POST": self.create, "GET": self.list_batches}.get(method)
         elif len(parts) == 2 and parts[0] == "batches":
             route, args = (self.retrieve if method == "GET" else None), (parts[1],)
         elif len(parts) == 3 and parts[0] == "batches" and parts[2] == "cancel":
@@ -190,28 +191,33 @@ class BatchStore:
         if not request.content_type.startswith("multipart/"):
             return _error(400, "Expected a multipart/form-data body with 'file' and 'purpose'.", "file")
         purpose, filename, data = None, "upload.jsonl", None
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                continue
-            if part.name == "purpose":
-                purpose = (await part.text()).strip()
-            elif part.name == "file":
-                filename = part.filename or filename
-                chunks, size = [], 0
-                while chunk := await part.read_chunk(1 << 16):
-                    size += len(chunk)
-                    if size > cfg.batch_max_bytes:
-                        return _error(
-                            400,
-                            f"File is too large: the limit is {cfg.batch_max_bytes} bytes for purpose 'batch'.",
-                            "file",
-                            "file_too_large",
-                        )
-                    chunks.append(chunk)
-                data = b"".join(chunks)
+        try:
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if not isinstance(part, BodyPartReader):
+                    continue
+                if part.name == "purpose":
+                    purpose = (await part.text()).strip()
+                elif part.name == "file":
+                    filename = part.filename or filename
+                    chunks, size = [], 0
+                    while chunk := await part.read_chunk(1 << 16):
+                        size += len(chunk)
+                        if size > cfg.batch_max_bytes:
+                            return _error(
+                                400,
+                                f"File is too large: the limit is {cfg.batch_max_bytes} bytes for purpose 'batch'.",
+                                "file",
+                                "file_too_large",
+                            )
+                        chunks.append(chunk)
+                    data = b"".join(chunks)
+        except (ValueError, AssertionError, UnicodeDecodeError) as exc:
+            return _error(400, f"The multipart body could not be read: {exc}", "file")
         if purpose is None:
-            return _error(400, "Missing required parameter: 'purpose'.", "purpose", "missing_required_parameter")
+            return _error(
+                400, "Missing required parameter: 'purpose'.", "purpose", "missing_required_parameter"
+            )
         if purpose != "batch":
             return _error(
                 400, f"Invalid value for 'purpose': {purpose!r}; this server takes 'batch'.", "purpose"
@@ -257,13 +263,17 @@ class BatchStore:
             return _error(400, "The body must be a JSON object.")
         for name in ("input_file_id", "endpoint", "completion_window"):
             if not isinstance(body.get(name), str):
-                return _error(400, f"Missing required parameter: '{name}'.", name, "missing_required_parameter")
+                return _error(
+                    400, f"Missing required parameter: '{name}'.", name, "missing_required_parameter"
+                )
         if body["endpoint"] != BATCH_ENDPOINT:
             return _error(
                 400, f"Invalid value for 'endpoint': this server takes '{BATCH_ENDPOINT}'.", "endpoint"
             )
         if body["completion_window"] not in COMPLETION_WINDOWS:
-            return _error(400, "Invalid value for 'completion_window': supported: '24h'.", "completion_window")
+            return _error(
+                400, "Invalid value for 'completion_window': supported: '24h'.", "completion_window"
+            )
         metadata = body.get("metadata")
         if metadata is not None and not isinstance(metadata, dict):
             return _error(400, "Invalid type for 'metadata': expected an object.", "metadata")
@@ -313,7 +323,7 @@ class BatchStore:
             batch.cancel.set()
         return _ok(batch.doc())
 
-    async def list(self, request: web.BaseRequest) -> web.Response:
+    async def list_batches(self, request: web.BaseRequest) -> web.Response:
         try:
             limit = int(request.query.get("limit", "20"))
         except ValueError:
