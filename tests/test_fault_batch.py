@@ -12,7 +12,13 @@ import openai
 import orjson
 import pytest
 
-from factory.testing.fault_server import SubprocessHandle, start_subprocess
+from factory.testing.fault_server import (
+    FaultConfig,
+    SubprocessHandle,
+    main,
+    serve_in_thread,
+    start_subprocess,
+)
 
 ENDPOINT = "/v1/chat/completions"
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -205,3 +211,27 @@ def test_limits_and_bad_requests_are_refused(srv, client) -> None:
     data, ctype = _multipart("batch", _jsonl(1))
     status, err = _http(srv, "POST", "/v1/files", data[: len(data) // 2], ctype)
     assert status == 400 and err["error"]["type"] == "invalid_request_error"
+
+
+def test_faults_land_in_the_error_file_then_succeed_on_a_rerun() -> None:
+    config = FaultConfig(fault_rate=1.0, fault_kinds=("429", "500"), fault_repeats=1)
+    with serve_in_thread(config) as thread_srv:
+        with openai.OpenAI(base_url=thread_srv.base_url, api_key="k", max_retries=0, timeout=10) as c:
+            file = c.files.create(file=("in.jsonl", _jsonl(6)), purpose="batch")
+            first = c.batches.create(input_file_id=file.id, endpoint=ENDPOINT, completion_window="24h")
+            first = _wait(c, first.id, ("completed",))
+            assert first.output_file_id is None and first.request_counts is not None
+            assert first.request_counts.failed == 6
+            codes = {line["response"]["status_code"] for line in _lines(c, first.error_file_id)}
+            assert codes <= {429, 500} and codes
+            again = c.batches.create(input_file_id=file.id, endpoint=ENDPOINT, completion_window="24h")
+            again = _wait(c, again.id, ("completed",))
+            assert again.error_file_id is None and len(_lines(c, again.output_file_id)) == 6
+        stats = thread_srv.stats()
+        assert stats["batch"]["requests"] == 12 and stats["batch"]["created"] == 2
+        assert sum(stats["faults"].values()) == 6
+
+
+def test_bad_batch_options_exit_with_a_message(capsys) -> None:
+    assert main(["--batch-rate", "-1"]) == 2
+    assert "batch_rate" in capsys.readouterr().err
