@@ -20,14 +20,16 @@ the file, ``method`` ``POST``, ``url`` equal to the batch's endpoint, ``body`` a
 fails the batch (``failed``, ``errors.data`` with ``code``, ``line``, ``param``, ``message``). Otherwise
 it runs ``in_progress``: one request every ``1 / batch_rate`` seconds (``batch_rate`` 0: no wait), each
 answered as ``POST /v1/chat/completions`` answers the same body (the body as ``orjson`` serializes it),
-with rejections and faults picked the same way: a rejected body, or a body picked for a fault on an
-attempt below ``fault_repeats``, becomes a line of the error file with its status code (429 for a
-``429`` fault, 500 for the other kinds). Then ``finalizing`` for ``batch_finalizing_s`` and
+with rejections and faults picked the same way (no latency, rate limit or outage): a rejected body,
+a body that is no chat request, a wrong model under ``strict_model``, or a body picked for a fault within
+its first ``fault_repeats`` attempts (attempts count across batches and the online endpoint) becomes a
+line of the error file with its status code (429 for a ``429`` fault, 500 for the other kinds). Then ``finalizing`` for ``batch_finalizing_s`` and
 ``completed``. Past ``batch_window_s`` seconds after creation the batch ends ``expired``: requests done
 are in the output (or error) file, the rest in the error file with code ``batch_expired``. A cancelled
 batch goes ``cancelling`` then ``cancelled``, the requests not run in the error file with code
-``batch_cancelled``. Output lines keep the input order:
-``{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error": null}``.
+``batch_cancelled``. Output and error lines keep the input order:
+``{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error": null}``, or for a
+request never run ``{"id", "custom_id", "response": null, "error": {"code", "message"}}``.
 """
 
 from __future__ import annotations
@@ -238,9 +240,7 @@ class BatchStore:
 
     def _file(self, file_id: str) -> _File | web.Response:
         file = self.files.get(file_id)
-        if file is None:
-            return _error(404, f"No such File object: {file_id}", "id")
-        return file
+        return _error(404, f"No such File object: {file_id}", "id") if file is None else file
 
     async def file_info(self, request: web.BaseRequest, file_id: str) -> web.Response:
         file = self._file(file_id)
@@ -303,9 +303,7 @@ class BatchStore:
 
     def _batch(self, batch_id: str) -> _Batch | web.Response:
         batch = self.batches.get(batch_id)
-        if batch is None:
-            return _error(404, f"No batch found with id '{batch_id}'.", "batch_id")
-        return batch
+        return _error(404, f"No batch found with id '{batch_id}'.", "batch_id") if batch is None else batch
 
     async def retrieve(self, request: web.BaseRequest, batch_id: str) -> web.Response:
         batch = self._batch(batch_id)
