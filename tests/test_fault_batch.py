@@ -235,3 +235,23 @@ def test_faults_land_in_the_error_file_then_succeed_on_a_rerun() -> None:
 def test_bad_batch_options_exit_with_a_message(capsys) -> None:
     assert main(["--batch-rate", "-1"]) == 2
     assert "batch_rate" in capsys.readouterr().err
+
+
+def test_a_failing_reply_fails_its_line_and_the_batch_completes() -> None:
+    def reply(messages: list, body: dict) -> str:
+        if messages[0]["content"] == "question 1":
+            raise RuntimeError("no answer")
+        return "fine"
+
+    with (
+        serve_in_thread(FaultConfig(reply=reply)) as thread_srv,
+        openai.OpenAI(base_url=thread_srv.base_url, api_key="k", max_retries=0, timeout=10) as c,
+    ):
+        file = c.files.create(file=("in.jsonl", _jsonl(3)), purpose="batch")
+        batch = c.batches.create(input_file_id=file.id, endpoint=ENDPOINT, completion_window="24h")
+        done = _wait(c, batch.id, ("completed",))
+        assert done.status == "completed"
+        [failed] = _lines(c, done.error_file_id)
+        assert failed["custom_id"] == "req-1" and failed["response"]["status_code"] == 500
+        output = _lines(c, done.output_file_id)
+        assert [o["response"]["body"]["choices"][0]["message"]["content"] for o in output] == ["fine"] * 2

@@ -460,7 +460,11 @@ class BatchStore:
 
     async def _one(self, item: dict[str, Any]) -> tuple[bool, bytes]:
         self.requests += 1
-        status, body = await self.server.answer(orjson.dumps(item["body"]))
+        try:
+            status, body = await self.server.answer(orjson.dumps(item["body"]))
+        except Exception as exc:  # a failing ``reply`` callable fails its line, not the batch
+            status = 500
+            body = {"error": {"message": f"reply failed: {exc!r}", "type": "server_error", "param": None}}
         self._count(str(status))
         response = {"status_code": status, "request_id": self._new_id("req_"), "body": body}
         return status == 200, self._line(item["custom_id"], response, None)
