@@ -21,7 +21,11 @@ Order of checks for ``POST /v1/chat/completions``:
 6. otherwise, after the latency, a 200 chat completion.
 
 Endpoints: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /admin/stats[?detail=1]``,
-``POST /admin/reset``, ``POST /admin/outage?seconds=S&kind=K``.
+``POST /admin/reset``, ``POST /admin/outage?seconds=S&kind=K``, and OpenAI's Batch API
+(``POST /v1/files``, ``GET /v1/files/{id}[/content]``, ``POST /v1/batches``, ``GET /v1/batches[/{id}]``,
+``POST /v1/batches/{id}/cancel``; see ``factory.testing.fault_batch``: batch states, their delays
+``batch_*``, limits, output and error files). Batches and files live in the server process only.
+``/admin/stats`` counts batch lines under ``batch``.
 
 In-process: ``with serve_in_thread(FaultConfig(latency=0.2)) as srv: ... srv.base_url``; or, inside
 a running loop, ``async with serve(config) as srv``. Out of process: ``start_subprocess(latency=0.2)``
@@ -56,6 +60,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+from factory.testing.fault_batch import BatchStore
 
 __all__ = [
     "FAULT_KINDS",
@@ -121,6 +127,18 @@ class FaultConfig:
     """A request naming another model than ``model`` gets 404, worded as vLLM's server words it."""
     reply: ReplyFn | None = field(default=None, repr=False)
     """``reply(messages, body) -> str`` (or an awaitable of str) overriding the default text."""
+    batch_validating_s: float = 0.0
+    """Batch API: seconds a new batch stays ``validating``."""
+    batch_rate: float = 0.0
+    """Batch API: requests run per second within a batch (0: as fast as the loop goes)."""
+    batch_finalizing_s: float = 0.0
+    """Batch API: seconds a batch stays ``finalizing`` before ``completed``."""
+    batch_window_s: float = 86400.0
+    """Batch API: seconds after creation at which an unfinished batch expires (``24h`` by default)."""
+    batch_max_lines: int = 50_000
+    """Batch API: most requests (non-blank lines) an uploaded file may hold."""
+    batch_max_bytes: int = 200 * 1024 * 1024
+    """Batch API: most bytes an uploaded file may hold."""
 
     def __post_init__(self) -> None:
         kinds = self.fault_kinds
@@ -142,6 +160,13 @@ class FaultConfig:
             raise ValueError("latency, latency_median and latency_sigma must be >= 0")
         if self.rpm is not None and self.rpm < 0:
             raise ValueError("rpm must be >= 0")
+        for name in ("batch_validating_s", "batch_rate", "batch_finalizing_s"):
+            if not 0.0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.batch_window_s < math.inf:
+            raise ValueError(f"batch_window_s must be a finite number > 0, got {self.batch_window_s}")
+        if self.batch_max_lines < 1 or self.batch_max_bytes < 1:
+            raise ValueError("batch_max_lines and batch_max_bytes must be >= 1")
 
 
 def body_key(raw: bytes) -> str:
@@ -207,6 +232,7 @@ class FaultServer:
         self.stopping = asyncio.Event()
         self.started = time.time()
         self._routes = self.routes
+        self.batch = BatchStore(self)
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -231,6 +257,7 @@ class FaultServer:
         self._refilled = time.monotonic()
         self._outage_until = 0.0
         self._outage_kind = "500"
+        self.batch.reset_counters()
 
     def set_outage(self, seconds: float, kind: str = "500") -> dict[str, Any]:
         if kind not in OUTAGE_KINDS:
@@ -256,6 +283,7 @@ class FaultServer:
             "tokens_out": self.tokens_out,
             "outage_s": max(0.0, self._outage_until - time.monotonic()),
             "uptime_s": time.time() - self.started,
+            "batch": self.batch.counters(),
         }
         if detail:
             out["per_body"] = dict(self.per_body)
@@ -377,6 +405,8 @@ class FaultServer:
         handler = self._routes.get((request.method, request.path))
         if handler is not None:
             return await handler(request)
+        if request.path.startswith(("/v1/files", "/v1/batches")):
+            return await self.batch.dispatch(request)
         if any(path == request.path for _, path in self._routes):
             return web.Response(
                 status=405,
@@ -443,36 +473,79 @@ class FaultServer:
                 )
 
             if self._reject_cut or self._fault_cut:
-                mixed = _mix64(int(key, 16) ^ self._salt)
-                if (mixed & 0xFFFFFF) < self._reject_cut:
-                    self.rejected += 1
+                picked = self._pick(key)
+                if picked == "reject":
                     return self._respond(400, _ERR_REJECT)
-                if ((mixed >> 24) & 0xFFFFFF) < self._fault_cut:
-                    attempt = self._attempts.get(key, 0) + 1
-                    self._attempts[key] = attempt
-                    if attempt <= self.config.fault_repeats:
-                        kinds = self._kinds
-                        return await self._fail(request, kinds[(mixed >> 48) % len(kinds)], key, body)
+                if picked is not None:
+                    return await self._fail(request, picked, key, body)
 
             delay = self._delay()
             if delay > 0:
                 await asyncio.sleep(delay)
 
-            text = None
-            if self.config.reply is not None:
-                text = self.config.reply(messages, body)
-                if inspect.isawaitable(text):
-                    text = await text
-                text = str(text)
-            doc = self._completion(body, messages, key, text)
-            self.tokens_out += doc["usage"]["completion_tokens"]
-            self.answered_at[key] = time.monotonic()
+            doc = await self._answer_doc(body, messages, key)
             return self._respond(200, orjson.dumps(doc))
         finally:
             self.in_flight -= 1
 
-    def _refuse(self, request: web.BaseRequest, raw: bytes) -> web.Response | None:
-        """The account and model checks (``api_key``, ``strict_model``), before anything else."""
+    def _pick(self, key: str) -> str | None:
+        """``"reject"``, a fault kind (counting this attempt) or None for the body with this key."""
+        mixed = _mix64(int(key, 16) ^ self._salt)
+        if (mixed & 0xFFFFFF) < self._reject_cut:
+            self.rejected += 1
+            return "reject"
+        if ((mixed >> 24) & 0xFFFFFF) < self._fault_cut:
+            attempt = self._attempts.get(key, 0) + 1
+            self._attempts[key] = attempt
+            if attempt <= self.config.fault_repeats:
+                kinds = self._kinds
+                return kinds[(mixed >> 48) % len(kinds)]
+        return None
+
+    async def _answer_doc(self, body: dict, messages: list, key: str) -> dict[str, Any]:
+        text = None
+        if self.config.reply is not None:
+            text = self.config.reply(messages, body)
+            if inspect.isawaitable(text):
+                text = await text
+            text = str(text)
+        doc = self._completion(body, messages, key, text)
+        self.tokens_out += doc["usage"]["completion_tokens"]
+        self.answered_at[key] = time.monotonic()
+        return doc
+
+    async def answer(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+        """One request of a batch: the status and JSON body that ``POST /v1/chat/completions`` would
+        give this body, with no latency, rate limit or outage; a picked fault gives its status (429 for
+        ``429``, 500 for the other kinds) and counts as an attempt, as online."""
+        key = body_key(raw)
+        self.per_body[key] = self.per_body.get(key, 0) + 1
+        body = orjson.loads(raw)
+        messages = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(messages, list):
+            return 400, orjson.loads(
+                _error_body("'messages' must be a list", "invalid_request_error", "invalid_messages")
+            )
+        if body.get("stream"):
+            return 400, orjson.loads(
+                _error_body("stream is not supported by the fault server", "invalid_request_error", "stream")
+            )
+        if self.config.strict_model and body.get("model") != self.config.model:
+            message = f"The model `{body.get('model')}` does not exist."
+            return 404, orjson.loads(_error_body(message, "NotFoundError", "404"))
+        if self._reject_cut or self._fault_cut:
+            picked = self._pick(key)
+            if picked == "reject":
+                return 400, orjson.loads(_ERR_REJECT)
+            if picked is not None:
+                self.faults[picked] = self.faults.get(picked, 0) + 1
+                if picked == "429":
+                    return 429, orjson.loads(_ERR_429)
+                return 500, orjson.loads(_ERR_500)
+        return 200, await self._answer_doc(body, messages, key)
+
+    def refuse_key(self, request: web.BaseRequest) -> web.Response | None:
+        """The ``api_key`` check: a 401 for a request without the right bearer key, else None."""
         cfg = self.config
         if cfg.api_key is not None:
             got = request.headers.get("Authorization", "")
@@ -480,6 +553,14 @@ class FaultServer:
                 self.unauthorized += 1
                 message = f"Incorrect API key provided. You sent: Authorization: {got or '(none)'}"
                 return self._respond(401, _error_body(message, "invalid_request_error", "invalid_api_key"))
+        return None
+
+    def _refuse(self, request: web.BaseRequest, raw: bytes) -> web.Response | None:
+        """The account and model checks (``api_key``, ``strict_model``), before anything else."""
+        cfg = self.config
+        refused = self.refuse_key(request)
+        if refused is not None:
+            return refused
         if cfg.strict_model:
             try:
                 model = orjson.loads(raw).get("model")
@@ -543,6 +624,8 @@ def make_app(config: FaultConfig | None = None) -> web.Application:
     app[STATE_KEY] = state
     for (method, path), handler in state.routes.items():
         app.router.add_route(method, path, handler)
+    for prefix in ("/v1/files", "/v1/batches"):
+        app.router.add_route("*", prefix + "{tail:(/.*)?}", state.batch.dispatch)
     return app
 
 
@@ -573,6 +656,7 @@ async def _start(config: FaultConfig, port: int = 0) -> tuple[web.BaseRunner, Fa
 
 async def _stop(runner: web.BaseRunner, state: FaultServer) -> None:
     state.stopping.set()
+    await state.batch.aclose()
     await runner.cleanup()
 
 
@@ -888,6 +972,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--hang-seconds", type=float, default=3600.0)
     p.add_argument("--api-key", default=None, help="answer 401 unless this Bearer key is sent")
     p.add_argument("--strict-model", action="store_true", help="answer 404 for any other model than --model")
+    p.add_argument("--batch-validating-s", type=float, default=0.0, help="seconds a batch validates")
+    p.add_argument("--batch-rate", type=float, default=0.0, help="batch requests per second (0: no wait)")
+    p.add_argument("--batch-finalizing-s", type=float, default=0.0, help="seconds a batch finalizes")
+    p.add_argument("--batch-window-s", type=float, default=86400.0, help="seconds before a batch expires")
+    p.add_argument("--batch-max-lines", type=int, default=50_000, help="most requests in a batch file")
+    p.add_argument("--batch-max-bytes", type=int, default=200 * 1024 * 1024, help="most bytes in a file")
     p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
     return p
 
@@ -926,6 +1016,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             hang_seconds=args.hang_seconds,
             api_key=args.api_key,
             strict_model=args.strict_model,
+            batch_validating_s=args.batch_validating_s,
+            batch_rate=args.batch_rate,
+            batch_finalizing_s=args.batch_finalizing_s,
+            batch_window_s=args.batch_window_s,
+            batch_max_lines=args.batch_max_lines,
+            batch_max_bytes=args.batch_max_bytes,
         )
     except ValueError as exc:
         print(f"fault_server: {exc}", file=sys.stderr)
