@@ -1,11 +1,12 @@
 """Peak memory of `factory run` as the run grows, this tree against an earlier commit.
 
-    python benchmarks/bench_memory.py --before REF [--sizes 10000,100000,300000] [--c 1024] [--reps 1]
+    python benchmarks/bench_memory.py --before REF [--after REF] [--sizes 10000,100000,300000] [--c 1024]
 
 Each run is the whole `factory run CONFIG.yaml` process (`python -m factory.cli run`, its own interpreter,
 the tree on PYTHONPATH) with a trivial recipe (`prompt`, one request a seed, a JSONL seed file of N rows)
 against one fault server (5 ms latency, C requests in flight); its peak resident memory is the child's
-`ru_maxrss` from `wait4`. REF's tree is unpacked from git (`git archive`); at each size the two trees run
+`ru_maxrss` from `wait4`. REF's tree is unpacked from git (`git archive`), and so is --after's when
+given (else this working tree is measured); at each size the two trees run
 one after the other, on seed files alike and fresh stores. The figure is the slope of peak memory over
 requests (least squares over the sizes, bytes per request) on each side, and the ratio. Target: this
 tree's slope under 10 % of REF's. Writes `benchmarks/results/memory.json`; exits 1 when the target is
@@ -78,6 +79,7 @@ def slope(xs: list[int], ys: list[float]) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--before", required=True, help="the commit to compare with (a ref or a hash)")
+    ap.add_argument("--after", help="a commit to measure instead of this working tree")
     ap.add_argument("--sizes", default="10000,100000,300000", help="requests a run, comma-separated")
     ap.add_argument("--c", type=int, default=1024, help="requests in flight")
     ap.add_argument("--reps", type=int, default=1, help="runs a side and size (the median is quoted)")
@@ -85,11 +87,18 @@ def main() -> int:
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     ctx = context(["duckdb", "aiohttp", "uvloop"])
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     runs: dict[str, dict[int, list[dict[str, float]]]] = {"before": {}, "after": {}}
     with tempfile.TemporaryDirectory(prefix="factory-bench-mem-") as tmp:
-        before_tree, before_commit = unpack(args.before, Path(tmp))
-        trees = {"before": before_tree, "after": ROOT}
+        for side in ("before", "after"):
+            Path(tmp, side).mkdir()
+        before_tree, before_commit = unpack(args.before, Path(tmp, "before"))
+        after_tree = ROOT
+        if args.after:
+            after_tree, head = unpack(args.after, Path(tmp, "after"))
+        trees = {"before": before_tree, "after": after_tree}
         with start_subprocess(latency=args.latency) as srv:
             for n in sizes:
                 seeds = Path(tmp, f"seeds-{n}.jsonl")
