@@ -106,15 +106,17 @@ def _stamp(path: Path) -> tuple[int, int]:
 
 def _pieces(path: Path, f: BinaryIO) -> Iterator[str]:
     """The file's text split after each newline (the newline kept), as ``io.StringIO`` of the whole text
-    would give it; a byte that is not UTF-8 is an error naming its line and offset."""
+    would give it, a byte-order mark dropped; a byte that is not UTF-8 is an error naming its line and its
+    offset in the file."""
     offset = 0
     for n, raw in enumerate(f, 1):
+        skip = 3 if n == 1 and raw.startswith(b"\xef\xbb\xbf") else 0
         try:
-            yield raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            yield raw[skip:].decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ConfigError(
-                f"seed file {path}: invalid UTF-8 at line {n} (byte {offset + exc.start}); re-save the file as "
-                "UTF-8"
+                f"seed file {path}: invalid UTF-8 at line {n} (byte {offset + skip + exc.start}); re-save the "
+                "file as UTF-8"
             ) from None
         offset += len(raw)
 
