@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 
 Outcome = Completion | TeacherError
 SEED_WINDOW = 4096  # seeds read from the seed file at a time (at least twice max_seeds_in_flight)
-RUN_MEMORY = "256MB"  # DuckDB's memory during a run: its page cache would otherwise grow with the store
 
 
 class _Draining(Exception):
@@ -231,13 +230,13 @@ class Runner(RunCounters):
             self._journal.close()
 
     async def run(self) -> Result:
-        self.store.limit_memory(RUN_MEMORY)
+        self.store.bounded(True)  # DuckDB's memory does not grow with the run either
         try:
             with fewer_collections():
                 return await self._run()
         finally:
             with contextlib.suppress(Exception):  # a store that failed is reported by the run
-                self.store.limit_memory(None)
+                self.store.bounded(False)
 
     async def _run(self) -> Result:
         loop = asyncio.get_running_loop()

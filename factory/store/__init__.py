@@ -55,6 +55,10 @@ _RECORD_SCHEMA = pa.schema(
 )  # fmt: skip
 
 
+INGEST_CHECKPOINT = "256MB"  # write-ahead log between checkpoints while ingesting
+RUN_MEMORY = "256MB"  # DuckDB's memory during a run (page cache included)
+RUN_CHECKPOINT = "32MB"  # write-ahead log between checkpoints during a run
+
 CacheRow = tuple[Any, ...]  # values in CACHE_COLUMNS order
 RecordRow = tuple[Any, ...]  # values in RECORD_COLUMNS order
 
@@ -195,7 +199,7 @@ class Store:
             _x(self.con, "SET enable_progress_bar = false")
         if not read_only:
             # Fewer, larger checkpoints while ingesting; the WAL is replayed on open after a crash.
-            _x(self.con, "SET checkpoint_threshold = '256MB'")
+            _x(self.con, "SET checkpoint_threshold = ?", [INGEST_CHECKPOINT])
             # One DuckDB thread for a writer: batched inserts cost about a third less CPU per row than with
             # a thread per core, and the other cores are left to the network and the engines.
             _x(self.con, "SET threads = 1")
@@ -602,6 +606,17 @@ class Store:
             _x(self.con, "RESET memory_limit")
         else:
             _x(self.con, "SET memory_limit = ?", [limit])
+
+    def bounded(self, on: bool) -> None:
+        """For a run (``on``), memory that does not grow with it: DuckDB's page cache capped at RUN_MEMORY,
+        and rows checkpointed to the file every RUN_CHECKPOINT of write-ahead log (until then DuckDB keeps
+        them in memory too). Off: the defaults again."""
+        if on:
+            _x(self.con, "SET memory_limit = ?", [RUN_MEMORY])
+            _x(self.con, "SET checkpoint_threshold = ?", [RUN_CHECKPOINT])
+        else:
+            _x(self.con, "RESET memory_limit")
+            _x(self.con, "SET checkpoint_threshold = ?", [INGEST_CHECKPOINT])
 
     def curated_reader(
         self,
