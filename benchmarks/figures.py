@@ -145,8 +145,38 @@ def cpu_change() -> str:
     return "\n" + body + "\n"
 
 
+def memory() -> str:
+    """bench_memory.py: peak RSS of `factory run` per size, both trees, and the slopes."""
+    d = _results.load("memory")
+    f = d["figures"]
+    rows = [
+        f"| {int(n):,} | {v['before']['peak_mb']:.0f} MB | {v['after']['peak_mb']:.0f} MB | "
+        f"{v['before']['rps']:,.0f} / {v['after']['rps']:,.0f} |"
+        for n, v in sorted(f["sizes"].items(), key=lambda kv: int(kv[0]))
+    ]
+    per = f["bytes_per_request"]
+    verdict = "missed: " + "; ".join(f["missed"]) if f["missed"] else "met"
+    body = "\n".join(
+        [
+            f"Peak resident memory of the whole `factory run` process, {f['before'][:7]} against "
+            f"{f['after'][:7]}, {f['in_flight']:,} requests in flight, {f['latency_s'] * 1000:.0f} ms server "
+            f"latency ({d['date'][:10]}, {d['cpus']} CPUs, load {d['load_start']:.2f} → {d['load_end']:.2f}; "
+            f"{'median of ' + str(f['reps']) + ' runs' if f['reps'] > 1 else 'one run'} a side and size):",
+            "",
+            "| requests | before | after | requests/s before / after |",
+            "|---|---|---|---|",
+            *rows,
+            "",
+            f"Slope over the sizes: {per['before']:,.0f} bytes per request before, {per['after']:,.0f} after "
+            f"({f['ratio']:.1%} of before's). Target: under 10 % of before's: {verdict}.",
+        ]
+    )
+    return "\n" + body + "\n"
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "cpu-change": cpu_change,
+    "memory": memory,
     "run-header": run_header,
     "run-throughput": run_section("Throughput"),
     "run-cache": run_section("Cache replay"),

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from factory.config import RunConfig, load_config, run_id_for, validate_params
 from factory.errors import ConfigError, FactoryError
 from factory.keys import digest, request_key
 from factory.runner import Budget, Plan, Progress, Result, Runner, seeds_in_flight
-from factory.seeds import Seed, load_seeds, seeds_digest
+from factory.seeds import Seed, Seeds, check_seeds, first_seeds, seed_windows
 from factory.store import Store
 from factory.teachers import build_teacher, parse_spec
 from factory.teachers.base import Teacher
@@ -39,10 +39,11 @@ class Prepared:
     recipe: Recipe
     params: Any
     state: Any
-    seeds: list[Seed]
+    seeds: Seeds  # a checked seed file, streamed (or, on a cluster worker, its shard's seeds)
     run_id: str
     store_path: Path
     filters: list[Any] = field(default_factory=list)  # curation steps, validated
+    seeds_digest: str = ""  # of the whole seed file (the run id covers it)
 
     @property
     def template_version(self) -> str:
@@ -53,11 +54,12 @@ def prepare(
     config: str | Path | RunConfig,
     *,
     store: str | None = None,
-    seeds_of: tuple[list[Seed], str] | None = None,
+    seeds_of: tuple[Seeds, str] | None = None,
 ) -> Prepared:
-    """Validate a config and everything it names, before any store is touched. ``seeds_of`` (seeds and the
-    digest of the whole seed file) stands in for reading the seed file, for a cluster worker that gets its
-    seeds a shard at a time; a recipe that binds its state to all the seeds reads the file anyway."""
+    """Validate a config and everything it names, before any store is touched. The seed file is read
+    through once, every row checked; its rows are not kept (the run streams them again). ``seeds_of`` (seeds
+    and the digest of the whole seed file) stands in for reading the seed file, for a cluster worker that
+    gets its seeds a shard at a time; a recipe that binds its state to all the seeds reads the file anyway."""
     cfg = config if isinstance(config, RunConfig) else load_config(config)
     recipe = get_recipe(cfg.recipe)
     params = validate_params(
@@ -84,14 +86,15 @@ def prepare(
                 f"define; add it under `teachers:` (e.g. `teachers: {{{role}: openai:MODEL@URL}}`). "
                 f"Defined roles: {', '.join(roles)}"
             )
+    seeds: Seeds
     if seeds_of is not None and recipe.bind is None:
         seeds, digest_of_seeds = seeds_of
     else:
-        seeds = load_seeds(cfg.path(cfg.seeds), recipe.required_fields(params))
-        digest_of_seeds = seeds_digest(seeds)
-    if recipe.bind is not None:
+        seeds = check_seeds(cfg.path(cfg.seeds), recipe.required_fields(params))
+        digest_of_seeds = seeds.digest
+    if recipe.bind is not None:  # the one place that holds every seed at once: the recipe asks for them all
         try:
-            state = recipe.bind(state, seeds)
+            state = recipe.bind(state, list(seeds))
         except ConfigError as exc:
             raise ConfigError(f"{cfg.seeds}: {exc}") from None
     # a recipe of the user's own: a change of its code is a new run (built-ins have versioned templates)
@@ -108,16 +111,18 @@ def prepare(
                 f"filters[{i}] {step.filter.slug}: teacher role {judge!r} is not defined; add it under `teachers:` "
                 f"(defined roles: {', '.join(roles)})"
             )
-    prep = Prepared(cfg, recipe, params, state, seeds, run_id, cfg.store_path(store), steps)
-    _first_stage_requests(prep, limit=CHECK_RENDER_SEEDS)  # template errors surface before any store write
+    prep = Prepared(cfg, recipe, params, state, seeds, run_id, cfg.store_path(store), steps, digest_of_seeds)
+    _first_stage_requests(
+        prep, first_seeds(seeds, CHECK_RENDER_SEEDS)
+    )  # template errors surface before any store write
     return prep
 
 
 CHECK_RENDER_SEEDS = 10_000
 
 
-def _first_stage_requests(prep: Prepared, limit: int | None = None) -> list[tuple[str, Request]]:
-    """Render the first-stage prompts of the seeds, with the teacher role each goes to (no teacher is
+def _first_stage_requests(prep: Prepared, seeds: Iterable[Seed]) -> list[tuple[str, Request]]:
+    """Render the first-stage prompts of these seeds, with the teacher role each goes to (no teacher is
     called)."""
     import jinja2
 
@@ -128,7 +133,7 @@ def _first_stage_requests(prep: Prepared, limit: int | None = None) -> list[tupl
         raise _DryRunStop
 
     async def go() -> None:
-        for seed in prep.seeds[:limit]:
+        for seed in seeds:
             try:
                 await prep.recipe.process(seed, prep.state, record)
             except _DryRunStop:
@@ -243,35 +248,41 @@ class DryRunReport:
         return {k: getattr(self, k) for k in self.__slots__}
 
 
+DRY_RUN_WINDOW = 4096  # seeds rendered, keyed and looked up at a time
+
+
 def dry_run(prep: Prepared) -> DryRunReport:
-    """Render the first-stage prompts and estimate requests and tokens; no teacher is called."""
-    requests = _first_stage_requests(prep)
+    """Render the first-stage prompts and estimate requests and tokens; no teacher is called. The seeds go
+    through a window at a time, each window's keys looked up in the store at once."""
     teachers = make_teachers(prep)  # cheap: engines and connections open lazily
-    keys = [request_key(teachers[role].identity(), r.body()) for role, r in requests]
-    cached = seeds_done = 0
-    notes: list[str] = []
-    if prep.store_path.exists():
-        try:
-            with Store(prep.store_path, read_only=True) as st:
-                seeds_done = len(st.done_seeds(prep.run_id))
-                cached = len(st.lookup(sorted(set(keys))))
-        except FactoryError as exc:
-            notes.append(f"store not read: {exc}")
+    rep = DryRunReport(prep.run_id, len(prep.seeds), 0, 0, 0, 0, 0, None, [])
+    with contextlib.ExitStack() as stack:
+        st: Store | None = None
+        if prep.store_path.exists():
+            try:
+                st = stack.enter_context(Store(prep.store_path, read_only=True))
+                rep.seeds_done = st.count_done(prep.run_id)
+            except FactoryError as exc:
+                rep.notes.append(f"store not read: {exc}")
+        for seeds in seed_windows(prep.seeds, DRY_RUN_WINDOW):
+            requests = _first_stage_requests(prep, seeds)
+            if rep.example_prompt is None and requests:
+                rep.example_prompt = list(requests[0][1].messages)
+            rep.requests += len(requests)
+            rep.prompt_tokens_est += sum(sum(len(m["content"]) for m in r.messages) // 4 for _, r in requests)
+            rep.max_output_tokens += sum(r.sampling.max_tokens for _, r in requests)
+            if st is not None:
+                keys = {request_key(teachers[role].identity(), r.body()) for role, r in requests}
+                try:
+                    rep.cached += len(st.lookup(sorted(keys)))
+                except FactoryError as exc:
+                    rep.notes.append(f"store not read: {exc}")
+                    st = None
     if prep.recipe.stages[1:]:
-        notes.append(
+        rep.notes.append(
             f"only the first stage is counted; later stages ({', '.join(prep.recipe.stages[1:])}) depend on answers"
         )
-    return DryRunReport(
-        run_id=prep.run_id,
-        seeds=len(prep.seeds),
-        seeds_done=seeds_done,
-        requests=len(requests),
-        cached=cached,
-        prompt_tokens_est=sum(sum(len(m["content"]) for m in r.messages) // 4 for _, r in requests),
-        max_output_tokens=sum(r.sampling.max_tokens for _, r in requests),
-        example_prompt=list(requests[0][1].messages) if requests else None,
-        notes=notes,
-    )
+    return rep
 
 
 def interrupted(n: int, signame: str, stop: Callable[[], None], abandon: Callable[[], None] | None) -> bool:
@@ -445,7 +456,7 @@ async def _run_on_ray(
         if rep is not None and rep.fatal is not None:  # a shard stopped the run (a wrong key, model, URL)
             error = FactoryError(rep.fatal)
             error.exit_code = rep.fatal_exit_code or 1
-        seeds_done = len(st.done_seeds(prep.run_id))
+        seeds_done = st.count_done(prep.run_id)
         if error is not None:
             status = "failed"
         elif stop.is_set():

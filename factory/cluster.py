@@ -509,9 +509,70 @@ class _Spending:
 
 def shards_of(n_seeds: int, shard_seeds: int) -> list[tuple[str, int, int]]:
     return [
-        (f"{i:05d}", lo, min(n_seeds, lo + shard_seeds))
+        (shard_name(i), lo, min(n_seeds, lo + shard_seeds))
         for i, lo in enumerate(range(0, n_seeds, shard_seeds))
     ]
+
+
+def shard_name(i: int) -> str:
+    return f"{i:05d}"
+
+
+@dataclass(slots=True)
+class _Shard:
+    name: str
+    seeds: list[Any]  # the shard's seeds, in file order
+    done: set[str]  # the ids of those an earlier invocation finished
+
+
+class _ShardQueue:
+    """The shards with seeds left, read from the seed file one shard at a time as workers take them (each
+    shard's finished seeds looked up in the store then); a shard sent back (its budget share ran out) is
+    taken again before the next one is read. At most one shard is read ahead."""
+
+    def __init__(self, prep: Any, store: Store, shard_seeds: int, report: ClusterReport, *, resume: bool):
+        from factory.seeds import seed_windows
+
+        self._prep, self._store, self._report = prep, store, report
+        self._windows = enumerate(seed_windows(prep.seeds, shard_seeds))
+        self._resume = resume  # some seeds are finished: each shard's are looked up
+        self._ahead: deque[_Shard] = deque()
+        self._back: deque[_Shard] = deque()
+
+    def _read(self) -> bool:
+        """Read up to the next shard with seeds left; False at the end of the file."""
+        for i, seeds in self._windows:
+            ids = [s.id for s in seeds]
+            done = self._store.done_among(self._prep.run_id, ids) if self._resume else set()
+            if len(done) < len(ids):
+                self._ahead.append(_Shard(shard_name(i), seeds, done))
+                return True
+            self._report.shards_skipped += 1
+        return False
+
+    def __bool__(self) -> bool:
+        return bool(self._back or self._ahead or self._read())
+
+    def at_least(self, n: int) -> int:
+        """How many shards are left, counted up to ``n`` (read ahead as far as that)."""
+        while len(self._back) + len(self._ahead) < n and self._read():
+            pass
+        return len(self._back) + len(self._ahead)
+
+    def pop(self) -> _Shard:
+        if self._back:
+            return self._back.popleft()
+        if not self._ahead:
+            self._read()
+        return self._ahead.popleft()
+
+    def again(self, item: _Shard) -> None:
+        self._back.append(item)
+
+    def clear(self) -> None:
+        self._back.clear()
+        self._ahead.clear()
+        self._windows = enumerate(iter(()))
 
 
 def shard_root(prep: Any) -> str:
@@ -626,28 +687,22 @@ async def run_on_ray(
     ray = connect(prep, address)
     files = ShardFiles(shard_root(prep))
     report = ClusterReport()
-    done = store.done_seeds(prep.run_id)
     # Parts left by an earlier invocation (a driver stopped before ingesting them) go in first.
-    plan = shards_of(len(prep.seeds), ex.shard_seeds)
-    report.shards = len(plan)
-    for shard, _, _ in plan:
-        if files.listing(shard):
-            report.ingest_s += _ingest(store, files, shard, report, count=False)
-    done = store.done_seeds(prep.run_id)
-    pending = []
-    for shard, lo, hi in plan:
-        left = [s.id for s in prep.seeds[lo:hi] if s.id not in done]
-        if left:
-            pending.append((shard, lo, hi))
-        else:
-            report.shards_skipped += 1
-    if not pending:
+    report.shards = -(-len(prep.seeds) // ex.shard_seeds)
+    for i in range(report.shards):
+        if files.listing(shard_name(i)):
+            report.ingest_s += _ingest(store, files, shard_name(i), report, count=False)
+    done_before = store.count_done(prep.run_id)
+    queue = _ShardQueue(prep, store, ex.shard_seeds, report, resume=done_before > 0)
+    if not queue:
         return report
 
     from factory import api
 
     teachers = api.make_teachers(prep)
-    placed = worker_plan(prep, ray, len(pending), workers=workers, teachers=teachers)
+    res = ray.cluster_resources()
+    most = workers or ex.workers or max(1, int(max(res.get("GPU", 0), res.get("CPU", 1))))
+    placed = worker_plan(prep, ray, queue.at_least(most), workers=workers, teachers=teachers)
     local = _local_engine(prep)
     n = report.workers = placed.workers
     budgets: dict[str, Any] = {}
@@ -664,11 +719,8 @@ async def run_on_ray(
             )
         in_flight = max(1, cfg.teacher.max_in_flight // n)
     config = cfg.model_dump(mode="json")
-    from factory.seeds import seeds_digest
-
-    digest = seeds_digest(prep.seeds)
     actors, groups = start_workers(
-        ray, placed, ShardWorker, (config, str(cfg._base_dir.resolve()), digest, in_flight, names)
+        ray, placed, ShardWorker, (config, str(cfg._base_dir.resolve()), prep.seeds_digest, in_flight, names)
     )
     try:
         ids = await asyncio.gather(*[a.ready.remote() for a in actors])
@@ -677,10 +729,7 @@ async def run_on_ray(
                 f"a worker prepared run {ids[0]}, the driver {prep.run_id}: the config or seed files differ "
                 "between the nodes; put them in a folder every node sees or ship them with --working-dir"
             )
-        queue = deque(pending)
-        running: dict[
-            asyncio.Future[Any], tuple[Any, tuple[str, int, int], tuple[int | None, int | None]]
-        ] = {}
+        running: dict[asyncio.Future[Any], tuple[Any, _Shard, tuple[int | None, int | None]]] = {}
         root = files.uri if "://" in files.uri else files.root
 
         async def result_of(ref: Any) -> Any:
@@ -695,12 +744,11 @@ async def run_on_ray(
                 queue.clear()
                 report.budget_reached = True
                 return
-            shard, lo, hi = queue.popleft()
-            _snapshot(store, files, prep, identities, shard, lo, hi, done)
-            already = [s.id for s in prep.seeds[lo:hi] if s.id in done]
-            ref = actor.run_shard.remote(shard, prep.seeds[lo:hi], already, root, share)
+            item = queue.pop()
+            _snapshot(store, files, prep, identities, item)
+            ref = actor.run_shard.remote(item.name, item.seeds, sorted(item.done), root, share)
             fut = asyncio.ensure_future(result_of(ref))
-            running[fut] = (actor, (shard, lo, hi), share)
+            running[fut] = (actor, item, share)
 
         for actor in actors:
             if queue:
@@ -713,8 +761,8 @@ async def run_on_ray(
                 await asyncio.gather(*[a.stop.remote() for a in actors], return_exceptions=True)
             finished, _ = await asyncio.wait(list(running), timeout=0.2, return_when=asyncio.FIRST_COMPLETED)
             for fut in finished:
-                actor, spec, share = running.pop(fut)
-                shard = spec[0]
+                actor, item, share = running.pop(fut)
+                shard = item.name
                 try:
                     doc = fut.result()
                 except Exception as exc:  # its retries are spent: the parts it wrote are still ingested
@@ -725,7 +773,7 @@ async def run_on_ray(
                 spend.returned(share, doc)
                 if doc is not None and doc["status"] == "budget" and not stopping:
                     if doc["requests_sent"]:
-                        queue.append(spec)  # its share ran out: the rest of it waits for what is left
+                        queue.again(item)  # its share ran out: the rest of it waits for what is left
                     else:  # a share too small for even one request of this shard
                         queue.clear()
                         report.budget_reached = True
@@ -745,7 +793,7 @@ async def run_on_ray(
                         queue.clear()
                         await asyncio.gather(*[a.stop.remote() for a in actors], return_exceptions=True)
                 if on_progress is not None:
-                    on_progress(report, len(done) + report.seeds_done)
+                    on_progress(report, done_before + report.seeds_done)
                 if queue and not stopping:
                     submit(actor)
     finally:
@@ -766,30 +814,24 @@ async def run_on_ray(
 
 
 def _snapshot(
-    store: Store,
-    files: ShardFiles,
-    prep: Any,
-    identities: dict[str, dict[str, Any]],
-    shard: str,
-    lo: int,
-    hi: int,
-    done: set[str],
+    store: Store, files: ShardFiles, prep: Any, identities: dict[str, dict[str, Any]], item: _Shard
 ) -> None:
     """The store's answers to the shard's first-stage requests, for its workers to start from."""
-    if files.exists(f"{shard}/{SNAPSHOT}"):
+    if files.exists(f"{item.name}/{SNAPSHOT}"):
         return
     from factory import api
     from factory.keys import request_key
 
-    sub = api.Prepared(prep.config, prep.recipe, prep.params, prep.state,
-                       [s for s in prep.seeds[lo:hi] if s.id not in done], prep.run_id, prep.store_path)  # fmt: skip
-    keys = sorted({request_key(identities[role], r.body()) for role, r in api._first_stage_requests(sub)})
+    pending = [s for s in item.seeds if s.id not in item.done]
+    keys = sorted(
+        {request_key(identities[role], r.body()) for role, r in api._first_stage_requests(prep, pending)}
+    )
     rows = store.lookup(keys) if keys else {}
     if rows:
         table = pa.Table.from_pylist(
             [{c: r.get(c) for c in CACHE_COLUMNS} for r in rows.values()], schema=CACHE_SCHEMA
         )
-        files.write_table(f"{shard}/{SNAPSHOT}", table)
+        files.write_table(f"{item.name}/{SNAPSHOT}", table)
 
 
 def _ingest(

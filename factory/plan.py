@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from factory.seeds import Seed
+from factory.seeds import Seeds
 from recipes.base import Recipe
 
 
@@ -21,7 +21,7 @@ class Plan:
     run_id: str
     recipe: Recipe
     state: Any
-    seeds: list[Seed]
+    seeds: Seeds  # a checked seed file (streamed a window at a time) or a list
     budget: Budget = field(default_factory=Budget)
     commit_interval_s: float = 1.0
     max_seeds_in_flight: int | None = 64  # None: sized by the default teacher (Runner._window)

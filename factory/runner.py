@@ -19,7 +19,7 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,10 +36,11 @@ from factory.errors import (
     TeacherRejected,
 )
 from factory.gc_tuning import fewer_collections
+from factory.keyfilter import KeyFilter
 from factory.keys import canonical_json, record_id, request_key_raw
 from factory.plan import Budget, Plan, Progress, Result
 from factory.run_counters import RunCounters
-from factory.seeds import Seed
+from factory.seeds import Seed, seed_windows
 from factory.store import Batch, CacheRow, Store
 from factory.teachers.base import Teacher, Withheld
 from factory.types import Completion, Request
@@ -48,6 +49,7 @@ from recipes.base import Draft
 log = logging.getLogger(__name__)
 
 Outcome = Completion | TeacherError
+SEED_WINDOW = 4096  # seeds read from the seed file at a time (at least twice max_seeds_in_flight)
 
 
 DEFAULT_SEEDS_IN_FLIGHT = 64
@@ -109,7 +111,7 @@ class Runner(RunCounters):
         self._teacher_name = self.teacher.name
         self._inflight: dict[str, asyncio.Future[Outcome]] = {}
         self._uncommitted: list[str] = []
-        self._committed_keys: set[str] = set()
+        self._committed_keys = KeyFilter()  # fixed size, whatever the length of the run
         self._batch = Batch()
         self._replace: set[str] = set()  # keys whose cached rejection is being asked again
         self._stopping: str | None = None
@@ -242,34 +244,30 @@ class Runner(RunCounters):
             self._journal.close()
 
     async def run(self) -> Result:
-        with fewer_collections():
-            return await self._run()
+        self.store.bounded(True)  # DuckDB's memory does not grow with the run either
+        try:
+            with fewer_collections():
+                return await self._run()
+        finally:
+            with contextlib.suppress(Exception):  # a store that failed is reported by the run
+                self.store.bounded(False)
 
     async def _run(self) -> Result:
         loop = asyncio.get_running_loop()
         async with self.session():
-            done = await loop.run_in_executor(self._executor, self.store.done_seeds, self.plan.run_id)
-            pending = [s for s in self.plan.seeds if s.id not in done]
-            self.seeds_done = len(self.plan.seeds) - len(pending)
+            self.seeds_done = await loop.run_in_executor(
+                self._executor, self.store.count_done, self.plan.run_id
+            )
             self._resumed_done = self.seeds_done
             log.info(
                 "run %s: %d seeds, %d already done", self.plan.run_id, len(self.plan.seeds), self.seeds_done
             )
-            freed = asyncio.Event()
-
-            def seed_done(task: asyncio.Task[None]) -> None:
-                self._tasks.discard(task)
-                freed.set()
-
-            for seed in pending:
-                while len(self._tasks) >= self._window() and not self._stopping:
-                    freed.clear()
-                    await freed.wait()
-                if self._stopping:
-                    break
-                task = loop.create_task(self._seed(seed))
-                self._tasks.add(task)
-                task.add_done_callback(seed_done)
+            try:
+                await self._dispatch(check_done=self.seeds_done > 0)
+            except FactoryError as exc:  # the seed file changed under the run, or the store failed
+                if self._fatal is None:
+                    self._fatal = exc
+                self.stop("failed", drain=True)
             while self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
         if self._fatal is not None:
@@ -290,6 +288,49 @@ class Runner(RunCounters):
         if self.plan.max_seeds_in_flight is not None:
             return self.plan.max_seeds_in_flight
         return self.teacher.suggested_in_flight() or DEFAULT_SEEDS_IN_FLIGHT
+
+    async def _dispatch(self, check_done: bool) -> None:
+        """Start a task per seed not finished by an earlier invocation, at most ``_window()`` at a time (asked
+        again whenever a seed finishes: a local engine's capacity grows once it has started). The
+        seeds come a window at a time; the next window is read (and, on resume, its finished seeds looked up
+        in the store) while this one runs."""
+        loop = asyncio.get_running_loop()
+        freed = asyncio.Event()
+
+        def seed_done(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            freed.set()
+
+        windows = seed_windows(self.plan.seeds, max(SEED_WINDOW, 2 * self._window()))
+        ahead = loop.create_task(self._read_window(windows, check_done))
+        try:
+            while (seeds := await ahead) is not None:
+                ahead = loop.create_task(self._read_window(windows, check_done))
+                for seed in seeds:
+                    while len(self._tasks) >= self._window() and not self._stopping:
+                        freed.clear()
+                        await freed.wait()
+                    if self._stopping:
+                        return
+                    task = loop.create_task(self._seed(seed))
+                    self._tasks.add(task)
+                    task.add_done_callback(seed_done)
+        finally:
+            with contextlib.suppress(BaseException):  # its error, if any, was raised above
+                await ahead
+            windows.close()
+
+    async def _read_window(
+        self, windows: Generator[list[Seed], None, None], check_done: bool
+    ) -> list[Seed] | None:
+        loop = asyncio.get_running_loop()
+        seeds = await loop.run_in_executor(None, next, windows, None)
+        if seeds and check_done:
+            done = await loop.run_in_executor(
+                self._executor, self.store.done_among, self.plan.run_id, [s.id for s in seeds]
+            )
+            seeds = [s for s in seeds if s.id not in done]
+        return seeds
 
     def finish_session(self, status: str) -> None:
         """Record this invocation's counters (a session used outside run(), e.g. by a filter)."""

@@ -23,6 +23,7 @@ from factory.store.reads import Reads
 from factory.store.tables import (
     CACHE_COLUMNS,
     CACHE_SCHEMA,
+    INGEST_CHECKPOINT,
     RECORD_COLUMNS,
     RECORD_SCHEMA,
     Batch,
@@ -105,7 +106,7 @@ class Store(Writes, Verdicts, Reads):
             execute(self.con, "SET enable_progress_bar = false")
         if not read_only:
             # Fewer, larger checkpoints while ingesting; the WAL is replayed on open after a crash.
-            execute(self.con, "SET checkpoint_threshold = '256MB'")
+            execute(self.con, "SET checkpoint_threshold = ?", [INGEST_CHECKPOINT])
             # One DuckDB thread for a writer: batched inserts cost about a third less CPU per row than with
             # a thread per core, and the other cores are left to the network and the engines.
             execute(self.con, "SET threads = 1")

@@ -44,6 +44,10 @@ RECORD_SCHEMA = pa.schema(
 )  # fmt: skip
 
 
+INGEST_CHECKPOINT = "256MB"  # write-ahead log between checkpoints while ingesting
+RUN_MEMORY = "256MB"  # DuckDB's memory during a run (page cache included)
+RUN_CHECKPOINT = "32MB"  # write-ahead log between checkpoints during a run
+
 CacheRow = tuple[Any, ...]  # values in CACHE_COLUMNS order
 RecordRow = tuple[Any, ...]  # values in RECORD_COLUMNS order
 

@@ -15,7 +15,10 @@ from factory.errors import StoreError
 from factory.store import doctor
 from factory.store.tables import (
     CACHE_SCHEMA,
+    INGEST_CHECKPOINT,
     RECORD_SCHEMA,
+    RUN_CHECKPOINT,
+    RUN_MEMORY,
     Batch,
     StoreBase,
     execute,
@@ -193,4 +196,34 @@ class Writes(StoreBase):
         return {r["key"]: r for r in rows}
 
     def done_seeds(self, run_id: str) -> set[str]:
+        """Every finished seed of a run (a set as large as the run: a run asks count_done and done_among)."""
         return {r[0] for r in self._rows("SELECT seed_id FROM seeds_done WHERE run_id = ?", [run_id])}
+
+    def count_done(self, run_id: str) -> int:
+        return int(self._scalar("SELECT count(*) FROM seeds_done WHERE run_id = ?", [run_id]))
+
+    def done_among(self, run_id: str, seed_ids: list[str]) -> set[str]:
+        """Which of these seeds of the run are finished: one query for a window of seeds."""
+        if not seed_ids:
+            return set()
+        self.con.register("_seed_ids", pa.table({"seed_id": pa.array(seed_ids, pa.string())}))
+        try:
+            rows = self._rows(
+                "SELECT d.seed_id FROM seeds_done d SEMI JOIN _seed_ids s ON d.seed_id = s.seed_id "
+                "WHERE d.run_id = ?",
+                [run_id],
+            )
+        finally:
+            self.con.unregister("_seed_ids")
+        return {r[0] for r in rows}
+
+    def bounded(self, on: bool) -> None:
+        """For a run (``on``), memory that does not grow with it: DuckDB's page cache capped at RUN_MEMORY,
+        and rows checkpointed to the file every RUN_CHECKPOINT of write-ahead log (until then DuckDB keeps
+        them in memory too). Off: the defaults again."""
+        if on:
+            execute(self.con, "SET memory_limit = ?", [RUN_MEMORY])
+            execute(self.con, "SET checkpoint_threshold = ?", [RUN_CHECKPOINT])
+        else:
+            execute(self.con, "RESET memory_limit")
+            execute(self.con, "SET checkpoint_threshold = ?", [INGEST_CHECKPOINT])
