@@ -93,7 +93,9 @@ def test_errors_name_the_same_line_and_byte_as_a_whole_file_read(tmp_path, suffi
 
 def test_a_bad_row_deep_in_the_file_stops_the_run_before_the_store_exists(tmp_path, cli):
     _jsonl(tmp_path / "s.jsonl", 30_000, bad_at=25_000)
-    write_config(tmp_path, "name: deep\nrecipe: prompt\nseeds: s.jsonl\nstore: s.duckdb\nteacher: scripted:x\n")
+    write_config(
+        tmp_path, "name: deep\nrecipe: prompt\nseeds: s.jsonl\nstore: s.duckdb\nteacher: scripted:x\n"
+    )
     out = cli("run", "cfg.yaml", cwd=tmp_path)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert "s.jsonl, row 25000: missing required field(s) 'text'" in out.stderr
@@ -141,7 +143,9 @@ def test_resume_looks_finished_seeds_up_a_window_at_a_time_and_pays_nothing_twic
     monkeypatch.setattr(runner, "SEED_WINDOW", 5)
     _jsonl(tmp_path / "s.jsonl", 40)
     first = _teacher()
-    res = asyncio.run(api.run_async(api.prepare(_cfg(tmp_path, "budget: {max_requests: 17}\n")), teacher=first))
+    res = asyncio.run(
+        api.run_async(api.prepare(_cfg(tmp_path, "budget: {max_requests: 17}\n")), teacher=first)
+    )
     assert res.status == "budget" and len(first.calls) == 17
     again = _teacher()
     res2 = asyncio.run(api.run_async(api.prepare(_cfg(tmp_path)), teacher=again))
