@@ -246,13 +246,20 @@ def test_signatures_and_embeddings_are_computed_in_the_workers(tmp_path, ray_loc
 
 
 def test_workers_get_their_seeds_with_each_shard(tmp_path, ray_local):
-    # The seed file is gone once the driver has read it: the workers never open it.
+    # The driver reads the seed file a shard at a time; a worker never opens it: it prepares the run from the
+    # driver's config and the file's digest, and its seeds come with each shard.
+    from factory.cluster import ShardWorker
+
     with serve_in_thread(FaultConfig(latency=0.01)) as srv:
         cfg = write_run(
             tmp_path, srv.base_url, name="ray", executor="{kind: ray, shard_seeds: 20, workers: 2}"
         )
         prep = api.prepare(cfg)
         (tmp_path / "seeds.jsonl").rename(tmp_path / "elsewhere.jsonl")
+        worker = ShardWorker(prep.config.model_dump(mode="json"), str(tmp_path), prep.seeds_digest, None, {})
+        assert worker.ready() == prep.run_id and len(worker.prep.seeds) == 0
+        api.run_sync(worker.close())
+        (tmp_path / "elsewhere.jsonl").rename(tmp_path / "seeds.jsonl")
         res = api.run_sync(api.run_async(prep))
     assert res.status == "done", (res.error, res.progress)
     assert len(records(tmp_path / "ray.duckdb")) == SEEDS
