@@ -5,200 +5,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jinja2
-import orjson
-
-from factory import __version__, plugins
-from factory.config import RunConfig, load_config, run_id_for, validate_params
+from factory import __version__
+from factory.config import RunConfig
 from factory.errors import ConfigError, FactoryError
 from factory.keys import digest, request_key
-from factory.runner import Budget, Plan, Progress, Result, Runner, seeds_in_flight
-from factory.seeds import Seed, Seeds, check_seeds, first_seeds, seed_windows
+from factory.loops import run_sync
+from factory.prepare import (
+    Prepared,
+    first_stage_requests,
+    make_teachers,
+    plan_for,
+    prepare,
+)  # fmt: skip
+from factory.runner import Progress, Result, Runner
+from factory.seeds import seed_windows
 from factory.store import Store
-from factory.teachers import build_teacher, parse_spec
+from factory.teachers import parse_spec
 from factory.teachers.base import Teacher
-from factory.types import Completion, Request
-from recipes import get_recipe
-from recipes.base import Recipe
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class Prepared:
-    """Everything a run needs, validated, before the store is touched."""
-
-    config: RunConfig
-    recipe: Recipe
-    params: Any
-    state: Any
-    seeds: Seeds  # a checked seed file, streamed (or, on a cluster worker, its shard's seeds)
-    run_id: str
-    store_path: Path
-    filters: list[Any] = field(default_factory=list)  # curation steps, validated
-    seeds_digest: str = ""  # of the whole seed file (the run id covers it)
-
-    @property
-    def template_version(self) -> str:
-        return str(getattr(self.state, "version", ""))
-
-
-def prepare(
-    config: str | Path | RunConfig,
-    *,
-    store: str | None = None,
-    seeds_of: tuple[Seeds, str] | None = None,
-) -> Prepared:
-    """Validate a config and everything it names, before any store is touched. The seed file is read
-    through once, every row checked; its rows are not kept (the run streams them again). ``seeds_of`` (seeds
-    and the digest of the whole seed file) stands in for reading the seed file, for a cluster worker that
-    gets its seeds a shard at a time; a recipe that binds its state to all the seeds reads the file anyway."""
-    cfg = config if isinstance(config, RunConfig) else load_config(config)
-    recipe = get_recipe(cfg.recipe)
-    params = validate_params(
-        recipe.params, cfg.params, prefix="params", owner=f"recipe {recipe.slug!r}", noun="field"
-    )
-    shapes = ["records", *recipe.shapes, *(["messages"] if "prompt_completion" in recipe.shapes else [])]
-    if cfg.export.shape not in shapes:
-        raise ConfigError(
-            f"export.shape {cfg.export.shape!r}: the {recipe.slug} recipe's records do not come in that shape; "
-            f"it offers {', '.join(shapes)}"
-        )
-    try:
-        state = recipe.prepare(params, cfg.path)
-    except jinja2.TemplateSyntaxError as exc:
-        raise ConfigError(
-            f"params: template {exc.name}: Jinja syntax error at line {exc.lineno}: "
-            f"{(exc.message or '').rstrip('.')}; fix the template"
-        ) from None
-    roles = cfg.roles()
-    for role in recipe.teacher_roles(params):
-        if role not in roles:
-            raise ConfigError(
-                f"params: recipe {recipe.slug!r} asks for teacher role {role!r}, which the config does not "
-                f"define; add it under `teachers:` (e.g. `teachers: {{{role}: openai:MODEL@URL}}`). "
-                f"Defined roles: {', '.join(roles)}"
-            )
-    seeds: Seeds
-    if seeds_of is not None and recipe.bind is None:
-        seeds, digest_of_seeds = seeds_of
-    else:
-        seeds = check_seeds(cfg.path(cfg.seeds), recipe.required_fields(params))
-        digest_of_seeds = seeds.digest
-    if recipe.bind is not None:  # the one place that holds every seed at once: the recipe asks for them all
-        try:
-            state = recipe.bind(state, list(seeds))
-        except ConfigError as exc:
-            raise ConfigError(f"{cfg.seeds}: {exc}") from None
-    # a recipe of the user's own: a change of its code is a new run (built-ins have versioned templates)
-    version = str(getattr(state, "version", "")) + plugins.code_version(recipe.process)
-    run_id = run_id_for(cfg, digest_of_seeds, params.model_dump(mode="json"), version)
-    from factory.curation import parse_steps
-
-    implied = [] if not cfg.curation.recipe_filters else list(recipe.default_filters(params))
-    steps = parse_steps(cfg.filters, resolve=cfg.path, implied=implied)
-    for i, step in enumerate(steps):
-        judge = getattr(step.params, "teacher", None) if step.filter.uses_teacher else None
-        if judge is not None and judge not in roles:
-            raise ConfigError(
-                f"filters[{i}] {step.filter.slug}: teacher role {judge!r} is not defined; add it under `teachers:` "
-                f"(defined roles: {', '.join(roles)})"
-            )
-    prep = Prepared(cfg, recipe, params, state, seeds, run_id, cfg.store_path(store), steps, digest_of_seeds)
-    _first_stage_requests(
-        prep, first_seeds(seeds, CHECK_RENDER_SEEDS)
-    )  # template errors surface before any store write
-    return prep
-
-
-CHECK_RENDER_SEEDS = 10_000
-
-
-def _first_stage_requests(prep: Prepared, seeds: Iterable[Seed]) -> list[tuple[str, Request]]:
-    """Render the first-stage prompts of these seeds, with the teacher role each goes to (no teacher is
-    called)."""
-    import jinja2
-
-    requests: list[tuple[str, Request]] = []
-
-    async def record(req: Request, *, teacher: str = "default") -> Completion:
-        requests.append((teacher, req))
-        raise _DryRunStop
-
-    async def go() -> None:
-        for seed in seeds:
-            try:
-                await prep.recipe.process(seed, prep.state, record)
-            except _DryRunStop:
-                pass
-            except jinja2.TemplateError as exc:
-                raise ConfigError(
-                    f"{prep.config.seeds}: seed {seed.id!r} does not fit the prompt template: {exc}. "
-                    "Add the field to the seeds or change params.template."
-                ) from None
-
-    run_sync(go())
-    return requests
-
-
-def _loop_runner() -> Callable[[Any], Any]:
-    """uvloop's runner when installed (about a fifth less client CPU per request here), else asyncio's.
-    FACTORY_EVENT_LOOP=asyncio forces the standard loop."""
-    if os.environ.get("FACTORY_EVENT_LOOP", "auto") != "asyncio":
-        try:
-            import uvloop
-
-            return uvloop.run
-        except ImportError:
-            pass
-    return asyncio.run
-
-
-def run_sync(coro: Any, on_interrupt: Callable[[int], None] | None = None) -> Any:
-    """Run a coroutine to completion, also from inside a running loop (a notebook): then on a worker thread.
-    With ``on_interrupt`` it always runs on a worker thread, and a Ctrl+C (KeyboardInterrupt) while this
-    thread waits calls ``on_interrupt(n)``, n the Ctrl+Cs so far, and the wait goes on."""
-    if on_interrupt is None:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return _loop_runner()(coro)
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(1) as pool:
-        fut = pool.submit(_loop_runner(), coro)
-        hits = 0
-        while True:
-            try:
-                return fut.result()
-            except KeyboardInterrupt:
-                if on_interrupt is None:
-                    raise
-                hits += 1
-                on_interrupt(hits)
-
-
-def make_teachers(prep: Prepared | RunConfig, given: dict[str, Teacher] | None = None) -> dict[str, Teacher]:
-    """One teacher per role; roles configured alike share one instance (one engine, one connection pool)."""
-    cfg = prep.config if isinstance(prep, Prepared) else prep
-    out = dict(given or {})
-    alike: dict[str, Teacher] = {}
-    for role, tc in cfg.roles().items():
-        if role in out:
-            continue
-        opts = tc.backend_options()
-        sig = orjson.dumps([tc.spec, opts], default=repr, option=orjson.OPT_SORT_KEYS).decode()
-        if sig not in alike:
-            alike[sig] = build_teacher(tc.spec, opts)
-        out[role] = alike[sig]
-    return out
 
 
 def endpoints(prep: Prepared) -> list[str]:
@@ -226,10 +57,6 @@ def endpoints(prep: Prepared) -> list[str]:
         default = "@" not in parse_spec(tc.spec)[1] and not tc.base_url and "base_url" not in tc.options
         lines.append(f"teacher {who} → {url}" + (" (no @URL in the spec)" if default else ""))
     return lines
-
-
-class _DryRunStop(Exception):
-    pass
 
 
 @dataclass(slots=True)
@@ -265,7 +92,7 @@ def dry_run(prep: Prepared) -> DryRunReport:
             except FactoryError as exc:
                 rep.notes.append(f"store not read: {exc}")
         for seeds in seed_windows(prep.seeds, DRY_RUN_WINDOW):
-            requests = _first_stage_requests(prep, seeds)
+            requests = first_stage_requests(prep, seeds)
             if rep.example_prompt is None and requests:
                 rep.example_prompt = list(requests[0][1].messages)
             rep.requests += len(requests)
@@ -368,14 +195,7 @@ async def run_async(
             run_id=prep.run_id, name=cfg.name, recipe=cfg.recipe, teacher=teacher.name, config=config_json,
             config_hash=digest("cfg1", cfg.fingerprint(), length=16), version=__version__,
         )  # fmt: skip
-        window = seeds_in_flight(cfg.runner.max_seeds_in_flight, teacher, cfg.teacher.max_in_flight)
-        plan = Plan(
-            run_id=prep.run_id, recipe=prep.recipe, state=prep.state, seeds=prep.seeds,
-            budget=Budget(cfg.budget.max_requests, cfg.budget.max_output_tokens),
-            commit_interval_s=cfg.runner.commit_interval_s,
-            max_seeds_in_flight=window,
-            template_version=prep.template_version, retry_rejected=retry_failed, drain_s=cfg.runner.drain_s,
-        )  # fmt: skip
+        plan = plan_for(prep, roles, retry_failed=retry_failed)
         runner = Runner(st, roles, plan, invocation, on_progress=on_progress)
         if on_runner is not None:  # e.g. to stop it from another thread
             on_runner(runner)

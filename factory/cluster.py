@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 
 from factory.errors import ConfigError, FactoryError, StoreError
 from factory.placement import WorkerPlan, plan_workers
+from factory.prepare import first_stage_requests, make_teachers, plan_for, prepare
 from factory.store import CACHE_COLUMNS, CACHE_SCHEMA, RECORD_SCHEMA, Batch, Store
 
 log = logging.getLogger(__name__)
@@ -311,17 +312,16 @@ class ShardWorker:
         in_flight: int | None,
         budgets: dict[str, str],
     ):
-        from factory import api
         from factory.config import parse_config
 
         cfg = parse_config(config, source="the driver's config", base_dir=Path(base_dir))
         # The seeds come a shard at a time with run_shard; the seed file is not read here (unless the recipe
         # binds its state to all the seeds).
-        self.prep = api.prepare(cfg, store=os.devnull, seeds_of=([], seeds_digest))
+        self.prep = prepare(cfg, store=os.devnull, seeds_of=([], seeds_digest))
         if in_flight is not None:
             for tc in cfg.roles().values():
                 tc.max_in_flight = max(1, in_flight)
-        self.teachers = api.make_teachers(self.prep)
+        self.teachers = make_teachers(self.prep)
         self._budgets = budgets  # actor names: one restarted by Ray finds them again
         self.runner: Any = None
 
@@ -348,7 +348,7 @@ class ShardWorker:
         root: str,
         budget: tuple[int | None, int | None] = (None, None),
     ) -> dict[str, Any]:
-        from factory.runner import Budget, Plan, Runner, seeds_in_flight
+        from factory.runner import Budget, Runner
 
         prep = self.prep
         self._share_budgets()
@@ -374,15 +374,7 @@ class ShardWorker:
                     run_id=prep.run_id, name=cfg.name, recipe=cfg.recipe, teacher=self.teachers["default"].name,
                     config={}, config_hash="", version="",
                 )  # fmt: skip
-                window = seeds_in_flight(
-                    cfg.runner.max_seeds_in_flight, self.teachers["default"], cfg.teacher.max_in_flight
-                )
-                plan = Plan(
-                    run_id=prep.run_id, recipe=prep.recipe, state=prep.state, seeds=seeds, budget=Budget(*budget),
-                    commit_interval_s=cfg.runner.commit_interval_s,
-                    max_seeds_in_flight=window,
-                    template_version=prep.template_version, drain_s=cfg.runner.drain_s,
-                )  # fmt: skip
+                plan = plan_for(prep, self.teachers, seeds=seeds, budget=Budget(*budget))
                 # the teachers live across shards: a runner counts from where they stand when it starts
                 self.runner = Runner(store, self.teachers, plan, invocation)
                 result = await self.runner.run()
@@ -628,9 +620,7 @@ def worker_plan(
     from factory.teachers.local import LocalEngineTeacher
 
     if teachers is None:
-        from factory import api
-
-        teachers = api.make_teachers(prep)
+        teachers = make_teachers(prep)
     engines = [t.gpus_per_engine() for t in teachers.values() if isinstance(t, LocalEngineTeacher)]
     res = ray.cluster_resources()
     return plan_workers(
@@ -697,9 +687,7 @@ async def run_on_ray(
     if not queue:
         return report
 
-    from factory import api
-
-    teachers = api.make_teachers(prep)
+    teachers = make_teachers(prep)
     res = ray.cluster_resources()
     most = workers or ex.workers or max(1, int(max(res.get("GPU", 0), res.get("CPU", 1))))
     placed = worker_plan(prep, ray, queue.at_least(most), workers=workers, teachers=teachers)
@@ -819,12 +807,11 @@ def _snapshot(
     """The store's answers to the shard's first-stage requests, for its workers to start from."""
     if files.exists(f"{item.name}/{SNAPSHOT}"):
         return
-    from factory import api
     from factory.keys import request_key
 
     pending = [s for s in item.seeds if s.id not in item.done]
     keys = sorted(
-        {request_key(identities[role], r.body()) for role, r in api._first_stage_requests(prep, pending)}
+        {request_key(identities[role], r.body()) for role, r in first_stage_requests(prep, pending)}
     )
     rows = store.lookup(keys) if keys else {}
     if rows:

@@ -254,7 +254,7 @@ class TransformersTeacher(LocalEngineTeacher):
             sampler = RowSampler(
                 [r.sampling.temperature for r in chunk],
                 [r.sampling.top_p for r in chunk],
-                [row_stream(r.sampling.seed, r.ids) for r in chunk],
+                [row_stream(r.sampling.seed, r.ids, SAMPLER) for r in chunk],
             )
             ends = RowEnds(
                 tok, width, [r.max_new for r in chunk], [r.sampling.stop for r in chunk], self._eos

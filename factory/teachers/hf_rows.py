@@ -32,14 +32,13 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
-from factory.teachers.hf import SAMPLER  # the keyed version of this module's draw
 
-
-def row_stream(seed: int | None, prompt_ids: Sequence[int]) -> random.Random:
-    """The random stream of one row: a function of the request's seed and prompt only (seedless: fresh)."""
+def row_stream(seed: int | None, prompt_ids: Sequence[int], sampler: int) -> random.Random:
+    """The random stream of one row: a function of the request's seed and prompt only (seedless: fresh);
+    ``sampler`` is the keyed version of this module's draw (factory.teachers.hf.SAMPLER)."""
     if seed is None:
         return random.Random()
-    h = hashlib.sha256(f"hf-rows{SAMPLER}:{seed}:".encode() + array("q", prompt_ids).tobytes())
+    h = hashlib.sha256(f"hf-rows{sampler}:{seed}:".encode() + array("q", prompt_ids).tobytes())
     return random.Random(int.from_bytes(h.digest()[:8], "big"))
 
 
