@@ -11,8 +11,10 @@ the server's message and the fix; any other 4xx refuses that request (not retrie
 re-run asks again). See factory.teachers.api_errors.
 
 Rate limits (factory.teachers.pacing): ``max_requests_per_minute`` spaces the starts evenly; without
-it, the first 429 starts pacing at a learnt rate. A 429's ``Retry-After`` / ``retry-after-ms`` pauses
-every start of the teacher. A 429 is not a failure of the request: it is retried without using up
+it, the first 429 starts pacing at a learnt rate. ``max_tokens_per_minute`` spaces them by tokens too
+(each reserves body bytes / 4 plus ``max_tokens``, corrected by the answer's usage), and a provider's
+``x-ratelimit-*`` headers hold starts while a limit is spent and give the limits when none is told.
+A 429's ``Retry-After`` / ``retry-after-ms`` pauses every start of the teacher. A 429 is not a failure of the request: it is retried without using up
 ``max_retries``, for up to ``rate_limit_wait_s`` from its first 429.
 """
 
@@ -192,6 +194,8 @@ class OpenAITeacher(Teacher):
     async def _one(self, req: Request) -> Completion | TeacherError:
         data = orjson.dumps(self.payload(req))
         pacer = self.pacer
+        # tokens and x-ratelimit-* headers pace this process's own pacer (a cluster's shared one: requests)
+        own = isinstance(pacer, Pacer)
         reserve = len(data) // 4 + (req.sampling.max_tokens or 0)  # the prompt estimate: body bytes / 4
         attempt = limited = 0
         limited_since: float | None = None
@@ -199,7 +203,7 @@ class OpenAITeacher(Teacher):
             async with self._sem:
                 if self._halt is not None:
                     return await asyncio.shield(self._halt)
-                epoch = await pacer.wait(reserve)
+                epoch = await (pacer.wait(reserve) if own else pacer.wait())
                 if self._halt is not None:
                     return await asyncio.shield(self._halt)
                 if self.paused:  # the run is stopping: neither a new request nor a retry goes out
@@ -207,7 +211,8 @@ class OpenAITeacher(Teacher):
                 result = await self._attempt(data, req)
             if not isinstance(result, TeacherError):
                 pacer.answered()
-                pacer.used(reserve, result.prompt_tokens + result.completion_tokens)
+                if own:
+                    pacer.used(reserve, result.prompt_tokens + result.completion_tokens)
                 self._answered += 1
                 self._same_400 = ("", 0)
                 return result
@@ -263,7 +268,8 @@ class OpenAITeacher(Teacher):
     def _outcome(self, resp: Response, t0: float) -> Completion | TeacherError:
         status, headers, body = resp.status, resp.headers, resp.body
         latency_ms = (time.perf_counter() - t0) * 1000.0
-        self.pacer.observe(headers)
+        if isinstance(self.pacer, Pacer):
+            self.pacer.observe(headers)
         if status != 200:
             message = api_errors.server_message(body, secret=self._api_key)
             if status == 429 and api_errors.out_of_quota(body):  # billing, not pace: waiting cannot help
