@@ -170,11 +170,12 @@ class Pacer:
         while True:
             now = time.monotonic()
             plan = self._plan
+            booked = self._token_s(tokens)  # 0 while no token limit is known
             start = self.take(now, tokens)
             if start > now:
                 await asyncio.sleep(start - now)
                 if self._plan != plan:
-                    self._tok_next -= self._token_s(tokens)  # booked again below
+                    self._tok_next -= booked  # booked again below
                     continue
             self.waiting_for = ""
             return self.epoch
