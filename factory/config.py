@@ -49,6 +49,13 @@ class TeacherConfig(Strict):
         description="The provider's request limit: starts are spaced to stay under it (API teachers). "
         "Without it, a rate is learnt from the first 429s.",
     )
+    max_tokens_per_minute: float | None = Field(
+        None,
+        gt=0,
+        description="The provider's token limit: each start reserves its prompt estimate (body bytes / 4) "
+        "plus max_tokens, corrected by the answer's usage (API teachers). Without it, a limit the provider "
+        "sends in x-ratelimit-limit-tokens is used.",
+    )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Backend-specific options (engine args ...)."
     )
@@ -72,6 +79,8 @@ class TeacherConfig(Strict):
             opts.setdefault("request_timeout_s", self.request_timeout_s)
             if self.max_requests_per_minute:
                 opts.setdefault("max_requests_per_minute", self.max_requests_per_minute)
+            if self.max_tokens_per_minute:
+                opts.setdefault("max_tokens_per_minute", self.max_tokens_per_minute)
             if self.base_url:
                 opts.setdefault("base_url", self.base_url)
             if self.api_key_env:

@@ -11,8 +11,10 @@ the server's message and the fix; any other 4xx refuses that request (not retrie
 re-run asks again). See factory.teachers.api_errors.
 
 Rate limits (factory.teachers.pacing): ``max_requests_per_minute`` spaces the starts evenly; without
-it, the first 429 starts pacing at a learnt rate. A 429's ``Retry-After`` / ``retry-after-ms`` pauses
-every start of the teacher. A 429 is not a failure of the request: it is retried without using up
+it, the first 429 starts pacing at a learnt rate. ``max_tokens_per_minute`` spaces them by tokens too
+(each reserves body bytes / 4 plus ``max_tokens``, corrected by the answer's usage), and a provider's
+``x-ratelimit-*`` headers hold starts while a limit is spent and give the limits when none is told.
+A 429's ``Retry-After`` / ``retry-after-ms`` pauses every start of the teacher. A 429 is not a failure of the request: it is retried without using up
 ``max_retries``, for up to ``rate_limit_wait_s`` from its first 429.
 """
 
@@ -85,6 +87,8 @@ class OpenAITeacher(Teacher):
         self.backoff_max_s = float(options.pop("backoff_max_s", 30.0))
         rpm = options.pop("max_requests_per_minute", None)
         self.max_requests_per_minute = _positive("max_requests_per_minute", rpm) if rpm is not None else None
+        tpm = options.pop("max_tokens_per_minute", None)
+        self.max_tokens_per_minute = _positive("max_tokens_per_minute", tpm) if tpm is not None else None
         self.learn_rate_limit = bool(options.pop("learn_rate_limit", True))
         self.rate_limit_wait_s = _positive("rate_limit_wait_s", options.pop("rate_limit_wait_s", 600.0))
         self.extra_body: dict[str, Any] = _extra_body(options.pop("extra_body", None))
@@ -95,7 +99,11 @@ class OpenAITeacher(Teacher):
         pool = self._pool_get()  # a malformed base_url is a config error now, not at the first request
         self._where = pool.host if pool.port in (80, 443) else f"{pool.host}:{pool.port}"
         self._sem = asyncio.Semaphore(self.max_in_flight)
-        self.pacer = Pacer(self.max_requests_per_minute, learn=self.learn_rate_limit)
+        self.pacer = Pacer(
+            self.max_requests_per_minute,
+            learn=self.learn_rate_limit,
+            tokens_per_minute=self.max_tokens_per_minute,
+        )
         # set at the first 401/403/404: every call from then on returns its error, sending nothing
         self._halt: asyncio.Future[TeacherMisconfigured] | None = None
         self._answered = 0
@@ -186,13 +194,16 @@ class OpenAITeacher(Teacher):
     async def _one(self, req: Request) -> Completion | TeacherError:
         data = orjson.dumps(self.payload(req))
         pacer = self.pacer
+        # tokens and x-ratelimit-* headers pace this process's own pacer (a cluster's shared one: requests)
+        own = isinstance(pacer, Pacer)
+        reserve = len(data) // 4 + (req.sampling.max_tokens or 0)  # the prompt estimate: body bytes / 4
         attempt = limited = 0
         limited_since: float | None = None
         while True:
             async with self._sem:
                 if self._halt is not None:
                     return await asyncio.shield(self._halt)
-                epoch = await pacer.wait()
+                epoch = await (pacer.wait(reserve) if own else pacer.wait())
                 if self._halt is not None:
                     return await asyncio.shield(self._halt)
                 if self.paused:  # the run is stopping: neither a new request nor a retry goes out
@@ -200,6 +211,8 @@ class OpenAITeacher(Teacher):
                 result = await self._attempt(data, req)
             if not isinstance(result, TeacherError):
                 pacer.answered()
+                if own:
+                    pacer.used(reserve, result.prompt_tokens + result.completion_tokens)
                 self._answered += 1
                 self._same_400 = ("", 0)
                 return result
@@ -255,6 +268,8 @@ class OpenAITeacher(Teacher):
     def _outcome(self, resp: Response, t0: float) -> Completion | TeacherError:
         status, headers, body = resp.status, resp.headers, resp.body
         latency_ms = (time.perf_counter() - t0) * 1000.0
+        if isinstance(self.pacer, Pacer):
+            self.pacer.observe(headers)
         if status != 200:
             message = api_errors.server_message(body, secret=self._api_key)
             if status == 429 and api_errors.out_of_quota(body):  # billing, not pace: waiting cannot help

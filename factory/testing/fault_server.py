@@ -20,6 +20,12 @@ Order of checks for ``POST /v1/chat/completions``:
    ``hang_seconds``), then succeeds;
 6. otherwise, after the latency, a 200 chat completion.
 
+Between 3 and 4, the ``tpm`` bucket (capacity ``tpm_burst`` or ``tpm``, refilled at ``tpm / 60`` per second) charges each
+request its body bytes / 4 plus its ``max_tokens`` and answers 429 with ``Retry-After`` when it lacks them;
+a 200 gives back what its usage did not spend. With ``ratelimit_headers``, every 200 and rate-limit 429
+carries OpenAI's ``x-ratelimit-limit|remaining|reset-requests|tokens`` (resets as ``1m2.5s``-style
+durations) for the ``rpm`` and ``tpm`` buckets that are set.
+
 Endpoints: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /admin/stats[?detail=1]``,
 ``POST /admin/reset``, ``POST /admin/outage?seconds=S&kind=K``, and OpenAI's Batch API
 (``POST /v1/files``, ``GET /v1/files/{id}[/content]``, ``POST /v1/batches``, ``GET /v1/batches[/{id}]``,
@@ -105,6 +111,12 @@ class FaultConfig:
     """Requests per minute admitted; beyond it 429 with Retry-After. None or 0: unlimited."""
     rpm_burst: float | None = None
     """Token-bucket capacity; defaults to ``rpm`` (a fresh minute's worth)."""
+    tpm: float | None = None
+    """Tokens per minute admitted (body bytes / 4 + ``max_tokens``); beyond it 429. None or 0: unlimited."""
+    tpm_burst: float | None = None
+    """Its bucket's capacity in tokens; defaults to ``tpm`` (a fresh minute's worth)."""
+    ratelimit_headers: bool = False
+    """Send OpenAI's ``x-ratelimit-*`` headers for the ``rpm`` / ``tpm`` buckets."""
     fault_rate: float = 0.0
     fault_kinds: Sequence[str] = ("500",)
     """Kinds among ``FAULT_KINDS``; a picked body gets one of them, chosen by its hash."""
@@ -209,6 +221,18 @@ _ERR_OUTAGE_500 = _error_body("injected outage: service unavailable", "server_er
 _ERR_OUTAGE_429 = _error_body("injected outage: rate limited", "rate_limit_error", "injected_outage")
 
 
+_ERR_TPM = _error_body("tokens per minute limit reached", "rate_limit_error", "rate_limit_exceeded")
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's form of a reset time: ``20ms``, ``1.5s``, ``6m0s``."""
+    if seconds < 1.0:
+        return f"{max(0, round(seconds * 1000))}ms"
+    minutes, rest = divmod(round(seconds, 3), 60.0)
+    secs = f"{rest:.3f}".rstrip("0").rstrip(".")
+    return f"{int(minutes)}m{secs}s" if minutes else f"{secs}s"
+
+
 def _tokens(text: str) -> int:
     return (len(text) + 3) // 4
 
@@ -257,6 +281,7 @@ class FaultServer:
         self._refilled = time.monotonic()
         self._outage_until = 0.0
         self._outage_kind = "500"
+        self._reset_tpm()
         self.batch.reset_counters()
 
     def set_outage(self, seconds: float, kind: str = "500") -> dict[str, Any]:
@@ -449,6 +474,7 @@ class FaultServer:
                     headers = {
                         "Retry-After": str(max(1, math.ceil(wait))),
                         "retry-after-ms": str(math.ceil(wait * 1000)),
+                        **self._ratelimit_headers(),
                     }
                     return self._respond(429, _ERR_RPM, headers)
                 self._tokens = tokens - 1.0
@@ -472,6 +498,10 @@ class FaultServer:
                     ),
                 )
 
+            charged = self._tpm_charge(raw, body)
+            if isinstance(charged, web.Response):
+                return charged
+
             if self._reject_cut or self._fault_cut:
                 picked = self._pick(key)
                 if picked == "reject":
@@ -484,9 +514,69 @@ class FaultServer:
                 await asyncio.sleep(delay)
 
             doc = await self._answer_doc(body, messages, key)
-            return self._respond(200, orjson.dumps(doc))
+            self._tpm_settle(charged, doc)
+            return self._respond(200, orjson.dumps(doc), self._ratelimit_headers())
         finally:
             self.in_flight -= 1
+
+    # ------------------------------------------------------------ tpm and x-ratelimit-* headers
+
+    def _reset_tpm(self) -> None:
+        self._tpm_level = self._tpm_cap()
+        self._tpm_refilled = time.monotonic()
+
+    def _tpm_cap(self) -> float:
+        return float(self.config.tpm_burst or self.config.tpm or 0)
+
+    def _tpm_refill(self) -> float:
+        now = time.monotonic()
+        tpm = float(self.config.tpm or 0)
+        self._tpm_level = min(self._tpm_cap(), self._tpm_level + (now - self._tpm_refilled) * tpm / 60.0)
+        self._tpm_refilled = now
+        return tpm
+
+    def _tpm_charge(self, raw: bytes, body: dict) -> float | web.Response:
+        """Take this request's tokens from the ``tpm`` bucket: the amount taken, or a 429."""
+        if not self.config.tpm:
+            return 0.0
+        tpm = self._tpm_refill()
+        max_tokens = body.get("max_tokens")
+        cost = min(self._tpm_cap(), len(raw) // 4 + (max_tokens if isinstance(max_tokens, int) else 0))
+        if cost > self._tpm_level:
+            self.rate_limited += 1
+            wait = (cost - self._tpm_level) * 60.0 / tpm
+            headers = {
+                "Retry-After": str(max(1, math.ceil(wait))),
+                "retry-after-ms": str(math.ceil(wait * 1000)),
+                **self._ratelimit_headers(),
+            }
+            return self._respond(429, _ERR_TPM, headers)
+        self._tpm_level -= cost
+        return cost
+
+    def _tpm_settle(self, charged: float, doc: dict[str, Any]) -> None:
+        """Give back what a 200 was charged beyond its usage."""
+        if self.config.tpm and charged:
+            self._tpm_refill()
+            usage = doc.get("usage") or {}
+            spent = int(usage.get("total_tokens") or 0)
+            self._tpm_level = min(self._tpm_cap(), self._tpm_level + max(0.0, charged - spent))
+
+    def _ratelimit_headers(self) -> dict[str, str]:
+        if not self.config.ratelimit_headers:
+            return {}
+        out: dict[str, str] = {}
+        if self._rate:
+            left = max(0.0, min(self._burst, self._tokens + (time.monotonic() - self._refilled) * self._rate))
+            out["x-ratelimit-limit-requests"] = str(int(self.config.rpm or 0))
+            out["x-ratelimit-remaining-requests"] = str(int(left))
+            out["x-ratelimit-reset-requests"] = _duration((self._burst - left) / self._rate)
+        if self.config.tpm:
+            tpm = self._tpm_refill()
+            out["x-ratelimit-limit-tokens"] = str(int(tpm))
+            out["x-ratelimit-remaining-tokens"] = str(int(max(0.0, self._tpm_level)))
+            out["x-ratelimit-reset-tokens"] = _duration((self._tpm_cap() - self._tpm_level) * 60.0 / tpm)
+        return out
 
     def _pick(self, key: str) -> str | None:
         """``"reject"``, a fault kind (counting this attempt) or None for the body with this key."""
@@ -962,6 +1052,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-max", type=float, default=None)
     p.add_argument("--rpm", type=float, default=None)
     p.add_argument("--rpm-burst", type=float, default=None)
+    p.add_argument("--tpm", type=float, default=None, help="tokens per minute admitted")
+    p.add_argument("--tpm-burst", type=float, default=None, help="tpm bucket capacity (default: --tpm)")
+    p.add_argument("--ratelimit-headers", action="store_true", help="send x-ratelimit-* headers")
     p.add_argument("--fault-rate", type=float, default=0.0)
     p.add_argument("--fault-kinds", default="500", help=f"comma-separated, among {','.join(FAULT_KINDS)}")
     p.add_argument("--fault-repeats", type=int, default=1)
@@ -1006,6 +1099,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             latency_max=args.latency_max,
             rpm=args.rpm,
             rpm_burst=args.rpm_burst,
+            tpm=args.tpm,
+            tpm_burst=args.tpm_burst,
+            ratelimit_headers=args.ratelimit_headers,
             fault_rate=args.fault_rate,
             fault_kinds=args.fault_kinds,
             fault_repeats=args.fault_repeats,
