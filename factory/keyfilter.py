@@ -42,7 +42,13 @@ class KeyFilter:
             self.add(k)
 
     def __contains__(self, key: str) -> bool:
+        """Asked of every request of a run: the probes written out, no list or generator per call."""
         if not self.added:
             return False
-        bits = self._bits
-        return all(bits[p >> 3] >> (p & 7) & 1 for p in self._positions(key))
+        bits, mask, v = self._bits, self._mask, int(key, 16)
+        for _ in range(PROBES):
+            p = v & mask
+            if not bits[p >> 3] >> (p & 7) & 1:
+                return False
+            v >>= 32
+        return True

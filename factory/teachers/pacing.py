@@ -58,6 +58,11 @@ def parse_duration(value: str) -> float | None:
     return h * 3600.0 + mi * 60.0 + sec + ms / 1000.0
 
 
+RATELIMIT_HEADERS = tuple(
+    f"x-ratelimit-{what}-{kind}" for what in ("limit", "remaining") for kind in ("requests", "tokens")
+)
+
+
 def _header(headers: Mapping[str, str], name: str, parse: str) -> float | None:
     raw = headers.get(name)
     if raw is None:
@@ -190,6 +195,11 @@ class Pacer:
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Use a response's ``x-ratelimit-*`` headers: learn untold limits, hold starts on an empty one."""
+        for name in RATELIMIT_HEADERS:  # a server that sends none costs a few look-ups per answer
+            if name in headers:
+                break
+        else:
+            return
         limit_tokens = _header(headers, "x-ratelimit-limit-tokens", "count")
         if limit_tokens and self.tokens_per_minute is None:
             self.tokens_per_minute = limit_tokens
