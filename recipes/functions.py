@@ -32,34 +32,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from pydantic import Field
 
 from factory.errors import ConfigError
 from factory.keys import digest
 from factory.seeds import Seed
 from factory.types import Request, Sampling
-from recipes.base import Draft, Generate, Params, Recipe, Shape, sample_seed
+from recipes.base import Draft, Generate, Recipe, Shape, sample_seed
+from recipes.prompt import SampledParams
 
 Prompt = Callable[[dict[str, Any]], "str | Sequence[dict[str, str]]"]
 Parse = Callable[[dict[str, Any], str], "dict[str, Any] | None"]
 STAGE = "main"
 
 
-class FunctionParams(Params):
-    n: int = Field(1, ge=1, le=64, description="Samples per seed.")
-    temperature: float = Field(0.7, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int = Field(256, ge=1, le=32768)
-    seed: int = Field(
-        0, description="Base sampling seed; each sample's seed derives from it, the prompt and i."
-    )
-    system: str | None = Field(None, description="System message put before the prompt's messages.")
-    teacher: str = Field("default", description="Teacher role the prompts go to (a key of `teachers:`).")
-
-
 @dataclass(frozen=True, slots=True)
 class State:
-    params: FunctionParams
+    params: SampledParams
     prompt: Prompt
     parse: Parse
     version: str
@@ -109,7 +97,7 @@ def recipe(
         raise TypeError("recipe(name, prompt, parse): prompt and parse must be functions")
     version = digest("fnrecipe1", [name, _source(prompt), _source(parse)], length=12)
 
-    def prepare(params: FunctionParams, resolve: Any) -> State:
+    def prepare(params: SampledParams, resolve: Any) -> State:
         return State(params, prompt, parse, version)
 
     async def process(seed: Seed, state: State, generate: Generate) -> list[Draft]:
@@ -136,7 +124,7 @@ def recipe(
         summary=summary
         or (inspect.getdoc(parse) or "").split("\n")[0]
         or f"{name}: prompt and parse functions",
-        params=FunctionParams,
+        params=SampledParams,
         prepare=prepare,
         process=process,
         required_fields=lambda p: list(required),

@@ -20,10 +20,10 @@ from recipes.base import Draft, Generate, Params, Recipe, Shape, Template, sampl
 STAGE = "completion"
 
 
-class PromptParams(Params):
-    template: str = Field("{{ text }}", description="Inline Jinja template over the seed's fields.")
-    template_file: str | None = Field(None, description="Template file instead of the inline template.")
-    system: str | None = Field(None, description="System message.")
+class SampledParams(Params):
+    """What a recipe of one prompt per seed, n samples, gets: sampling, the system message, the teacher role
+    (also the params of recipes made from two functions, recipes.functions)."""
+
     n: int = Field(1, ge=1, le=64, description="Samples per seed.")
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -31,7 +31,13 @@ class PromptParams(Params):
     seed: int = Field(
         0, description="Base sampling seed; each sample's seed derives from it, the prompt and i."
     )
+    system: str | None = Field(None, description="System message.")
     teacher: str = Field("default", description="Teacher role the prompts go to (a key of `teachers:`).")
+
+
+class PromptParams(SampledParams):
+    template: str = Field("{{ text }}", description="Inline Jinja template over the seed's fields.")
+    template_file: str | None = Field(None, description="Template file instead of the inline template.")
     required: list[str] = Field(
         default_factory=lambda: ["text"], description="Seed fields every row must have."
     )
