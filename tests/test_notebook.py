@@ -112,7 +112,7 @@ def test_a_folder_that_is_not_a_dataset(tmp_path, server):
 
 def test_the_cli_reads_a_notebook_store(tmp_path, server, cli):
     """Another process cannot load a recipe made in a notebook: status and a records export still work."""
-    from tests.conftest import cli_process
+    from conftest import cli_process
 
     done = factory.run(_cfg(tmp_path, server), seeds=ROWS)
     store = str(tmp_path / "nb.duckdb")

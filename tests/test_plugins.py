@@ -13,11 +13,11 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from conftest import write_config
 
 from factory import plugins
 from factory.errors import ConfigError
 from factory.testing.fault_server import FaultConfig, serve_in_thread
-from tests.conftest import write_config
 
 PKG = Path(__file__).resolve().parent / "plugin_pkg"
 SEEDS = [{"id": f"s{i}", "text": f"hello number {i}"} for i in range(6)]
