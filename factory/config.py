@@ -199,7 +199,10 @@ class RunConfig(Strict):
         "`package.module:OBJECT` or `path/to/file.py:OBJECT` (relative to the config file).",
     )
     seeds: str = Field(
-        ..., description="Seed file (.jsonl, .json, .csv, .parquet), relative to the config file."
+        ...,
+        description="Seed file (.jsonl, .json, .csv, .parquet), relative to the config file; or a folder (a "
+        "dataset saved with save_to_disk, or Parquet shards), or hf:DATASET_ID[:SPLIT] from the local Hugging "
+        "Face cache (nothing is downloaded).",
     )
     params: dict[str, Any] = Field(default_factory=dict, description="The recipe's parameters.")
     teacher: TeacherConfig = Field(default_factory=lambda: TeacherConfig())

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from factory.config import RunConfig, load_config, parse_config
 from factory.errors import ConfigError
+from factory.seed_sources import materialize
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -148,96 +148,3 @@ def _config(config: Any) -> RunConfig:
         data.setdefault("seeds", "")
         return parse_config(data, source="config", base_dir=Path.cwd())
     return load_config(config)
-
-
-def materialize(seeds: Any, store_path: Path) -> Path:
-    """In-memory seeds as a Parquet file named by its content, beside the store; a seed file or a
-    ``save_to_disk`` folder: the file itself, or the folder's rows written out the same way."""
-    if isinstance(seeds, (str, os.PathLike)):
-        path = Path(seeds)
-        if not path.is_dir():
-            return path  # a seed file: read as a config's would be (errors name it)
-        table = _saved_dataset(path)
-    else:
-        table = _arrow(seeds)
-    if table.num_rows == 0:
-        raise ConfigError("factory.run: seeds= holds no rows")
-    import pyarrow.parquet as pq
-
-    folder = store_path.with_name(store_path.name + ".seeds")
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".seeds-", suffix=".parquet")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        final = folder / f"{_content_name(table, tmp)}.parquet"
-        if final.exists():
-            os.unlink(tmp)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return final
-
-
-def _content_name(table: pa.Table, written: str) -> str:
-    """A name for the rows' content: the same rows from a frame, a Dataset or a list of dicts get one
-    file. Rows that JSON cannot hold (bytes) are named by the file's bytes instead."""
-    from factory.keys import digest
-
-    try:
-        return digest("seedrows1", table.to_pylist(), length=20)
-    except TypeError:
-        with open(written, "rb") as f:
-            return hashlib.file_digest(f, "blake2b").hexdigest()[:20]
-
-
-def _saved_dataset(path: Path) -> pa.Table:
-    if not (path / "dataset_info.json").is_file() and not (path / "state.json").is_file():
-        raise ConfigError(
-            f"seeds= {str(path)!r} is a folder but not a dataset saved with save_to_disk (no state.json); "
-            "pass a seed file, or the folder of one Dataset"
-        )
-    import datasets
-
-    try:
-        ds = datasets.load_from_disk(str(path))
-    except Exception as exc:
-        raise ConfigError(f"seeds= {str(path)!r}: datasets could not load it: {exc}") from None
-    if isinstance(ds, datasets.DatasetDict):
-        raise ConfigError(
-            f"seeds= {str(path)!r} holds several splits ({', '.join(ds)}); pass the folder of one split "
-            f"(e.g. {str(path / next(iter(ds)))!r})"
-        )
-    return _arrow(ds)
-
-
-def _arrow(seeds: Any) -> pa.Table:
-    """A table of the seed rows, from a Dataset, a polars or pandas frame, or a list of dicts."""
-    import pyarrow as pa
-
-    kind = f"{type(seeds).__module__.split('.')[0]}.{type(seeds).__name__}"
-    if kind == "datasets.Dataset":
-        return seeds.with_format("arrow")[:]
-    if kind == "datasets.DatasetDict":
-        raise ConfigError(
-            f"seeds= is a DatasetDict ({', '.join(seeds)}); pass one split, e.g. seeds=ds['train']"
-        )
-    if kind == "polars.DataFrame":
-        return seeds.to_arrow()
-    if kind == "pandas.DataFrame":
-        return pa.Table.from_pandas(seeds, preserve_index=False)
-    if isinstance(seeds, pa.Table):
-        return seeds
-    if isinstance(seeds, (list, tuple)) and all(isinstance(r, dict) for r in seeds):
-        try:
-            return pa.Table.from_pylist(list(seeds))
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise ConfigError(
-                f"seeds=: the rows do not make one table ({exc}); give every row the same fields and types"
-            ) from None
-    raise ConfigError(
-        f"seeds= is a {kind}; pass a datasets.Dataset, a polars or pandas DataFrame, a list of dicts, a seed "
-        "file or a save_to_disk folder"
-    )

@@ -20,6 +20,7 @@ from factory.errors import ConfigError
 from factory.loops import run_sync
 from factory.plan import Budget, Plan
 from factory.runner import seeds_in_flight
+from factory.seed_sources import seed_path
 from factory.seeds import Seed, Seeds, check_seeds, first_seeds
 from factory.teachers import build_teacher
 from factory.teachers.base import Teacher
@@ -93,7 +94,8 @@ def prepare(
     if seeds_of is not None and recipe.bind is None:
         seeds, digest_of_seeds = seeds_of
     else:
-        seeds = check_seeds(cfg.path(cfg.seeds), recipe.required_fields(params))
+        source = seed_path(cfg.seeds, cfg.path, cfg.store_path(store))  # a folder or hf:ID: written out once
+        seeds = check_seeds(source, recipe.required_fields(params))
         digest_of_seeds = seeds.digest
     if recipe.bind is not None:  # the one place that holds every seed at once: the recipe asks for them all
         try:

@@ -90,7 +90,7 @@ def test_every_form_of_the_same_seeds_is_the_same_run(tmp_path, server):
             "a DatasetDict .*seeds=ds\\['train'\\]",
         ),
         (42, "seeds= is a builtins.int; pass a datasets.Dataset"),
-        ([], "holds no rows"),
+        ([], "no rows in them"),
         ([{"text": "a"}, {"text": 3}], "the rows do not make one table"),
     ],
 )
@@ -102,7 +102,7 @@ def test_bad_seeds_are_one_message(tmp_path, server, seeds, message):
 
 def test_a_folder_that_is_not_a_dataset(tmp_path, server):
     (tmp_path / "plain").mkdir()
-    with pytest.raises(ConfigError, match="not a dataset saved with save_to_disk"):
+    with pytest.raises(ConfigError, match="neither a dataset saved with save_to_disk"):
         factory.run(_cfg(tmp_path, server), seeds=tmp_path / "plain")
     with pytest.raises(ConfigError, match="no seeds"):
         factory.run(_cfg(tmp_path, server))
