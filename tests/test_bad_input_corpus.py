@@ -202,7 +202,7 @@ CASES = [
                _parquet(pa.table({"text": ["a"], "blob": [b"\xff\x00"]}))),
     seeds_case("seeds-unsupported-extension", r"s\.txt: unsupported extension '\.txt'", "s.txt", b"apples\n"),
     seeds_case("seeds-gzip", r"s\.jsonl\.gz: unsupported extension '\.gz'", "s.jsonl.gz", gzip.compress(OK_SEED)),
-    run_case("seeds-path-is-a-folder", r"seed file .*sub is not a file", config(seeds="sub"), seeds={"sub/x": ""}),
+    run_case("seeds-path-is-a-folder", r"seeds .*sub' is a folder but neither a dataset saved with save_to_disk", config(seeds="sub"), seeds={"sub/x": ""}),
     run_case("seeds-path-escapes-project", r"seed file .*/no/such\.jsonl not found", config(seeds="../../../../../../no/such.jsonl"), seeds={}),
     # -- flags and exports -----------------------------------------------------------------------------
     Case("export-unknown-run", ("export", "zzz", "--store", "{store}", "--out", "o"), r"no run 'zzz' in .*; known runs: corpus-"),
