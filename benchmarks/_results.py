@@ -42,8 +42,10 @@ def context(dists: list[str]) -> dict[str, Any]:
     }
 
 
-def save(name: str, ctx: dict[str, Any], figures: dict[str, Any], folder: Path = RESULTS) -> Path:
-    """Write results/<name>.json (or ``folder``/<name>.json): the context, the load average now, the figures."""
+def save(name: str, ctx: dict[str, Any], figures: dict[str, Any], folder: Path | None = None) -> Path:
+    """Write results/<name>.json (or ``folder``/<name>.json): the context, the load average now, the figures.
+    RESULTS is read at the call, so a test that points it elsewhere writes nothing into the project."""
+    folder = RESULTS if folder is None else folder
     data = {**ctx, "load_end": round(os.getloadavg()[0], 2), "figures": figures}
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
