@@ -112,11 +112,15 @@ def run(
 
     def hold(runner: Any) -> None:
         held.update(runner=runner, loop=asyncio.get_running_loop())
+        if held.get("early"):  # a Ctrl+C came while the run was being set up: stop before the first request
+            runner.stop("interrupted", drain=True)
 
     def on_interrupt(n: int) -> None:
         """Ctrl+C (a kernel interrupt) lands in this thread while the run goes on in another: tell it."""
         runner, loop = held.get("runner"), held.get("loop")
         if runner is None or loop is None:
+            held["early"] = True
+            interrupted(1, "Ctrl+C", lambda: None, None)
             return
         stop = functools.partial(
             loop.call_soon_threadsafe, functools.partial(runner.stop, "interrupted", drain=True)
