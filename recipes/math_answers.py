@@ -1,0 +1,119 @@
+"""Final answers of reasoning traces, and whether two answers are the same mathematical object.
+
+``final_answer`` takes the answer a trace ends with: the last ``\\boxed{...}`` (braces balanced, so
+``\\boxed{\\frac{1}{2}}`` is whole), else the last "the answer is ..." / "answer: ..." statement. ``equivalent``
+compares two answers: plain numbers first (``1,000`` = ``1e3`` = ``1000.0``), then as mathematics with
+Math-Verify (LaTeX and plain expressions through SymPy: ``\\frac{1}{2}`` = ``0.5``, ``2\\sqrt{2}`` = ``\\sqrt{8}``,
+``(x+1)^2`` = ``x^2+2x+1``, intervals, sets, ``x=5`` = ``5``). Rounded values are not equal to the exact ones
+(``0.33`` is not ``\\frac{1}{3}``). ``benchmarks/bench_math_answers.py`` measures both checks against the table
+in ``tests/data/math_answer_pairs.jsonl``.
+
+SymPy can take long on a hostile expression: answers longer than ``MAX_CHARS`` are compared as normalised
+text only, and in the main thread each comparison is cut off after ``TIMEOUT_S`` seconds (Math-Verify's
+alarm works only there; elsewhere the length cap is the guard).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from typing import Any
+
+from factory.errors import ConfigError
+
+MAX_CHARS = 400
+TIMEOUT_S = 5
+
+_STATED = re.compile(
+    r"(?:the\s+(?:final\s+)?answer\s+is|answer\s*:)\s*(.+?)\s*(?:\.\s*$|\.\s+|$)", re.I | re.S
+)
+_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+def _boxed(text: str) -> str | None:
+    """The contents of the last ``\\boxed{...}`` or ``\\fbox{...}``, braces balanced; None without one."""
+    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
+    if start < 0:
+        return None
+    i = text.index("{", start) + 1
+    depth = 1
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i:j].strip()
+    return None  # an unclosed box: the trace was cut off
+
+
+def final_answer(text: str | None) -> str | None:
+    """The answer a trace ends with (see the module doc); None when it states none."""
+    if not text:
+        return None
+    boxed = _boxed(text)
+    if boxed is not None:
+        return boxed or None
+    stated = None
+    for m in _STATED.finditer(text):
+        stated = m.group(1)
+    if stated is None:
+        return None
+    stated = stated.strip().strip("$").strip()
+    return stated or None
+
+
+def _plain_number(s: str) -> float | None:
+    t = s.strip().rstrip(".").replace("\\$", "").replace("$", "").strip()
+    m = _NUMBER.fullmatch(t)
+    if not t or m is None or not any(c.isdigit() for c in t):
+        return None
+    try:
+        return float(t.replace(",", ""))
+    except ValueError:
+        return None
+
+
+def _normal(s: str) -> str:
+    return re.sub(r"\s+", "", s).rstrip(".").lower()
+
+
+def equivalent(a: str | None, b: str | None) -> bool:
+    """Whether two final answers are the same number or mathematical object (see the module doc)."""
+    if a is None or b is None:
+        return False
+    a, b = a.strip(), b.strip()
+    if not a or not b:
+        return False
+    if _normal(a) == _normal(b):
+        return True
+    x, y = _plain_number(a), _plain_number(b)
+    if x is not None and y is not None:
+        return math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
+    if len(a) > MAX_CHARS or len(b) > MAX_CHARS:
+        return False
+    return _verify(a, b)
+
+
+def _verify(a: str, b: str) -> bool:
+    try:
+        from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+    except ImportError:
+        raise ConfigError(
+            "comparing answers as mathematics needs Math-Verify: pip install 'distill-factory[reasoning]'"
+        ) from None
+
+    main = threading.current_thread() is threading.main_thread()
+    timeout = TIMEOUT_S if main else None
+    configs: list[Any] = [LatexExtractionConfig(), ExprExtractionConfig()]
+
+    def parsed(s: str) -> list[Any]:
+        # Math-Verify finds LaTeX between $ or inside \boxed; a bare answer is wrapped so that it is found
+        wrapped = s if "\\boxed" in s or re.search(r"(?<!\\)\$", s) else f"${s}$"
+        return parse(wrapped, extraction_config=configs, parsing_timeout=timeout)
+
+    try:
+        return bool(verify(parsed(a), parsed(b), timeout_seconds=timeout))
+    except Exception:  # an answer SymPy cannot read, or the time-out: not shown to be equal
+        return False
