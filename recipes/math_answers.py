@@ -8,16 +8,20 @@ Math-Verify (LaTeX and plain expressions through SymPy: ``\\frac{1}{2}`` = ``0.5
 (``0.33`` is not ``\\frac{1}{3}``). ``benchmarks/bench_math_answers.py`` measures both checks against the table
 in ``tests/data/math_answer_pairs.jsonl``.
 
-SymPy can take long on a hostile expression: answers longer than ``MAX_CHARS`` are compared as normalised
-text only, and in the main thread each comparison is cut off after ``TIMEOUT_S`` seconds (Math-Verify's
-alarm works only there; elsewhere the length cap is the guard).
+SymPy can take long on a hostile expression (``9^{9^{9}}``): answers longer than ``MAX_CHARS`` are compared as
+normalised text only, and each comparison is cut off after ``TIMEOUT_S`` seconds and counted as different. In
+the main thread Math-Verify's own alarm does that; its alarm works nowhere else, so from other threads the
+comparison runs in a helper process (started on first use, one per process) that is killed and replaced when
+a comparison overruns.
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing
 import re
 import threading
+from multiprocessing.connection import Connection
 from typing import Any
 
 from factory.errors import ConfigError
@@ -97,15 +101,18 @@ def equivalent(a: str | None, b: str | None) -> bool:
 
 
 def _verify(a: str, b: str) -> bool:
+    if threading.current_thread() is threading.main_thread():
+        return _math_verify(a, b, TIMEOUT_S)
+    return _HELPER.compare(a, b)
+
+
+def _math_verify(a: str, b: str, timeout: int | None) -> bool:
     try:
         from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
     except ImportError:
         raise ConfigError(
             "comparing answers as mathematics needs Math-Verify: pip install 'distill-factory[reasoning]'"
         ) from None
-
-    main = threading.current_thread() is threading.main_thread()
-    timeout = TIMEOUT_S if main else None
     configs: list[Any] = [LatexExtractionConfig(), ExprExtractionConfig()]
 
     def parsed(s: str) -> list[Any]:
@@ -117,3 +124,55 @@ def _verify(a: str, b: str) -> bool:
         return bool(verify(parsed(a), parsed(b), timeout_seconds=timeout))
     except Exception:  # an answer SymPy cannot read, or the time-out: not shown to be equal
         return False
+
+
+def _serve(conn: Connection) -> None:
+    """The helper process: compare the pairs it is sent, in its main thread (where the alarm works)."""
+    while True:
+        try:
+            a, b = conn.recv()
+        except (EOFError, OSError):
+            return
+        conn.send(_math_verify(a, b, TIMEOUT_S))
+
+
+class _Helper:
+    """The comparing process for threads other than the main one; a comparison past its time kills it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: Any = None
+        self._conn: Connection | None = None
+
+    def compare(self, a: str, b: str) -> bool:
+        with self._lock:
+            first = self._proc is None or not self._proc.is_alive()
+            if first:
+                self._start()
+            assert self._conn is not None
+            try:
+                self._conn.send((a, b))
+                # the first comparison also waits for the process to import SymPy
+                if self._conn.poll(TIMEOUT_S * 2 + (60 if first else 0)):
+                    return bool(self._conn.recv())
+            except (EOFError, OSError):
+                pass
+            self._stop()
+            return False
+
+    def _start(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        mine, theirs = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(theirs,), daemon=True, name="math-answers")
+        self._proc.start()
+        theirs.close()
+        self._conn = mine
+
+    def _stop(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.join(5)
+        self._proc = self._conn = None
+
+
+_HELPER = _Helper()

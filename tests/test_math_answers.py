@@ -72,3 +72,18 @@ def test_a_thread_that_is_not_the_main_one_compares_too() -> None:
     t.start()
     t.join(60)
     assert got == [True, False]
+
+
+def test_a_comparison_that_overruns_is_cut_off_in_any_thread() -> None:
+    # SymPy would take minutes on this power tower; it is counted as different after the time-out, and the
+    # next comparison still works (in another thread: after the helper process was replaced)
+    for_thread: list[bool] = []
+
+    def compare() -> None:
+        for_thread.extend([equivalent("9^{9^{9}}", "2"), equivalent(r"\frac{1}{2}", "0.5")])
+
+    t = threading.Thread(target=compare)
+    t.start()
+    t.join(120)
+    assert for_thread == [False, True]
+    assert equivalent("9^{9^{9}}", "2") is False and equivalent(r"\frac{1}{2}", "0.5") is True
