@@ -614,10 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", choices=["hf", "parquet", "jsonl"], help="default: the config's export.format, else hf"
     )
     e.add_argument(
-        "--as", dest="shape", choices=["records", "messages", "prompt_completion", "text_label", "triples",
-                                       "step_by_step", "preference"],
-        help="training format (default: the config's export.shape, else records); `factory recipes -v` "
-        "lists each recipe's. messages, prompt_completion and step_by_step take only samples whose answer is "
+        "--as", dest="shape", metavar="SHAPE",
+        help="training format (default: the config's export.shape, else records): records, messages, or one "
+        "the recipe offers (`factory recipes -v` lists each recipe's). messages, prompt_completion and step_by_step take only samples whose answer is "
         "trusted; preference pairs trusted and wrong samples of one question (TRL DPOTrainer format)",
     )  # fmt: skip
     e.add_argument(

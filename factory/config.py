@@ -140,11 +140,6 @@ class ExecutorConfig(Strict):
     keep_shards: bool = Field(False, description="Keep the shard files after a finished run.")
 
 
-ExportShape = Literal[
-    "records", "messages", "prompt_completion", "text_label", "triples", "step_by_step", "preference"
-]
-
-
 class CurationConfig(Strict):
     recipe_filters: bool = Field(
         True,
@@ -161,10 +156,10 @@ class ExportConfig(Strict):
     splits: dict[str, float] = Field(
         default_factory=lambda: {"train": 1.0}, description="Split name → share."
     )
-    shape: ExportShape = Field(
+    shape: str = Field(
         "records",
-        description="records | messages | prompt_completion | text_label | triples | step_by_step | preference "
-        "(the recipe's training formats; `--as` on the command line). The shapes that teach an answer "
+        description="records | messages | a shape the recipe offers: prompt_completion | text_label | triples | "
+        "step_by_step | preference | reasoning_columns (the recipe's training formats; `--as` on the command line). The shapes that teach an answer "
         "(messages, prompt_completion, step_by_step) take only records whose answer is trusted; preference "
         "pairs a trusted rationale with a wrong one of the same question.",
     )

@@ -18,7 +18,6 @@ import orjson
 from factory.errors import ConfigError
 from factory.store import Store
 
-SHAPES = ("records", "messages", "prompt_completion", "text_label", "triples", "step_by_step", "preference")
 PAIRS_PER_QUESTION = 4  # preference: the most pairs made from one question by default
 # Verdicts that still leave a record fit to be a preference pair's rejected side.
 NEGATIVE_OK = ("agreement",)
@@ -57,8 +56,6 @@ def plan_shape(recipe_slug: str, shape: str, stage: str | None) -> Plan:
         # a recipe this process cannot load (one made in a notebook, a plugin since removed): its records
         # are exported as they are, every stage unless --stage names one
         return Plan(shape, None if stage in (None, "all") else stage, lambda p: p, None)
-    if shape not in SHAPES:
-        raise ConfigError(f"--as {shape!r} is not one of {', '.join(SHAPES)}")
     if stage is not None and stage != "all" and stage not in recipe.stages:
         raise ConfigError(
             f"--stage {stage!r}: the {recipe_slug} recipe's stages are {', '.join(recipe.stages)} (or all)"
