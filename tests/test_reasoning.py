@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -128,7 +129,13 @@ def test_a_run_curates_and_exports_both_shapes(tmp_path: Path, cli) -> None:
             return "<think>one half</think>\n\n" + (
                 r"\boxed{\frac{1}{2}}" if req.sample_index == 0 else r"\boxed{2}"
             )
-        return "<think>2+2</think>\n\nThe answer is 4."
+        if req.sample_index == 1:  # cut off while thinking
+            return Completion(
+                text="<think>2+2 is" + " more" * 60, finish_reason="length", completion_tokens=64
+            )
+        return Completion(
+            text="<think>2+2</think>\n\nThe answer is 4.", finish_reason="stop", completion_tokens=12
+        )
 
     res = asyncio.run(api.run_async(api.prepare(cfg), teacher=ScriptedTeacher("scripted:x", "x", {"fn": fn})))
     assert res.status == "done" and res.progress.records == 4
@@ -138,7 +145,7 @@ def test_a_run_curates_and_exports_both_shapes(tmp_path: Path, cli) -> None:
     )
     assert got.returncode == 0, got.stderr
     rows = sorted(pq.read_table(out / "data").to_pylist(), key=lambda r: r["prompt"])
-    assert [r["prompt"].split("\n")[0] for r in rows] == ["Half of 1?", "Two plus two?", "Two plus two?"]
+    assert [r["prompt"].split("\n")[0] for r in rows] == ["Half of 1?", "Two plus two?"]
     assert rows[0]["completion"] == "<think>\none half\n</think>\n\n\\boxed{\\frac{1}{2}}"
     out2 = tmp_path / "out2"
     got = cli(
@@ -152,3 +159,10 @@ def test_a_run_curates_and_exports_both_shapes(tmp_path: Path, cli) -> None:
         "\\boxed{\\frac{1}{2}}",
         "\\frac{1}{2}",
     )
+    # the report shows the thinking budget, with the trace that hit max_tokens
+    page = tmp_path / "report.html"
+    got = cli("report", "r", "--store", str(store), "--out", str(page), cwd=tmp_path)
+    assert got.returncode == 0, got.stderr
+    html = page.read_text(encoding="utf-8")
+    assert "Thinking budget (output tokens per trace)" in html
+    assert re.search(r"1\s+answers stopped at max_tokens", html)

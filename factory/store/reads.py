@@ -176,6 +176,18 @@ class Reads(StoreBase):
         )
         return arrow_table(cur)
 
+    def answer_tokens(self, run_id: str) -> pa.Table:
+        """Per record whose (last) answer is in the cache with a token count: ``tokens`` (its output tokens),
+        ``cut`` (the answer stopped at max_tokens) and ``curated``."""
+        cur = self.con.execute(
+            f"WITH d AS ({self._DROPPED}) SELECT c.completion_tokens AS tokens, "
+            "coalesce(c.finish_reason = 'length', false) AS cut, d.record_id IS NULL AS curated "
+            "FROM records r JOIN cache c ON c.key = list_extract(r.request_keys, -1) "
+            "LEFT JOIN d ON d.record_id = r.id WHERE r.run_id = ? AND c.completion_tokens IS NOT NULL",
+            [run_id, run_id],
+        )
+        return arrow_table(cur)
+
     def pass_scores(self, run_id: str, filter_slug: str) -> pa.Table:
         """``score`` and ``keep`` of one filter's verdicts in the run's latest pass."""
         cur = self.con.execute(
