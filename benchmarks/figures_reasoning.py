@@ -16,7 +16,7 @@ from figures_read import when  # noqa: E402
 NAMES = {
     "answers_agree": "`answers_agree` (numbers as floats, else strings)",
     "math_verify": "Math-Verify alone",
-    "equivalent": "`equivalent` (plain numbers, then Math-Verify)",
+    "equivalent": "`equivalent` (plain numbers, words as text, then Math-Verify)",
 }
 
 

@@ -5,7 +5,8 @@
 compares two answers: plain numbers first (``1,000`` = ``1e3`` = ``1000.0``), then as mathematics with
 Math-Verify (LaTeX and plain expressions through SymPy: ``\\frac{1}{2}`` = ``0.5``, ``2\\sqrt{2}`` = ``\\sqrt{8}``,
 ``(x+1)^2`` = ``x^2+2x+1``, intervals, sets, ``x=5`` = ``5``). Rounded values are not equal to the exact ones
-(``0.33`` is not ``\\frac{1}{3}``). ``benchmarks/bench_math_answers.py`` measures both checks against the table
+(``0.33`` is not ``\\frac{1}{3}``). A number with a unit word is its number (``10 cm`` = ``10``); an answer that
+holds a word is compared as text (case and spaces aside), since SymPy would read ``bank`` as b*a*n*k. ``benchmarks/bench_math_answers.py`` measures both checks against the table
 in ``tests/data/math_answer_pairs.jsonl``.
 
 SymPy can take long on a hostile expression (``9^{9^{9}}``): answers longer than ``MAX_CHARS`` are compared as
@@ -68,8 +69,15 @@ def final_answer(text: str | None) -> str | None:
     return stated or None
 
 
+_UNIT = re.compile(r"([-+]?[\d,]*\.?\d+(?:[eE][-+]?\d+)?)\s*(?:[A-Za-z]{2,}|°)[A-Za-z°²³/ .]*")
+
+
 def _plain_number(s: str) -> float | None:
+    """The value of a plain number (``1,000``, ``1e3``, ``$5``), also one followed by a unit word (``10 cm``)."""
     t = s.strip().rstrip(".").replace("\\$", "").replace("$", "").strip()
+    unit = _UNIT.fullmatch(t)
+    if unit and unit.group(1) != t:
+        t = unit.group(1)
     m = _NUMBER.fullmatch(t)
     if not t or m is None or not any(c.isdigit() for c in t):
         return None
@@ -97,7 +105,25 @@ def equivalent(a: str | None, b: str | None) -> bool:
         return math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
     if len(a) > MAX_CHARS or len(b) > MAX_CHARS:
         return False
+    if _wordy(a) or _wordy(b):  # "bank" is no product of four symbols (nor equal to "knab")
+        return _normal(_TEXT_CMD.sub(r"\1", a)) == _normal(_TEXT_CMD.sub(r"\1", b))
     return _verify(a, b)
+
+
+_TEXT_CMD = re.compile(r"\\(?:text|mathrm|textbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_COMMAND = re.compile(r"\\[A-Za-z]+")
+_FUNCTION = re.compile(
+    r"\b(?:sin|cos|tan|cot|sec|csc|arcsin|arccos|arctan|sinh|cosh|tanh|log|ln|exp|sqrt|lim|"
+    r"max|min|gcd|lcm|mod|det|pi|inf|infty|oo)\b"
+)
+_WORD = re.compile(r"[A-Za-z]{2,}")
+
+
+def _wordy(s: str) -> bool:
+    """Whether an answer holds a word (two letters or more outside LaTeX commands, text units and function
+    names): words are compared as text, since SymPy would read ``bank`` as the product b*a*n*k."""
+    outside = _FUNCTION.sub(" ", _COMMAND.sub(" ", _TEXT_CMD.sub(" ", s)))
+    return _WORD.search(outside) is not None
 
 
 def _verify(a: str, b: str) -> bool:
