@@ -166,3 +166,15 @@ def test_a_run_curates_and_exports_both_shapes(tmp_path: Path, cli) -> None:
     html = page.read_text(encoding="utf-8")
     assert "Thinking budget (output tokens per trace)" in html
     assert re.search(r"1\s+answers stopped at max_tokens", html)
+
+
+def test_evaluation_scores_the_answer_after_the_thinking_only() -> None:
+    from trainers.evaluate import agree, answer_of, gold_of
+
+    # numbers in the thinking are not the answer; the boxed one after it is
+    assert answer_of("<think>7 and 9 make 16</think>\n\nSo \\boxed{\\frac{3}{8}}.") == "\\frac{3}{8}"
+    assert answer_of("<think>still thinking about 12") is None  # cut off before answering
+    assert answer_of("The answer is 42.") == "42"  # rationales as before
+    assert gold_of("3/8") == "3/8" and gold_of("\\frac{1}{2}") == "\\frac{1}{2}" and gold_of("42") == "42"
+    assert agree(answer_of("<think>x</think>\\boxed{0.375}"), gold_of("3/8"), 1e-6)
+    assert not agree("bank", "knab", 1e-6) and agree("42", "42.0", 1e-6)
