@@ -146,7 +146,8 @@ class PassResult:
     scored: dict[str, int]  # filter → records scored in this pass (0: all from the ledger)
 
 
-def _rows(store: Store, run_id: str) -> list[Row]:
+def record_rows(store: Store, run_id: str) -> list[Row]:
+    """The run's records as filters read them."""
     table = store.records_table(run_id)
     cols = table.to_pydict()
     return [
@@ -161,6 +162,24 @@ def _rows(store: Store, run_id: str) -> list[Row]:
 def filters_dir(store: Store) -> Path:
     """Where filters persist what they derive (signatures, embeddings): a folder beside the store."""
     return store.path.with_name(store.path.name + ".filters")
+
+
+def precompute(steps: list[Step], rows: list[Row], folder: Path) -> list[str]:
+    """Run the ``precompute`` hook of every step that has one on ``rows``, writing into ``folder`` (laid out
+    as the filter cache); returns the slugs of the filters that did. A filter met twice with the same params
+    (none is listed twice) would find its own work done."""
+    done = []
+    for step in steps:
+        hook = step.filter.precompute
+        if hook is not None and rows:
+            hook(rows, step.params, folder)
+            done.append(step.filter.slug)
+    return done
+
+
+def is_artefact(name: str) -> bool:
+    """Whether a file a precompute hook left is finished work (not a temporary file)."""
+    return not name.endswith(".tmp")
 
 
 async def apply_filters(
@@ -196,7 +215,7 @@ async def _pass(
 ) -> PassResult:
     runner: Runner | None = None
     rejected = store.parse_rejected(run_id)
-    alive = [r for r in _rows(store, run_id) if r.id not in rejected]
+    alive = [r for r in record_rows(store, run_id) if r.id not in rejected]
     verdicts: list[tuple[Any, ...]] = []
     scored_counts: dict[str, int] = {}
     for step in steps:
