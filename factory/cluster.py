@@ -595,7 +595,15 @@ def ray_init(address: str | None, *, num_cpus: int | None = None) -> Any:
 
 def connect(prep: Any, address: str | None = None) -> Any:
     """Check what a cluster run cannot do and reach the cluster, before anything is stored."""
+    from factory import plugins
+
     cfg = prep.config
+    if plugins.in_process("recipe", cfg.recipe):
+        raise ConfigError(
+            f"executor ray: the recipe {cfg.recipe!r} was defined in this Python session, and Ray workers "
+            "cannot load it; put it in a module and name it in the config as `package.module:OBJECT` (or "
+            "`path/to/file.py:OBJECT`, on a path every node sees), or run it without executor ray"
+        )
     ShardFiles(shard_root(prep))  # a shard_dir URL no filesystem opens
     ray = ray_init(address if address is not None else cfg.executor.address)
     if _local_engine(prep):  # workers the cluster's GPUs cannot hold

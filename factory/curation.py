@@ -132,10 +132,14 @@ def parse_steps(
     return steps
 
 
-def _judge_runner(store: Store, run_id: str, recipe: str, teachers: dict[str, Teacher]) -> Runner:
-    from recipes import get_recipe
+def _judge_runner(store: Store, run_id: str, judge: str, teachers: dict[str, Teacher]) -> Runner:
+    from factory import stored_recipe
 
-    plan = Plan(run_id=run_id, recipe=get_recipe(recipe), state=None, seeds=[])
+    recipe = stored_recipe.load(
+        store, run_id, needs=f"filter {judge}, which asks a teacher,",
+        instead="apply the filters from that session (factory.run again with them in the config's filters)",
+    )  # fmt: skip
+    plan = Plan(run_id=run_id, recipe=recipe, state=None, seeds=[])
     return Runner(store, teachers, plan, store.open_invocation(run_id, "filtering"))
 
 
@@ -230,7 +234,7 @@ async def _pass(
         if todo and flt.uses_teacher and runner is None:
             if "default" not in teachers:
                 raise ConfigError(f"filter {flt.slug} asks a teacher, and none was given for this run")
-            runner = _judge_runner(store, run_id, recipe, teachers)
+            runner = _judge_runner(store, run_id, flt.slug, teachers)
             stack.callback(runner.finish_session, "done")  # after the session's last commit (LIFO)
             await stack.enter_async_context(runner.session())
             ctx.generate = runner.generate

@@ -3,6 +3,8 @@ second call of the same cell sends nothing; results as a Dataset, a polars frame
 
 from __future__ import annotations
 
+import json
+
 import datasets
 import polars as pl
 import pytest
@@ -123,6 +125,66 @@ def test_the_cli_reads_a_notebook_store(tmp_path, server, cli):
     assert out.returncode == 0, out.stderr
     lines = [ln for f in (tmp_path / "ex").rglob("*.jsonl") for ln in f.read_text().splitlines()]
     assert len(lines) == len(ROWS) - 1
+
+
+def test_what_another_process_needs_the_notebook_recipe_for_is_one_message(tmp_path, server):
+    """A shaped export and a judge that must score again need the recipe's code: exit 2, one message naming
+    the run, the Python session and the fixes, nothing stored changed. A filter pass from stored scores (the
+    recipe's default filters included, as the run applied them) and the report work without it."""
+    import dataclasses
+
+    import duckdb
+    from conftest import cli_process
+
+    judged = dataclasses.replace(SIMPLIFY, slug="nb_judged", default_filters=lambda p: ["exact_dedup"])
+    done = factory.run({**_cfg(tmp_path, server), "recipe": judged, "filters": ["critic"]}, seeds=ROWS)
+    assert done.status == "done" and [f["filter"] for f in done.funnel()["filters"]] == [
+        "exact_dedup",
+        "critic",
+    ]
+    store = str(tmp_path / "nb.duckdb")
+
+    def passes() -> int:
+        con = duckdb.connect(store, read_only=True)
+        try:
+            return int(con.execute("SELECT count(*) FROM filter_passes").fetchone()[0])
+        finally:
+            con.close()
+
+    out = cli_process("export", done.run_id, "--store", store, "--out", str(tmp_path / "ex"), "--as", "messages",
+                      cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 2 and out.stderr.count("error:") == 1 and "Traceback" not in out.stderr, (
+        out.stderr
+    )
+    for part in (f"run {done.run_id}", "'nb_judged' was defined in a Python session", "--as messages",
+                 "entry point named 'nb_judged'", "run.to_dataset('messages')"):  # fmt: skip
+        assert part in out.stderr, out.stderr
+    assert not (tmp_path / "ex").exists()
+
+    out = cli_process(
+        "filter", done.run_id, "--store", store, "--set", "critic.min_score=1", "--json", cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["scored"] == {"exact_dedup": len(ROWS) - 1, "critic": 0}  # the judge's scores from the ledger
+    before = passes()
+    out = cli_process("filter", done.run_id, "--store", store, "--set", "critic.max_tokens=64", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"run {done.run_id}" in out.stderr and "filter critic, which asks a teacher" in out.stderr
+    assert "Python session" in out.stderr and passes() == before
+
+    out = cli_process("report", done.run_id, "--store", store, "--out", str(tmp_path / "r.html"),
+                      "--map-points", "0", cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "nb_judged" in (tmp_path / "r.html").read_text()
+
+
+def test_a_notebook_recipe_cannot_go_to_ray_workers(tmp_path, server):
+    with pytest.raises(
+        ConfigError, match="'nb_simplify' was defined in this Python session, and Ray workers"
+    ):
+        factory.run({**_cfg(tmp_path, server), "executor": {"kind": "ray"}}, seeds=ROWS)
+    assert not (tmp_path / "nb.duckdb").exists()
 
 
 def test_ctrl_c_stops_a_run_made_from_python(tmp_path):
