@@ -4,6 +4,7 @@ second call of the same cell sends nothing; results as a Dataset, a polars frame
 from __future__ import annotations
 
 import json
+import os
 
 import datasets
 import polars as pl
@@ -224,3 +225,49 @@ print(json.dumps({{"status": run.status, "records": run.progress.records}}))
         assert (
             slow.stats()["requests"] == 40
         )  # the requests in flight at the stop were waited for, not re-sent
+
+
+def test_a_ctrl_c_while_the_run_is_set_up_stops_it_before_its_first_request(tmp_path, server):
+    """SIGINT that lands before the runner exists (here: while the teacher is being built) is kept: the run
+    stops before sending anything, says so, and running again finishes it."""
+    import subprocess
+    import sys
+
+    (tmp_path / "slow_start.py").write_text("""
+import os, signal, time
+from pathlib import Path
+from factory.teachers import build_teacher
+
+def Teacher(spec, model, options):
+    flag = Path(os.environ["CTRL_C_ONCE"])
+    if not flag.exists():  # the first run only: Ctrl+C while it is being set up
+        flag.write_text("sent")
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1.0)  # the waiting thread takes it meanwhile
+    return build_teacher(f"openai:{model}", options)
+""")
+    script = tmp_path / "cell.py"
+    script.write_text(f"""
+import json, factory
+rows = [{{"id": f"s{{i}}", "text": f"t{{i}}"}} for i in range(5)]
+cfg = {{"name": "early", "recipe": "prompt", "store": {str(tmp_path / "e.duckdb")!r},
+       "teacher": {{"spec": "{tmp_path / "slow_start.py"}:Teacher:m@{server.base_url}"}}}}
+run = factory.run(cfg, seeds=rows)
+print(json.dumps({{"status": run.status, "records": run.progress.records}}))
+""")
+    env = {**os.environ, "CTRL_C_ONCE": str(tmp_path / "flag")}
+    before = server.stats()["requests"]
+    first = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert first.returncode == 0 and (tmp_path / "flag").exists(), first.stderr[-2000:]
+    assert json.loads(first.stdout.strip().splitlines()[-1]) == {"status": "interrupted", "records": 0}
+    assert "stopping; everything finished so far is kept" in first.stderr and "Traceback" not in first.stderr
+    assert server.stats()["requests"] == before  # stopped before its first request
+    second = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert json.loads(second.stdout.strip().splitlines()[-1]) == {"status": "done", "records": 5}, (
+        second.stderr
+    )
+    assert server.stats()["requests"] - before == 5
