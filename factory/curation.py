@@ -204,7 +204,7 @@ async def apply_filters(
     ctx = Context(run_id=run_id, recipe=summary["recipe"], earlier_texts=lambda: store.earlier_texts(run_id),
                   cache_dir=filters_dir(store))  # fmt: skip
     async with contextlib.AsyncExitStack() as stack:
-        return await _pass(store, run_id, steps, specs, ctx, stack, teachers or {}, summary["recipe"])
+        return await _pass(store, run_id, steps, specs, ctx, stack, teachers or {})
 
 
 async def _pass(
@@ -215,7 +215,6 @@ async def _pass(
     ctx: Context,
     stack: contextlib.AsyncExitStack,
     teachers: dict[str, Teacher],
-    recipe: str,
 ) -> PassResult:
     runner: Runner | None = None
     rejected = store.parse_rejected(run_id)
