@@ -280,12 +280,13 @@ def cmd_filter(args: argparse.Namespace) -> int:
             cfg = load_config(args.config_path)
             items, where, implied = cfg.filters, f"{args.config_path}: filters", recipe_filters(cfg)
         else:
+            from factory import stored_recipe
+
             stored = st.run_config(run_id)
-            items, where, implied = (
-                stored.get("filters") or [],
-                "the run's config: filters",
-                recipe_filters(stored),
-            )
+            items, where = stored.get("filters") or [], "the run's config: filters"
+            # a recipe this process cannot load (one from a Python session): its filters as the last pass ran them
+            from_pass = stored_recipe.implied_filters(st, run_id, items)
+            implied = recipe_filters(stored) if from_pass is None else from_pass
         steps = parse_steps(items, args.set, where=where, implied=implied)
         if not steps:
             raise ConfigError(f"{where}: no filters to apply; list some in the config (or pass --config)")

@@ -111,6 +111,14 @@ def export_run(
         sweep_stale(out.resolve(), "export")  # first: it may move back an export a killed one set aside
     out = _out_ready(out, overwrite)
     summary = store.run_summary(run_id)
+    if shape != "records":  # the recipe's code shapes the records: one message when it cannot be loaded
+        from factory import stored_recipe
+
+        stored_recipe.load(
+            store, run_id, needs=f"an export as {shape!r} (--as {shape})",
+            instead=f"shape them in that session: run.to_dataset({shape!r}); a plain export (no --as, the "
+            "records as they are) needs no recipe",
+        )  # fmt: skip
     plan = plan_shape(summary["recipe"], shape, stage)
     if plan.group is not None:
         if split_by != "seed":
