@@ -208,6 +208,14 @@ def m006_failure_examples(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE run_stats ADD COLUMN failure_examples JSON")
 
 
+def m009_cache_logprobs(con: duckdb.DuckDBPyConnection) -> None:
+    """Soft labels: an answer asked with top-k logprobs keeps them beside its text, packed in one BLOB
+    (token ids and logprobs as int32/float32 arrays; factory.logprobs says the layout). NULL for answers
+    asked without them. ``cache_retired`` gets the column too, so a retired answer keeps its logprobs."""
+    con.execute("ALTER TABLE cache ADD COLUMN logprobs BLOB")
+    con.execute("ALTER TABLE cache_retired ADD COLUMN logprobs BLOB")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     m001_initial,
     m002_filter_passes,
@@ -215,6 +223,7 @@ MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     m004_uncached_failures,
     m005_cache_forgotten,
     m006_failure_examples,
+    m009_cache_logprobs,
 ]
 
 
