@@ -39,6 +39,7 @@ from factory.store.tables import (
     CacheRow,
     RecordRow,
     execute,
+    full_cache_rows,
     merged_counters,
     warm_arrow,
 )  # fmt: skip
@@ -214,5 +215,5 @@ class Store(Writes, Verdicts, Reads):
 
 __all__ = [
     "CACHE_COLUMNS", "CACHE_SCHEMA", "RECORD_COLUMNS", "RECORD_SCHEMA", "Batch", "CacheRow", "RecordRow", "Store",
-    "diagnose",
+    "diagnose", "full_cache_rows",
 ]  # fmt: skip
