@@ -100,7 +100,10 @@ def unpack(blob: bytes | bytearray | memoryview) -> TokenLogprobs:
 
     chosen = take("f", n)
     flat = take("f", n * k)
-    width = [sum(1 for v in flat[i * k : (i + 1) * k] if not math.isnan(v)) for i in range(n)]
+    if any(map(math.isnan, flat)):  # a position with fewer than k alternatives: NaN pads it
+        width = [k - sum(map(math.isnan, flat[i * k : (i + 1) * k])) for i in range(n)]
+    else:
+        width = [k] * n
     top_logprobs = [flat[i * k : i * k + width[i]] for i in range(n)]
     token_ids = top_ids = tokens = top_tokens = None
     if flags & _IDS:
