@@ -7,6 +7,7 @@ Against the fault server, which makes up deterministic logprobs (tokens named ``
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from conftest import write_config, write_seeds
 
 from factory import api, plugins
 from factory.config import run_id_for
-from factory.errors import ConfigError
+from factory.errors import ConfigError, StoreError
 from factory.export import export_run
 from factory.logprobs import from_openai, pack, unpack
 from factory.prepare import first_stage_requests
@@ -281,3 +282,19 @@ def test_logprobs_journaled_before_a_sigkill_are_kept_and_the_resumed_run_export
         r = json.loads(line)
         assert len(r["teacher_token_ids"]) == len(r["teacher_top_ids"]) > 0
         assert not any(math.isnan(x) for p in r["teacher_top_logprobs"] for x in p)
+
+
+def test_a_journal_line_whose_logprobs_are_not_base64_stops_the_open_and_names_the_column(tmp_path):
+    store = tmp_path / "s.duckdb"
+    Store(store).close()
+    good = pack(TokenLogprobs([1], [[1, 2]], [[-0.5, -1.5]], [-0.5]))
+    row = ["k1", "openai:m", "ok", "{}", "t", "stop", 1, 1, 1.0, None, "r"]
+    jdir = journal_dir(store)
+    jdir.mkdir()
+    lines = [[*row, base64.b64encode(good).decode()], ["k2", *row[1:], "not base64!"]]
+    (jdir / "seg-1-00000001.jsonl").write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+    with pytest.raises(StoreError, match="logprobs is str"):
+        Store(store)
+    with Store(store, repair_journal=True) as st:  # `factory doctor --repair`: the good line is kept
+        (blob,) = st.con.execute("SELECT logprobs FROM cache WHERE key = 'k1'").fetchone()
+    assert unpack(blob) == unpack(good)
