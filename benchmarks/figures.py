@@ -7,7 +7,8 @@ Every quoted figure sits in a block of one of the two READMEs,
 whose text is what the renderer NAME (RENDERERS below) makes of the committed results files, which only the
 benchmark scripts write: `results.md` (run.py), `peers_results.md` (peers.py), and `results/NAME.json`
 (bench_dedup.py, bench_embed.py, bench_view.py, bench_cluster.py, demo_agreement.py, bench_train.py,
-bench_local_engine.py, bench_hf_teacher.py, gpu_check.py: its block says so while its file is absent).
+bench_local_engine.py, bench_hf_teacher.py, bench_soft_labels.py, gpu_check.py: its block says so while its
+file is absent).
 The renderers live in figures_clients.py (run.py, peers.py) and figures_local.py (the others), each with
 its rows of README.md's speed table, figures_train.py, figures_engine.py, figures_hf.py, and here
 (demo_agreement.py);
@@ -68,6 +69,7 @@ from figures_quality import quality_table  # noqa: E402
 from figures_read import PEERS_MD as PEERS_MD  # noqa: E402
 from figures_read import RUN_MD, missed  # noqa: E402
 from figures_reasoning import math_answers  # noqa: E402
+from figures_soft import soft_labels  # noqa: E402
 from figures_train import gpu_check, train_throughput  # noqa: E402
 
 READMES = (HERE.parent / "README.md", HERE / "README.md")
@@ -211,6 +213,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "hf-teacher": hf_teacher,
     "quality-table": quality_table,
     "local-engine": local_engine,
+    "soft-labels": soft_labels,
 }
 
 

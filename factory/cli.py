@@ -368,7 +368,7 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from factory.export import export_configured
-    from factory.export_shapes import set_aside_note
+    from factory.export_shapes import set_aside_note, soft_labels_note
 
     with _store_for(args) as st:
         run_id = _resolve(st, args.run)
@@ -378,11 +378,12 @@ def cmd_export(args: argparse.Namespace) -> int:
             include_rejected=args.include_rejected, pairs_per_question=args.pairs_per_question,
         )  # fmt: skip
     note = set_aside_note(res.set_aside)
+    soft = soft_labels_note(res.soft_labels)
     if args.json:
         print(json.dumps({
             "run_id": run_id, "out": str(res.out), "format": res.format, "shape": res.shape, "rows": res.rows,
             "splits": res.splits, "skipped": res.skipped, "set_aside": res.set_aside, "set_aside_note": note,
-            "pairs_per_question": res.pairs_per_question,
+            "pairs_per_question": res.pairs_per_question, "soft_labels": res.soft_labels,
         }))  # fmt: skip
         return 0
     parts = ", ".join(f"{k}: {v}" + (f" in {res.shards[k]} shards" if res.shards.get(k, 1) > 1 else "")
@@ -391,6 +392,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"exported {res.rows} {what} of {run_id} as {res.shape} ({parts}) to {res.out}")
     if note:
         print(note)
+    if soft:
+        print(soft)
     if res.skipped and res.pairs_per_question:
         print(f"{res.skipped} samples are in no pair (their question lacks a trusted or a wrong sample)")
     elif res.skipped:

@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 from factory.errors import ConfigError, FactoryError, StoreError
 from factory.placement import WorkerPlan, plan_workers
 from factory.prepare import first_stage_requests, make_teachers, plan_for, prepare
-from factory.store import CACHE_COLUMNS, CACHE_SCHEMA, RECORD_SCHEMA, Batch, Store
+from factory.store import CACHE_COLUMNS, CACHE_SCHEMA, RECORD_SCHEMA, Batch, Store, full_cache_rows
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,8 @@ def _batch_tables(batch: Batch) -> Iterator[tuple[str, pa.Table]]:
     for name, schema in TABLES.items():
         rows = getattr(batch, name)
         if rows:
+            if name == "cache":  # a shard written before a column was added lacks it
+                rows = full_cache_rows(rows)
             cols = list(zip(*rows, strict=True))
             yield name, pa.Table.from_arrays([pa.array(c, f.type) for c, f in zip(cols, schema, strict=True)],
                                              schema=schema)  # fmt: skip

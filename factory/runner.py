@@ -38,6 +38,7 @@ from factory.errors import (
 from factory.gc_tuning import fewer_collections
 from factory.keyfilter import KeyFilter
 from factory.keys import canonical_json, record_id, request_key_raw
+from factory.logprobs import pack, unpack
 from factory.plan import Budget, Plan, Progress, Result
 from factory.run_counters import RunCounters
 from factory.seeds import Seed, seed_windows
@@ -446,6 +447,7 @@ class Runner(RunCounters):
                         text=row["text"] or "", finish_reason=row["finish_reason"],
                         prompt_tokens=row["prompt_tokens"] or 0, completion_tokens=row["completion_tokens"] or 0,
                         latency_ms=row["latency_ms"] or 0.0, key=key, cached=True,
+                        logprobs=unpack(row["logprobs"]) if row.get("logprobs") is not None else None,
                     )  # fmt: skip
                 return TeacherRejected(row["error"] or "rejected (cached)", kind="rejected_cached")
         if self._stopping is not None:
@@ -520,21 +522,11 @@ class Runner(RunCounters):
         row: CacheRow
         if c is not None:  # CACHE_COLUMNS order
             row = (key, lane.name, status, body.decode(), c.text, c.finish_reason, c.prompt_tokens,
-                   c.completion_tokens, c.latency_ms, error, self.plan.run_id)  # fmt: skip
+                   c.completion_tokens, c.latency_ms, error, self.plan.run_id,
+                   pack(c.logprobs) if c.logprobs is not None else None)  # fmt: skip
         else:
-            row = (
-                key,
-                lane.name,
-                status,
-                body.decode(),
-                None,
-                None,
-                None,
-                None,
-                None,
-                error,
-                self.plan.run_id,
-            )
+            row = (key, lane.name, status, body.decode(), None, None, None, None, None, error, self.plan.run_id,
+                   None)  # fmt: skip
         self._journal.append(row)  # on disk before its task resumes
         self._batch.cache.append(row)
         self._uncommitted.append(key)

@@ -208,6 +208,20 @@ def m006_failure_examples(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE run_stats ADD COLUMN failure_examples JSON")
 
 
+def m009_cache_logprobs(con: duckdb.DuckDBPyConnection) -> None:
+    """Soft labels: an answer asked with top-k logprobs keeps them beside its text, packed in one BLOB
+    (token ids and logprobs as int32/float32 arrays; factory.logprobs says the layout). NULL for answers
+    asked without them. ``cache_retired`` gets the column too, so a retired answer keeps its logprobs, in the
+    same place as in ``cache`` (before its own two columns: a move copies ``cache.*`` by position)."""
+    con.execute("ALTER TABLE cache ADD COLUMN logprobs BLOB")
+    con.execute(
+        "CREATE TABLE _cache_retired AS SELECT * EXCLUDE (retired_reason, retired_at), "
+        "CAST(NULL AS BLOB) AS logprobs, retired_reason, retired_at FROM cache_retired"
+    )
+    con.execute("DROP TABLE cache_retired")
+    con.execute("ALTER TABLE _cache_retired RENAME TO cache_retired")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     m001_initial,
     m002_filter_passes,
@@ -215,6 +229,7 @@ MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     m004_uncached_failures,
     m005_cache_forgotten,
     m006_failure_examples,
+    m009_cache_logprobs,
 ]
 
 

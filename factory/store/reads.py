@@ -125,6 +125,20 @@ class Reads(StoreBase):
         )
         return arrow_table(cur)
 
+    def logprobs_of(self, keys: list[str]) -> dict[str, bytes]:
+        """The packed logprobs (factory.logprobs) of the answers among these keys that have them."""
+        if not keys:
+            return {}
+        self.con.register("_lp_keys", pa.table({"key": pa.array(sorted(set(keys)), pa.string())}))
+        try:
+            rows = self._rows(
+                "SELECT c.key, c.logprobs FROM cache c SEMI JOIN _lp_keys k ON c.key = k.key "
+                "WHERE c.logprobs IS NOT NULL"
+            )
+        finally:
+            self.con.unregister("_lp_keys")
+        return {k: bytes(b) for k, b in rows}
+
     def template_versions(self, run_id: str) -> list[tuple[str, str | None, int]]:
         """(stage, template version, records) of the run's records, by stage then version."""
         rows = self._rows(

@@ -40,6 +40,7 @@ from factory.errors import (
     TeacherUnavailable,
 )
 from factory.keys import canonical_json
+from factory.logprobs import from_openai
 from factory.teachers import api_errors
 from factory.teachers.base import Teacher, Withheld
 from factory.teachers.http import HTTPFailure, Pool, Response
@@ -92,6 +93,14 @@ class OpenAITeacher(Teacher):
         self.learn_rate_limit = bool(options.pop("learn_rate_limit", True))
         self.rate_limit_wait_s = _positive("rate_limit_wait_s", options.pop("rate_limit_wait_s", 600.0))
         self.extra_body: dict[str, Any] = _extra_body(options.pop("extra_body", None))
+        # A vLLM server names logprob tokens by id when asked (return_tokens_as_token_ids); other providers
+        # give token strings only, and refuse the field.
+        token_ids = options.pop("token_ids", False)
+        if not isinstance(token_ids, bool):
+            raise ConfigError(
+                f"teacher option token_ids must be true or false, got {token_ids!r} (true only for a vLLM server)"
+            )
+        self.token_ids = token_ids
         if options:
             raise ConfigError(f"unknown option(s) for the openai teacher: {', '.join(sorted(options))}")
         self._api_key = self._read_key()
@@ -145,6 +154,8 @@ class OpenAITeacher(Teacher):
         out: dict[str, Any] = {"backend": self.backend, "model": self.model, "base_url": self.base_url}
         if self.extra_body:
             out["extra_body"] = self.extra_body
+        if self.token_ids:  # logprobs come as ids instead of strings: a different stored answer
+            out["token_ids"] = True
         return out
 
     def describe(self) -> dict[str, Any]:
@@ -182,6 +193,8 @@ class OpenAITeacher(Teacher):
         if req.logprobs:
             body["logprobs"] = True
             body["top_logprobs"] = req.logprobs
+            if self.token_ids:
+                body["return_tokens_as_token_ids"] = True
         if self.extra_body:
             body.update(self.extra_body)
         return body
@@ -302,7 +315,7 @@ class OpenAITeacher(Teacher):
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
             latency_ms=latency_ms,
-            logprobs=lp.get("content") if isinstance(lp, dict) else None,
+            logprobs=from_openai(lp.get("content")) if isinstance(lp, dict) else None,
         )
 
     def _fail(self, err: TeacherError) -> TeacherError:
