@@ -43,7 +43,9 @@ class ReasoningParams(Params):
     max_tokens: int = Field(
         16384, ge=16, le=262144, description="Output token cap per trace (thinking and answer together)."
     )
-    seed: int = Field(0, description="Base sampling seed; each trace's seed derives from it, the question and i.")
+    seed: int = Field(
+        0, description="Base sampling seed; each trace's seed derives from it, the question and i."
+    )
     input_field: str = Field("question", description="Seed field holding the question.")
     gold_field: str | None = Field("answer", description="Seed field holding the gold answer (null: none).")
     tests_field: str | None = Field(
@@ -57,7 +59,9 @@ class ReasoningParams(Params):
         description="User turn (Jinja; `question` is the seed's question). Programming questions use "
         "`code_prompt`.",
     )
-    code_prompt: str = Field("{{ question }}\n\n" + CODE_SUFFIX, description="User turn of a programming question.")
+    code_prompt: str = Field(
+        "{{ question }}\n\n" + CODE_SUFFIX, description="User turn of a programming question."
+    )
     system: str | None = Field(None, description="System message (reasoning models are usually run without).")
     think_tags: tuple[str, str] = Field(
         ("<think>", "</think>"),
@@ -66,7 +70,9 @@ class ReasoningParams(Params):
     export_tags: tuple[str, str] = Field(
         ("<think>", "</think>"), description="Tags around the thinking in the exported assistant turn."
     )
-    test_timeout_s: float = Field(10.0, gt=0, le=300, description="Sandbox time for a trace's code and tests.")
+    test_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="Sandbox time for a trace's code and tests."
+    )
 
     @field_validator("think_tags", "export_tags")
     @classmethod
@@ -90,7 +96,9 @@ class State:
 
 def prepare(params: ReasoningParams, resolve: Callable[[str], Path]) -> State:
     limits = Limits(timeout_s=params.test_timeout_s, cpu_s=max(1, int(params.test_timeout_s)))
-    return State(params, Template(params.prompt, "prompt"), Template(params.code_prompt, "code_prompt"), limits)
+    return State(
+        params, Template(params.prompt, "prompt"), Template(params.code_prompt, "code_prompt"), limits
+    )
 
 
 def split_thinking(c: Completion, tags: tuple[str, str]) -> tuple[str | None, str]:
@@ -119,7 +127,9 @@ def build_requests(seed: Seed, state: State) -> list[Request]:
     p = state.params
     tpl = state.code_prompt if _is_code(seed, p) else state.prompt
     user = tpl.render(question=seed.data[p.input_field])
-    msgs = ([{"role": "system", "content": p.system}] if p.system else []) + [{"role": "user", "content": user}]
+    msgs = ([{"role": "system", "content": p.system}] if p.system else []) + [
+        {"role": "user", "content": user}
+    ]
     return [
         Request(
             messages=tuple(msgs),
@@ -192,7 +202,9 @@ async def process(seed: Seed, state: State, generate: Generate) -> list[Draft]:
     drafts = []
     for i, (res, (thinking, answer_part)) in enumerate(zip(results, parts, strict=True)):
         a = answers[i]
-        agrees = equivalent(a, gold) if gold is not None and a is not None else (None if gold is None else False)
+        agrees = (
+            equivalent(a, gold) if gold is not None and a is not None else (None if gold is None else False)
+        )
         cls = classes[i]
         payload: dict[str, Any] = {
             "kind": "code" if tests is not None else "answer",
