@@ -70,3 +70,4 @@ class Completion:
     key: str = ""
     cached: bool = False
     logprobs: list[Any] | None = field(default=None)
+    batch: bool = False  # answered through a provider's Batch API (billed at its batch rate)
