@@ -309,6 +309,17 @@ class BatchQueue:
         """Settle every line of a finished batch, then mark it settled."""
         ours = row["id"]
         bodies: dict[str, str] = await self._call(self.store.batch_requests, ours)
+        later: list[tuple[str, Outcome]] = []  # waiters resume once the batch is marked settled
+        try:
+            await self._read_lines(row, bodies, later)
+        finally:
+            for key, outcome in later:
+                self._resolve(key, outcome)
+
+    async def _read_lines(
+        self, row: dict[str, Any], bodies: dict[str, str], later: list[tuple[str, Outcome]]
+    ) -> None:
+        ours = row["id"]
         created, ended = row.get("provider_created_at"), row.get("ended_at")
         latency_ms = float(ended - created) * 1000.0 if created and ended else 0.0
         answered = 0
@@ -340,19 +351,19 @@ class BatchQueue:
                             TeacherUnavailable(f"batch error {code}: {message}", kind=f"batch_{code}")
                         )
                     )
-                answered += self._line(key, body, outcome)
+                answered += self._line(key, body, outcome, later)
         failed = row.get("provider_status") == "failed"
         for key, body in bodies.items():  # lines the provider never wrote (a failed batch writes none)
             self._open_keys.pop(key, None)
             err = self.t.failed(
                 TeacherUnavailable(f"the batch failed: {row.get('error')}", kind="batch_failed")
             )
-            answered += self._line(key, body, err if failed else None)
+            answered += self._line(key, body, err if failed else None, later)
         retried = int(row["requests"]) - answered
         await self._update(row, state="settled", answered=answered, retried=retried)
         self._open.pop(ours, None)
 
-    def _line(self, key: str, body: str, outcome: Outcome | None) -> int:
+    def _line(self, key: str, body: str, outcome: Outcome | None, later: list[tuple[str, Outcome]]) -> int:
         """One request's outcome in a batch; 1 when it is final (answered, or failed for good)."""
         waiting = self._reqs.get(key)
         if outcome is None:  # never run (expired, cancelled): the next file, if someone still waits
@@ -375,7 +386,7 @@ class BatchQueue:
         self._settle(key, body, outcome)
         if waiting is None:
             self._recent[key] = outcome
-        self._resolve(key, outcome)
+        later.append((key, outcome))
         return 1
 
     async def _online(self, key: str, body: str, req: Request) -> None:
