@@ -22,6 +22,7 @@ import duckdb
 import pytest
 from aiohttp import web
 
+from factory.store import Store
 from factory.testing.fault_server import SubprocessHandle, start_subprocess
 
 N_SEEDS, K = 12, 2  # 24 requests
@@ -205,6 +206,9 @@ def test_batch_run_equals_online_run_and_the_cache_is_shared_both_ways(srv, refe
     # every answer came from a batch, and the store says so
     assert _query(batch_store, "SELECT count(*) FROM batch_requests")[0][0] == N_SEEDS * K
     assert _query(batch_store, "SELECT state, answered FROM batches") == [("settled", N_SEEDS * K)]
+    keys = [k for (k,) in _query(batch_store, "SELECT key FROM cache")]
+    with Store(batch_store, read_only=True) as st:  # what a cost estimate bills at the batch rate
+        assert st.batch_answered(keys) == set(keys) and len(keys) == N_SEEDS * K
 
     # batch, then online on the same store (another run): every request is a cache hit, none is sent
     srv.reset()
@@ -220,6 +224,9 @@ def test_batch_run_equals_online_run_and_the_cache_is_shared_both_ways(srv, refe
     assert code == 0, err
     assert _batch_stats(srv) == {"requests": 0, "created": 0, "outcomes": {}}
     assert _query(online_store, "SELECT count(*) FROM batches")[0][0] == 0
+    online_keys = [k for (k,) in _query(online_store, "SELECT key FROM cache")]
+    with Store(online_store, read_only=True) as st:  # answered online: billed at the online rate
+        assert len(online_keys) == N_SEEDS * K and st.batch_answered(online_keys) == set()
 
 
 def _killed_then_resumed(
