@@ -231,7 +231,7 @@ def test_batch_run_equals_online_run_and_the_cache_is_shared_both_ways(srv, refe
 
 def _killed_then_resumed(
     tmp_path: Path, url: str, wait, srv: SubprocessHandle, reference: list[tuple]
-) -> Path:
+) -> tuple[Path, str]:
     store = tmp_path / "k.duckdb"
     cfg = _config(tmp_path, "bm", url, store, _seeds(tmp_path / "seeds.jsonl"))
     srv.reset()
@@ -240,8 +240,8 @@ def _killed_then_resumed(
         assert wait(p), "the kill point was never reached"
     finally:
         p.send_signal(signal.SIGKILL)
-        p.wait(30)
-    return store
+        _, err = p.communicate(timeout=30)
+    return store, err
 
 
 def _resume(store: Path, url: str, tmp_path: Path, srv: SubprocessHandle, reference: list[tuple]) -> None:
@@ -266,7 +266,7 @@ def _resume(store: Path, url: str, tmp_path: Path, srv: SubprocessHandle, refere
 )
 def test_sigkill_at_a_step_resumes_without_submitting_twice(srv, reference, proxy, tmp_path, hold):
     proxy.hold = hold
-    store = _killed_then_resumed(tmp_path, proxy.base_url, lambda p: proxy.held.wait(60), srv, reference)
+    store, _ = _killed_then_resumed(tmp_path, proxy.base_url, lambda p: proxy.held.wait(60), srv, reference)
     proxy.hold = None
     _resume(store, proxy.base_url, tmp_path, srv, reference)
 
@@ -284,7 +284,9 @@ def test_sigkill_while_polling_resumes_the_same_batch(srv, reference, tmp_path):
                 time.sleep(0.02)
             return False
 
-        store = _killed_then_resumed(tmp_path, slow_srv.base_url, running, slow_srv, reference)
+        store, err = _killed_then_resumed(tmp_path, slow_srv.base_url, running, slow_srv, reference)
+        # the progress line said what the run was waiting on
+        assert re.search(r"waiting on batch batch_\w+: (validating|in_progress)", err), err
         assert _query(store, "SELECT state FROM batches") == [("submitted",)]
         status = subprocess.run([sys.executable, "-m", "factory.cli", "status", "bm", "--store", str(store)],
                                 capture_output=True, text=True, timeout=60)  # fmt: skip
@@ -293,6 +295,16 @@ def test_sigkill_while_polling_resumes_the_same_batch(srv, reference, tmp_path):
             r"batches: 1 submitted\n  batch_\w+: submitted \((validating|in_progress)\)", status.stdout
         )
         _resume(store, slow_srv.base_url, tmp_path, slow_srv, reference)
+
+
+def test_status_eta_comes_from_the_providers_counts():
+    from factory.store.batches import eta_s
+
+    row = {"state": "submitted", "provider_status": "in_progress", "total": 100, "completed": 20, "failed": 5,
+           "in_progress_at": 1000}  # fmt: skip
+    assert eta_s(row, now=1050.0) == pytest.approx(75 * 50 / 25)  # 25 done in 50 s, 75 left
+    assert eta_s({**row, "completed": 0, "failed": 0}, now=1050.0) is None  # nothing done yet: no guess
+    assert eta_s({**row, "provider_status": "validating"}, now=1050.0) is None
 
 
 def test_expired_batches_resubmit_only_the_unanswered(reference, tmp_path):
