@@ -365,3 +365,16 @@ def test_bad_input_batch_mode_without_a_batch_api_and_a_request_over_the_file_li
     assert r.returncode == 2, r.stderr
     assert "teacher.batch.max_bytes_per_file" in r.stderr and "Traceback" not in r.stderr
     assert _batch_stats(srv)["created"] == 0
+
+
+def test_a_store_moved_without_its_upload_file_drops_the_unsent_batch_and_submits_once(
+    srv, reference, proxy, tmp_path
+):
+    import shutil
+
+    proxy.hold = ("POST", r"^/v1/files$", "request")  # killed during the upload: no batch exists yet
+    store, _ = _killed_then_resumed(tmp_path, proxy.base_url, lambda p: proxy.held.wait(60), srv, reference)
+    proxy.hold = None
+    shutil.rmtree(store.with_name(store.name + ".batches"))  # another machine: only the store came along
+    _resume(store, proxy.base_url, tmp_path, srv, reference)
+    assert sorted(st for (st,) in _query(store, "SELECT state FROM batches")) == ["dropped", "settled"]
