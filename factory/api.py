@@ -178,6 +178,11 @@ async def run_async(
     if cfg.executor.kind == "ray":
         if retry_failed:
             raise ConfigError("--retry-failed: run it without --executor ray (one process re-asks them)")
+        if any(tc.mode == "batch" for tc in cfg.roles().values()):
+            raise ConfigError(
+                "teacher.mode: batch runs in one process (the provider runs the batch): run it without "
+                "--executor ray, or use mode: online"
+            )
         return await _run_on_ray(
             prep, store=store, on_progress=on_progress, handle_signals=handle_signals, on_start=on_start
         )

@@ -81,6 +81,9 @@ class ProgressView(_BarView):
                 f"{rate:.1f} req/s · {p.requests_sent} sent · {p.cache_hits} cached · {p.in_flight} pending · "
                 f"{p.completion_tokens} out tok · {fails} failed attempts · ETA {_fmt_s(p.eta_s)}"
             )
+        waiting = getattr(p, "waiting_on", None)
+        if waiting and not getattr(p, "draining", False):
+            info = f"{waiting} · {p.requests_sent} answered · {p.cache_hits} cached · {fails} failed attempts"
         last = getattr(p, "last_failure", None)
         if fails and last:
             info += f" · last failure: {last}"
@@ -88,7 +91,10 @@ class ProgressView(_BarView):
             self.progress.update(self.task, completed=p.seeds_done + p.seeds_failed, info=info)
             return
         # Plain lines: every 10 s, and at once when the run starts to drain or a new failure reason shows.
-        said = f"{getattr(p, 'draining', False)}|{last}"
+        state = " ".join(
+            w for w in (waiting or "").split() if "/" not in w
+        )  # a batch's state, not its counts
+        said = f"{getattr(p, 'draining', False)}|{last}|{state}"
         if p.elapsed_s - self._last_line >= 10 or said != self._last_said:
             self._last_line, self._last_said = p.elapsed_s, said
             print(
@@ -238,6 +244,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         s = st.run_summary(run_id)
         drops = st.verdict_counts(run_id)
         s["funnel"] = st.funnel(run_id)
+        s["batches"] = st.batches_of(run_id)
         if args.diversity:
             s["diversity"] = _diversity(st.curated_table(run_id))
     s["dropped"] = [{"filter": f, "reason": r, "records": n} for f, r, n in drops]
@@ -246,15 +253,38 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     funnel = s.pop("funnel")
     reasons = s.pop("failure_reasons")
+    batches = s.pop("batches")
     width = max(len(k) for k in s)
     for k, v in s.items():
         print(f"{k:>{width}}: {v}")
     print_funnel(funnel)
+    if batches:
+        print_batches(batches)
     if reasons:
         print("failure reasons (failed attempts, retries included; seeds that finally failed):")
         for r in reasons:
             print(f"  {r['kind']}: {r['attempts']} attempts, {r['seeds']} seeds; e.g. {r['example']}")
     return 0
+
+
+def print_batches(batches: list[dict[str, Any]]) -> None:
+    """The run's provider batches: state, request counts, ETA of the ones running."""
+    states: dict[str, int] = {}
+    for b in batches:
+        states[b["state"]] = states.get(b["state"], 0) + 1
+    print("batches: " + ", ".join(f"{n} {st}" for st, n in states.items()))
+    for b in batches:
+        where = b["provider_status"] or b["state"]
+        done = (b["completed"] or 0) + (b["failed"] or 0)
+        counts = f"{done}/{b['total'] or b['requests']} run ({b['failed'] or 0} failed)"
+        tail = f" · ETA {_fmt_s(b['eta_s'])}" if b["eta_s"] is not None else ""
+        if b["state"] == "settled":
+            tail = f" · {b['answered']} answered, {b['retried']} left for a later batch"
+        if b["error"]:
+            tail += f" · {b['error']}"
+        print(
+            f"  {b['batch_id'] or b['id']}: {b['state']} ({where}) · {b['requests']} requests · {counts}{tail}"
+        )
 
 
 def _diversity(curated: Any) -> dict[str, Any]:

@@ -48,6 +48,7 @@ class Progress:
     awaiting: int = 0  # requests sent and not yet answered (in_flight also counts those queued to send)
     abandoned: int = 0  # requests in flight given up by the stop (sent again on resume)
     last_failure: str | None = None  # the latest failed attempt, one short line
+    waiting_on: str | None = None  # e.g. a provider batch and its state (teacher.mode: batch)
 
     @property
     def eta_s(self) -> float | None:

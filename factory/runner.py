@@ -78,6 +78,7 @@ class _Lane:
     teacher: Teacher
     identity_json: bytes
     engine: MicroBatcher[Request, Outcome] | None
+    batches: Any = None  # a BatchQueue (factory.batch_queue) while a session runs, for teacher.mode: batch
     skip_lookup: bool = False  # nothing of this teacher's in the cache before the run: no look-ups needed
     # requests at the teacher, by id(request): [lane, key, body, reserved tokens, True] until the answer arrives
     waiting: dict[int, list[Any]] = field(default_factory=dict)
@@ -173,6 +174,13 @@ class Runner(RunCounters):
 
     def _start_drain(self) -> None:
         assert self._loop is not None
+        if all(lane.batches is not None for lane in self._lanes.values()):
+            log.warning(
+                "stopping: the batches submitted stay with the provider and in the store; "
+                "the same command takes them up again (nothing is submitted twice)"
+            )
+            self._cancel_all()
+            return
         self._drain_timer = self._loop.call_later(self.plan.drain_s, self._drain_expired)
         self._report()
 
@@ -229,9 +237,14 @@ class Runner(RunCounters):
         self._journal.start(lambda: self.stats("running"), journal_failed)
         flusher = loop.create_task(self._flush_every())
         try:
+            await self._start_batches(lanes)
             yield
         finally:
             flusher.cancel()
+            for lane in lanes:
+                if lane.batches is not None:
+                    await lane.batches.aclose()
+                    lane.batches = None
             for teacher, hook in hooks:
                 teacher.on_answer = hook
                 teacher.paused = False
@@ -243,6 +256,40 @@ class Runner(RunCounters):
                 self._fatal = self._fatal or exc
             self._executor.shutdown(wait=True)
             self._journal.close()
+
+    async def _start_batches(self, lanes: list[_Lane]) -> None:
+        """A batch queue for each teacher in mode: batch; it takes up the batches left open first."""
+        from factory.batch_queue import BatchQueue
+
+        loop = asyncio.get_running_loop()
+
+        def call(fn: Any, *args: Any) -> Any:
+            return loop.run_in_executor(self._executor, fn, *args)
+
+        for lane in lanes:
+            if lane.teacher.batch_settings is not None:
+                settle = functools.partial(self._batch_settled, lane)
+                lane.batches = BatchQueue(lane.teacher, self.store, self.plan.run_id, call, settle)
+                await lane.batches.start()
+
+    def _batch_settled(self, lane: _Lane, key: str, body: str, outcome: Outcome) -> None:
+        """An answer out of a provider batch (one line of its output): counted and kept as online ones."""
+        self.answered += 1
+        if isinstance(outcome, Completion):
+            outcome.key = key
+            self.prompt_tokens += outcome.prompt_tokens
+            self.completion_tokens += outcome.completion_tokens
+            self._remember(lane, key, body.encode(), "ok", outcome, None)
+        elif isinstance(outcome, TeacherRejected) and outcome.cacheable:
+            self._remember(lane, key, body.encode(), "rejected", None, str(outcome)[:1000])
+        else:
+            self._inflight.pop(key, None)
+
+    def waiting_on(self) -> str | None:
+        said = [
+            s for lane in self._lanes.values() if lane.batches is not None and (s := lane.batches.summary())
+        ]
+        return "; ".join(dict.fromkeys(said)) or None
 
     async def run(self) -> Result:
         self.store.bounded(True)  # DuckDB's memory does not grow with the run either
@@ -456,6 +503,12 @@ class Runner(RunCounters):
         reserve = req.sampling.max_tokens
         self.reserved_tokens += reserve
         self.dispatched += 1
+        if lane.batches is not None:  # settled (journaled, counted) by the batch queue
+            try:
+                return await lane.batches.submit(key, body, req)
+            finally:
+                self.reserved_tokens -= reserve
+                self.dispatched -= 1
         ticket = [lane, key, body, reserve, True]  # the last item: not arrived yet
         lane.waiting[id(req)] = ticket
         try:
@@ -577,6 +630,9 @@ class Runner(RunCounters):
                 segment.unlink(missing_ok=True)
             for k in keys:
                 self._inflight.pop(k, None)
+            for lane in self._lanes.values():
+                if lane.batches is not None:
+                    lane.batches.forget(keys)
             if self._track_committed:
                 self._committed_keys.update(keys)
             self._report()

@@ -99,3 +99,4 @@ class Completion:
     logprobs: TokenLogprobs | None = field(
         default=None
     )  # with ``Request.logprobs``, when the teacher gave them
+    batch: bool = False  # answered through a provider's Batch API (billed at its batch rate)

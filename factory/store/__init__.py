@@ -17,6 +17,7 @@ import orjson
 from factory.errors import ConfigError, StoreError, StoreInUse
 from factory.outputs import ensure_folder
 from factory.store import doctor, keyformat
+from factory.store.batches import Batches
 from factory.store.journal import (
     COUNTERS,
     BadLine,
@@ -54,10 +55,10 @@ def diagnose(path: Path) -> doctor.Diagnosis:
     return doctor.diagnose(path, CACHE_SCHEMA)
 
 
-class Store(Writes, Verdicts, Reads):
+class Store(Writes, Verdicts, Reads, Batches):
     """One store file, open for writing (one process at a time) or read-only. Its parts: Writes (runs,
     commits, the runner's look-ups), Verdicts (the ledger and the curated view), Reads (status, export,
-    report and viewer queries)."""
+    report and viewer queries), Batches (provider batches of `teacher.mode: batch`)."""
 
     def __init__(
         self, path: str | os.PathLike[str], *, read_only: bool = False, repair_journal: bool = False

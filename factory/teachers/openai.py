@@ -43,6 +43,7 @@ from factory.keys import canonical_json
 from factory.logprobs import from_openai
 from factory.teachers import api_errors
 from factory.teachers.base import Teacher, Withheld
+from factory.teachers.batch_api import ENDPOINT, BatchAPI, BatchSettings
 from factory.teachers.http import HTTPFailure, Pool, Response
 from factory.teachers.pacing import Pacer
 from factory.teachers.urls import DEFAULT_BASE_URL, base_url
@@ -75,6 +76,7 @@ class OpenAITeacher(Teacher):
     native_batch = False
     supports_json_schema = True
     supports_logprobs = True
+    supports_batch = True
 
     def __init__(self, spec: str, model: str, options: dict[str, Any]):
         model, _, url = model.partition("@")
@@ -101,6 +103,11 @@ class OpenAITeacher(Teacher):
                 f"teacher option token_ids must be true or false, got {token_ids!r} (true only for a vLLM server)"
             )
         self.token_ids = token_ids
+        mode = options.pop("mode", "online")
+        batch = options.pop("batch", None)
+        if mode not in ("online", "batch"):
+            raise ConfigError(f"teacher.mode must be online or batch, got {mode!r}")
+        self.batch_settings = BatchSettings.of(batch or {}) if mode == "batch" else None
         if options:
             raise ConfigError(f"unknown option(s) for the openai teacher: {', '.join(sorted(options))}")
         self._api_key = self._read_key()
@@ -159,7 +166,40 @@ class OpenAITeacher(Teacher):
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "base_url": self.base_url, "api_key_env": self.api_key_env}
+        out = {**super().describe(), "base_url": self.base_url, "api_key_env": self.api_key_env}
+        if self.batch_settings is not None:
+            out["mode"] = "batch"
+        return out
+
+    def suggested_in_flight(self) -> int | None:
+        """In batch mode, enough seeds to fill a batch file (a seed waits hours for its answer)."""
+        return self.batch_settings.max_requests_per_file if self.batch_settings is not None else None
+
+    # -- the Batch API (teacher.mode: batch; driven by factory.batch_queue) ------------------------------
+    def batch_api(self) -> BatchAPI:
+        return BatchAPI(
+            self.base_url, self._api_key, timeout_s=self.timeout_s, max_retries=self.max_retries,
+            backoff_max_s=self.backoff_max_s,
+        )  # fmt: skip
+
+    def batch_line(self, key: str, req: Request) -> bytes:
+        """One line of a batch input file: the body the online path would send, under its request key."""
+        doc = {"custom_id": key, "method": "POST", "url": ENDPOINT, "body": self.payload(req)}
+        return orjson.dumps(doc) + b"\n"
+
+    def batch_outcome(self, response: dict[str, Any], latency_ms: float) -> Completion | TeacherError:
+        """A batch output or error line's ``response`` as the online answer with that status and body would
+        be told (the same retry and caching rules)."""
+        status = int(response.get("status_code") or 0)
+        body = response.get("body")
+        raw = orjson.dumps(body) if body is not None else b""
+        out = self._outcome(Response(status, {}, raw), time.perf_counter() - latency_ms / 1000.0)
+        if isinstance(out, Completion):
+            out.batch = True
+        return out
+
+    def batch_failed(self, err: TeacherError) -> TeacherError:
+        return self._fail(err)
 
     @property
     def endpoint(self) -> str:
@@ -281,7 +321,7 @@ class OpenAITeacher(Teacher):
     def _outcome(self, resp: Response, t0: float) -> Completion | TeacherError:
         status, headers, body = resp.status, resp.headers, resp.body
         latency_ms = (time.perf_counter() - t0) * 1000.0
-        if isinstance(self.pacer, Pacer):
+        if isinstance(self.pacer, Pacer) and headers:
             self.pacer.observe(headers)
         if status != 200:
             message = api_errors.server_message(body, secret=self._api_key)
