@@ -236,7 +236,7 @@ def evaluate(model_dirs: list[Path], export_dir: Path | None = None, *, split_na
     }  # fmt: skip
     questions: dict[str, dict[str, Any]] = {}
     teacher: dict[str, Any] = {}
-    if meta0["task"] in ("step_by_step", "sft", "dpo"):
+    if meta0["task"] in ("step_by_step", "sft", "dpo", "kd"):
         questions, reference, teacher = reference_table(split.eval, export.shape, rel_tol, max_examples)
         report.update(reference=reference, inputs=len(questions))
         if not any(v.get("ref") for v in questions.values()):
