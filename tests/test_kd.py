@@ -99,6 +99,12 @@ def test_the_kd_loss_is_the_documented_formula(tiny_llama, teacher_rows):
     examples = kd.encode_rows(rows, "prompt_completion", tok, True, 512)
     for r, ex in zip(rows, examples, strict=True):  # the teacher stopped early: an end of sequence is added
         assert r["teacher_token_ids"][-1] != tok.eos_token_id and ex["input_ids"][-1] == tok.eos_token_id
+    turns = [
+        {"role": "user", "content": rows[0]["prompt"]},
+        {"role": "assistant", "content": rows[0]["completion"]},
+    ]
+    as_messages = kd.encode_rows([{**rows[0], "messages": turns}], "messages", tok, True, 512)
+    assert as_messages[0]["input_ids"] == examples[0]["input_ids"]  # the conversation shape reads the same
     batch = kd.KDCollator(tok.pad_token_id)(examples)
     assert batch["top_ids"].shape == (int((batch["labels"][:, 1:] != -100).sum()), K)
     with torch.no_grad():
@@ -152,7 +158,8 @@ def test_kd_lowers_the_kl_to_the_teacher_and_writes_model_metrics_card(tmp_path,
         assert p["loss"] == pytest.approx(0.2 * p["ce_loss"] + 0.8 * 4.0 * p["kd_loss"], rel=1e-3)
     ev = res.metrics["eval"]  # scored like sft: the final answer against gold, teacher-forced loss
     assert ev["task"] == "kd" and ev["split"] == "test" and ev["reference"] == "gold"
-    assert ev["models"][0]["metrics"]["n"] == 2 and ev["models"][0]["metrics"]["eval_loss"] is not None
+    student = ev["models"][0]["metrics"]
+    assert student["n"] == 2 and student["eval_loss"] is not None and student["kd_kl"] > 0  # held-out KL
     card = (res.out / "README.md").read_text()
     assert "| kd_weight | 0.8 |" in card and "| kd_temperature | 2.0 |" in card
     assert "0.2·CE + 0.8·2²·KL" in card and "teacher_top_logprobs" in card

@@ -128,8 +128,11 @@ def _aligned(r: dict[str, Any], i: int) -> bool:
     return True
 
 
-def encode_rows(rows: Any, shape: str, tok: Any, chat: bool, max_length: int) -> list[dict[str, Any]]:
-    """One example per row: the prompt, the teacher's tokens (and an end of sequence) and the top-k of each."""
+def encode_rows(
+    rows: Any, shape: str, tok: Any, chat: bool, max_length: int, *, strict: bool = True
+) -> list[dict[str, Any]]:
+    """One example per row: the prompt, the teacher's tokens (and an end of sequence) and the top-k of each.
+    Rows without them are left out; ``strict``: none at all is a ConfigError."""
     out: list[dict[str, Any]] = []
     missing = short = 0
     eos = tok.eos_token_id
@@ -155,7 +158,7 @@ def encode_rows(rows: Any, shape: str, tok: Any, chat: bool, max_length: int) ->
         log.warning("%d rows left out: no teacher tokens and top-k log-probabilities", missing)
     if short:
         log.warning("%d rows left out: no answer tokens within max_length %d", short, max_length)
-    if not out and missing:
+    if not out and missing and strict:
         raise ConfigError(f"--task kd: no training row has {KD_COLUMNS[0]}; {HOW}")
     return out
 
@@ -212,6 +215,28 @@ def kd_terms(
 
 def kd_loss(ce: Any, kl: Any, weight: float, temperature: float) -> Any:
     return (1.0 - weight) * ce + weight * temperature**2 * kl
+
+
+def eval_kl(model: Any, examples: list[dict[str, Any]], pad_id: int, batch_size: int) -> float | None:
+    """KL(teacher top-k ‖ student) at T = 1 per answer position that has a top-k, over ``examples``."""
+    import torch
+
+    from trainers.causal import to_device
+
+    collate = KDCollator(pad_id)
+    dev = next(model.parameters()).device
+    total, positions = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            batch = to_device(collate(examples[i : i + batch_size]), dev)
+            logits, targets, _ = answer_logits(
+                model, {k: v for k, v in batch.items() if not k.startswith("top_")}
+            )
+            kl = kd_terms(logits, targets, batch["top_ids"], batch["top_logprobs"], 1.0)[1]
+            n = int(torch.isfinite(batch["top_logprobs"]).any(-1).sum())
+            total, positions = total + float(kl) * n, positions + n
+    return total / positions if positions else None
 
 
 def trainer_class() -> Any:
