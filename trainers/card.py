@@ -151,9 +151,10 @@ def render_model_card(cfg: dict[str, Any], meta: dict[str, Any], metrics: dict[s
                 "", f"    loss = {1 - w:g}·CE + {w:g}·{t:g}²·KL,  KL = mean_t Σ_j q_t(j)·(log q_t(j) − log p_t(j))", "",
                 f"with q_t the teacher's top-k log-probabilities (`teacher_top_logprobs`) divided by T = {t:g} and "
                 "renormalized over the k ids (`teacher_top_ids`), log p_t the student's log-softmax of its logits "
-                "divided by T, taken at those ids, and CE the cross-entropy of the teacher's tokens (T = 1), both "
-                f"means over the answer positions (kd_weight = {w:g}, kd_temperature = {t:g}). At inference the "
-                "prompt is given as is.", ""]  # fmt: skip
+                "divided by T, taken at those ids, and CE the cross-entropy of the teacher's tokens (T = 1): CE the "
+                "mean over the answer tokens, KL over those that have a top-k (an appended end of sequence has "
+                f"none); kd_weight = {w:g}, kd_temperature = {t:g}. At inference the prompt is given as is.",
+                ""]  # fmt: skip
     if curve:
         pts = curve if len(curve) <= 12 else [*curve[:: max(1, len(curve) // 12)], curve[-1]]
         out += ["Loss curve (logged steps; all of them are in metrics.json):", "",
