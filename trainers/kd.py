@@ -82,7 +82,9 @@ def check(export: Any, split: Any, tok: Any, vocab_size: int, label: str) -> Non
         flat = table.column(col)
         while hasattr(flat.type, "value_type"):
             flat = pc.list_flatten(flat)
-        top = pc.max(flat).as_py()
+        low, top = pc.min(flat).as_py(), pc.max(flat).as_py()
+        if low is not None and int(low) < 0:
+            raise ConfigError(f"--task kd: {export.path}: {col} holds the token id {low}; export it again")
         if top is not None and int(top) >= vocab_size:
             raise ConfigError(
                 f"--student {label}: its tokenizer is not the teacher's: {col} holds the token id {top}, and the "
