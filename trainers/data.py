@@ -17,11 +17,14 @@ from factory.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# The teacher's answer tokens and its top-k log-probabilities at each (the recipe param `logprobs: K`), on
+# plain and conversation rows; the kd task trains on them, the others ignore them.
+KD_COLUMNS = ("teacher_token_ids", "teacher_top_ids", "teacher_top_logprobs")
 # The columns of each shape `factory export --as` writes (required, optional); lineage columns may follow.
 SHAPE_COLUMNS = {
-    "messages": (("messages",), ()),
+    "messages": (("messages",), KD_COLUMNS),
     "step_by_step": (("input", "label", "rationale"), ("gold",)),
-    "prompt_completion": (("prompt", "completion"), ("gold",)),
+    "prompt_completion": (("prompt", "completion"), ("gold", *KD_COLUMNS)),
     "text_label": (("text", "label"), ()),
     "triples": (("head", "relation", "tail"), ()),
     "preference": (("prompt", "chosen", "rejected"), ("gold", "chosen_record_id", "rejected_record_id")),
@@ -34,6 +37,7 @@ TASK_SHAPES = {
     "classifier": ("text_label",),
     "triples": ("triples", "prompt_completion"),
     "dpo": ("preference",),
+    "kd": ("messages", "prompt_completion"),
 }
 EXPORT_HINT = {
     "sft": "factory export RUN --as messages --out DIR",
@@ -41,6 +45,7 @@ EXPORT_HINT = {
     "classifier": "factory export RUN --as text_label --out DIR (boundary or relabel recipe)",
     "triples": "factory export RUN --as triples --out DIR (commonsense recipe)",
     "dpo": "factory export RUN --as preference --out DIR (rationales recipe)",
+    "kd": "factory export RUN --as prompt_completion --out DIR (a run with the recipe param `logprobs: K`)",
 }
 EVAL_SPLITS = ("test", "validation")
 
