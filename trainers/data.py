@@ -20,13 +20,15 @@ log = logging.getLogger(__name__)
 # The teacher's answer tokens and its top-k log-probabilities at each (the recipe param `logprobs: K`), on
 # plain and conversation rows; the kd task trains on them, the others ignore them.
 KD_COLUMNS = ("teacher_token_ids", "teacher_top_ids", "teacher_top_logprobs")
+# Every shape but preference may carry them (and, from a provider that names no token ids, the token strings).
+SOFT = (*KD_COLUMNS, "teacher_tokens", "teacher_top_tokens")
 # The columns of each shape `factory export --as` writes (required, optional); lineage columns may follow.
 SHAPE_COLUMNS = {
-    "messages": (("messages",), KD_COLUMNS),
-    "step_by_step": (("input", "label", "rationale"), ("gold",)),
-    "prompt_completion": (("prompt", "completion"), ("gold", *KD_COLUMNS)),
-    "text_label": (("text", "label"), ()),
-    "triples": (("head", "relation", "tail"), ()),
+    "messages": (("messages",), SOFT),
+    "step_by_step": (("input", "label", "rationale"), ("gold", *SOFT)),
+    "prompt_completion": (("prompt", "completion"), ("gold", *SOFT)),
+    "text_label": (("text", "label"), SOFT),
+    "triples": (("head", "relation", "tail"), SOFT),
     "preference": (("prompt", "chosen", "rejected"), ("gold", "chosen_record_id", "rejected_record_id")),
 }
 LINEAGE = ("record_id", "seed_id", "stage", "sample_index", "teacher", "template_version", "request_keys",
