@@ -57,7 +57,7 @@ class SeedFile:
         show it, when the file changed since its check."""
         self._unchanged()
         window: list[Seed] = []
-        for _, seed, _ in _seeds(self.path, self.required):
+        for seed in _seeds_again(self.path):
             window.append(seed)
             if len(window) >= size:
                 yield window
@@ -223,6 +223,18 @@ def _seeds(path: Path, required: Sequence[str]) -> Iterator[tuple[int, Seed, byt
         else:  # factory.keys.digest("seed1", row, length=16), from the JSON already made
             sid = hashlib.blake2b(b"seed1\x00" + canon, digest_size=8).hexdigest()
         yield n, Seed(sid, row), canon
+
+
+def _seeds_again(path: Path) -> Iterator[Seed]:
+    """The seeds of a file that :func:`_seeds` checked and that has not changed since: the checks are not
+    made again, and a row's canonical JSON only for the id of a row without one (this runs for every seed
+    of a run, beside its requests)."""
+    for row in _rows(path):
+        sid = row.get("id")
+        if sid in (None, ""):
+            canon = orjson.dumps(row, option=orjson.OPT_SORT_KEYS)
+            sid = hashlib.blake2b(b"seed1\x00" + canon, digest_size=8).hexdigest()
+        yield Seed(str(sid), row)
 
 
 # ------------------------------------------------------------------------------------------------ checking
