@@ -351,13 +351,15 @@ class Runner(RunCounters):
 
         windows = seed_windows(self.plan.seeds, max(SEED_WINDOW, 2 * self._window()))
         ahead = loop.create_task(self._read_window(windows, check_done))
+        tasks, window = self._tasks, self._window()
         try:
             while (seeds := await ahead) is not None:
                 ahead = loop.create_task(self._read_window(windows, check_done))
                 for seed in seeds:
-                    while len(self._tasks) >= self._window() and not self._stopping:
+                    while len(tasks) >= window and not self._stopping:
                         freed.clear()
                         await freed.wait()
+                        window = self._window()  # asked once a wake-up, not once a seed
                     if self._stopping:
                         return
                     task = loop.create_task(self._seed(seed))

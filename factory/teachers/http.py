@@ -62,7 +62,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[Any] | None = None
-        self.parse: Callable[[Response], Any] | None = None  # applied as the response completes
+        self.parse: Callable[[Any, Response], Any] | None = None  # applied as the response completes
+        self.parse_arg: Any = None  # what ``parse`` gets before the response
         self.timer: asyncio.TimerHandle | None = None
         self.alive = True
         self.answered = False  # a byte of the current response arrived
@@ -101,11 +102,15 @@ class _Connection(asyncio.Protocol):
 
     # -- use --
     async def send(
-        self, data: bytes, timeout_s: float, parse: Callable[[Response], Any] | None = None
+        self,
+        data: bytes,
+        timeout_s: float,
+        parse: Callable[[Any, Response], Any] | None = None,
+        parse_arg: Any = None,
     ) -> Any:
         loop = asyncio.get_running_loop()
         self.waiter = fut = loop.create_future()
-        self.parse = parse
+        self.parse, self.parse_arg = parse, parse_arg
         self.answered = False
         self.timer = loop.call_later(timeout_s, self._timed_out, timeout_s)
         assert self.transport is not None
@@ -127,6 +132,7 @@ class _Connection(asyncio.Protocol):
             self.timer = None
         fut, self.waiter = self.waiter, None
         parse, self.parse = self.parse, None
+        arg, self.parse_arg = self.parse_arg, None
         if fut is not None and not fut.done():
             if exc is not None:
                 fut.set_exception(exc)
@@ -134,7 +140,7 @@ class _Connection(asyncio.Protocol):
                 # Parsed here, as the last byte arrives, not when the awaiting task next runs: the caller
                 # can keep the answer (journal it) even while the event loop has a long queue.
                 try:
-                    fut.set_result(parse(resp))  # type: ignore[arg-type]
+                    fut.set_result(parse(arg, resp))  # type: ignore[arg-type]
                 except Exception as err:  # the caller's parser: its error is the caller's
                     fut.set_exception(err)
             else:
@@ -152,7 +158,9 @@ class _Connection(asyncio.Protocol):
 
 class Pool:
     """Keep-alive connections to one origin. ``post`` sends one request and returns its response (or what
-    ``parse`` makes of it, called as the response completes), or raises an :class:`HTTPFailure`."""
+    ``parse(parse_arg, response)`` makes of it, called as the response completes), or raises an
+    :class:`HTTPFailure`. (A bound method and its argument, not a closure made per request: this is the
+    path of every answer.)"""
 
     def __init__(self, base_url: str, *, headers: dict[str, str], timeout_s: float):
         u = urlsplit(base_url)
@@ -188,7 +196,8 @@ class Pool:
         self,
         path: str,
         body: bytes | None,
-        parse: Callable[[Response], Any] | None = None,
+        parse: Callable[[Any, Response], Any] | None = None,
+        parse_arg: Any = None,
         *,
         method: bytes = b"POST ",
     ) -> Any:
@@ -201,7 +210,7 @@ class Pool:
             data = b"".join((*head, b"Content-Length: ", str(len(body)).encode(), b"\r\n\r\n", body))
         conn = await self._take()
         try:
-            resp = await conn.send(data, self.timeout_s, parse)
+            resp = await conn.send(data, self.timeout_s, parse, parse_arg)
         finally:
             if not conn.alive:
                 self._all.discard(conn)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import functools
 import logging
 import os
 import random
@@ -300,9 +299,7 @@ class OpenAITeacher(Teacher):
         self.in_flight += 1
         t0 = time.perf_counter()
         try:
-            return await self._pool_get().post(
-                "/chat/completions", data, functools.partial(self._answer, t0, req)
-            )
+            return await self._pool_get().post("/chat/completions", data, self._answer, (t0, req))
         except HTTPFailure as exc:
             if not exc.sent:
                 self.unsent += 1
@@ -310,9 +307,10 @@ class OpenAITeacher(Teacher):
         finally:
             self.in_flight -= 1
 
-    def _answer(self, t0: float, req: Request, resp: Response) -> Completion | TeacherError:
+    def _answer(self, sent: tuple[float, Request], resp: Response) -> Completion | TeacherError:
         """The outcome of one response, made as its last byte arrives; an answer that is not retried goes
-        to ``on_answer`` at once."""
+        to ``on_answer`` at once. ``sent``: when the attempt started, and its request."""
+        t0, req = sent
         out = self._outcome(resp, t0)
         if self.on_answer is not None and not isinstance(out, TeacherUnavailable):
             self.on_answer(req, out)
