@@ -445,7 +445,7 @@ class Runner(RunCounters):
                     return Completion(
                         text=row["text"] or "", finish_reason=row["finish_reason"],
                         prompt_tokens=row["prompt_tokens"] or 0, completion_tokens=row["completion_tokens"] or 0,
-                        latency_ms=row["latency_ms"] or 0.0, key=key, cached=True,
+                        latency_ms=row["latency_ms"] or 0.0, key=key, cached=True, reasoning=row.get("reasoning"),
                     )  # fmt: skip
                 return TeacherRejected(row["error"] or "rejected (cached)", kind="rejected_cached")
         if self._stopping is not None:
@@ -520,7 +520,7 @@ class Runner(RunCounters):
         row: CacheRow
         if c is not None:  # CACHE_COLUMNS order
             row = (key, lane.name, status, body.decode(), c.text, c.finish_reason, c.prompt_tokens,
-                   c.completion_tokens, c.latency_ms, error, self.plan.run_id)  # fmt: skip
+                   c.completion_tokens, c.latency_ms, error, self.plan.run_id, c.reasoning)  # fmt: skip
         else:
             row = (
                 key,
@@ -534,6 +534,7 @@ class Runner(RunCounters):
                 None,
                 error,
                 self.plan.run_id,
+                None,
             )
         self._journal.append(row)  # on disk before its task resumes
         self._batch.cache.append(row)

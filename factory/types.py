@@ -60,7 +60,12 @@ class Request:
 
 @dataclass(slots=True)
 class Completion:
-    """A teacher's answer. ``cached`` tells whether it came from the store instead of the teacher."""
+    """A teacher's answer. ``cached`` tells whether it came from the store instead of the teacher.
+
+    ``reasoning`` is a reasoning model's thinking, kept apart from the answer in ``text``: the server's
+    ``reasoning_content`` (or ``reasoning``) field, or what stood between think tags at the start of the
+    content (factory.teachers.reasoning). None: the teacher gave none. A length-cut answer
+    (``finish_reason == "length"``) may hold reasoning and an empty ``text``."""
 
     text: str
     finish_reason: str | None = None
@@ -70,3 +75,4 @@ class Completion:
     key: str = ""
     cached: bool = False
     logprobs: list[Any] | None = field(default=None)
+    reasoning: str | None = None

@@ -22,6 +22,7 @@ from factory.store.migrations import migrate, pending_migrations
 from factory.store.reads import Reads
 from factory.store.tables import (
     CACHE_COLUMNS,
+    CACHE_ROW_LENGTHS,
     CACHE_SCHEMA,
     INGEST_CHECKPOINT,
     RECORD_COLUMNS,
@@ -153,7 +154,9 @@ class Store(Writes, Verdicts, Reads):
         first and the others are committed."""
         bad: list[BadLine] = []
         check = doctor.row_check(CACHE_SCHEMA, doctor.required_columns(self.con, "cache"))
-        paths, rows, stats = scan_segments(journal_dir(self.path), CACHE_COLUMNS, check=check, bad=bad)
+        paths, rows, stats = scan_segments(
+            journal_dir(self.path), CACHE_COLUMNS, check=check, bad=bad, older=CACHE_ROW_LENGTHS
+        )
         if bad and not set_aside:
             raise doctor.journal_problem(self.path, bad, len(rows))
         if bad:

@@ -195,9 +195,10 @@ def read_segments(
     *,
     check: Callable[[tuple[Any, ...]], str | None] | None = None,
     bad: list[BadLine] | None = None,
+    older: tuple[int, ...] = (),
 ) -> tuple[list[Path], list[tuple[Any, ...]]]:
     """All complete rows from leftover segments as tuples in ``columns`` order (see ``scan_segments``)."""
-    paths, rows, _ = scan_segments(directory, columns, check=check, bad=bad)
+    paths, rows, _ = scan_segments(directory, columns, check=check, bad=bad, older=older)
     return paths, rows
 
 
@@ -207,13 +208,16 @@ def scan_segments(
     *,
     check: Callable[[tuple[Any, ...]], str | None] | None = None,
     bad: list[BadLine] | None = None,
+    older: tuple[int, ...] = (),
 ) -> tuple[list[Path], list[tuple[Any, ...]], list[dict[str, Any]]]:
     """Leftover segments, their cache rows (none when ``columns`` is None) and their counters lines.
 
     A torn last line, the one a crash cut short, is skipped: it was in flight. Rows are JSON arrays in
     ``columns`` order; JSON objects (an older journal) are mapped by name. A complete row line that does
     not parse, has the wrong number of values, or that ``check`` refuses (it returns a reason) is left out
-    and added to ``bad``. A counters line that does not parse is skipped (the committed counters stand)."""
+    and added to ``bad``; a row of one of the ``older`` lengths (written before columns were added at the
+    end) gets None for the columns it lacks. A counters line that does not parse is skipped (the committed
+    counters stand)."""
     check_journal_path(directory)
     if not directory.is_dir():
         return [], [], []
@@ -239,6 +243,8 @@ def scan_segments(
                 row = tuple(value.get(c) for c in columns)
             elif isinstance(value, list) and len(value) == len(columns):
                 row = tuple(value)
+            elif isinstance(value, list) and len(value) in older:
+                row = (*value, *(None,) * (len(columns) - len(value)))
             else:
                 what = f"{len(value)} values" if isinstance(value, list) else f"a JSON {type(value).__name__}"
                 bad.append(BadLine(p, n, raw, f"{what}, expected a list of {len(columns)}"))

@@ -208,6 +208,14 @@ def m006_failure_examples(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE run_stats ADD COLUMN failure_examples JSON")
 
 
+def m010_cache_reasoning(con: duckdb.DuckDBPyConnection) -> None:
+    """A reasoning model's thinking, stored with its answer (``Completion.reasoning``): the server's
+    ``reasoning_content`` or what stood between think tags. NULL for answers without (and all older ones).
+    ``cache_retired`` keeps the same columns as ``cache``."""
+    con.execute("ALTER TABLE cache ADD COLUMN reasoning VARCHAR")
+    con.execute("ALTER TABLE cache_retired ADD COLUMN reasoning VARCHAR")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     m001_initial,
     m002_filter_passes,
@@ -215,6 +223,7 @@ MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     m004_uncached_failures,
     m005_cache_forgotten,
     m006_failure_examples,
+    m010_cache_reasoning,
 ]
 
 

@@ -19,8 +19,10 @@ log = logging.getLogger(__name__)
 
 CACHE_COLUMNS = (
     "key", "teacher", "status", "request", "text", "finish_reason",
-    "prompt_tokens", "completion_tokens", "latency_ms", "error", "run_id",
+    "prompt_tokens", "completion_tokens", "latency_ms", "error", "run_id", "reasoning",
 )  # fmt: skip
+# Journal rows written before a column was added (shorter, the new columns missing at the end).
+CACHE_ROW_LENGTHS = (11,)
 RECORD_COLUMNS = (
     "id", "run_id", "recipe", "stage", "seed_id", "sample_index", "text", "payload",
     "parent_ids", "request_keys", "teacher", "template_version",
@@ -31,7 +33,7 @@ CACHE_SCHEMA = pa.schema(
         ("key", pa.string()), ("teacher", pa.string()), ("status", pa.string()), ("request", pa.string()),
         ("text", pa.string()), ("finish_reason", pa.string()), ("prompt_tokens", pa.int32()),
         ("completion_tokens", pa.int32()), ("latency_ms", pa.float64()), ("error", pa.string()),
-        ("run_id", pa.string()),
+        ("run_id", pa.string()), ("reasoning", pa.string()),
     ]
 )  # fmt: skip
 RECORD_SCHEMA = pa.schema(

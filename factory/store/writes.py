@@ -14,12 +14,14 @@ import pyarrow as pa
 from factory.errors import StoreError
 from factory.store import doctor
 from factory.store.tables import (
+    CACHE_ROW_LENGTHS,
     CACHE_SCHEMA,
     INGEST_CHECKPOINT,
     RECORD_SCHEMA,
     RUN_CHECKPOINT,
     RUN_MEMORY,
     Batch,
+    CacheRow,
     StoreBase,
     execute,
     insert_frame,
@@ -27,6 +29,17 @@ from factory.store.tables import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def _full_rows(rows: list[CacheRow]) -> list[CacheRow]:
+    """Cache rows with every column: a row of an older shape (a journal or shard written before a column
+    was added at the end) gets None for the columns it lacks."""
+    n = len(CACHE_SCHEMA)
+    if all(len(r) == n for r in rows):
+        return rows
+    return [
+        r if len(r) == n or len(r) not in CACHE_ROW_LENGTHS else (*r, *(None,) * (n - len(r))) for r in rows
+    ]
 
 
 class Writes(StoreBase):
@@ -55,9 +68,9 @@ class Writes(StoreBase):
                 )
             if batch.cache:
                 insert_frame(
-                    con, "_batch_cache", table_of(batch.cache, CACHE_SCHEMA),
+                    con, "_batch_cache", table_of(_full_rows(batch.cache), CACHE_SCHEMA),
                     "INSERT INTO cache (key, teacher, status, request, text, finish_reason, prompt_tokens, "
-                    "completion_tokens, latency_ms, error, run_id) ",
+                    "completion_tokens, latency_ms, error, run_id, reasoning) ",
                     "SELECT DISTINCT ON (key) * FROM _batch_cache ON CONFLICT DO NOTHING" if checked else None,
                 )  # fmt: skip
             if batch.records:
@@ -189,7 +202,7 @@ class Writes(StoreBase):
         try:
             rows = self._dicts(
                 "SELECT c.key, c.status, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens, "
-                "c.latency_ms, c.error FROM cache c SEMI JOIN _lookup l ON c.key = l.key"
+                "c.latency_ms, c.error, c.reasoning FROM cache c SEMI JOIN _lookup l ON c.key = l.key"
             )
         finally:
             self.con.unregister("_lookup")
