@@ -185,14 +185,19 @@ def test_an_older_store_gets_the_reasoning_column_and_keeps_its_answers(tmp_path
     con.execute(
         "INSERT INTO cache (key, teacher, status, request, text) VALUES ('k', 't', 'ok', '{}', 'old')"
     )
+    con.execute("INSERT INTO cache_retired SELECT *, 'set aside', now() FROM cache")
     con.close()
     with Store(path) as st:
         assert st.lookup(["k"])["k"]["text"] == "old" and st.lookup(["k"])["k"]["reasoning"] is None
-        cols = {
+        cols = [
             r[0]
-            for r in st._rows("SELECT column_name FROM duckdb_columns() WHERE table_name = 'cache_retired'")
-        }
-        assert "reasoning" in cols
+            for r in st._rows(
+                "SELECT column_name FROM duckdb_columns() WHERE table_name = 'cache_retired' ORDER BY column_index"
+            )
+        ]
+        assert cols[-3:] == ["reasoning", "retired_reason", "retired_at"]  # cache's columns, then its own
+        assert st._rows("SELECT key, text, retired_reason FROM cache_retired") == [("k", "old", "set aside")]
+        st._rows("INSERT INTO cache_retired SELECT *, 'again', now() FROM cache")  # what m004 writes fits
         assert st._scalar("SELECT count(*) FROM _migrations WHERE name = 'm010_cache_reasoning'") == 1
 
 
