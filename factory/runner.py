@@ -241,7 +241,10 @@ class Runner(RunCounters):
             except StoreError as exc:
                 self._fatal = self._fatal or exc
             self._executor.shutdown(wait=True)
-            self._journal.close()
+            try:
+                self._journal.close()
+            except StoreError as exc:  # the journal's failed write (disk full): the run reports it
+                self._fatal = self._fatal or exc
 
     async def run(self) -> Result:
         self.store.bounded(True)  # DuckDB's memory does not grow with the run either
