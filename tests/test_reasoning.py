@@ -268,3 +268,15 @@ def test_a_run_stores_reasoning_serves_it_from_the_cache_and_drops_cut_answers(t
         cut = json.loads(v["payload"])["finish_reason"] == "length"
         assert v["keep"] is (not cut)
         assert (v["reason"] or "").startswith("an answer cut off (finish_reason 'length')") is cut
+
+
+def test_an_error_status_to_a_streamed_request_is_read_as_json_and_retried():
+    cfg = FaultConfig(
+        reasoning="think", fault_rate=1.0, fault_kinds=("500", "429"), fault_repeats=1, retry_after=0.01
+    )
+    with serve_in_thread(cfg) as srv:
+        t = _teacher(srv.base_url, stream=True, learn_rate_limit=False)
+        out = asyncio.run(_ask(t, _reqs(6)))
+    assert all(isinstance(c, Completion) and c.reasoning for c in out), out
+    assert set(t.errors) <= {"http_500", "http_429"} and sum(t.errors.values()) == 6
+    assert "injected fault" in " ".join(t.examples.values())  # the JSON error body, not an event stream
