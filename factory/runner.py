@@ -255,7 +255,10 @@ class Runner(RunCounters):
             except StoreError as exc:
                 self._fatal = self._fatal or exc
             self._executor.shutdown(wait=True)
-            self._journal.close()
+            try:
+                self._journal.close()
+            except StoreError as exc:  # the journal's failed write (disk full): the run reports it
+                self._fatal = self._fatal or exc
 
     async def _start_batches(self, lanes: list[_Lane]) -> None:
         """A batch queue for each teacher in mode: batch; it takes up the batches left open first."""
@@ -497,6 +500,7 @@ class Runner(RunCounters):
                         prompt_tokens=row["prompt_tokens"] or 0, completion_tokens=row["completion_tokens"] or 0,
                         latency_ms=row["latency_ms"] or 0.0, key=key, cached=True,
                         logprobs=unpack(row["logprobs"]) if row.get("logprobs") is not None else None,
+                        reasoning=row.get("reasoning"),
                     )  # fmt: skip
                 return TeacherRejected(row["error"] or "rejected (cached)", kind="rejected_cached")
         if self._stopping is not None:
@@ -578,10 +582,10 @@ class Runner(RunCounters):
         if c is not None:  # CACHE_COLUMNS order
             row = (key, lane.name, status, body.decode(), c.text, c.finish_reason, c.prompt_tokens,
                    c.completion_tokens, c.latency_ms, error, self.plan.run_id,
-                   pack(c.logprobs) if c.logprobs is not None else None)  # fmt: skip
+                   pack(c.logprobs) if c.logprobs is not None else None, c.reasoning)  # fmt: skip
         else:
             row = (key, lane.name, status, body.decode(), None, None, None, None, None, error, self.plan.run_id,
-                   None)  # fmt: skip
+                   None, None)  # fmt: skip
         self._journal.append(row)  # on disk before its task resumes
         self._batch.cache.append(row)
         self._uncommitted.append(key)

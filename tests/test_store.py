@@ -39,8 +39,8 @@ def test_journal_is_replayed_on_open(tmp_path):
     p = tmp_path / "s.duckdb"
     with Store(p) as st:
         j = st.journal()
-        j.append(_row("k1"))
-        j.append(_row("k2"))
+        j.append(_row("k1"))  # as a journal wrote it before answers had their reasoning column
+        j.append((*_row("k2"), "a reasoning trace"))
         j.flush()
         # simulate a crash: the segment is never committed, and a torn last line
     seg = next(journal_dir(p).glob("seg-*.jsonl"))
@@ -49,7 +49,9 @@ def test_journal_is_replayed_on_open(tmp_path):
         f.write(b'["torn", "t"')
     with Store(p) as st:
         assert st.count_cache() == 3
-        assert set(st.lookup(["k1", "k2", "k3", "torn"])) == {"k1", "k2", "k3"}
+        found = st.lookup(["k1", "k2", "k3", "torn"])
+        assert set(found) == {"k1", "k2", "k3"}
+        assert found["k2"]["reasoning"] == "a reasoning trace" and found["k1"]["reasoning"] is None
     assert not list(journal_dir(p).glob("seg-*.jsonl"))
 
 

@@ -230,7 +230,9 @@ def scan_segments(
     ``columns`` order; JSON objects (an older journal) are mapped by name; a list written before the last
     ``later`` columns were added lacks them, and gets None for them. A complete row line that does
     not parse, has the wrong number of values, or that ``check`` refuses (it returns a reason) is left out
-    and added to ``bad``. A counters line that does not parse is skipped (the committed counters stand)."""
+    and added to ``bad``; a row of one of the ``older`` lengths (written before columns were added at the
+    end) gets None for the columns it lacks. A counters line that does not parse is skipped (the committed
+    counters stand)."""
     check_journal_path(directory)
     if not directory.is_dir():
         return [], [], []

@@ -19,11 +19,11 @@ log = logging.getLogger(__name__)
 
 CACHE_COLUMNS = (
     "key", "teacher", "status", "request", "text", "finish_reason",
-    "prompt_tokens", "completion_tokens", "latency_ms", "error", "run_id", "logprobs",
+    "prompt_tokens", "completion_tokens", "latency_ms", "error", "run_id", "logprobs", "reasoning",
 )  # fmt: skip
 # Columns a cache row of an older version may lack at its end (a journal line or a shard written before
 # they were added): they are NULL for it.
-CACHE_LATER_COLUMNS = ("logprobs",)
+CACHE_LATER_COLUMNS = ("logprobs", "reasoning")
 RECORD_COLUMNS = (
     "id", "run_id", "recipe", "stage", "seed_id", "sample_index", "text", "payload",
     "parent_ids", "request_keys", "teacher", "template_version",
@@ -34,7 +34,7 @@ CACHE_SCHEMA = pa.schema(
         ("key", pa.string()), ("teacher", pa.string()), ("status", pa.string()), ("request", pa.string()),
         ("text", pa.string()), ("finish_reason", pa.string()), ("prompt_tokens", pa.int32()),
         ("completion_tokens", pa.int32()), ("latency_ms", pa.float64()), ("error", pa.string()),
-        ("run_id", pa.string()), ("logprobs", pa.binary()),
+        ("run_id", pa.string()), ("logprobs", pa.binary()), ("reasoning", pa.string()),
     ]
 )  # fmt: skip
 RECORD_SCHEMA = pa.schema(

@@ -58,7 +58,7 @@ class Writes(StoreBase):
                 insert_frame(
                     con, "_batch_cache", table_of(full_cache_rows(batch.cache), CACHE_SCHEMA),
                     "INSERT INTO cache (key, teacher, status, request, text, finish_reason, prompt_tokens, "
-                    "completion_tokens, latency_ms, error, run_id, logprobs) ",
+                    "completion_tokens, latency_ms, error, run_id, logprobs, reasoning) ",
                     "SELECT DISTINCT ON (key) * FROM _batch_cache ON CONFLICT DO NOTHING" if checked else None,
                 )  # fmt: skip
             if batch.records:
@@ -191,7 +191,7 @@ class Writes(StoreBase):
         try:
             rows = self._dicts(
                 "SELECT c.key, c.status, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens, "
-                "c.latency_ms, c.error, c.logprobs FROM cache c SEMI JOIN _lookup l ON c.key = l.key"
+                "c.latency_ms, c.error, c.logprobs, c.reasoning FROM cache c SEMI JOIN _lookup l ON c.key = l.key"
             )
         finally:
             self.con.unregister("_lookup")
