@@ -39,8 +39,8 @@ def test_journal_is_replayed_on_open(tmp_path):
     p = tmp_path / "s.duckdb"
     with Store(p) as st:
         j = st.journal()
-        j.append(_row("k1"))  # as a journal wrote it before answers had their reasoning column
-        j.append((*_row("k2"), "a reasoning trace"))
+        j.append(_row("k1"))  # as a journal wrote it before answers had their logprobs and reasoning columns
+        j.append((*_row("k2"), None, "a reasoning trace"))
         j.flush()
         # simulate a crash: the segment is never committed, and a torn last line
     seg = next(journal_dir(p).glob("seg-*.jsonl"))
