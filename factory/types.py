@@ -70,3 +70,6 @@ class Completion:
     key: str = ""
     cached: bool = False
     logprobs: list[Any] | None = field(default=None)
+    cached_prompt_tokens: int = 0  # prompt tokens the provider served from its prompt cache (billed less)
+    batch: bool = False  # answered through a provider's batch API (billed at its batch discount)
+    cost_usd: float | None = None  # what this answer cost at the teacher's price; None: unknown

@@ -17,7 +17,16 @@ import orjson
 from factory.errors import ConfigError, StoreError, StoreInUse
 from factory.outputs import ensure_folder
 from factory.store import doctor, keyformat
-from factory.store.journal import COUNTERS, BadLine, Journal, journal_dir, latest_stats, scan_segments
+from factory.store.journal import (
+    COUNTERS,
+    LEGACY_CACHE_WIDTH,
+    MONEY,
+    BadLine,
+    Journal,
+    journal_dir,
+    latest_stats,
+    scan_segments,
+)
 from factory.store.migrations import migrate, pending_migrations
 from factory.store.reads import Reads
 from factory.store.tables import (
@@ -153,7 +162,9 @@ class Store(Writes, Verdicts, Reads):
         first and the others are committed."""
         bad: list[BadLine] = []
         check = doctor.row_check(CACHE_SCHEMA, doctor.required_columns(self.con, "cache"))
-        paths, rows, stats = scan_segments(journal_dir(self.path), CACHE_COLUMNS, check=check, bad=bad)
+        paths, rows, stats = scan_segments(
+            journal_dir(self.path), CACHE_COLUMNS, check=check, bad=bad, legacy=LEGACY_CACHE_WIDTH
+        )
         if bad and not set_aside:
             raise doctor.journal_problem(self.path, bad, len(rows))
         if bad:
@@ -179,8 +190,8 @@ class Store(Writes, Verdicts, Reads):
         """Journaled counters into ``run_stats``: each the larger of the committed and journaled value."""
         for (run_id, invocation), s in journaled.items():
             found = self._dicts(
-                "SELECT requests_sent, attempts, cache_hits, prompt_tokens, completion_tokens, failures, "
-                "failure_examples FROM run_stats WHERE run_id = ? AND invocation = ?",
+                "SELECT requests_sent, attempts, cache_hits, prompt_tokens, completion_tokens, cost_usd, "
+                "saved_usd, unpriced, failures, failure_examples FROM run_stats WHERE run_id = ? AND invocation = ?",
                 [run_id, invocation],
             )
             if not found:
@@ -189,10 +200,10 @@ class Store(Writes, Verdicts, Reads):
             execute(
                 self.con,
                 "UPDATE run_stats SET requests_sent = ?, attempts = ?, cache_hits = ?, prompt_tokens = ?, "
-                "completion_tokens = ?, failures = ?, failure_examples = ?, "
-                "status = CASE WHEN status = 'running' THEN 'killed' ELSE status END "
+                "completion_tokens = ?, cost_usd = ?, saved_usd = ?, unpriced = ?, failures = ?, "
+                "failure_examples = ?, status = CASE WHEN status = 'running' THEN 'killed' ELSE status END "
                 "WHERE run_id = ? AND invocation = ?",
-                [*(merged[k] for k in COUNTERS), orjson.dumps(merged["failures"]).decode(),
+                [*(merged[k] for k in COUNTERS), *(merged[k] for k in MONEY), orjson.dumps(merged["failures"]).decode(),
                  orjson.dumps(merged["failure_examples"]).decode(), run_id, invocation],
             )  # fmt: skip
 

@@ -19,7 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from factory.errors import StoreError
-from factory.store.journal import BadLine, check_journal_path, journal_dir, read_segments
+from factory.store.journal import LEGACY_CACHE_WIDTH, BadLine, check_journal_path, journal_dir, read_segments
 from factory.store.migrations import pending_migrations
 
 DAMAGE_HINTS = ("corrupt", "could not read enough bytes", "checksum", "not a valid duckdb", "invalid block")
@@ -216,7 +216,13 @@ def diagnose(db_path: Path, schema: pa.Schema) -> Diagnosis:
     except StoreError as exc:
         d.add("journal", False, str(exc).split("; ")[0])
         return d
-    _, rows = read_segments(jdir, tuple(schema.names), check=row_check(schema, required), bad=d.bad_lines)
+    _, rows = read_segments(
+        jdir,
+        tuple(schema.names),
+        check=row_check(schema, required),
+        bad=d.bad_lines,
+        legacy=LEGACY_CACHE_WIDTH,
+    )
     d.journal_rows = len(rows)
     if d.bad_lines:
         d.add("journal", False, f"{len(rows)} answers to replay, {len(d.bad_lines)} unreadable line(s)")

@@ -195,9 +195,10 @@ def read_segments(
     *,
     check: Callable[[tuple[Any, ...]], str | None] | None = None,
     bad: list[BadLine] | None = None,
+    legacy: int | None = None,
 ) -> tuple[list[Path], list[tuple[Any, ...]]]:
     """All complete rows from leftover segments as tuples in ``columns`` order (see ``scan_segments``)."""
-    paths, rows, _ = scan_segments(directory, columns, check=check, bad=bad)
+    paths, rows, _ = scan_segments(directory, columns, check=check, bad=bad, legacy=legacy)
     return paths, rows
 
 
@@ -207,8 +208,11 @@ def scan_segments(
     *,
     check: Callable[[tuple[Any, ...]], str | None] | None = None,
     bad: list[BadLine] | None = None,
+    legacy: int | None = None,
 ) -> tuple[list[Path], list[tuple[Any, ...]], list[dict[str, Any]]]:
     """Leftover segments, their cache rows (none when ``columns`` is None) and their counters lines.
+    A row of ``legacy`` values (journaled by a version before the last columns were added) gets None for
+    the columns it lacks.
 
     A torn last line, the one a crash cut short, is skipped: it was in flight. Rows are JSON arrays in
     ``columns`` order; JSON objects (an older journal) are mapped by name. A complete row line that does
@@ -239,6 +243,8 @@ def scan_segments(
                 row = tuple(value.get(c) for c in columns)
             elif isinstance(value, list) and len(value) == len(columns):
                 row = tuple(value)
+            elif isinstance(value, list) and legacy is not None and len(value) == legacy < len(columns):
+                row = (*value, *(None,) * (len(columns) - legacy))
             else:
                 what = f"{len(value)} values" if isinstance(value, list) else f"a JSON {type(value).__name__}"
                 bad.append(BadLine(p, n, raw, f"{what}, expected a list of {len(columns)}"))
@@ -267,11 +273,19 @@ def latest_stats(stats: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str,
         for kind, n in (s.get("failures") or {}).items():
             if isinstance(n, int):
                 merged["failures"][kind] = max(merged["failures"].get(kind, 0), n)
+        for k in MONEY:
+            v = s.get(k)
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                merged[k] = max(merged.get(k, 0), v)
+        if isinstance(s.get("pacing"), str) or s.get("pacing") is None:
+            merged["pacing"] = s.get("pacing")  # the latest line's: why starts were held then
         merged["failure_examples"].update(s.get("failure_examples") or {})
     return out
 
 
 COUNTERS = ("requests_sent", "attempts", "cache_hits", "prompt_tokens", "completion_tokens")
+LEGACY_CACHE_WIDTH = 11  # cache rows journaled before cached_prompt_tokens and cost_usd were added
+MONEY = ("cost_usd", "saved_usd", "unpriced")  # also counters (they only grow); dollars are floats
 
 
 def _loads(line: bytes) -> Any:

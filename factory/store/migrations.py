@@ -208,6 +208,18 @@ def m006_failure_examples(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE run_stats ADD COLUMN failure_examples JSON")
 
 
+def m008_request_costs(con: duckdb.DuckDBPyConnection) -> None:
+    """What each answer cost: ``cache.cost_usd`` (at the teacher's price when it was answered; NULL when no
+    price was known, and for answers stored before) and ``cache.cached_prompt_tokens`` (the provider's
+    prompt-cache hits, billed less); per invocation, ``run_stats.cost_usd`` (paid), ``saved_usd`` (the cost
+    of the answers served from the cache instead) and ``unpriced`` (answers of a teacher with no price)."""
+    con.execute("ALTER TABLE cache ADD COLUMN cached_prompt_tokens INTEGER")
+    con.execute("ALTER TABLE cache ADD COLUMN cost_usd DOUBLE")
+    con.execute("ALTER TABLE run_stats ADD COLUMN cost_usd DOUBLE")
+    con.execute("ALTER TABLE run_stats ADD COLUMN saved_usd DOUBLE")
+    con.execute("ALTER TABLE run_stats ADD COLUMN unpriced INTEGER")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     m001_initial,
     m002_filter_passes,
@@ -215,6 +227,7 @@ MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     m004_uncached_failures,
     m005_cache_forgotten,
     m006_failure_examples,
+    m008_request_costs,
 ]
 
 

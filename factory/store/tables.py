@@ -13,13 +13,13 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from factory.store.journal import COUNTERS
+from factory.store.journal import COUNTERS, MONEY
 
 log = logging.getLogger(__name__)
 
 CACHE_COLUMNS = (
     "key", "teacher", "status", "request", "text", "finish_reason",
-    "prompt_tokens", "completion_tokens", "latency_ms", "error", "run_id",
+    "prompt_tokens", "completion_tokens", "latency_ms", "error", "run_id", "cached_prompt_tokens", "cost_usd",
 )  # fmt: skip
 RECORD_COLUMNS = (
     "id", "run_id", "recipe", "stage", "seed_id", "sample_index", "text", "payload",
@@ -31,7 +31,7 @@ CACHE_SCHEMA = pa.schema(
         ("key", pa.string()), ("teacher", pa.string()), ("status", pa.string()), ("request", pa.string()),
         ("text", pa.string()), ("finish_reason", pa.string()), ("prompt_tokens", pa.int32()),
         ("completion_tokens", pa.int32()), ("latency_ms", pa.float64()), ("error", pa.string()),
-        ("run_id", pa.string()),
+        ("run_id", pa.string()), ("cached_prompt_tokens", pa.int32()), ("cost_usd", pa.float64()),
     ]
 )  # fmt: skip
 RECORD_SCHEMA = pa.schema(
@@ -94,6 +94,14 @@ def warm_arrow() -> None:
     pa.array(["warm"])
 
 
+def full_cache_rows(rows: list[CacheRow]) -> list[CacheRow]:
+    """Cache rows with every column: one of the older, shorter shape gets NULL for the newer columns."""
+    n = len(CACHE_COLUMNS)
+    if all(len(r) == n for r in rows):
+        return rows
+    return [r if len(r) == n else (*r, *(None,) * (n - len(r))) for r in rows]
+
+
 def table_of(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
     columns = zip(*rows, strict=True)
     return pa.Table.from_arrays(
@@ -117,6 +125,8 @@ def merged_counters(committed: dict[str, Any], journaled: dict[str, Any]) -> dic
     failures = {k: int(n) for k, n in orjson.loads(committed.get("failures") or "{}").items()}
     for k, n in (journaled.get("failures") or {}).items():
         failures[k] = max(failures.get(k, 0), int(n))
+    for k in MONEY:
+        out[k] = max(committed.get(k) or 0, journaled.get(k) or 0)
     out["failures"] = failures
     out["failure_examples"] = {
         **orjson.loads(committed.get("failure_examples") or "{}"),
