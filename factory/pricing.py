@@ -153,12 +153,14 @@ def table_date() -> str:
 
 
 def usd(dollars: float | None) -> str:
-    """Dollars as a short figure: $0.0042, $1.23, $1,234."""
+    """Dollars as a short figure: $0.000042, $0.0042, $0.4200, $1.23, $1,234."""
     if dollars is None:
         return "unknown"
     if dollars == 0:
         return "$0"
-    if abs(dollars) < 0.01:
+    if abs(dollars) < 0.0001:
+        return f"${dollars:.6f}"
+    if abs(dollars) < 1:
         return f"${dollars:.4f}"
     if abs(dollars) < 1000:
         return f"${dollars:.2f}"

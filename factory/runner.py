@@ -522,7 +522,8 @@ class Runner(RunCounters):
 
     def _check_budget(self, lane: _Lane, req: Request, body: bytes) -> float:
         """Raise BudgetExhausted when sending ``req`` could break a budget; else return the most it can
-        cost (its prompt estimated as body bytes / 4, every max_tokens of output, no discount)."""
+        cost: its prompt as body bytes / 3 (above the exact count of every prompt of our recipes, see
+        benchmarks/results/prompt_tokens.json), every max_tokens of output, no discount."""
         b = self.plan.budget
         if b.max_requests is not None and self.answered + self.dispatched >= b.max_requests:
             self._budget_hit(f"max_requests={b.max_requests} reached")
@@ -530,7 +531,7 @@ class Runner(RunCounters):
             self.completion_tokens + self.reserved_tokens + req.sampling.max_tokens > b.max_output_tokens
         ):
             self._budget_hit(f"max_output_tokens={b.max_output_tokens} would be exceeded")
-        worst = lane.price.worst_case(len(body) // 4, req.sampling.max_tokens) if lane.price else 0.0
+        worst = lane.price.worst_case(len(body) // 3, req.sampling.max_tokens) if lane.price else 0.0
         if b.max_usd is not None and self.cost_usd + self.reserved_usd + worst > b.max_usd:
             self._budget_hit(
                 f"max_usd={b.max_usd:g} would be exceeded: {usd(self.cost_usd)} spent, "

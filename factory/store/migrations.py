@@ -215,6 +215,7 @@ def m008_request_costs(con: duckdb.DuckDBPyConnection) -> None:
     of the answers served from the cache instead) and ``unpriced`` (answers of a teacher with no price)."""
     con.execute("ALTER TABLE cache ADD COLUMN cached_prompt_tokens INTEGER")
     con.execute("ALTER TABLE cache ADD COLUMN cost_usd DOUBLE")
+    con.execute("ALTER TABLE cache_forgotten ADD COLUMN cost_usd DOUBLE")  # a run's cost outlives its text
     con.execute("ALTER TABLE run_stats ADD COLUMN cost_usd DOUBLE")
     con.execute("ALTER TABLE run_stats ADD COLUMN saved_usd DOUBLE")
     con.execute("ALTER TABLE run_stats ADD COLUMN unpriced INTEGER")
