@@ -115,7 +115,7 @@ def test_each_answer_stores_its_cost_and_prompt_cache_hits(paid):
 
 
 def test_status_shows_cost_per_curated_record_and_what_the_cache_saved(paid, cli):
-    tmp, ids, _, _ = paid
+    tmp, _, _, _ = paid
     with Store(tmp / "s.duckdb", read_only=True) as st:
         total = st.con.execute("SELECT sum(cost_usd) FROM cache").fetchone()[0]
     got = cli("status", "money", "--store", str(tmp / "s.duckdb"), "--json", cwd=tmp)
