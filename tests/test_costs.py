@@ -264,6 +264,28 @@ def test_progress_line_shows_dollars_and_the_pacing_wait(capsys):
     assert "≈$0.0123 spent, $0.0020 saved by the cache" in err and "waiting 30 s: tokens per minute" in err
 
 
+def test_a_run_held_by_the_token_limit_says_why(tmp_path):
+    import asyncio
+    import re
+
+    from factory import api
+
+    runners, seen = [], []
+
+    def progress(p):
+        if p.pacing and not seen:
+            seen.append(p.pacing)
+            runners[0].stop("interrupted")
+
+    with serve_in_thread(
+        FaultConfig(reply=REPLY)
+    ) as srv:  # each request reserves ~500 tokens of 2,000 a minute
+        cfg = _config(tmp_path, srv.base_url, teacher_extra=", max_tokens_per_minute: 2000")
+        result = asyncio.run(api.run_async(api.prepare(cfg), on_progress=progress, on_runner=runners.append))
+    assert result.status == "interrupted" and seen
+    assert re.fullmatch(r"waiting \d+ s: tokens per minute", seen[0]), seen
+
+
 def test_cluster_workers_split_the_token_limit(tmp_path):
     pytest.importorskip("ray")
     from factory.cluster import ShardWorker
