@@ -288,6 +288,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     s["cost"] = cost.sentence()
     if pacing is None:
         del s["pacing"]
+    else:  # a run whose process died (a live one holds the store): what held it when it last wrote
+        s["pacing"] = f"{pacing} (as last journaled)"
     width = max(len(k) for k in s)
     for k, v in s.items():
         print(f"{k:>{width}}: {v}")
