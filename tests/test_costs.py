@@ -295,3 +295,17 @@ def test_cluster_workers_split_the_token_limit(tmp_path):
     c = load_config(cfg)
     w = ShardWorker(c.model_dump(mode="json"), str(tmp_path), "digest", 1, {}, 3)
     assert w.teachers["default"].pacer.tokens_per_minute == 3000
+
+
+def test_cluster_shards_share_the_dollar_budget():
+    from factory.cluster import _Spending
+
+    spend = _Spending(None, 100, 1.0)
+    first = spend.share(idle=2)
+    assert first == (None, 50, 0.5)
+    second = spend.share(idle=1)  # what is neither spent nor held by the first shard
+    assert second == (None, 50, 0.5) and spend.share(idle=1) is None
+    spend.returned(first, {"requests_sent": 3, "completion_tokens": 40, "cost_usd": 0.2})
+    spend.returned(second, None)  # a shard lost for good may have spent all of its share
+    assert spend.spent == [0, 90, pytest.approx(0.7)]
+    assert spend.share(idle=1) == (None, 10, pytest.approx(0.3))
