@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -244,11 +245,47 @@ def _resolve(st: Any, run: str | None) -> str:
     return found.id
 
 
+def _live_status(args: argparse.Namespace, exc: Exception) -> int:
+    """`factory status` of a run in progress in another process (it holds the store): its live file."""
+    from factory.live import read_live
+    from factory.locate import locate
+
+    loc = locate(store=args.store, config=getattr(args, "config", None), run=args.run)
+    doc = read_live(loc.store)
+    run = loc.run
+    if doc is None or (run and run != doc["run_id"] and not str(doc["run_id"]).startswith(f"{run}-")):
+        raise exc
+    doc.pop("pid", None)
+    as_of = time.time() - float(doc.pop("at"))
+    doc = {"run_id": doc.pop("run_id"), "status": "running (in another process; the store is in use)",
+           "as_of_s_ago": round(as_of, 1), **doc}  # fmt: skip
+    if args.json:
+        print(json.dumps(doc))
+        return 0
+    spent = usd(doc.pop("cost_usd")) + ("" if doc.pop("cost_known") else " (+ answers of no known price)")
+    doc["spent"] = (
+        f"≈{spent} so far (an estimate at the teachers' prices); {usd(doc.pop('saved_usd'))} saved by the cache"
+    )
+    if doc.get("pacing") is None:
+        doc.pop("pacing", None)
+    width = max(len(k) for k in doc)
+    for k, v in doc.items():
+        print(f"{k:>{width}}: {v}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    from factory.errors import StoreInUse
     from factory.locate import is_config_path
 
     list_all = args.all and (args.run is None or args.config is not None or is_config_path(args.run))
-    with _store_for(args) as st:
+    try:
+        opened = _store_for(args)
+    except StoreInUse as exc:
+        if list_all:
+            raise
+        return _live_status(args, exc)
+    with opened as st:
         if list_all:
             runs = st.runs()
             if args.json:

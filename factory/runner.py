@@ -38,6 +38,7 @@ from factory.errors import (
 from factory.gc_tuning import fewer_collections
 from factory.keyfilter import KeyFilter
 from factory.keys import canonical_json, record_id, request_key_raw
+from factory.live import clear_live, write_live
 from factory.plan import Budget, Plan, Progress, Result
 from factory.pricing import Price, usd
 from factory.run_counters import RunCounters
@@ -250,6 +251,7 @@ class Runner(RunCounters):
                 self._fatal = self._fatal or exc
             self._executor.shutdown(wait=True)
             self._journal.close()
+            clear_live(self.store.path)
 
     async def run(self) -> Result:
         self.store.bounded(True)  # DuckDB's memory does not grow with the run either
@@ -604,6 +606,17 @@ class Runner(RunCounters):
                 self.stop("failed")
                 return
 
+    def _live(self) -> dict[str, Any]:
+        p = self.snapshot()
+        return {
+            "run_id": self.plan.run_id, "invocation": self.invocation, "seeds_total": p.seeds_total,
+            "seeds_done": p.seeds_done, "seeds_failed": p.seeds_failed, "records": p.records,
+            "requests_sent": p.requests_sent, "cache_hits": p.cache_hits, "in_flight": p.in_flight,
+            "prompt_tokens": p.prompt_tokens, "completion_tokens": p.completion_tokens, "cost_usd": p.cost_usd,
+            "saved_usd": p.saved_usd, "cost_known": p.cost_known, "pacing": p.pacing,
+            "draining": p.draining, "elapsed_s": round(p.elapsed_s, 1),
+        }  # fmt: skip
+
     def _flush_failed(self, task: asyncio.Future[None]) -> None:
         exc = None if task.cancelled() else task.exception()
         if exc is not None and self._fatal is None:
@@ -615,7 +628,10 @@ class Runner(RunCounters):
             batch, self._batch = self._batch, Batch()
             keys, self._uncommitted = self._uncommitted, []
             batch.stats = self.stats("running")
-            await asyncio.get_running_loop().run_in_executor(self._executor, self.store.commit, batch)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, self.store.commit, batch)
+            # what `factory status` shows while this process holds the store
+            await loop.run_in_executor(self._executor, write_live, self.store.path, self._live())
             if segment is not None:
                 segment.unlink(missing_ok=True)
             for k in keys:

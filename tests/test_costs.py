@@ -286,6 +286,37 @@ def test_a_run_held_by_the_token_limit_says_why(tmp_path):
     assert re.fullmatch(r"waiting \d+ s: tokens per minute", seen[0]), seen
 
 
+def test_status_of_a_run_in_progress_says_what_holds_it(tmp_path, cli):
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from factory.live import live_path
+
+    store = tmp_path / "s.duckdb"
+    with serve_in_thread(FaultConfig(reply=REPLY)) as srv:
+        cfg = _config(tmp_path, srv.base_url, teacher_extra=", max_tokens_per_minute: 2000")
+        p = subprocess.Popen([sys.executable, "-m", "factory.cli", "run", str(cfg)], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            deadline, doc = time.monotonic() + 90, {}
+            while time.monotonic() < deadline and not doc.get("pacing"):
+                time.sleep(0.5)
+                got = cli("status", "money", "--store", str(store), "--json", cwd=tmp_path)
+                doc = json.loads(got.stdout) if got.returncode == 0 else {}
+            text = cli("status", "--store", str(store), cwd=tmp_path).stdout
+        finally:
+            p.send_signal(signal.SIGINT)  # Ctrl+C: nothing more is sent
+            time.sleep(0.5)
+            p.send_signal(signal.SIGINT)  # again: the request the pacing holds is not waited for
+            _, err = p.communicate(timeout=60)
+    assert re.fullmatch(r"waiting \d+ s: tokens per minute", doc.get("pacing") or ""), (doc, err)
+    assert doc["status"].startswith("running") and doc["requests_sent"] >= 1 and doc["cost_usd"] > 0
+    assert "pacing: waiting" in text and "≈$0.0" in text and "so far (an estimate" in text
+    assert p.returncode != 0 and not live_path(store).exists()  # gone with the run
+
+
 def test_cluster_workers_split_the_token_limit(tmp_path):
     pytest.importorskip("ray")
     from factory.cluster import ShardWorker
