@@ -235,6 +235,7 @@ class Runner(RunCounters):
             loop.call_soon(self._journal_failed, exc)
 
         self._journal.start(lambda: self.stats("running"), journal_failed)
+        write_live(self.store.path, self._live())  # `factory status` finds the run from its start
         flusher = loop.create_task(self._flush_every())
         try:
             yield
