@@ -49,11 +49,6 @@ def test_old_cached_api_refusals_are_set_aside_and_asked_again(tmp_path):
                 [key],
             )
             con.execute("DELETE FROM _migrations WHERE name = 'm004_uncached_failures'")
-            for table, column in (("cache", "cached_prompt_tokens"), ("cache", "cost_usd"), ("cache_forgotten", "cost_usd"),
-                                  ("run_stats", "cost_usd"), ("run_stats", "saved_usd"),
-                                  ("run_stats", "unpriced")):  # fmt: skip
-                con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")  # nor had it m008's columns
-            con.execute("DELETE FROM _migrations WHERE name = 'm008_request_costs'")
         before = srv.stats()["requests"]
         res = run_cli("run", str(cfg))
         assert res.returncode == 0, res.stderr
