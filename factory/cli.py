@@ -95,6 +95,12 @@ class ProgressView(_BarView):
             )
             if getattr(p, "pacing", None):
                 info += f" · {p.pacing}"
+        waiting = getattr(p, "waiting_on", None)
+        if waiting and not getattr(p, "draining", False):
+            info = (
+                f"{waiting} · {p.requests_sent} answered · {p.cache_hits} cached · {_spent(p)} · "
+                f"{fails} failed attempts"
+            )
         last = getattr(p, "last_failure", None)
         if fails and last:
             info += f" · last failure: {last}"
@@ -102,7 +108,10 @@ class ProgressView(_BarView):
             self.progress.update(self.task, completed=p.seeds_done + p.seeds_failed, info=info)
             return
         # Plain lines: every 10 s, and at once when the run starts to drain or a new failure reason shows.
-        said = f"{getattr(p, 'draining', False)}|{last}"
+        state = " ".join(
+            w for w in (waiting or "").split() if "/" not in w
+        )  # a batch's state, not its counts
+        said = f"{getattr(p, 'draining', False)}|{last}|{state}"
         if p.elapsed_s - self._last_line >= 10 or said != self._last_said:
             self._last_line, self._last_said = p.elapsed_s, said
             print(
@@ -312,6 +321,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             s.pop(k, None)
         pacing = s.pop("pacing", None) if s["status"] == "running" else None  # held by pacing now
         s.pop("pacing", None)
+        s["batches"] = st.batches_of(run_id)
         if args.diversity:
             s["diversity"] = _diversity(st.curated_table(run_id))
     s["dropped"] = [{"filter": f, "reason": r, "records": n} for f, r, n in drops]
@@ -327,15 +337,38 @@ def cmd_status(args: argparse.Namespace) -> int:
         del s["pacing"]
     else:  # a run whose process died (a live one holds the store): what held it when it last wrote
         s["pacing"] = f"{pacing} (as last journaled)"
+    batches = s.pop("batches")
     width = max(len(k) for k in s)
     for k, v in s.items():
         print(f"{k:>{width}}: {v}")
     print_funnel(funnel)
+    if batches:
+        print_batches(batches)
     if reasons:
         print("failure reasons (failed attempts, retries included; seeds that finally failed):")
         for r in reasons:
             print(f"  {r['kind']}: {r['attempts']} attempts, {r['seeds']} seeds; e.g. {r['example']}")
     return 0
+
+
+def print_batches(batches: list[dict[str, Any]]) -> None:
+    """The run's provider batches: state, request counts, ETA of the ones running."""
+    states: dict[str, int] = {}
+    for b in batches:
+        states[b["state"]] = states.get(b["state"], 0) + 1
+    print("batches: " + ", ".join(f"{n} {st}" for st, n in states.items()))
+    for b in batches:
+        where = b["provider_status"] or b["state"]
+        done = (b["completed"] or 0) + (b["failed"] or 0)
+        counts = f"{done}/{b['total'] or b['requests']} run ({b['failed'] or 0} failed)"
+        tail = f" · ETA {_fmt_s(b['eta_s'])}" if b["eta_s"] is not None else ""
+        if b["state"] == "settled":
+            tail = f" · {b['answered']} answered, {b['retried']} left for a later batch"
+        if b["error"]:
+            tail += f" · {b['error']}"
+        print(
+            f"  {b['batch_id'] or b['id']}: {b['state']} ({where}) · {b['requests']} requests · {counts}{tail}"
+        )
 
 
 def _diversity(curated: Any) -> dict[str, Any]:
@@ -361,12 +394,13 @@ def cmd_filter(args: argparse.Namespace) -> int:
             cfg = load_config(args.config_path)
             items, where, implied = cfg.filters, f"{args.config_path}: filters", recipe_filters(cfg)
         else:
+            from factory import stored_recipe
+
             stored = st.run_config(run_id)
-            items, where, implied = (
-                stored.get("filters") or [],
-                "the run's config: filters",
-                recipe_filters(stored),
-            )
+            items, where = stored.get("filters") or [], "the run's config: filters"
+            # a recipe this process cannot load (one from a Python session): its filters as the last pass ran them
+            from_pass = stored_recipe.implied_filters(st, run_id, items)
+            implied = recipe_filters(stored) if from_pass is None else from_pass
         steps = parse_steps(items, args.set, where=where, implied=implied)
         if not steps:
             raise ConfigError(f"{where}: no filters to apply; list some in the config (or pass --config)")
@@ -448,7 +482,7 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from factory.export import export_configured
-    from factory.export_shapes import set_aside_note
+    from factory.export_shapes import set_aside_note, soft_labels_note
 
     with _store_for(args) as st:
         run_id = _resolve(st, args.run)
@@ -458,11 +492,12 @@ def cmd_export(args: argparse.Namespace) -> int:
             include_rejected=args.include_rejected, pairs_per_question=args.pairs_per_question,
         )  # fmt: skip
     note = set_aside_note(res.set_aside)
+    soft = soft_labels_note(res.soft_labels)
     if args.json:
         print(json.dumps({
             "run_id": run_id, "out": str(res.out), "format": res.format, "shape": res.shape, "rows": res.rows,
             "splits": res.splits, "skipped": res.skipped, "set_aside": res.set_aside, "set_aside_note": note,
-            "pairs_per_question": res.pairs_per_question,
+            "pairs_per_question": res.pairs_per_question, "soft_labels": res.soft_labels,
         }))  # fmt: skip
         return 0
     parts = ", ".join(f"{k}: {v}" + (f" in {res.shards[k]} shards" if res.shards.get(k, 1) > 1 else "")
@@ -471,6 +506,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"exported {res.rows} {what} of {run_id} as {res.shape} ({parts}) to {res.out}")
     if note:
         print(note)
+    if soft:
+        print(soft)
     if res.skipped and res.pairs_per_question:
         print(f"{res.skipped} samples are in no pair (their question lacks a trusted or a wrong sample)")
     elif res.skipped:
@@ -695,10 +732,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", choices=["hf", "parquet", "jsonl"], help="default: the config's export.format, else hf"
     )
     e.add_argument(
-        "--as", dest="shape", choices=["records", "messages", "prompt_completion", "text_label", "triples",
-                                       "step_by_step", "preference"],
-        help="training format (default: the config's export.shape, else records); `factory recipes -v` "
-        "lists each recipe's. messages, prompt_completion and step_by_step take only samples whose answer is "
+        "--as", dest="shape", metavar="SHAPE",
+        help="training format (default: the config's export.shape, else records): records, messages, or one "
+        "the recipe offers (`factory recipes -v` lists each recipe's). messages, prompt_completion and step_by_step take only samples whose answer is "
         "trusted; preference pairs trusted and wrong samples of one question (TRL DPOTrainer format)",
     )  # fmt: skip
     e.add_argument(

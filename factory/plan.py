@@ -56,6 +56,7 @@ class Progress:
     saved_usd: float = 0.0  # what the answers served from the cache cost when they were paid for
     pacing: str | None = None  # why starts are held now, e.g. "waiting 12 s: tokens per minute"
     budget: str | None = None  # the budget that stopped the run, and what was spent
+    waiting_on: str | None = None  # e.g. a provider batch and its state (teacher.mode: batch)
 
     @property
     def eta_s(self) -> float | None:

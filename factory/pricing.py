@@ -68,10 +68,11 @@ class Price:
         ) / PER
         return dollars * (1.0 - self.batch_discount) if batch else dollars
 
-    def worst_case(self, prompt_tokens: int, max_tokens: int) -> float:
-        """The most a request can cost before its answer says: no prompt cache, every output token used,
-        no batch discount."""
-        return (max(prompt_tokens, 0) * self.input + max(max_tokens, 0) * self.output) / PER
+    def worst_case(self, prompt_tokens: int, max_tokens: int, *, batch: bool = False) -> float:
+        """The most a request can cost before its answer says: no prompt cache, every output token used
+        (a batch request less the batch discount)."""
+        dollars = (max(prompt_tokens, 0) * self.input + max(max_tokens, 0) * self.output) / PER
+        return dollars * (1.0 - self.batch_discount) if batch else dollars
 
 
 FREE = Price(0.0, 0.0, 0.0, source="local engine: $0 (set teacher.price to count its cost)")

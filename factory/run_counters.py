@@ -100,8 +100,9 @@ class RunCounters:
             in_flight=self.dispatched, prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
             failures=dict(self._errors()), elapsed_s=time.perf_counter() - self._t0,
             seeds_resumed=self._resumed_done, draining=self._draining and not self.abandoned, awaiting=self.awaiting,
-            abandoned=self.abandoned, last_failure=self._last_failure(), cost_usd=self.cost_usd,
-            cost_known=self.unpriced == 0, saved_usd=self.saved_usd, pacing=self.pacing(), budget=self.budget_note,
+            abandoned=self.abandoned, last_failure=self._last_failure(), waiting_on=self.waiting_on(),
+            cost_usd=self.cost_usd, cost_known=self.unpriced == 0, saved_usd=self.saved_usd, pacing=self.pacing(),
+            budget=self.budget_note,
         )  # fmt: skip
 
     def pacing(self) -> str | None:
@@ -110,6 +111,10 @@ class RunCounters:
             held = t.pacing()
             if held:
                 return held
+        return None
+
+    def waiting_on(self) -> str | None:
+        """What the run waits on besides requests in flight (a provider batch); None for most runs."""
         return None
 
     def _last_failure(self) -> str | None:

@@ -39,6 +39,7 @@ from factory.gc_tuning import fewer_collections
 from factory.keyfilter import KeyFilter
 from factory.keys import canonical_json, record_id, request_key_raw
 from factory.live import clear_live, write_live
+from factory.logprobs import pack, unpack
 from factory.plan import Budget, Plan, Progress, Result
 from factory.pricing import Price, usd
 from factory.run_counters import RunCounters
@@ -80,6 +81,7 @@ class _Lane:
     identity_json: bytes
     engine: MicroBatcher[Request, Outcome] | None
     price: Price | None = None  # what its answers cost; None: unknown
+    batches: Any = None  # a BatchQueue (factory.batch_queue) while a session runs, for teacher.mode: batch
     skip_lookup: bool = False  # nothing of this teacher's in the cache before the run: no look-ups needed
     # requests at the teacher, by id(request): [lane, key, body, reserved tokens, True, reserved dollars]; the
     # fifth item is True until the answer arrives
@@ -181,6 +183,13 @@ class Runner(RunCounters):
 
     def _start_drain(self) -> None:
         assert self._loop is not None
+        if all(lane.batches is not None for lane in self._lanes.values()):
+            log.warning(
+                "stopping: the batches submitted stay with the provider and in the store; "
+                "the same command takes them up again (nothing is submitted twice)"
+            )
+            self._cancel_all()
+            return
         self._drain_timer = self._loop.call_later(self.plan.drain_s, self._drain_expired)
         self._report()
 
@@ -238,9 +247,14 @@ class Runner(RunCounters):
         write_live(self.store.path, self._live())  # `factory status` finds the run from its start
         flusher = loop.create_task(self._flush_every())
         try:
+            await self._start_batches(lanes)
             yield
         finally:
             flusher.cancel()
+            for lane in lanes:
+                if lane.batches is not None:
+                    await lane.batches.aclose()
+                    lane.batches = None
             for teacher, hook in hooks:
                 teacher.on_answer = hook
                 teacher.paused = False
@@ -253,6 +267,41 @@ class Runner(RunCounters):
             self._executor.shutdown(wait=True)
             self._journal.close()
             clear_live(self.store.path)
+
+    async def _start_batches(self, lanes: list[_Lane]) -> None:
+        """A batch queue for each teacher in mode: batch; it takes up the batches left open first."""
+        from factory.batch_queue import BatchQueue
+
+        loop = asyncio.get_running_loop()
+
+        def call(fn: Any, *args: Any) -> Any:
+            return loop.run_in_executor(self._executor, fn, *args)
+
+        for lane in lanes:
+            if lane.teacher.batch_settings is not None:
+                settle = functools.partial(self._batch_settled, lane)
+                lane.batches = BatchQueue(lane.teacher, self.store, self.plan.run_id, call, settle)
+                await lane.batches.start()
+
+    def _batch_settled(self, lane: _Lane, key: str, body: str, outcome: Outcome) -> None:
+        """An answer out of a provider batch (one line of its output): counted and kept as online ones."""
+        self.answered += 1
+        if isinstance(outcome, Completion):
+            outcome.key = key
+            self.prompt_tokens += outcome.prompt_tokens
+            self.completion_tokens += outcome.completion_tokens
+            self._price(lane, outcome)
+            self._remember(lane, key, body.encode(), "ok", outcome, None)
+        elif isinstance(outcome, TeacherRejected) and outcome.cacheable:
+            self._remember(lane, key, body.encode(), "rejected", None, str(outcome)[:1000])
+        else:
+            self._inflight.pop(key, None)
+
+    def waiting_on(self) -> str | None:
+        said = [
+            s for lane in self._lanes.values() if lane.batches is not None and (s := lane.batches.summary())
+        ]
+        return "; ".join(dict.fromkeys(said)) or None
 
     async def run(self) -> Result:
         self.store.bounded(True)  # DuckDB's memory does not grow with the run either
@@ -459,6 +508,7 @@ class Runner(RunCounters):
                         prompt_tokens=row["prompt_tokens"] or 0, completion_tokens=row["completion_tokens"] or 0,
                         latency_ms=row["latency_ms"] or 0.0, key=key, cached=True,
                         cached_prompt_tokens=row.get("cached_prompt_tokens") or 0, cost_usd=0.0,
+                        logprobs=unpack(row["logprobs"]) if row.get("logprobs") is not None else None,
                     )  # fmt: skip
                 return TeacherRejected(row["error"] or "rejected (cached)", kind="rejected_cached")
         if self._stopping is not None:
@@ -468,7 +518,14 @@ class Runner(RunCounters):
         self.reserved_tokens += reserve
         self.reserved_usd += worst
         self.dispatched += 1
-        ticket = [lane, key, body, reserve, True, worst]
+        if lane.batches is not None:  # settled (journaled, counted) by the batch queue
+            try:
+                return await lane.batches.submit(key, body, req)
+            finally:
+                self.reserved_tokens -= reserve
+                self.reserved_usd -= worst
+                self.dispatched -= 1
+        ticket = [lane, key, body, reserve, True, worst]  # the fifth item: not arrived yet
         lane.waiting[id(req)] = ticket
         try:
             if lane.engine is not None:
@@ -509,19 +566,22 @@ class Runner(RunCounters):
             outcome.key = key
             self.prompt_tokens += outcome.prompt_tokens
             self.completion_tokens += outcome.completion_tokens
-            if lane.price is not None:
-                outcome.cost_usd = lane.price.cost(
-                    outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_prompt_tokens,
-                    batch=outcome.batch,
-                )  # fmt: skip
-                self.cost_usd += outcome.cost_usd
-            else:
-                self.unpriced += 1
+            self._price(lane, outcome)
             self._remember(lane, key, body, "ok", outcome, None)
         elif isinstance(outcome, TeacherRejected) and outcome.cacheable:
             self._remember(lane, key, body, "rejected", None, str(outcome)[:1000])
         else:  # transient, or about the server or account: never cached, a later call may try again
             self._inflight.pop(key, None)
+
+    def _price(self, lane: _Lane, c: Completion) -> None:
+        """An answer's cost at its teacher's price (a batch answer at the batch discount), counted."""
+        if lane.price is None:
+            self.unpriced += 1
+            return
+        c.cost_usd = lane.price.cost(
+            c.prompt_tokens, c.completion_tokens, c.cached_prompt_tokens, batch=c.batch
+        )
+        self.cost_usd += c.cost_usd
 
     def _check_budget(self, lane: _Lane, req: Request, body: bytes) -> float:
         """Raise BudgetExhausted when sending ``req`` could break a budget; else return the most it can
@@ -555,24 +615,12 @@ class Runner(RunCounters):
         row: CacheRow
         if c is not None:  # CACHE_COLUMNS order
             row = (key, lane.name, status, body.decode(), c.text, c.finish_reason, c.prompt_tokens,
-                   c.completion_tokens, c.latency_ms, error, self.plan.run_id, c.cached_prompt_tokens,
+                   c.completion_tokens, c.latency_ms, error, self.plan.run_id,
+                   pack(c.logprobs) if c.logprobs is not None else None, c.cached_prompt_tokens,
                    c.cost_usd)  # fmt: skip
         else:
-            row = (
-                key,
-                lane.name,
-                status,
-                body.decode(),
-                None,
-                None,
-                None,
-                None,
-                None,
-                error,
-                self.plan.run_id,
-                None,
-                None,
-            )
+            row = (key, lane.name, status, body.decode(), None, None, None, None, None, error, self.plan.run_id,
+                   None, None, None)  # fmt: skip
         self._journal.append(row)  # on disk before its task resumes
         self._batch.cache.append(row)
         self._uncommitted.append(key)
@@ -637,6 +685,9 @@ class Runner(RunCounters):
                 segment.unlink(missing_ok=True)
             for k in keys:
                 self._inflight.pop(k, None)
+            for lane in self._lanes.values():
+                if lane.batches is not None:
+                    lane.batches.forget(keys)
             if self._track_committed:
                 self._committed_keys.update(keys)
             self._report()

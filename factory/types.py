@@ -59,6 +59,33 @@ class Request:
 
 
 @dataclass(slots=True)
+class TokenLogprobs:
+    """Soft labels: the teacher's top-k log-probabilities for each token it generated (``Request.logprobs``
+    asks for k). The canonical in-memory form, what the cache keeps (packed, factory.logprobs) and what an
+    export writes (``teacher_token_ids``, ``teacher_top_ids``, ``teacher_top_logprobs``):
+
+    - ``token_ids[i]``: the i-th generated token's id, in order (``len == completion_tokens``);
+    - ``top_ids[i]`` / ``top_logprobs[i]``: the k most likely tokens at position i and their natural-log
+      probabilities, best first, aligned with ``token_ids`` (a teacher may give fewer than k at a position);
+    - ``token_logprobs[i]``: the generated token's own logprob (NaN where the teacher gave none).
+
+    Local engines (vllm) and an OpenAI-compatible vLLM server asked with ``token_ids: true`` give ids. Other
+    providers give token strings only: then ``token_ids`` and ``top_ids`` are None and ``tokens`` /
+    ``top_tokens`` hold the strings, aligned the same way. Values are float32 (as engines compute them)."""
+
+    token_ids: list[int] | None
+    top_ids: list[list[int]] | None
+    top_logprobs: list[list[float]]
+    token_logprobs: list[float] = field(default_factory=list)
+    tokens: list[str] | None = None
+    top_tokens: list[list[str]] | None = None
+
+    @property
+    def has_ids(self) -> bool:
+        return self.token_ids is not None and self.top_ids is not None
+
+
+@dataclass(slots=True)
 class Completion:
     """A teacher's answer. ``cached`` tells whether it came from the store instead of the teacher."""
 
@@ -69,7 +96,9 @@ class Completion:
     latency_ms: float = 0.0
     key: str = ""
     cached: bool = False
-    logprobs: list[Any] | None = field(default=None)
+    logprobs: TokenLogprobs | None = field(
+        default=None
+    )  # with ``Request.logprobs``, when the teacher gave them
+    batch: bool = False  # answered through a provider's Batch API (billed at its batch rate)
     cached_prompt_tokens: int = 0  # prompt tokens the provider served from its prompt cache (billed less)
-    batch: bool = False  # answered through a provider's batch API (billed at its batch discount)
     cost_usd: float | None = None  # what this answer cost at the teacher's price; None: unknown

@@ -15,7 +15,17 @@ from pydantic import Field
 
 from factory.seeds import Seed
 from factory.types import Request, Sampling
-from recipes.base import Draft, Generate, Params, Recipe, Shape, Template, sample_seed, template_path
+from recipes.base import (
+    Draft,
+    Generate,
+    Params,
+    Recipe,
+    Shape,
+    Template,
+    logprobs_field,
+    sample_seed,
+    template_path,
+)
 
 STAGE = "completion"
 
@@ -33,6 +43,7 @@ class SampledParams(Params):
     )
     system: str | None = Field(None, description="System message.")
     teacher: str = Field("default", description="Teacher role the prompts go to (a key of `teachers:`).")
+    logprobs: int | None = logprobs_field()
 
 
 class PromptParams(SampledParams):
@@ -72,6 +83,7 @@ async def process(seed: Seed, state: State, generate: Generate) -> list[Draft]:
                 p.temperature, p.top_p, p.max_tokens, seed=sample_seed("prompt-seed1", p.seed, prompt, i)
             ),
             sample_index=i,
+            logprobs=p.logprobs,
         )
         for i in range(p.n)
     ]

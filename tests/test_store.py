@@ -12,7 +12,7 @@ from factory.store.migrations import MIGRATIONS
 
 
 def _row(key, text="t"):
-    return (key, "t", "ok", "{}", text, "stop", 1, 2, 3.0, None, "r", 0, 0.0125)
+    return (key, "t", "ok", "{}", text, "stop", 1, 2, 3.0, None, "r", None, 0, 0.0125)
 
 
 def test_migrations_run_once_and_tables_exist(tmp_path):
@@ -46,7 +46,9 @@ def test_journal_is_replayed_on_open(tmp_path):
     seg = next(journal_dir(p).glob("seg-*.jsonl"))
     with open(seg, "ab") as f:  # a row as an older journal wrote it (an object), then a torn line
         f.write(orjson.dumps(dict(zip(CACHE_COLUMNS, _row("k3"), strict=True))) + b"\n")
-        f.write(orjson.dumps(list(_row("k4")[:11])) + b"\n")  # a row from before the cost columns
+        f.write(
+            orjson.dumps(list(_row("k4")[:11])) + b"\n"
+        )  # a row from before the logprobs and cost columns
         f.write(b'["torn", "t"')
     with Store(p) as st:
         assert st.count_cache() == 4

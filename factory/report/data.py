@@ -75,6 +75,8 @@ class Facts:
     notes: list[str] = field(default_factory=list)
     accuracy: str | None = None  # the teacher's accuracy against gold, where the seeds carry gold
     cost: RunCost | None = None  # what the run spent (an estimate at the teachers' prices)
+    budget: Lengths | None = None  # output tokens of each record's answer (a reasoning run's thinking budget)
+    budget_cut: int = 0  # records whose answer stopped at max_tokens
 
 
 def gather(store: Store, run_id: str) -> Facts:
@@ -94,6 +96,10 @@ def gather(store: Store, run_id: str) -> Facts:
     chars = np.asarray(lengths_t.column("chars").to_numpy(zero_copy_only=False), dtype=np.int64)
     curated = np.asarray(lengths_t.column("curated").to_numpy(zero_copy_only=False), dtype=bool)
     repeats, distinct = store.repeated_texts(run_id, TOP_REPEATS)
+    tokens_t = store.answer_tokens(run_id)
+    tokens = np.asarray(tokens_t.column("tokens").to_numpy(zero_copy_only=False), dtype=np.int64)
+    tokens_curated = np.asarray(tokens_t.column("curated").to_numpy(zero_copy_only=False), dtype=bool)
+    cut = int(np.asarray(tokens_t.column("cut").to_numpy(zero_copy_only=False), dtype=bool).sum())
     return Facts(
         run=run, funnel=fn, parse_reasons=parse, scores=_scores(store, run_id, last), labels=labels,
         lengths=_lengths(chars, curated), repeats=repeats, distinct_texts=distinct,
@@ -105,6 +111,7 @@ def gather(store: Store, run_id: str) -> Facts:
         label_field=labels[0][0] if labels else None, last_pass=last,
         accuracy=acc.sentence() if (acc := gold_accuracy(store, run_id)) is not None else None,
         cost=run_cost(store, run_id, run, fn),
+        budget=_lengths(tokens, tokens_curated), budget_cut=cut,
     )  # fmt: skip
 
 

@@ -22,6 +22,7 @@ deleted once their rows are committed.
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
 import logging
 import os
@@ -82,12 +83,13 @@ class Journal:
         self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
     def append(self, row: tuple[Any, ...]) -> None:
-        """Write one row (values in the cache table's column order, as a JSON array) at once, or, within
+        """Write one row (values in the cache table's column order, as a JSON array; bytes as base64 text)
+        at once, or, within
         ``coalesce_s`` of the last write, with the other rows of this loop pass at the start of the next.
         A failed write is kept in ``error`` and told to ``on_error``; the append itself does not raise."""
         if self.error is not None:
             return
-        self._pending.append(orjson.dumps(row))
+        self._pending.append(orjson.dumps(row, default=_bytes_as_text))
         if self._drain_due:
             return
         if time.monotonic() - self._wrote_at >= self.coalesce_s:
@@ -164,6 +166,17 @@ class Journal:
         return self.rotate()
 
 
+def _bytes_as_text(value: Any) -> str:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(value).decode("ascii")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def bytes_of(text: str) -> bytes:
+    """A journaled bytes value (base64 text) back as bytes; ValueError when it is not base64."""
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
 @dataclass(slots=True)
 class BadLine:
     """A complete journal line that cannot be replayed: where it is, its bytes, and why."""
@@ -195,10 +208,10 @@ def read_segments(
     *,
     check: Callable[[tuple[Any, ...]], str | None] | None = None,
     bad: list[BadLine] | None = None,
-    legacy: int | None = None,
+    later: int = 0,
 ) -> tuple[list[Path], list[tuple[Any, ...]]]:
     """All complete rows from leftover segments as tuples in ``columns`` order (see ``scan_segments``)."""
-    paths, rows, _ = scan_segments(directory, columns, check=check, bad=bad, legacy=legacy)
+    paths, rows, _ = scan_segments(directory, columns, check=check, bad=bad, later=later)
     return paths, rows
 
 
@@ -208,14 +221,13 @@ def scan_segments(
     *,
     check: Callable[[tuple[Any, ...]], str | None] | None = None,
     bad: list[BadLine] | None = None,
-    legacy: int | None = None,
+    later: int = 0,
 ) -> tuple[list[Path], list[tuple[Any, ...]], list[dict[str, Any]]]:
     """Leftover segments, their cache rows (none when ``columns`` is None) and their counters lines.
-    A row of ``legacy`` values (journaled by a version before the last columns were added) gets None for
-    the columns it lacks.
 
     A torn last line, the one a crash cut short, is skipped: it was in flight. Rows are JSON arrays in
-    ``columns`` order; JSON objects (an older journal) are mapped by name. A complete row line that does
+    ``columns`` order; JSON objects (an older journal) are mapped by name; a list written before the last
+    ``later`` columns were added lacks them, and gets None for them. A complete row line that does
     not parse, has the wrong number of values, or that ``check`` refuses (it returns a reason) is left out
     and added to ``bad``. A counters line that does not parse is skipped (the committed counters stand)."""
     check_journal_path(directory)
@@ -241,10 +253,8 @@ def scan_segments(
                 continue
             if isinstance(value, dict):
                 row = tuple(value.get(c) for c in columns)
-            elif isinstance(value, list) and len(value) == len(columns):
-                row = tuple(value)
-            elif isinstance(value, list) and legacy is not None and len(value) == legacy < len(columns):
-                row = (*value, *(None,) * (len(columns) - legacy))
+            elif isinstance(value, list) and len(columns) - later <= len(value) <= len(columns):
+                row = (*value, *([None] * (len(columns) - len(value))))
             else:
                 what = f"{len(value)} values" if isinstance(value, list) else f"a JSON {type(value).__name__}"
                 bad.append(BadLine(p, n, raw, f"{what}, expected a list of {len(columns)}"))
@@ -284,7 +294,6 @@ def latest_stats(stats: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str,
 
 
 COUNTERS = ("requests_sent", "attempts", "cache_hits", "prompt_tokens", "completion_tokens")
-LEGACY_CACHE_WIDTH = 11  # cache rows journaled before cached_prompt_tokens and cost_usd were added
 MONEY = ("cost_usd", "saved_usd", "unpriced")  # also counters (they only grow); dollars are floats
 
 

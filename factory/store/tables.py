@@ -19,8 +19,12 @@ log = logging.getLogger(__name__)
 
 CACHE_COLUMNS = (
     "key", "teacher", "status", "request", "text", "finish_reason",
-    "prompt_tokens", "completion_tokens", "latency_ms", "error", "run_id", "cached_prompt_tokens", "cost_usd",
+    "prompt_tokens", "completion_tokens", "latency_ms", "error", "run_id", "logprobs", "cached_prompt_tokens",
+    "cost_usd",
 )  # fmt: skip
+# Columns a cache row of an older version may lack at its end (a journal line or a shard written before
+# they were added): they are NULL for it.
+CACHE_LATER_COLUMNS = ("logprobs", "cached_prompt_tokens", "cost_usd")
 RECORD_COLUMNS = (
     "id", "run_id", "recipe", "stage", "seed_id", "sample_index", "text", "payload",
     "parent_ids", "request_keys", "teacher", "template_version",
@@ -31,7 +35,8 @@ CACHE_SCHEMA = pa.schema(
         ("key", pa.string()), ("teacher", pa.string()), ("status", pa.string()), ("request", pa.string()),
         ("text", pa.string()), ("finish_reason", pa.string()), ("prompt_tokens", pa.int32()),
         ("completion_tokens", pa.int32()), ("latency_ms", pa.float64()), ("error", pa.string()),
-        ("run_id", pa.string()), ("cached_prompt_tokens", pa.int32()), ("cost_usd", pa.float64()),
+        ("run_id", pa.string()), ("logprobs", pa.binary()), ("cached_prompt_tokens", pa.int32()),
+        ("cost_usd", pa.float64()),
     ]
 )  # fmt: skip
 RECORD_SCHEMA = pa.schema(
@@ -48,7 +53,7 @@ INGEST_CHECKPOINT = "256MB"  # write-ahead log between checkpoints while ingesti
 RUN_MEMORY = "256MB"  # DuckDB's memory during a run (page cache included)
 RUN_CHECKPOINT = "32MB"  # write-ahead log between checkpoints during a run
 
-CacheRow = tuple[Any, ...]  # values in CACHE_COLUMNS order
+CacheRow = tuple[Any, ...]  # values in CACHE_COLUMNS order (logprobs: the packed blob, factory.logprobs)
 RecordRow = tuple[Any, ...]  # values in RECORD_COLUMNS order
 
 
@@ -95,11 +100,11 @@ def warm_arrow() -> None:
 
 
 def full_cache_rows(rows: list[CacheRow]) -> list[CacheRow]:
-    """Cache rows with every column: one of the older, shorter shape gets NULL for the newer columns."""
+    """Cache rows with the columns an older row lacks (CACHE_LATER_COLUMNS) filled with None."""
     n = len(CACHE_COLUMNS)
     if all(len(r) == n for r in rows):
         return rows
-    return [r if len(r) == n else (*r, *(None,) * (n - len(r))) for r in rows]
+    return [r if len(r) == n else (*r, *([None] * (n - len(r)))) for r in rows]
 
 
 def table_of(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:

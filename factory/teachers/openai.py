@@ -40,8 +40,10 @@ from factory.errors import (
     TeacherUnavailable,
 )
 from factory.keys import canonical_json
+from factory.logprobs import from_openai
 from factory.teachers import api_errors
 from factory.teachers.base import Teacher, Withheld
+from factory.teachers.batch_api import ENDPOINT, BatchAPI, BatchSettings
 from factory.teachers.http import HTTPFailure, Pool, Response
 from factory.teachers.pacing import Pacer
 from factory.teachers.urls import DEFAULT_BASE_URL, base_url
@@ -74,6 +76,7 @@ class OpenAITeacher(Teacher):
     native_batch = False
     supports_json_schema = True
     supports_logprobs = True
+    supports_batch = True
 
     def __init__(self, spec: str, model: str, options: dict[str, Any]):
         model, _, url = model.partition("@")
@@ -92,6 +95,19 @@ class OpenAITeacher(Teacher):
         self.learn_rate_limit = bool(options.pop("learn_rate_limit", True))
         self.rate_limit_wait_s = _positive("rate_limit_wait_s", options.pop("rate_limit_wait_s", 600.0))
         self.extra_body: dict[str, Any] = _extra_body(options.pop("extra_body", None))
+        # A vLLM server names logprob tokens by id when asked (return_tokens_as_token_ids); other providers
+        # give token strings only, and refuse the field.
+        token_ids = options.pop("token_ids", False)
+        if not isinstance(token_ids, bool):
+            raise ConfigError(
+                f"teacher option token_ids must be true or false, got {token_ids!r} (true only for a vLLM server)"
+            )
+        self.token_ids = token_ids
+        mode = options.pop("mode", "online")
+        batch = options.pop("batch", None)
+        if mode not in ("online", "batch"):
+            raise ConfigError(f"teacher.mode must be online or batch, got {mode!r}")
+        self.batch_settings = BatchSettings.of(batch or {}) if mode == "batch" else None
         if options:
             raise ConfigError(f"unknown option(s) for the openai teacher: {', '.join(sorted(options))}")
         self._api_key = self._read_key()
@@ -145,10 +161,45 @@ class OpenAITeacher(Teacher):
         out: dict[str, Any] = {"backend": self.backend, "model": self.model, "base_url": self.base_url}
         if self.extra_body:
             out["extra_body"] = self.extra_body
+        if self.token_ids:  # logprobs come as ids instead of strings: a different stored answer
+            out["token_ids"] = True
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "base_url": self.base_url, "api_key_env": self.api_key_env}
+        out = {**super().describe(), "base_url": self.base_url, "api_key_env": self.api_key_env}
+        if self.batch_settings is not None:
+            out["mode"] = "batch"
+        return out
+
+    def suggested_in_flight(self) -> int | None:
+        """In batch mode, enough seeds to fill a batch file (a seed waits hours for its answer)."""
+        return self.batch_settings.max_requests_per_file if self.batch_settings is not None else None
+
+    # -- the Batch API (teacher.mode: batch; driven by factory.batch_queue) ------------------------------
+    def batch_api(self) -> BatchAPI:
+        return BatchAPI(
+            self.base_url, self._api_key, timeout_s=self.timeout_s, max_retries=self.max_retries,
+            backoff_max_s=self.backoff_max_s,
+        )  # fmt: skip
+
+    def batch_line(self, key: str, req: Request) -> bytes:
+        """One line of a batch input file: the body the online path would send, under its request key."""
+        doc = {"custom_id": key, "method": "POST", "url": ENDPOINT, "body": self.payload(req)}
+        return orjson.dumps(doc) + b"\n"
+
+    def batch_outcome(self, response: dict[str, Any], latency_ms: float) -> Completion | TeacherError:
+        """A batch output or error line's ``response`` as the online answer with that status and body would
+        be told (the same retry and caching rules)."""
+        status = int(response.get("status_code") or 0)
+        body = response.get("body")
+        raw = orjson.dumps(body) if body is not None else b""
+        out = self._outcome(Response(status, {}, raw), time.perf_counter() - latency_ms / 1000.0)
+        if isinstance(out, Completion):
+            out.batch = True
+        return out
+
+    def batch_failed(self, err: TeacherError) -> TeacherError:
+        return self._fail(err)
 
     @property
     def endpoint(self) -> str:
@@ -182,6 +233,8 @@ class OpenAITeacher(Teacher):
         if req.logprobs:
             body["logprobs"] = True
             body["top_logprobs"] = req.logprobs
+            if self.token_ids:
+                body["return_tokens_as_token_ids"] = True
         if self.extra_body:
             body.update(self.extra_body)
         return body
@@ -267,7 +320,7 @@ class OpenAITeacher(Teacher):
     def _outcome(self, resp: Response, t0: float) -> Completion | TeacherError:
         status, headers, body = resp.status, resp.headers, resp.body
         latency_ms = (time.perf_counter() - t0) * 1000.0
-        if isinstance(self.pacer, Pacer):
+        if isinstance(self.pacer, Pacer) and headers:
             self.pacer.observe(headers)
         if status != 200:
             message = api_errors.server_message(body, secret=self._api_key)
@@ -303,7 +356,7 @@ class OpenAITeacher(Teacher):
             prompt_tokens=_count(usage.get("prompt_tokens")),
             completion_tokens=_count(usage.get("completion_tokens")),
             latency_ms=latency_ms,
-            logprobs=lp.get("content") if isinstance(lp, dict) else None,
+            logprobs=from_openai(lp.get("content")) if isinstance(lp, dict) else None,
             cached_prompt_tokens=_count(details.get("cached_tokens")) if isinstance(details, dict) else 0,
         )
 

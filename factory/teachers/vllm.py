@@ -37,11 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from factory.errors import ConfigError, TeacherError, TeacherRejected, TeacherUnavailable
+from factory.logprobs import to_float32
 from factory.teachers import vllm_options as vo
 from factory.teachers.base import Teacher
 from factory.teachers.local import LocalEngineTeacher, model_folder, plain_messages, take_options
 from factory.teachers.loop_thread import LoopThread
-from factory.types import Completion, Request
+from factory.types import Completion, Request, TokenLogprobs
 
 log = logging.getLogger(__name__)
 
@@ -406,26 +407,27 @@ def _completion(output: Any, top: int | None, latency_ms: float) -> Completion:
     )
 
 
-def _logprobs(choice: Any, top: int) -> list[dict[str, Any]] | None:
-    """vLLM's per-position ``{token_id: Logprob}`` (the sampled token plus the ``top`` best) as
-    OpenAI-style ``logprobs.content`` entries."""
+def _logprobs(choice: Any, top: int) -> TokenLogprobs | None:
+    """vLLM's per-position ``{token_id: Logprob}`` (the sampled token plus the ``top`` best) in the
+    canonical form: the generated ids, and per position the ``top`` best ids and logprobs, best first."""
     if choice.logprobs is None:
         return None
-    content: list[dict[str, Any]] = []
+    token_ids: list[int] = []
+    chosen: list[float] = []
+    top_ids: list[list[int]] = []
+    top_logprobs: list[list[float]] = []
     for token_id, position in zip(choice.token_ids, choice.logprobs, strict=False):
         position = position or {}
-        chosen = position.get(token_id)
+        own = position.get(token_id)
         ranked = sorted(
-            (lp for lp in position.values() if lp.rank is not None and lp.rank <= top), key=lambda lp: lp.rank
-        )
-        content.append(
-            {
-                "token": chosen.decoded_token if chosen is not None else None,
-                "logprob": chosen.logprob if chosen is not None else None,
-                "top_logprobs": [{"token": lp.decoded_token, "logprob": lp.logprob} for lp in ranked],
-            }
-        )
-    return content
+            ((tid, lp) for tid, lp in position.items() if lp.rank is not None and lp.rank <= top),
+            key=lambda x: x[1].rank,
+        )[:top]
+        token_ids.append(int(token_id))
+        chosen.append(own.logprob if own is not None else float("nan"))
+        top_ids.append([int(tid) for tid, _ in ranked])
+        top_logprobs.append(to_float32([lp.logprob for _, lp in ranked]))
+    return TokenLogprobs(token_ids, top_ids, top_logprobs, to_float32(chosen))
 
 
 def create(spec: str, model: str, options: dict[str, Any]) -> Teacher:

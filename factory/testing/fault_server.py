@@ -18,7 +18,9 @@ Order of checks for ``POST /v1/chat/completions``:
 5. a body picked by ``fault_rate`` fails its first ``fault_repeats`` attempts with its kind
    (``429`` at once; ``500``, ``reset`` and ``truncated`` after the latency; ``timeout`` hangs for
    ``hang_seconds``), then succeeds;
-6. otherwise, after the latency, a 200 chat completion.
+6. otherwise, after the latency, a 200 chat completion; with ``logprobs: true`` and ``top_logprobs: k``,
+   each choice carries ``logprobs.content`` made up from the body (``fake_logprobs``), its tokens named
+   ``token_id:N`` when the body sets ``return_tokens_as_token_ids`` (as vLLM's server does).
 
 Between 3 and 4, the ``tpm`` bucket (capacity ``tpm_burst`` or ``tpm``, refilled at ``tpm / 60`` per second) charges each
 request its body bytes / 4 plus its ``max_tokens`` and answers 429 with ``Retry-After`` when it lacks them;
@@ -240,6 +242,41 @@ def _tokens(text: str) -> int:
     return (len(text) + 3) // 4
 
 
+LOGPROB_VOCAB = 50_000  # the token ids of the logprobs the server makes up
+
+
+def fake_logprobs(text: str, key: str, top: int, as_ids: bool) -> dict[str, Any]:
+    """OpenAI's ``choices[i].logprobs`` for ``text``: one entry per 4-character token (as many as the
+    usage's completion_tokens), each with ``top`` alternatives, best first, the first being the token
+    itself. Ids and logprobs are drawn from the request key and the position, so equal bodies get equal
+    logprobs. With ``as_ids`` tokens are named ``token_id:N``, as vLLM's server does when asked with
+    ``return_tokens_as_token_ids``; else by their text (the alternatives get a ``~r`` suffix)."""
+    content = []
+    for pos in range(_tokens(text)):
+        piece = text[4 * pos : 4 * pos + 4]
+        h = blake2b(f"{key}/{pos}".encode(), digest_size=16).digest()
+        ids = [int.from_bytes(h[2 * r : 2 * r + 2], "big") % LOGPROB_VOCAB for r in range(min(top, 8))]
+        ids += [(ids[0] + 7919 * r) % LOGPROB_VOCAB for r in range(len(ids), top)]
+        # logprobs exactly representable in float32, strictly decreasing
+        lps = [-(r + 1) * 0.5 - h[15] / 256.0 for r in range(top)] or [-h[15] / 256.0]
+        names = (
+            [f"token_id:{i}" for i in ids] if as_ids else [piece] + [f"{piece}~{r}" for r in range(1, top)]
+        )
+        chosen = names[0] if names else (f"token_id:{h[0]}" if as_ids else piece)
+        content.append(
+            {
+                "token": chosen,
+                "logprob": lps[0],
+                "bytes": list(chosen.encode()),
+                "top_logprobs": [
+                    {"token": t, "logprob": lp, "bytes": list(t.encode())}
+                    for t, lp in zip(names, lps, strict=False)
+                ],
+            }
+        )
+    return {"content": content}
+
+
 class FaultServer:
     """The state and handlers behind one app. All mutation happens on the server's event loop."""
 
@@ -380,11 +417,18 @@ class FaultServer:
             content = m.get("content") if isinstance(m, dict) else m
             prompt_tokens += 4 + _tokens(content if isinstance(content, str) else str(content))
         n = body.get("n") or 1
+        top = body.get("top_logprobs") if body.get("logprobs") is True else None
+        top = top if isinstance(top, int) and 0 <= top <= 20 else None
+        as_ids = body.get("return_tokens_as_token_ids") is True
+
+        def logprobs(t: str, k: str) -> dict[str, Any] | None:
+            return None if top is None else fake_logprobs(t, k, top, as_ids)
+
         choices = [
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
-                "logprobs": None,
+                "logprobs": logprobs(text, key),
                 "finish_reason": "stop",
             }
         ]
@@ -396,7 +440,7 @@ class FaultServer:
                 {
                     "index": i,
                     "message": {"role": "assistant", "content": alt},
-                    "logprobs": None,
+                    "logprobs": logprobs(alt, f"{key}/{i}"),
                     "finish_reason": "stop",
                 }
             )
