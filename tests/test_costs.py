@@ -148,6 +148,19 @@ def test_report_and_card_show_the_cost_as_an_estimate(paid):
     assert usd(total) in cell and "per curated record" in cell and table_date() in cell
 
 
+def test_batch_answers_cost_the_batch_price(tmp_path, cli):
+    fast = "mode: batch, batch: {collect_s: 0.2, poll_interval_s: 0.05, poll_max_interval_s: 0.2}"
+    with serve_in_thread(FaultConfig(reply=REPLY)) as srv:
+        cfg = _config(tmp_path, srv.base_url, n=3, teacher_extra=f", {fast}")
+        got = cli("run", str(cfg), cwd=tmp_path)
+    assert got.returncode == 0, got.stderr
+    with Store(tmp_path / "s.duckdb", read_only=True) as st:
+        rows = st.con.execute("SELECT prompt_tokens, completion_tokens, cost_usd FROM cache").fetchall()
+    assert len(rows) == 6
+    for prompt, out, cost in rows:  # gpt-4o-mini through the Batch API: half the list price
+        assert cost == pytest.approx((prompt * 0.15 + out * 0.6) / 2 / 1e6)
+
+
 # -- budget.max_usd ------------------------------------------------------------------------------------------
 def test_max_usd_stops_the_run_before_spending_more(tmp_path, cli):
     limit = 0.003
