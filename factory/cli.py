@@ -636,7 +636,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "export": args.export, "task": args.task, "student": args.student, "out": args.out, "lora": args.lora,
         "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size,
         "learning_rate": args.lr, "alpha": args.alpha, "label_only": args.label_only, "beta": args.beta,
-        "sft_weight": args.sft_weight,
+        "sft_weight": args.sft_weight, "kd_weight": args.kd_weight, "kd_temperature": args.kd_temperature,
         "max_length": args.max_length, "eval_split": args.eval_split, "max_train_examples": args.max_train_examples,
         "max_eval_examples": args.max_eval_examples, "overwrite": args.overwrite, "device": args.device,
         "gradient_checkpointing": args.gradient_checkpointing,
@@ -811,7 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
         "export", nargs="?", metavar="EXPORT_DIR", help="the export folder (or `export:` in --config)"
     )
     tr.add_argument(
-        "--task", choices=["sft", "step_by_step", "classifier", "triples", "dpo"], help="what to train"
+        "--task", choices=["sft", "step_by_step", "classifier", "triples", "dpo", "kd"], help="what to train"
     )
     tr.add_argument("--student", help="embedded | minilm | a local model folder")
     tr.add_argument("--config", help="a training YAML with the same fields; flags given win")
@@ -827,6 +827,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--beta", type=float, help="dpo: strength of the pull to the reference (default 0.1)")
     tr.add_argument("--sft-weight", type=float, help="dpo: weight of an SFT term on the chosen answers (0)")
+    tr.add_argument("--kd-weight", type=float, help="kd: weight of the KL to the teacher's top-k (0.5)")
+    tr.add_argument("--kd-temperature", type=float, help="kd: temperature of the KL term (1.0)")
     tr.add_argument("--max-length", type=int, help="longest tokenized example (default 512)")
     tr.add_argument(
         "--eval-split", help="held-out split (default: test, else validation, else 10%% of train)"

@@ -26,7 +26,7 @@ from factory.store import Store
 from factory.teachers.base import Teacher
 from factory.yamlsafe import load_yaml
 from filters import get_filter
-from filters.base import Context, Filter, FilterParams, Row, Scored
+from filters.base import Answer, Context, Filter, FilterParams, Row, Scored
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +154,16 @@ def record_rows(store: Store, run_id: str) -> list[Row]:
     """The run's records as filters read them."""
     table = store.records_table(run_id)
     cols = table.to_pydict()
+    facts = store.answer_facts(run_id)
+
+    def answers(keys: list[str] | None) -> tuple[Answer, ...]:
+        return tuple(Answer(k, *facts.get(k, (None, 0))) for k in keys or ())
+
     return [
-        Row(i, st, sd, si, tx or "", orjson.loads(pl))
-        for i, st, sd, si, tx, pl in zip(
+        Row(i, st, sd, si, tx or "", orjson.loads(pl), answers(ks))
+        for i, st, sd, si, tx, pl, ks in zip(
             cols["id"], cols["stage"], cols["seed_id"], cols["sample_index"], cols["text"], cols["payload"],
-            strict=True,
+            cols["request_keys"], strict=True,
         )
     ]  # fmt: skip
 
@@ -202,7 +207,7 @@ async def apply_filters(
         return PassResult(funnel["pass"], funnel, {})
     summary = store.run_summary(run_id)
     ctx = Context(run_id=run_id, recipe=summary["recipe"], earlier_texts=lambda: store.earlier_texts(run_id),
-                  cache_dir=filters_dir(store))  # fmt: skip
+                  cache_dir=filters_dir(store), reasoning=store.reasoning_of)  # fmt: skip
     async with contextlib.AsyncExitStack() as stack:
         return await _pass(store, run_id, steps, specs, ctx, stack, teachers or {})
 

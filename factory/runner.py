@@ -265,7 +265,10 @@ class Runner(RunCounters):
             except StoreError as exc:
                 self._fatal = self._fatal or exc
             self._executor.shutdown(wait=True)
-            self._journal.close()
+            try:
+                self._journal.close()
+            except StoreError as exc:  # the journal's failed write (disk full): the run reports it
+                self._fatal = self._fatal or exc
             clear_live(self.store.path)
 
     async def _start_batches(self, lanes: list[_Lane]) -> None:
@@ -363,13 +366,15 @@ class Runner(RunCounters):
 
         windows = seed_windows(self.plan.seeds, max(SEED_WINDOW, 2 * self._window()))
         ahead = loop.create_task(self._read_window(windows, check_done))
+        tasks, window = self._tasks, self._window()
         try:
             while (seeds := await ahead) is not None:
                 ahead = loop.create_task(self._read_window(windows, check_done))
                 for seed in seeds:
-                    while len(self._tasks) >= self._window() and not self._stopping:
+                    while len(tasks) >= window and not self._stopping:
                         freed.clear()
                         await freed.wait()
+                        window = self._window()  # asked once a wake-up, not once a seed
                     if self._stopping:
                         return
                     task = loop.create_task(self._seed(seed))
@@ -509,6 +514,7 @@ class Runner(RunCounters):
                         latency_ms=row["latency_ms"] or 0.0, key=key, cached=True,
                         cached_prompt_tokens=row.get("cached_prompt_tokens") or 0, cost_usd=0.0,
                         logprobs=unpack(row["logprobs"]) if row.get("logprobs") is not None else None,
+                        reasoning=row.get("reasoning"),
                     )  # fmt: skip
                 return TeacherRejected(row["error"] or "rejected (cached)", kind="rejected_cached")
         if self._stopping is not None:
@@ -616,11 +622,11 @@ class Runner(RunCounters):
         if c is not None:  # CACHE_COLUMNS order
             row = (key, lane.name, status, body.decode(), c.text, c.finish_reason, c.prompt_tokens,
                    c.completion_tokens, c.latency_ms, error, self.plan.run_id,
-                   pack(c.logprobs) if c.logprobs is not None else None, c.cached_prompt_tokens,
+                   pack(c.logprobs) if c.logprobs is not None else None, c.reasoning, c.cached_prompt_tokens,
                    c.cost_usd)  # fmt: skip
         else:
             row = (key, lane.name, status, body.decode(), None, None, None, None, None, error, self.plan.run_id,
-                   None, None, None)  # fmt: skip
+                   None, None, None, None)  # fmt: skip
         self._journal.append(row)  # on disk before its task resumes
         self._batch.cache.append(row)
         self._uncommitted.append(key)

@@ -87,7 +87,12 @@ class TokenLogprobs:
 
 @dataclass(slots=True)
 class Completion:
-    """A teacher's answer. ``cached`` tells whether it came from the store instead of the teacher."""
+    """A teacher's answer. ``cached`` tells whether it came from the store instead of the teacher.
+
+    ``reasoning`` is a reasoning model's thinking, kept apart from the answer in ``text``: the server's
+    ``reasoning_content`` (or ``reasoning``) field, or what stood between think tags at the start of the
+    content (factory.teachers.reasoning). None: the teacher gave none. A length-cut answer
+    (``finish_reason == "length"``) may hold reasoning and an empty ``text``."""
 
     text: str
     finish_reason: str | None = None
@@ -100,5 +105,6 @@ class Completion:
         default=None
     )  # with ``Request.logprobs``, when the teacher gave them
     batch: bool = False  # answered through a provider's Batch API (billed at its batch rate)
+    reasoning: str | None = None  # a reasoning model's thinking, apart from the answer text
     cached_prompt_tokens: int = 0  # prompt tokens the provider served from its prompt cache (billed less)
     cost_usd: float | None = None  # what this answer cost at the teacher's price; None: unknown

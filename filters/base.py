@@ -39,8 +39,20 @@ class FilterParams(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
+class Answer:
+    """What a record's lineage says of one teacher answer it was made from: the request key, how the
+    answer ended (``length``: cut by max_tokens) and how long its reasoning is (the text itself:
+    ``Context.reasoning``). ``finish_reason`` is None when the answer is no longer cached (forgotten)."""
+
+    key: str
+    finish_reason: str | None = None
+    reasoning_chars: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Row:
-    """A record as filters read it."""
+    """A record as filters read it. ``answers``: the teacher answers it was made from, in the order of its
+    request keys."""
 
     id: str
     stage: str
@@ -48,6 +60,7 @@ class Row:
     sample_index: int
     text: str
     payload: dict[str, Any]
+    answers: tuple[Answer, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +78,16 @@ def _nothing() -> list[tuple[str, str]]:
     return []
 
 
+def _no_reasoning(keys: list[str]) -> dict[str, str]:
+    return {}
+
+
 @dataclass(slots=True)
 class Context:
     """What a filter may use besides its rows. Filters never touch the store; they return scores.
 
     ``earlier_texts()`` gives (where, text) for the records of the store's runs created before this one.
+    ``reasoning(keys)`` gives the reasoning stored with these answers (``Answer.key``), by key.
     ``cache_dir`` is a folder next to the store where filters persist derived artefacts (embeddings) across
     passes and runs; None: nothing is persisted.
     """
@@ -82,6 +100,7 @@ class Context:
     generate: Generate | None = None
     work: dict[str, Any] = field(default_factory=dict)
     cache_dir: Path | None = None
+    reasoning: Callable[[list[str]], dict[str, str]] = _no_reasoning
 
 
 Score = Callable[[list[Row], Any, Context], Awaitable[list[Scored]]]

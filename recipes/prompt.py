@@ -94,7 +94,8 @@ async def process(seed: Seed, state: State, generate: Generate) -> list[Draft]:
     return [
         Draft(
             stage=STAGE, sample_index=i, text=c.text, request_keys=(c.key,),
-            payload={"prompt": prompt, "completion": c.text, "finish_reason": c.finish_reason},
+            payload={"prompt": prompt, "completion": c.text, "finish_reason": c.finish_reason,
+                     **({"reasoning": c.reasoning} if c.reasoning is not None else {})},
             reject=None if c.text.strip() else "empty completion",
         )
         for i, c in enumerate(results)
@@ -112,7 +113,7 @@ RECIPE = Recipe(
     process=process,
     required_fields=lambda p: list(p.required),
     seed_format="any fields the template uses (default: {text})",
-    record_format="prompt, completion, finish_reason",
+    record_format="prompt, completion, finish_reason, reasoning (a reasoning model's, when it gave one)",
     stages=(STAGE,),
     teacher_roles=lambda p: [p.teacher] if p.teacher != "default" else [],
     shapes=SHAPES,

@@ -26,6 +26,7 @@ from pydantic import Field, field_validator
 from factory.keys import digest
 from factory.sandbox import Limits, run_program
 from factory.seeds import Seed
+from factory.teachers.reasoning import split as split_reasoning
 from factory.types import Completion, Request, Sampling
 from recipes.base import Draft, Generate, Params, Recipe, Shape, Template, gather_all, sample_seed
 from recipes.math_answers import equivalent, final_answer
@@ -103,20 +104,12 @@ def prepare(params: ReasoningParams, resolve: Callable[[str], Path]) -> State:
 
 def split_thinking(c: Completion, tags: tuple[str, str]) -> tuple[str | None, str]:
     """(thinking, answer part) of a completion: the thinking the teacher sent apart, else the text between the
-    tags (an opening tag never closed: all of it is thinking, and there is no answer part)."""
-    sent = getattr(c, "reasoning", None)
-    text = c.text or ""
-    if sent:
-        return sent.strip(), text.strip()
-    open_tag, close_tag = tags
-    start = text.find(open_tag)
-    end = text.find(close_tag, start + len(open_tag) if start >= 0 else 0)
-    if end >= 0 and (start < 0 or start < end):  # some templates put the opening tag in the prompt
-        inner_start = start + len(open_tag) if start >= 0 else 0
-        return text[inner_start:end].strip(), text[end + len(close_tag) :].strip()
-    if start >= 0:
-        return text[start + len(open_tag) :].strip(), ""
-    return None, text.strip()
+    tags (factory.teachers.reasoning's rules: an opening tag never closed makes all of it thinking and leaves
+    no answer part; a closing tag alone ends thinking the chat template opened)."""
+    if c.reasoning:
+        return c.reasoning.strip(), (c.text or "").strip()
+    answer, thought = split_reasoning(c.text or "", tags)
+    return thought, answer.strip()
 
 
 def _is_code(seed: Seed, p: ReasoningParams) -> bool:

@@ -47,6 +47,8 @@ def test_split_thinking_from_tags_from_the_field_and_when_cut_off() -> None:
     assert split_thinking(Completion(text="<think>still going"), tags) == ("still going", "")
     assert split_thinking(Completion(text="plain answer"), tags) == (None, "plain answer")
     assert split_thinking(Completion(text="[[x]] y"), ("[[", "]]")) == ("x", "y")
+    sent = Completion(text="The answer is 3.", reasoning="counted to three")
+    assert split_thinking(sent, tags) == ("counted to three", "The answer is 3.")
 
 
 def test_a_fraction_agrees_with_a_decimal_gold_and_a_wrong_answer_does_not() -> None:

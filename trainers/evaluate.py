@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.errors import ConfigError
-from trainers import causal, classifier, data
+from trainers import causal, classifier, data, kd
 from trainers.harness import OnProgress, Progress
 from trainers.step_by_step import task_input
 
@@ -187,6 +187,13 @@ def eval_model(model_dir: Path, meta: dict[str, Any], split: Any, *, max_example
     loss = causal.eval_loss(model, _loss_examples(_rows_of(split, shape, set(keys)), meta, tok), tok.pad_token_id,
                             batch_size)  # fmt: skip
     metrics: dict[str, Any] = {"eval_loss": None if loss is None else round(loss, 4)}
+    if task == "kd" and all(
+        c in split.column_names for c in kd.KD_COLUMNS
+    ):  # the held-out rows' teacher top-k
+        examples = kd.encode_rows(_rows_of(split, shape, set(keys)), shape, tok, bool(meta["chat"]),
+                                  meta["max_length"], strict=False)  # fmt: skip
+        kl = kd.eval_kl(model, examples, tok.pad_token_id, batch_size)
+        metrics["kd_kl"] = None if kl is None else round(kl, 4)
     if task == "triples":
         norm = [_tail(o) for o in outs]
         hits = [n in questions[k]["tails"] for n, k in zip(norm, keys, strict=True)]
@@ -271,7 +278,7 @@ def evaluate(model_dirs: list[Path], export_dir: Path | None = None, *, split_na
     }  # fmt: skip
     questions: dict[str, dict[str, Any]] = {}
     teacher: dict[str, Any] = {}
-    if meta0["task"] in ("step_by_step", "sft", "dpo"):
+    if meta0["task"] in ("step_by_step", "sft", "dpo", "kd"):
         questions, reference, teacher = reference_table(split.eval, export.shape, rel_tol, max_examples)
         report.update(reference=reference, inputs=len(questions))
         if not any(v.get("ref") for v in questions.values()):

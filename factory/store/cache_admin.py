@@ -33,8 +33,8 @@ ANSWERS = (
 )
 # The text a row holds, in bytes before compression (DuckDB compresses it on disk).
 _BYTES = (
-    "(strlen(c.key) + strlen(c.request) + coalesce(strlen(c.text), 0) + coalesce(strlen(c.error), 0) "
-    "+ coalesce(octet_length(c.logprobs), 0))"
+    "(strlen(c.key) + strlen(c.request) + coalesce(strlen(c.text), 0) + coalesce(strlen(c.reasoning), 0) "
+    "+ coalesce(strlen(c.error), 0) + coalesce(octet_length(c.logprobs), 0))"
 )
 _AGE = (
     "CASE WHEN c.created_at >= now() - INTERVAL 1 DAY THEN '< 1 day' "

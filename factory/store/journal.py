@@ -2,11 +2,12 @@
 
 An answer is written as it is parsed off its connection: the runner hooks the teacher's HTTP response, before
 the task that awaits it resumes, and the journal writes the row there and then with one ``os.write``. When
-answers come faster than one a millisecond, a row that follows a write by less than ``coalesce_s`` is queued
-instead, and all rows queued in one pass of the event loop go out in one write at the start of the next
-pass, ahead of the tasks those answers wake: a system call per answer was the largest cost the journal
+answers come faster than one every ``coalesce_s`` (5 ms), a row that follows a write by less than that is
+queued instead, and all rows queued in one pass of the event loop go out in one write at the start of the
+next pass, ahead of the tasks those answers wake: a system call per answer was the largest cost the journal
 added per request at a thousand requests in flight. (A writer thread waking every few milliseconds cost
-more, in taking the interpreter from the event loop.) Each write of rows is followed, at most every
+more, in taking the interpreter from the event loop. With 1 ms, a busy client whose passes of the loop
+take more than that wrote twice a pass, the first answer of the pass at once and the others after it.) Each write of rows is followed, at most every
 ``stats_interval_s`` (10 ms) and at every rotation, by a line of the invocation's counters (requests sent,
 attempts, tokens, failures by kind) as they are then, so the counters in the journal cover the answers in
 it up to that interval. The kernel keeps written data even if the process is SIGKILLed: a kill loses only
@@ -39,7 +40,7 @@ from factory.errors import StoreError
 log = logging.getLogger(__name__)
 
 STATS_INTERVAL_S = 0.01
-COALESCE_S = 0.001
+COALESCE_S = 0.005
 _STATS = b'{"stats":'
 
 
@@ -229,7 +230,9 @@ def scan_segments(
     ``columns`` order; JSON objects (an older journal) are mapped by name; a list written before the last
     ``later`` columns were added lacks them, and gets None for them. A complete row line that does
     not parse, has the wrong number of values, or that ``check`` refuses (it returns a reason) is left out
-    and added to ``bad``. A counters line that does not parse is skipped (the committed counters stand)."""
+    and added to ``bad``; a row of one of the ``older`` lengths (written before columns were added at the
+    end) gets None for the columns it lacks. A counters line that does not parse is skipped (the committed
+    counters stand)."""
     check_journal_path(directory)
     if not directory.is_dir():
         return [], [], []

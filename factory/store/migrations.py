@@ -258,6 +258,22 @@ def m009_cache_logprobs(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE _cache_retired RENAME TO cache_retired")
 
 
+def m010_cache_reasoning(con: duckdb.DuckDBPyConnection) -> None:
+    """A reasoning model's thinking, stored with its answer (``Completion.reasoning``): the server's
+    ``reasoning_content`` or what stood between think tags. NULL for answers without (and all older ones).
+    ``cache_retired`` keeps the columns of ``cache`` in its order, then its own two (what
+    ``SELECT *, reason, now() FROM cache`` fills), so it is rebuilt with the new column before them."""
+    con.execute("ALTER TABLE cache ADD COLUMN reasoning VARCHAR")
+    cached = [r[0] for r in con.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = 'cache' "
+                                         "ORDER BY column_index").fetchall()]  # fmt: skip
+    kept = ", ".join(f'"{c}"' if c != "reasoning" else "CAST(NULL AS VARCHAR) AS reasoning" for c in cached)
+    con.execute(
+        f"CREATE TABLE _cache_retired AS SELECT {kept}, retired_reason, retired_at FROM cache_retired"
+    )  # names from the catalog, not values
+    con.execute("DROP TABLE cache_retired")
+    con.execute("ALTER TABLE _cache_retired RENAME TO cache_retired")
+
+
 def m008_request_costs(con: duckdb.DuckDBPyConnection) -> None:
     """What each answer cost: ``cache.cost_usd`` (at the teacher's price when it was answered; NULL when no
     price was known, and for answers stored before) and ``cache.cached_prompt_tokens`` (the provider's
@@ -289,6 +305,7 @@ MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     m006_failure_examples,
     m007_batches,
     m009_cache_logprobs,
+    m010_cache_reasoning,
     m008_request_costs,
 ]
 

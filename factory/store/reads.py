@@ -144,6 +144,27 @@ class Reads(StoreBase):
             self.con.unregister("_lp_keys")
         return {k: bytes(b) for k, b in rows}
 
+    def answer_facts(self, run_id: str) -> dict[str, tuple[str | None, int]]:
+        """(finish_reason, characters of reasoning) of each cached answer the run's records name, by
+        request key; keys whose answer is no longer cached (forgotten) are absent."""
+        rows = self._rows(
+            "WITH k AS (SELECT DISTINCT unnest(request_keys) AS key FROM records WHERE run_id = ?) "
+            "SELECT c.key, c.finish_reason, coalesce(strlen(c.reasoning), 0) FROM cache c SEMI JOIN k "
+            "ON c.key = k.key WHERE c.status = 'ok'",
+            [run_id],
+        )
+        return {str(k): (None if f is None else str(f), int(n)) for k, f, n in rows}
+
+    def reasoning_of(self, keys: list[str]) -> dict[str, str]:
+        """The reasoning stored with these answers, by request key (keys without any are absent)."""
+        if not keys:
+            return {}
+        rows = self._rows(
+            "SELECT key, reasoning FROM cache WHERE key IN (SELECT unnest(?::VARCHAR[])) AND reasoning IS NOT NULL",
+            [list(keys)],
+        )
+        return {str(k): str(r) for k, r in rows}
+
     def template_versions(self, run_id: str) -> list[tuple[str, str | None, int]]:
         """(stage, template version, records) of the run's records, by stage then version."""
         rows = self._rows(

@@ -19,12 +19,12 @@ log = logging.getLogger(__name__)
 
 CACHE_COLUMNS = (
     "key", "teacher", "status", "request", "text", "finish_reason",
-    "prompt_tokens", "completion_tokens", "latency_ms", "error", "run_id", "logprobs", "cached_prompt_tokens",
-    "cost_usd",
+    "prompt_tokens", "completion_tokens", "latency_ms", "error", "run_id", "logprobs", "reasoning",
+    "cached_prompt_tokens", "cost_usd",
 )  # fmt: skip
 # Columns a cache row of an older version may lack at its end (a journal line or a shard written before
 # they were added): they are NULL for it.
-CACHE_LATER_COLUMNS = ("logprobs", "cached_prompt_tokens", "cost_usd")
+CACHE_LATER_COLUMNS = ("logprobs", "reasoning", "cached_prompt_tokens", "cost_usd")
 RECORD_COLUMNS = (
     "id", "run_id", "recipe", "stage", "seed_id", "sample_index", "text", "payload",
     "parent_ids", "request_keys", "teacher", "template_version",
@@ -35,8 +35,8 @@ CACHE_SCHEMA = pa.schema(
         ("key", pa.string()), ("teacher", pa.string()), ("status", pa.string()), ("request", pa.string()),
         ("text", pa.string()), ("finish_reason", pa.string()), ("prompt_tokens", pa.int32()),
         ("completion_tokens", pa.int32()), ("latency_ms", pa.float64()), ("error", pa.string()),
-        ("run_id", pa.string()), ("logprobs", pa.binary()), ("cached_prompt_tokens", pa.int32()),
-        ("cost_usd", pa.float64()),
+        ("run_id", pa.string()), ("logprobs", pa.binary()), ("reasoning", pa.string()),
+        ("cached_prompt_tokens", pa.int32()), ("cost_usd", pa.float64()),
     ]
 )  # fmt: skip
 RECORD_SCHEMA = pa.schema(

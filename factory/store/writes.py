@@ -58,7 +58,8 @@ class Writes(StoreBase):
                 insert_frame(
                     con, "_batch_cache", table_of(full_cache_rows(batch.cache), CACHE_SCHEMA),
                     "INSERT INTO cache (key, teacher, status, request, text, finish_reason, prompt_tokens, "
-                    "completion_tokens, latency_ms, error, run_id, logprobs, cached_prompt_tokens, cost_usd) ",
+                    "completion_tokens, latency_ms, error, run_id, logprobs, reasoning, cached_prompt_tokens, "
+                    "cost_usd) ",
                     "SELECT DISTINCT ON (key) * FROM _batch_cache ON CONFLICT DO NOTHING" if checked else None,
                 )  # fmt: skip
             if batch.records:
@@ -192,7 +193,7 @@ class Writes(StoreBase):
         try:
             rows = self._dicts(
                 "SELECT c.key, c.status, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens, "
-                "c.latency_ms, c.error, c.logprobs, c.cached_prompt_tokens, c.cost_usd FROM cache c "
+                "c.latency_ms, c.error, c.logprobs, c.reasoning, c.cached_prompt_tokens, c.cost_usd FROM cache c "
                 "SEMI JOIN _lookup l ON c.key = l.key"
             )
         finally:

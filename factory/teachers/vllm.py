@@ -38,6 +38,7 @@ from typing import Any
 
 from factory.errors import ConfigError, TeacherError, TeacherRejected, TeacherUnavailable
 from factory.logprobs import to_float32
+from factory.teachers import reasoning
 from factory.teachers import vllm_options as vo
 from factory.teachers.base import Teacher
 from factory.teachers.local import LocalEngineTeacher, model_folder, plain_messages, take_options
@@ -56,6 +57,7 @@ VLLM_DEFAULTS: dict[str, Any] = {
     "dtype": "auto",
     "seed": 0,
     "engine_args": {},
+    "think_tags": reasoning.DEFAULT_THINK_TAGS,
 }
 
 # Engine arguments that change only speed, memory or placement, never an answer: not part of the
@@ -93,6 +95,7 @@ class VLLMTeacher(LocalEngineTeacher):
         self.max_model_len = int(opts["max_model_len"])
         self.dtype = str(opts["dtype"])
         self.seed = int(opts["seed"])
+        self.think_tags = reasoning.think_tags(opts["think_tags"], where="the vllm teacher option think_tags")
         self.tensor_parallel_size, self.pipeline_parallel_size = vo.parallel_sizes(opts, opts["engine_args"])
         self.device: str | None = None  # known once the engine starts, with the options it started with
         self.engine_options: dict[str, Any] = {}
@@ -125,6 +128,7 @@ class VLLMTeacher(LocalEngineTeacher):
         engine = {k: v for k, v in self.engine_args.items() if k not in THROUGHPUT_ARGS}
         if engine:
             out["engine_args"] = engine
+        out.update(reasoning.tags_identity(self.think_tags))  # only when not the default
         return out
 
     def describe(self) -> dict[str, Any]:
@@ -311,7 +315,7 @@ class VLLMTeacher(LocalEngineTeacher):
             self.in_flight -= 1
         if final is None:
             return TeacherUnavailable("the vLLM engine ended a request without an answer", kind="engine")
-        return _completion(final, params.logprobs, (time.perf_counter() - t0) * 1000.0)
+        return _completion(final, params.logprobs, (time.perf_counter() - t0) * 1000.0, self.think_tags)
 
     def _next_id(self) -> str:
         return f"factory-{id(self):x}-{next(self._ids)}"
@@ -395,10 +399,12 @@ def _blamed(exc: BaseException) -> BaseException | None:
     return exc if isinstance(exc, (VLLMClientError, ValueError)) else None
 
 
-def _completion(output: Any, top: int | None, latency_ms: float) -> Completion:
+def _completion(output: Any, top: int | None, latency_ms: float, tags: reasoning.Tags) -> Completion:
     choice = output.outputs[0]
+    text, thought = reasoning.split(choice.text, tags)
     return Completion(
-        text=choice.text,
+        text=text,
+        reasoning=thought,
         finish_reason=choice.finish_reason,
         prompt_tokens=len(output.prompt_token_ids or ()),
         completion_tokens=len(choice.token_ids),
