@@ -7,8 +7,8 @@ Every quoted figure sits in a block of one of the two READMEs,
 whose text is what the renderer NAME (RENDERERS below) makes of the committed results files, which only the
 benchmark scripts write: `results.md` (run.py), `peers_results.md` (peers.py), and `results/NAME.json`
 (bench_dedup.py, bench_embed.py, bench_batch.py, bench_view.py, bench_cluster.py, demo_agreement.py,
-bench_train.py, bench_local_engine.py, bench_hf_teacher.py, bench_soft_labels.py, gpu_check.py: its block says
-so while its file is absent).
+bench_train.py, bench_local_engine.py, bench_hf_teacher.py, bench_soft_labels.py, bench_prompt_tokens.py,
+gpu_check.py: its block says so while its file is absent).
 The renderers live in figures_clients.py (run.py, peers.py) and figures_local.py (the others), each with
 its rows of README.md's speed table, figures_train.py, figures_engine.py, figures_hf.py, and here
 (demo_agreement.py);
@@ -177,6 +177,16 @@ def memory() -> str:
     return "\n" + body + "\n"
 
 
+def prompt_tokens() -> str:
+    """The dry run's prompt-token estimate against the exact count (bench_prompt_tokens.py)."""
+    d = _results.load("prompt_tokens")
+    e = d["figures"]["all"]["chars_over_4"]
+    return (
+        f"against SmolLM2's tokenizer over {e['prompts']:,} prompts of our recipes, a median error of "
+        f"{e['median']:.1%} and at most {e['max']:.1%} (`benchmarks/bench_prompt_tokens.py`, {d['date']})."
+    )
+
+
 def batch() -> str:
     """bench_batch.py: client CPU, peak RSS and bytes written of the batch path and the online path."""
     d = _results.load("batch")
@@ -205,6 +215,7 @@ def batch() -> str:
 
 RENDERERS: dict[str, Callable[[], str]] = {
     "batch": batch,
+    "prompt-tokens": prompt_tokens,
     "cpu-change": cpu_change,
     "memory": memory,
     "run-header": run_header,

@@ -70,6 +70,14 @@ class DryRunReport:
     max_output_tokens: int
     example_prompt: list[dict[str, str]] | None
     notes: list[str]
+    prompt_tokens_how: str = ""  # counted with a tokenizer, or estimated (with the estimate's error)
+    output_tokens_median: float | None = None  # of earlier answers of this recipe's first stage in the store
+    output_tokens_expected: int | None = (
+        None  # the requests not cached, at that median (capped by max_tokens)
+    )
+    cost_usd_max: float | None = None  # the requests not cached: every max_tokens of output; None: no price
+    cost_usd_expected: float | None = None  # at the median output of earlier answers, when the store has some
+    cost_basis: str = ""  # where the prices come from
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -83,12 +91,14 @@ def dry_run(prep: Prepared) -> DryRunReport:
     through a window at a time, each window's keys looked up in the store at once."""
     teachers = make_teachers(prep)  # cheap: engines and connections open lazily
     rep = DryRunReport(prep.run_id, len(prep.seeds), 0, 0, 0, 0, 0, None, [])
+    dollars = _DryRunDollars(prep)
     with contextlib.ExitStack() as stack:
         st: Store | None = None
         if prep.store_path.exists():
             try:
                 st = stack.enter_context(Store(prep.store_path, read_only=True))
                 rep.seeds_done = st.count_done(prep.run_id)
+                dollars.median_from(st, prep.recipe.slug, prep.recipe.stages[0])
             except FactoryError as exc:
                 rep.notes.append(f"store not read: {exc}")
         for seeds in seed_windows(prep.seeds, DRY_RUN_WINDOW):
@@ -96,20 +106,91 @@ def dry_run(prep: Prepared) -> DryRunReport:
             if rep.example_prompt is None and requests:
                 rep.example_prompt = list(requests[0][1].messages)
             rep.requests += len(requests)
-            rep.prompt_tokens_est += sum(sum(len(m["content"]) for m in r.messages) // 4 for _, r in requests)
             rep.max_output_tokens += sum(r.sampling.max_tokens for _, r in requests)
+            keys = [request_key(teachers[role].identity(), r.body()) for role, r in requests]
+            found: set[str] = set()
             if st is not None:
-                keys = {request_key(teachers[role].identity(), r.body()) for role, r in requests}
                 try:
-                    rep.cached += len(st.lookup(sorted(keys)))
+                    found = set(st.lookup(sorted(set(keys))))
                 except FactoryError as exc:
                     rep.notes.append(f"store not read: {exc}")
                     st = None
+            rep.cached += len(found)
+            for (role, r), key in zip(requests, keys, strict=True):
+                rep.prompt_tokens_est += dollars.add(role, r, cached=key in found)
+        dollars.report(rep)
     if prep.recipe.stages[1:]:
         rep.notes.append(
             f"only the first stage is counted; later stages ({', '.join(prep.recipe.stages[1:])}) depend on answers"
         )
     return rep
+
+
+class _DryRunDollars:
+    """The dry run's prompt tokens (a tokenizer's count where one is on disk, else the estimate) and
+    dollars (the requests not cached, at each role's price)."""
+
+    def __init__(self, prep: Prepared):
+        from factory.pricing import price_for
+        from factory.token_count import counter_for
+
+        self.roles = prep.config.roles()
+        self.prices = {role: price_for(tc) for role, tc in self.roles.items()}
+        self.counters: dict[str, Any] = {}
+        self.how: list[str] = []
+        loaded: dict[tuple[str, str | None], Any] = {}
+        for role, tc in self.roles.items():
+            ident = (tc.spec, tc.tokenizer)
+            if ident not in loaded:
+                loaded[ident] = counter_for(tc.spec, tc.tokenizer, prep.config._base_dir)
+                self.how.append(("" if role == "default" else f"{role}: ") + loaded[ident][1])
+            self.counters[role] = loaded[ident][0]
+        self.median: float | None = None
+        self.median_of = 0
+        self.max_usd = 0.0
+        self.expected_usd = 0.0
+        self.expected_out = 0
+
+    def median_from(self, st: Store, recipe: str, stage: str) -> None:
+        self.median, self.median_of = st.output_tokens_median(recipe, stage)
+
+    def add(self, role: str, req: Any, *, cached: bool) -> int:
+        """Count one request; returns its prompt tokens."""
+        from factory.token_count import estimate
+
+        count = self.counters.get(role)
+        n = count(req.messages) if count is not None else estimate(req.messages)
+        price = self.prices.get(role)
+        if not cached:
+            out = req.sampling.max_tokens
+            expected = out if self.median is None else min(out, round(self.median))
+            self.expected_out += expected
+            if price is not None:
+                batch = self.roles[role].mode == "batch"  # answered through the Batch API: its discount
+                self.max_usd += price.worst_case(n, out, batch=batch)
+                self.expected_usd += price.cost(n, expected, batch=batch)
+        return n
+
+    def report(self, rep: DryRunReport) -> None:
+        from factory.costs import price_sources
+
+        rep.prompt_tokens_how = "; ".join(self.how)
+        unknown = [f"{tc.spec}" for role, tc in self.roles.items() if self.prices[role] is None]
+        sources, read = price_sources({"teacher": self.roles["default"].model_dump(),
+                                       "teachers": {r: tc.model_dump() for r, tc in self.roles.items() if r != "default"}})  # fmt: skip
+        listed = f"list prices read {', '.join(read)}" if read else "the configured prices"
+        rep.cost_basis = f"an estimate from {listed} ({'; '.join(sources)})"
+        if self.median is not None:
+            rep.output_tokens_median = self.median
+            rep.output_tokens_expected = self.expected_out
+        if unknown:
+            rep.notes.append(
+                f"no price is known for {', '.join(unknown)}: give teacher.price to see what the run costs"
+            )
+            return
+        rep.cost_usd_max = round(self.max_usd, 9)
+        if self.median is not None:
+            rep.cost_usd_expected = round(self.expected_usd, 9)
 
 
 def interrupted(n: int, signame: str, stop: Callable[[], None], abandon: Callable[[], None] | None) -> bool:

@@ -23,6 +23,8 @@ import yaml
 from factory import __version__
 from factory import card_facts as cf
 from factory import markdown as md
+from factory.costs import run_cost
+from factory.pricing import usd
 from factory.store import Store
 
 
@@ -131,6 +133,7 @@ class _Card:
         self.params = cf.resolved_params(self.recipe, self.cfg.get("params") or {})
         self.roles = cf.roles(self.cfg)
         self.funnel = store.funnel(run_id)
+        self.cost = run_cost(store, run_id, self.s, self.funnel)
         self.last = store.latest_pass(run_id)
         self.sent = store.request_sampling(run_id)
         self.rows = cf.exported_rows(
@@ -191,9 +194,22 @@ class _Card:
             ["splits", ", ".join(f"{k}: {v}" for k, v in f.split_sizes.items())],
             ["teacher requests (paid)", s["requests_sent"]], ["cache hits", s["cache_hits"]],
             ["prompt tokens", s["prompt_tokens"]], ["output tokens", s["completion_tokens"]],
+            ["cost (estimate)", self._cost_cell()],
             ["config hash", f"`{s['config_hash']}`"], ["factory version", __version__],
         ]  # fmt: skip
         return [f"# {s['name']}", "", text, "", *md.table(["", ""], rows)]
+
+    def _cost_cell(self) -> str:
+        c = self.cost
+        cell = f"{usd(c.paid_usd)}"
+        if c.per_curated is not None:
+            cell += f" ({usd(c.per_curated)} per curated record)"
+        cell += f"; {c.basis}"
+        if c.saved_usd:
+            cell += f"; {usd(c.saved_usd)} of answers other runs paid for came from the cache"
+        if c.unpriced:
+            cell += f"; {c.unpriced:,} answers of no known cost"
+        return cell
 
     def answers(self) -> list[str]:
         from factory.card_quality import answer_quality

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from factory import __version__
 from factory.cli_output import print_funnel, print_rows
 from factory.errors import ConfigError, FactoryError
+from factory.pricing import usd
 
 EXIT_INTERRUPTED = 130
 EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command whose reader went away
@@ -56,6 +58,16 @@ class _BarView:
         self.progress.__exit__(*exc)
 
 
+def _spent(p: Any) -> str:
+    """Dollars of the progress line: spent so far (an estimate), and what the cache saved."""
+    spent = getattr(p, "cost_usd", 0.0)
+    out = f"≈{usd(spent)} spent" + (
+        "" if getattr(p, "cost_known", True) else " (+ answers of no known price)"
+    )
+    saved = getattr(p, "saved_usd", 0.0)
+    return out + (f", {usd(saved)} saved by the cache" if saved else "")
+
+
 class ProgressView(_BarView):
     """A progress bar with rate, tokens, cache hits, failures (and the latest reason) and ETA; while the run
     drains, how many requests are still awaited (a plain line when not a TTY)."""
@@ -79,11 +91,16 @@ class ProgressView(_BarView):
         else:
             info = (
                 f"{rate:.1f} req/s · {p.requests_sent} sent · {p.cache_hits} cached · {p.in_flight} pending · "
-                f"{p.completion_tokens} out tok · {fails} failed attempts · ETA {_fmt_s(p.eta_s)}"
+                f"{p.completion_tokens} out tok · {_spent(p)} · {fails} failed attempts · ETA {_fmt_s(p.eta_s)}"
             )
+            if getattr(p, "pacing", None):
+                info += f" · {p.pacing}"
         waiting = getattr(p, "waiting_on", None)
         if waiting and not getattr(p, "draining", False):
-            info = f"{waiting} · {p.requests_sent} answered · {p.cache_hits} cached · {fails} failed attempts"
+            info = (
+                f"{waiting} · {p.requests_sent} answered · {p.cache_hits} cached · {_spent(p)} · "
+                f"{fails} failed attempts"
+            )
         last = getattr(p, "last_failure", None)
         if fails and last:
             info += f" · last failure: {last}"
@@ -125,7 +142,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(line)
         print(f"run {rep.run_id}: {rep.seeds} seeds ({rep.seeds_done} already done)")
         print(f"requests: {rep.requests} ({rep.cached} already cached)")
-        print(f"prompt tokens ≈ {rep.prompt_tokens_est}; output tokens ≤ {rep.max_output_tokens}")
+        print(f"prompt tokens: {rep.prompt_tokens_est} ({rep.prompt_tokens_how})")
+        print(f"output tokens: at most {rep.max_output_tokens} (max_tokens of every request)")
+        if rep.output_tokens_expected is not None:
+            print(
+                f"  about {rep.output_tokens_expected} for the requests not cached, at the median "
+                f"({rep.output_tokens_median:g}) of this recipe's earlier answers in the store"
+            )
+        if rep.cost_usd_max is not None:
+            line = f"cost of the requests not cached: at most {usd(rep.cost_usd_max)}"
+            if rep.cost_usd_expected is not None:
+                line += f", about {usd(rep.cost_usd_expected)} at the median output of earlier answers"
+            print(line)
+            print(f"  {rep.cost_basis}")
         if rep.example_prompt:
             print("first prompt:")
             for m in rep.example_prompt:
@@ -154,7 +183,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "run_id": result.run_id, "status": result.status, "store": str(prep.store_path), "seeds_done": p.seeds_done,
         "seeds_failed": p.seeds_failed, "records_added": p.records, "requests_sent": p.requests_sent,
         "cache_hits": p.cache_hits, "completion_tokens": p.completion_tokens, "elapsed_s": round(p.elapsed_s, 2),
-        "abandoned": p.abandoned,
+        "abandoned": p.abandoned, "cost_usd": round(p.cost_usd, 9), "saved_usd": round(p.saved_usd, 9),
     }  # fmt: skip
     if result.curation is not None:
         summary["curated"] = result.curation.funnel["curated"]
@@ -178,7 +207,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         return EXIT_INTERRUPTED
     if result.status == "budget":
-        print("stopped at the budget: raise budget.* in the config and re-run to continue", file=sys.stderr)
+        why = f" ({p.budget})" if p.budget else ""
+        print(
+            f"stopped at the budget{why}; {usd(p.cost_usd)} spent in this invocation (an estimate at the "
+            "teachers' prices): raise budget.* in the config and re-run to continue",
+            file=sys.stderr,
+        )
         return 4
     if result.status == "incomplete":
         local = any(not tc.spec.strip().startswith("openai:") for tc in prep.config.roles().values())
@@ -220,11 +254,47 @@ def _resolve(st: Any, run: str | None) -> str:
     return found.id
 
 
+def _live_status(args: argparse.Namespace, exc: Exception) -> int:
+    """`factory status` of a run in progress in another process (it holds the store): its live file."""
+    from factory.live import read_live
+    from factory.locate import locate
+
+    loc = locate(store=args.store, config=getattr(args, "config", None), run=args.run)
+    doc = read_live(loc.store)
+    run = loc.run
+    if doc is None or (run and run != doc["run_id"] and not str(doc["run_id"]).startswith(f"{run}-")):
+        raise exc
+    doc.pop("pid", None)
+    as_of = time.time() - float(doc.pop("at"))
+    doc = {"run_id": doc.pop("run_id"), "status": "running (in another process; the store is in use)",
+           "as_of_s_ago": round(as_of, 1), **doc}  # fmt: skip
+    if args.json:
+        print(json.dumps(doc))
+        return 0
+    spent = usd(doc.pop("cost_usd")) + ("" if doc.pop("cost_known") else " (+ answers of no known price)")
+    doc["spent"] = (
+        f"≈{spent} so far (an estimate at the teachers' prices); {usd(doc.pop('saved_usd'))} saved by the cache"
+    )
+    if doc.get("pacing") is None:
+        doc.pop("pacing", None)
+    width = max(len(k) for k in doc)
+    for k, v in doc.items():
+        print(f"{k:>{width}}: {v}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    from factory.errors import StoreInUse
     from factory.locate import is_config_path
 
     list_all = args.all and (args.run is None or args.config is not None or is_config_path(args.run))
-    with _store_for(args) as st:
+    try:
+        opened = _store_for(args)
+    except StoreInUse as exc:
+        if list_all:
+            raise
+        return _live_status(args, exc)
+    with opened as st:
         if list_all:
             runs = st.runs()
             if args.json:
@@ -244,15 +314,29 @@ def cmd_status(args: argparse.Namespace) -> int:
         s = st.run_summary(run_id)
         drops = st.verdict_counts(run_id)
         s["funnel"] = st.funnel(run_id)
+        from factory.costs import run_cost
+
+        cost = run_cost(st, run_id, s, s["funnel"])
+        for k in ("cost_usd", "saved_usd", "unpriced"):
+            s.pop(k, None)
+        pacing = s.pop("pacing", None) if s["status"] == "running" else None  # held by pacing now
+        s.pop("pacing", None)
         s["batches"] = st.batches_of(run_id)
         if args.diversity:
             s["diversity"] = _diversity(st.curated_table(run_id))
     s["dropped"] = [{"filter": f, "reason": r, "records": n} for f, r, n in drops]
+    s["cost"] = cost.as_dict()
+    s["pacing"] = pacing
     if args.json:
         print(json.dumps(s, default=str))
         return 0
     funnel = s.pop("funnel")
     reasons = s.pop("failure_reasons")
+    s["cost"] = cost.sentence()
+    if pacing is None:
+        del s["pacing"]
+    else:  # a run whose process died (a live one holds the store): what held it when it last wrote
+        s["pacing"] = f"{pacing} (as last journaled)"
     batches = s.pop("batches")
     width = max(len(k) for k in s)
     for k, v in s.items():

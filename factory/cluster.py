@@ -256,9 +256,15 @@ class RateBudget:
 
 
 class SharedPacer:
-    """A worker's side of :class:`RateBudget`, with the teacher's pacer interface."""
+    """A worker's side of :class:`RateBudget`, with the teacher's pacer interface. A token limit
+    (``max_tokens_per_minute``, this worker's share of it) is kept here, by a pacer of the worker's own."""
 
-    def __init__(self, budget: Any):
+    def __init__(self, budget: Any, tokens_per_minute: float | None = None):
+        from factory.teachers.pacing import Pacer
+
+        self._tokens = (
+            Pacer(None, learn=False, tokens_per_minute=tokens_per_minute) if tokens_per_minute else None
+        )
         self._budget = budget
         self._slots: deque[float] = deque()
         self._lock = asyncio.Lock()
@@ -268,7 +274,25 @@ class SharedPacer:
         self.epoch = 0
         self.rate: float | None = None
 
-    async def wait(self) -> int:
+    async def wait(self, tokens: int = 0) -> int:
+        """Wait for a start from the cluster's request budget, then for this worker's share of the token
+        limit (a request reserving ``tokens``)."""
+        epoch = await self._start()
+        if self._tokens is not None:
+            await self._tokens.wait(tokens)
+        return epoch
+
+    def used(self, reserved: int, tokens: int) -> None:
+        if self._tokens is not None:
+            self._tokens.used(reserved, tokens)
+
+    def holding(self) -> str | None:
+        now = time.monotonic()
+        if self._slots and self._slots[-1] - now >= 1.0:
+            return f"waiting {self._slots[-1] - now:.0f} s: requests per minute (shared by the cluster)"
+        return self._tokens.holding(now) if self._tokens is not None else None
+
+    async def _start(self) -> int:
         while True:
             now = time.monotonic()
             if now < self._unpaced_until:
@@ -315,6 +339,7 @@ class ShardWorker:
         seeds_digest: str,
         in_flight: int | None,
         budgets: dict[str, str],
+        workers: int = 1,
     ):
         from factory.config import parse_config
 
@@ -325,6 +350,8 @@ class ShardWorker:
         if in_flight is not None:
             for tc in cfg.roles().values():
                 tc.max_in_flight = max(1, in_flight)
+                if tc.max_tokens_per_minute:  # each worker keeps to its share of the token limit
+                    tc.max_tokens_per_minute = tc.max_tokens_per_minute / max(1, workers)
         self.teachers = make_teachers(self.prep)
         self._budgets = budgets  # actor names: one restarted by Ray finds them again
         self.runner: Any = None
@@ -338,7 +365,8 @@ class ShardWorker:
         for role, name in self._budgets.items():
             teacher = self.teachers.get(role)
             if teacher is not None and hasattr(teacher, "pacer"):
-                teacher.pacer = SharedPacer(ray.get_actor(name))
+                tokens = getattr(teacher.pacer, "tokens_per_minute", None)  # this worker's share
+                teacher.pacer = SharedPacer(ray.get_actor(name), tokens)
         self._budgets = {}
 
     def ready(self) -> str:
@@ -350,7 +378,7 @@ class ShardWorker:
         shard_seeds: list[Any],
         done: list[str],
         root: str,
-        budget: tuple[int | None, int | None] = (None, None),
+        budget: Share = (None, None, None),
     ) -> dict[str, Any]:
         from factory.runner import Budget, Runner
 
@@ -391,7 +419,7 @@ class ShardWorker:
                     "seeds": len(seeds), "seeds_done": p.seeds_done, "seeds_failed": p.seeds_failed,
                     "records": p.records, "requests_sent": p.requests_sent, "cache_hits": p.cache_hits,
                     "prompt_tokens": p.prompt_tokens, "completion_tokens": p.completion_tokens,
-                    "attempts": stats["attempts"], "failures": stats["failures"],
+                    "attempts": stats["attempts"], "failures": stats["failures"], "cost_usd": p.cost_usd,
                     "host": os.uname().nodename, "pid": os.getpid(), "elapsed_s": p.elapsed_s,
                 }  # fmt: skip
                 if result.status in ("done", "incomplete"):
@@ -450,6 +478,7 @@ class ClusterReport:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     attempts: int = 0
+    cost_usd: float = 0.0  # at the teachers' prices (an estimate)
     failures: Counter[str] = field(default_factory=Counter)  # failed attempts by kind, final_* as in a run
     budget_reached: bool = False
     per_worker: dict[str, int] = field(default_factory=dict)
@@ -458,37 +487,43 @@ class ClusterReport:
     fatal_exit_code: int | None = None
 
 
+Share = tuple[int | None, int | None, float | None]  # a shard's budget: requests, output tokens, dollars
+MONEY = 2  # the dollars' place in a Share
+MIN_SHARE_USD = 1e-6  # a dollar share smaller than this is none
+
+
 class _Spending:
     """The run's budget across shards: each shard gets a share of what is neither spent nor held by
     running shards, and hands back what it did not use. The shares never add up to more than the budget."""
 
-    def __init__(self, max_requests: int | None, max_output_tokens: int | None):
-        self.limits = (max_requests, max_output_tokens)
-        self.spent = [0, 0]
-        self.held = [0, 0]
+    def __init__(self, max_requests: int | None, max_output_tokens: int | None, max_usd: float | None = None):
+        self.limits = (max_requests, max_output_tokens, max_usd)
+        self.spent: list[float] = [0, 0, 0.0]
+        self.held: list[float] = [0, 0, 0.0]
 
-    def share(self, idle: int) -> tuple[int | None, int | None] | None:
-        out: list[int | None] = []
+    def share(self, idle: int) -> Share | None:
+        out: list[Any] = []
         for k, limit in enumerate(self.limits):
             if limit is None:
                 out.append(None)
                 continue
             left = limit - self.spent[k] - self.held[k]
-            part = left // max(1, idle)
-            if part <= 0:
+            part = left / max(1, idle) if k == MONEY else int(left // max(1, idle))
+            if part <= (MIN_SHARE_USD if k == MONEY else 0):
                 return None
             out.append(part)
             self.held[k] += part
-        return out[0], out[1]
+        return out[0], out[1], out[2]
 
-    def returned(self, share: tuple[int | None, int | None], doc: dict[str, Any] | None) -> None:
-        used: tuple[Any, Any] = (doc["requests_sent"], doc["completion_tokens"]) if doc else (None, None)
+    def returned(self, share: Share, doc: dict[str, Any] | None) -> None:
+        keys = ("requests_sent", "completion_tokens", "cost_usd")
         for k, part in enumerate(share):
             if part is None:
                 continue
             self.held[k] -= part
+            used = doc.get(keys[k]) if doc else None
             # a shard lost for good may have spent all of its share
-            self.spent[k] += part if used[k] is None else min(part, int(used[k]))
+            self.spent[k] += part if used is None else min(part, used)
 
 
 def shards_of(n_seeds: int, shard_seeds: int) -> list[tuple[str, int, int]]:
@@ -708,7 +743,10 @@ async def run_on_ray(
         in_flight = max(1, cfg.teacher.max_in_flight // n)
     config = cfg.model_dump(mode="json")
     actors, groups = start_workers(
-        ray, placed, ShardWorker, (config, str(cfg._base_dir.resolve()), prep.seeds_digest, in_flight, names)
+        ray,
+        placed,
+        ShardWorker,
+        (config, str(cfg._base_dir.resolve()), prep.seeds_digest, in_flight, names, n),
     )
     try:
         ids = await asyncio.gather(*[a.ready.remote() for a in actors])
@@ -717,13 +755,13 @@ async def run_on_ray(
                 f"a worker prepared run {ids[0]}, the driver {prep.run_id}: the config or seed files differ "
                 "between the nodes; put them in a folder every node sees or ship them with --working-dir"
             )
-        running: dict[asyncio.Future[Any], tuple[Any, _Shard, tuple[int | None, int | None]]] = {}
+        running: dict[asyncio.Future[Any], tuple[Any, _Shard, Share]] = {}
         root = files.uri if "://" in files.uri else files.root
 
         async def result_of(ref: Any) -> Any:
             return await ref
 
-        spend = _Spending(cfg.budget.max_requests, cfg.budget.max_output_tokens)
+        spend = _Spending(cfg.budget.max_requests, cfg.budget.max_output_tokens, cfg.budget.max_usd)
         identities = {role: t.identity() for role, t in teachers.items()}
 
         def submit(actor: Any) -> None:
@@ -772,6 +810,7 @@ async def run_on_ray(
                     for k in ("seeds_failed", "requests_sent", "cache_hits", "prompt_tokens",
                               "completion_tokens", "attempts"):  # fmt: skip
                         setattr(report, k, getattr(report, k) + int(doc[k] or 0))
+                    report.cost_usd += float(doc.get("cost_usd") or 0.0)
                     report.failures.update(doc.get("failures") or {})
                 fatal = doc is not None and doc["status"] == "failed" and doc.get("error")
                 if doc is not None and fatal and report.fatal is None:

@@ -24,6 +24,20 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class PriceConfig(Strict):
+    input: float = Field(..., ge=0, description="Dollars per million prompt tokens.")
+    output: float = Field(..., ge=0, description="Dollars per million output tokens.")
+    cached_input: float | None = Field(
+        None,
+        ge=0,
+        description="Dollars per million prompt tokens the provider served from its prompt cache "
+        "(default: the input price).",
+    )
+    batch_discount: float = Field(
+        0.0, ge=0, le=1, description="Share of the price a batch answer is spared (0.5: half price)."
+    )
+
+
 class BatchConfig(Strict):
     """How ``teacher.mode: batch`` uses the provider's Batch API (OpenAI's limits are the defaults)."""
 
@@ -85,6 +99,16 @@ class TeacherConfig(Strict):
     )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Backend-specific options (engine args ...)."
+    )
+    price: PriceConfig | None = Field(
+        None,
+        description="What this teacher's answers cost, in dollars per million tokens; overrides the shipped "
+        "list prices (factory/prices.json). Local engines cost $0 unless given one.",
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="A local tokenizer (a folder with tokenizer.json, or the file) for counting the prompt "
+        "tokens of an API model in `run --dry-run`; relative to the config file.",
     )
     mode: Literal["online", "batch"] = Field(
         "online",
@@ -148,6 +172,12 @@ class BudgetConfig(Strict):
     )
     max_output_tokens: int | None = Field(
         None, ge=0, description="Stop before the output tokens paid for exceed this."
+    )
+    max_usd: float | None = Field(
+        None,
+        ge=0,
+        description="Stop before the dollars spent (at list prices, or teacher.price) exceed this; requests "
+        "in flight count at their most (max_tokens of output).",
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from factory.pricing import Price
 from factory.seeds import Seeds
 from recipes.base import Recipe
 
@@ -14,6 +15,7 @@ from recipes.base import Recipe
 class Budget:
     max_requests: int | None = None
     max_output_tokens: int | None = None
+    max_usd: float | None = None
 
 
 @dataclass(slots=True)
@@ -28,6 +30,7 @@ class Plan:
     template_version: str = ""
     retry_rejected: bool = False  # re-ask requests whose cached answer is a rejection (--retry-failed)
     drain_s: float = 30.0  # how long a drain waits for the requests in flight before abandoning them
+    prices: dict[str, Price | None] = field(default_factory=dict)  # by teacher role; None: unknown
 
 
 @dataclass(slots=True)
@@ -48,6 +51,11 @@ class Progress:
     awaiting: int = 0  # requests sent and not yet answered (in_flight also counts those queued to send)
     abandoned: int = 0  # requests in flight given up by the stop (sent again on resume)
     last_failure: str | None = None  # the latest failed attempt, one short line
+    cost_usd: float = 0.0  # what this invocation's answers cost at the teachers' prices (an estimate)
+    cost_known: bool = True  # False when a teacher that answered has no known price
+    saved_usd: float = 0.0  # what the answers served from the cache cost when they were paid for
+    pacing: str | None = None  # why starts are held now, e.g. "waiting 12 s: tokens per minute"
+    budget: str | None = None  # the budget that stopped the run, and what was spent
     waiting_on: str | None = None  # e.g. a provider batch and its state (teacher.mode: batch)
 
     @property

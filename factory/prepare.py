@@ -19,6 +19,7 @@ from factory.config import RunConfig, load_config, run_id_for, validate_params
 from factory.errors import ConfigError
 from factory.loops import run_sync
 from factory.plan import Budget, Plan
+from factory.pricing import price_for, unknown_price_message
 from factory.runner import seeds_in_flight
 from factory.seed_sources import seed_path
 from factory.seeds import Seed, Seeds, check_seeds, first_seeds
@@ -90,6 +91,11 @@ def prepare(
                 f"define; add it under `teachers:` (e.g. `teachers: {{{role}: openai:MODEL@URL}}`). "
                 f"Defined roles: {', '.join(roles)}"
             )
+    if cfg.budget.max_usd is not None:
+        for role, tc in roles.items():
+            if price_for(tc) is None:
+                where = "teacher" if role == "default" else f"teachers.{role}"
+                raise ConfigError(unknown_price_message(tc.spec, where))
     seeds: Seeds
     if seeds_of is not None and recipe.bind is None:
         seeds, digest_of_seeds = seeds_of
@@ -187,10 +193,11 @@ def plan_for(
     return Plan(
         run_id=prep.run_id, recipe=prep.recipe, state=prep.state,
         seeds=prep.seeds if seeds is None else seeds,
-        budget=budget or Budget(cfg.budget.max_requests, cfg.budget.max_output_tokens),
+        budget=budget or Budget(cfg.budget.max_requests, cfg.budget.max_output_tokens, cfg.budget.max_usd),
         commit_interval_s=cfg.runner.commit_interval_s,
         max_seeds_in_flight=seeds_in_flight(cfg.runner.max_seeds_in_flight, teachers["default"], cfg.teacher.max_in_flight),
         template_version=prep.template_version, retry_rejected=retry_failed, drain_s=cfg.runner.drain_s,
+        prices={role: price_for(tc) for role, tc in cfg.roles().items()},
     )  # fmt: skip
 
 

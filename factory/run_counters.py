@@ -27,6 +27,10 @@ class RunCounters:
     cache_hits: int
     prompt_tokens: int
     completion_tokens: int
+    cost_usd: float
+    saved_usd: float
+    unpriced: int
+    budget_note: str | None
     seeds_done: int
     seeds_failed: int
     records: int
@@ -85,7 +89,8 @@ class RunCounters:
             "run_id": self.plan.run_id, "invocation": self.invocation, "requests_sent": self.requests_sent,
             "attempts": self.attempts, "cache_hits": self.cache_hits, "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens, "failures": dict(failures), "failure_examples": examples,
-            "status": status,
+            "status": status, "cost_usd": self.cost_usd, "saved_usd": self.saved_usd, "unpriced": self.unpriced,
+            "pacing": self.pacing(),
         }  # fmt: skip
 
     def snapshot(self) -> Progress:
@@ -96,7 +101,17 @@ class RunCounters:
             failures=dict(self._errors()), elapsed_s=time.perf_counter() - self._t0,
             seeds_resumed=self._resumed_done, draining=self._draining and not self.abandoned, awaiting=self.awaiting,
             abandoned=self.abandoned, last_failure=self._last_failure(), waiting_on=self.waiting_on(),
+            cost_usd=self.cost_usd, cost_known=self.unpriced == 0, saved_usd=self.saved_usd, pacing=self.pacing(),
+            budget=self.budget_note,
         )  # fmt: skip
+
+    def pacing(self) -> str | None:
+        """Why a teacher holds its starts back now ("waiting 12 s: tokens per minute"); None when none does."""
+        for t in self._distinct_teachers():
+            held = t.pacing()
+            if held:
+                return held
+        return None
 
     def waiting_on(self) -> str | None:
         """What the run waits on besides requests in flight (a provider batch); None for most runs."""

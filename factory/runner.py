@@ -38,8 +38,10 @@ from factory.errors import (
 from factory.gc_tuning import fewer_collections
 from factory.keyfilter import KeyFilter
 from factory.keys import canonical_json, record_id, request_key_raw
+from factory.live import clear_live, write_live
 from factory.logprobs import pack, unpack
 from factory.plan import Budget, Plan, Progress, Result
+from factory.pricing import Price, usd
 from factory.run_counters import RunCounters
 from factory.seeds import Seed, seed_windows
 from factory.store import Batch, CacheRow, Store
@@ -78,9 +80,11 @@ class _Lane:
     teacher: Teacher
     identity_json: bytes
     engine: MicroBatcher[Request, Outcome] | None
+    price: Price | None = None  # what its answers cost; None: unknown
     batches: Any = None  # a BatchQueue (factory.batch_queue) while a session runs, for teacher.mode: batch
     skip_lookup: bool = False  # nothing of this teacher's in the cache before the run: no look-ups needed
-    # requests at the teacher, by id(request): [lane, key, body, reserved tokens, True] until the answer arrives
+    # requests at the teacher, by id(request): [lane, key, body, reserved tokens, True, reserved dollars]; the
+    # fifth item is True until the answer arrives
     waiting: dict[int, list[Any]] = field(default_factory=dict)
 
     @property
@@ -104,10 +108,10 @@ class Runner(RunCounters):
         self.invocation = invocation
         self.on_progress = on_progress
         lanes: dict[int, _Lane] = {}
-        for t in roles.values():  # roles that share a teacher share its lane (and its engine batch)
+        for role, t in roles.items():  # roles that share a teacher share its lane (and its engine batch)
             if id(t) not in lanes:
                 engine = MicroBatcher(t.complete, max_batch=4096) if t.native_batch else None
-                lanes[id(t)] = _Lane(t, canonical_json(t.identity()), engine)
+                lanes[id(t)] = _Lane(t, canonical_json(t.identity()), engine, plan.prices.get(role))
         self._lanes = {role: lanes[id(t)] for role, t in roles.items()}
         self._default = self._lanes["default"]
         self._teacher_name = self.teacher.name
@@ -141,6 +145,11 @@ class Runner(RunCounters):
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.reserved_tokens = 0
+        self.cost_usd = 0.0  # paid by this invocation, at the lanes' prices
+        self.saved_usd = 0.0  # what the answers served from the cache cost when they were paid for
+        self.reserved_usd = 0.0  # requests in flight at their most
+        self.unpriced = 0  # answers of a teacher with no known price (their cost is not in cost_usd)
+        self.budget_note: str | None = None
         self.dispatched = 0
         self.final_failures: Counter[str] = Counter()
         self._t0 = time.perf_counter()
@@ -235,6 +244,7 @@ class Runner(RunCounters):
             loop.call_soon(self._journal_failed, exc)
 
         self._journal.start(lambda: self.stats("running"), journal_failed)
+        write_live(self.store.path, self._live())  # `factory status` finds the run from its start
         flusher = loop.create_task(self._flush_every())
         try:
             await self._start_batches(lanes)
@@ -259,6 +269,7 @@ class Runner(RunCounters):
                 self._journal.close()
             except StoreError as exc:  # the journal's failed write (disk full): the run reports it
                 self._fatal = self._fatal or exc
+            clear_live(self.store.path)
 
     async def _start_batches(self, lanes: list[_Lane]) -> None:
         """A batch queue for each teacher in mode: batch; it takes up the batches left open first."""
@@ -282,6 +293,7 @@ class Runner(RunCounters):
             outcome.key = key
             self.prompt_tokens += outcome.prompt_tokens
             self.completion_tokens += outcome.completion_tokens
+            self._price(lane, outcome)
             self._remember(lane, key, body.encode(), "ok", outcome, None)
         elif isinstance(outcome, TeacherRejected) and outcome.cacheable:
             self._remember(lane, key, body.encode(), "rejected", None, str(outcome)[:1000])
@@ -493,29 +505,33 @@ class Runner(RunCounters):
                 row = None
             if row is not None:
                 self.cache_hits += 1
+                self.saved_usd += row.get("cost_usd") or 0.0
                 self._inflight.pop(key, None)
                 if row["status"] == "ok":
                     return Completion(
                         text=row["text"] or "", finish_reason=row["finish_reason"],
                         prompt_tokens=row["prompt_tokens"] or 0, completion_tokens=row["completion_tokens"] or 0,
                         latency_ms=row["latency_ms"] or 0.0, key=key, cached=True,
+                        cached_prompt_tokens=row.get("cached_prompt_tokens") or 0, cost_usd=0.0,
                         logprobs=unpack(row["logprobs"]) if row.get("logprobs") is not None else None,
                         reasoning=row.get("reasoning"),
                     )  # fmt: skip
                 return TeacherRejected(row["error"] or "rejected (cached)", kind="rejected_cached")
         if self._stopping is not None:
             raise _Draining(self._stopping)
-        self._check_budget(req)
+        worst = self._check_budget(lane, req, body)
         reserve = req.sampling.max_tokens
         self.reserved_tokens += reserve
+        self.reserved_usd += worst
         self.dispatched += 1
         if lane.batches is not None:  # settled (journaled, counted) by the batch queue
             try:
                 return await lane.batches.submit(key, body, req)
             finally:
                 self.reserved_tokens -= reserve
+                self.reserved_usd -= worst
                 self.dispatched -= 1
-        ticket = [lane, key, body, reserve, True]  # the last item: not arrived yet
+        ticket = [lane, key, body, reserve, True, worst]  # the fifth item: not arrived yet
         lane.waiting[id(req)] = ticket
         try:
             if lane.engine is not None:
@@ -526,6 +542,7 @@ class Runner(RunCounters):
             if ticket[4]:
                 del lane.waiting[id(req)]
                 self.reserved_tokens -= reserve
+                self.reserved_usd -= worst
                 self.dispatched -= 1
             raise
         if ticket[4]:  # not handed over on arrival (see _on_answer)
@@ -545,22 +562,37 @@ class Runner(RunCounters):
 
     def _arrived(self, ticket: list[Any], outcome: Outcome) -> None:
         """Once per request sent: count it and keep its answer (journal, then the next commit)."""
-        lane, key, body, reserve, _ = ticket
+        lane, key, body, reserve, _, worst = ticket
         ticket[4] = False
         self.reserved_tokens -= reserve
+        self.reserved_usd -= worst
         self.dispatched -= 1
         self.answered += 1
         if isinstance(outcome, Completion):
             outcome.key = key
             self.prompt_tokens += outcome.prompt_tokens
             self.completion_tokens += outcome.completion_tokens
+            self._price(lane, outcome)
             self._remember(lane, key, body, "ok", outcome, None)
         elif isinstance(outcome, TeacherRejected) and outcome.cacheable:
             self._remember(lane, key, body, "rejected", None, str(outcome)[:1000])
         else:  # transient, or about the server or account: never cached, a later call may try again
             self._inflight.pop(key, None)
 
-    def _check_budget(self, req: Request) -> None:
+    def _price(self, lane: _Lane, c: Completion) -> None:
+        """An answer's cost at its teacher's price (a batch answer at the batch discount), counted."""
+        if lane.price is None:
+            self.unpriced += 1
+            return
+        c.cost_usd = lane.price.cost(
+            c.prompt_tokens, c.completion_tokens, c.cached_prompt_tokens, batch=c.batch
+        )
+        self.cost_usd += c.cost_usd
+
+    def _check_budget(self, lane: _Lane, req: Request, body: bytes) -> float:
+        """Raise BudgetExhausted when sending ``req`` could break a budget; else return the most it can
+        cost: its prompt as body bytes / 3 (above the exact count of every prompt of our recipes, see
+        benchmarks/results/prompt_tokens.json), every max_tokens of output, no discount."""
         b = self.plan.budget
         if b.max_requests is not None and self.answered + self.dispatched >= b.max_requests:
             self._budget_hit(f"max_requests={b.max_requests} reached")
@@ -568,11 +600,19 @@ class Runner(RunCounters):
             self.completion_tokens + self.reserved_tokens + req.sampling.max_tokens > b.max_output_tokens
         ):
             self._budget_hit(f"max_output_tokens={b.max_output_tokens} would be exceeded")
+        worst = lane.price.worst_case(len(body) // 3, req.sampling.max_tokens) if lane.price else 0.0
+        if b.max_usd is not None and self.cost_usd + self.reserved_usd + worst > b.max_usd:
+            self._budget_hit(
+                f"max_usd={b.max_usd:g} would be exceeded: {usd(self.cost_usd)} spent, "
+                f"{usd(self.reserved_usd)} at most for the {self.dispatched} requests in flight"
+            )
+        return worst
 
     def _budget_hit(self, why: str) -> None:
         if self._stopping is None:
             log.warning("budget: %s; stopping after the requests in flight", why)
             self._stopping = "budget"
+            self.budget_note = why
         raise BudgetExhausted(why)
 
     def _remember(
@@ -582,10 +622,11 @@ class Runner(RunCounters):
         if c is not None:  # CACHE_COLUMNS order
             row = (key, lane.name, status, body.decode(), c.text, c.finish_reason, c.prompt_tokens,
                    c.completion_tokens, c.latency_ms, error, self.plan.run_id,
-                   pack(c.logprobs) if c.logprobs is not None else None, c.reasoning)  # fmt: skip
+                   pack(c.logprobs) if c.logprobs is not None else None, c.reasoning, c.cached_prompt_tokens,
+                   c.cost_usd)  # fmt: skip
         else:
             row = (key, lane.name, status, body.decode(), None, None, None, None, None, error, self.plan.run_id,
-                   None, None)  # fmt: skip
+                   None, None, None, None)  # fmt: skip
         self._journal.append(row)  # on disk before its task resumes
         self._batch.cache.append(row)
         self._uncommitted.append(key)
@@ -620,6 +661,17 @@ class Runner(RunCounters):
                 self.stop("failed")
                 return
 
+    def _live(self) -> dict[str, Any]:
+        p = self.snapshot()
+        return {
+            "run_id": self.plan.run_id, "invocation": self.invocation, "seeds_total": p.seeds_total,
+            "seeds_done": p.seeds_done, "seeds_failed": p.seeds_failed, "records": p.records,
+            "requests_sent": p.requests_sent, "cache_hits": p.cache_hits, "in_flight": p.in_flight,
+            "prompt_tokens": p.prompt_tokens, "completion_tokens": p.completion_tokens, "cost_usd": p.cost_usd,
+            "saved_usd": p.saved_usd, "cost_known": p.cost_known, "pacing": p.pacing,
+            "draining": p.draining, "elapsed_s": round(p.elapsed_s, 1),
+        }  # fmt: skip
+
     def _flush_failed(self, task: asyncio.Future[None]) -> None:
         exc = None if task.cancelled() else task.exception()
         if exc is not None and self._fatal is None:
@@ -631,7 +683,10 @@ class Runner(RunCounters):
             batch, self._batch = self._batch, Batch()
             keys, self._uncommitted = self._uncommitted, []
             batch.stats = self.stats("running")
-            await asyncio.get_running_loop().run_in_executor(self._executor, self.store.commit, batch)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, self.store.commit, batch)
+            # what `factory status` shows while this process holds the store
+            await loop.run_in_executor(self._executor, write_live, self.store.path, self._live())
             if segment is not None:
                 segment.unlink(missing_ok=True)
             for k in keys:

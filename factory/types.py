@@ -106,3 +106,5 @@ class Completion:
     )  # with ``Request.logprobs``, when the teacher gave them
     batch: bool = False  # answered through a provider's Batch API (billed at its batch rate)
     reasoning: str | None = None  # a reasoning model's thinking, apart from the answer text
+    cached_prompt_tokens: int = 0  # prompt tokens the provider served from its prompt cache (billed less)
+    cost_usd: float | None = None  # what this answer cost at the teacher's price; None: unknown

@@ -12,7 +12,7 @@ from factory.store.migrations import MIGRATIONS
 
 
 def _row(key, text="t"):
-    return (key, "t", "ok", "{}", text, "stop", 1, 2, 3.0, None, "r")
+    return (key, "t", "ok", "{}", text, "stop", 1, 2, 3.0, None, "r", None, None, 0, 0.0125)
 
 
 def test_migrations_run_once_and_tables_exist(tmp_path):
@@ -39,19 +39,24 @@ def test_journal_is_replayed_on_open(tmp_path):
     p = tmp_path / "s.duckdb"
     with Store(p) as st:
         j = st.journal()
-        j.append(_row("k1"))  # as a journal wrote it before answers had their logprobs and reasoning columns
-        j.append((*_row("k2"), None, "a reasoning trace"))
+        j.append(_row("k1")[:12])  # as a journal wrote it before answers had their reasoning column
+        j.append((*_row("k2")[:12], "a reasoning trace", 0, 0.0125))
         j.flush()
         # simulate a crash: the segment is never committed, and a torn last line
     seg = next(journal_dir(p).glob("seg-*.jsonl"))
     with open(seg, "ab") as f:  # a row as an older journal wrote it (an object), then a torn line
-        f.write(orjson.dumps(dict(zip(CACHE_COLUMNS, _row("k3"), strict=False))) + b"\n")
+        f.write(orjson.dumps(dict(zip(CACHE_COLUMNS, _row("k3"), strict=True))) + b"\n")
+        f.write(
+            orjson.dumps(list(_row("k4")[:11])) + b"\n"
+        )  # a row from before the logprobs and cost columns
         f.write(b'["torn", "t"')
     with Store(p) as st:
-        assert st.count_cache() == 3
-        found = st.lookup(["k1", "k2", "k3", "torn"])
-        assert set(found) == {"k1", "k2", "k3"}
+        assert st.count_cache() == 4
+        found = st.lookup(["k1", "k2", "k3", "k4", "torn"])
+        assert set(found) == {"k1", "k2", "k3", "k4"}
         assert found["k2"]["reasoning"] == "a reasoning trace" and found["k1"]["reasoning"] is None
+        assert found["k2"]["cost_usd"] == found["k3"]["cost_usd"] == 0.0125
+        assert found["k1"]["cost_usd"] is None and found["k4"]["cost_usd"] is None
     assert not list(journal_dir(p).glob("seg-*.jsonl"))
 
 

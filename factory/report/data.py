@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from factory.card import LABEL_FIELDS
+from factory.costs import RunCost, run_cost
 from factory.store import Store
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class Facts:
     last_pass: dict[str, Any] | None
     notes: list[str] = field(default_factory=list)
     accuracy: str | None = None  # the teacher's accuracy against gold, where the seeds carry gold
+    cost: RunCost | None = None  # what the run spent (an estimate at the teachers' prices)
     budget: Lengths | None = None  # output tokens of each record's answer (a reasoning run's thinking budget)
     budget_cut: int = 0  # records whose answer stopped at max_tokens
 
@@ -108,6 +110,7 @@ def gather(store: Store, run_id: str) -> Facts:
         dropped_sample=_shown(store.record_sample(run_id, SAMPLE, curated=False)),
         label_field=labels[0][0] if labels else None, last_pass=last,
         accuracy=acc.sentence() if (acc := gold_accuracy(store, run_id)) is not None else None,
+        cost=run_cost(store, run_id, run, fn),
         budget=_lengths(tokens, tokens_curated), budget_cut=cut,
     )  # fmt: skip
 

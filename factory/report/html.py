@@ -10,6 +10,7 @@ from typing import Any
 from markupsafe import Markup
 
 from factory import __version__
+from factory.pricing import usd
 from factory.report import charts
 from factory.report.data import Facts
 from factory.report.projection import Map
@@ -30,6 +31,7 @@ def render(facts: Facts, emap: Map | None, map_note: str | None) -> str:
     env.filters["n"] = lambda v: "" if v is None else f"{v:,}" if isinstance(v, int) else f"{v:,.1f}"
     env.filters["oneline"] = lambda s, k: charts.cut(s or "", k)  # whitespace folded, for table cells
     env.filters["clip"] = _clip  # newlines kept, for <pre>
+    env.filters["usd"] = usd
     return env.get_template(TEMPLATE).render(**context(facts, emap, map_note))
 
 
@@ -82,6 +84,7 @@ def context(facts: Facts, emap: Map | None, map_note: str | None) -> dict[str, A
         "label_field": facts.label_field,
         "last_pass": facts.last_pass,
         "accuracy": facts.accuracy,
+        "cost": facts.cost,
     }
 
 

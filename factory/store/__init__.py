@@ -20,6 +20,7 @@ from factory.store import doctor, keyformat
 from factory.store.batches import Batches
 from factory.store.journal import (
     COUNTERS,
+    MONEY,
     BadLine,
     Journal,
     bytes_of,
@@ -194,8 +195,8 @@ class Store(Writes, Verdicts, Reads, Batches):
         """Journaled counters into ``run_stats``: each the larger of the committed and journaled value."""
         for (run_id, invocation), s in journaled.items():
             found = self._dicts(
-                "SELECT requests_sent, attempts, cache_hits, prompt_tokens, completion_tokens, failures, "
-                "failure_examples FROM run_stats WHERE run_id = ? AND invocation = ?",
+                "SELECT requests_sent, attempts, cache_hits, prompt_tokens, completion_tokens, cost_usd, "
+                "saved_usd, unpriced, failures, failure_examples FROM run_stats WHERE run_id = ? AND invocation = ?",
                 [run_id, invocation],
             )
             if not found:
@@ -204,10 +205,10 @@ class Store(Writes, Verdicts, Reads, Batches):
             execute(
                 self.con,
                 "UPDATE run_stats SET requests_sent = ?, attempts = ?, cache_hits = ?, prompt_tokens = ?, "
-                "completion_tokens = ?, failures = ?, failure_examples = ?, "
-                "status = CASE WHEN status = 'running' THEN 'killed' ELSE status END "
+                "completion_tokens = ?, cost_usd = ?, saved_usd = ?, unpriced = ?, failures = ?, "
+                "failure_examples = ?, status = CASE WHEN status = 'running' THEN 'killed' ELSE status END "
                 "WHERE run_id = ? AND invocation = ?",
-                [*(merged[k] for k in COUNTERS), orjson.dumps(merged["failures"]).decode(),
+                [*(merged[k] for k in COUNTERS), *(merged[k] for k in MONEY), orjson.dumps(merged["failures"]).decode(),
                  orjson.dumps(merged["failure_examples"]).decode(), run_id, invocation],
             )  # fmt: skip
 

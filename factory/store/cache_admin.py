@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 # Every answer a run can count: the cache, plus the forgotten rows whose key is not cached again. A constant
 # SQL fragment (no values) for the store's reads of "the answers behind a run".
 ANSWERS = (
-    "(SELECT key, teacher, status, request, prompt_tokens, completion_tokens, latency_ms, error, run_id "
+    "(SELECT key, teacher, status, request, prompt_tokens, completion_tokens, latency_ms, error, run_id, cost_usd "
     "FROM cache UNION ALL SELECT f.key, f.teacher, f.status, f.request, f.prompt_tokens, f.completion_tokens, "
-    "f.latency_ms, f.error, f.run_id FROM cache_forgotten f ANTI JOIN cache c2 ON c2.key = f.key)"
+    "f.latency_ms, f.error, f.run_id, f.cost_usd FROM cache_forgotten f ANTI JOIN cache c2 ON c2.key = f.key)"
 )
 # The text a row holds, in bytes before compression (DuckDB compresses it on disk).
 _BYTES = (
@@ -229,10 +229,10 @@ def forget(store: Store, sel: Selector) -> Forgotten:
         rows, nbytes = con.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM _forget").fetchall()[0]
         con.execute(
             "INSERT INTO cache_forgotten (key, teacher, status, request, prompt_tokens, completion_tokens, "
-            "latency_ms, error, run_id, created_at) "
+            "latency_ms, error, run_id, created_at, cost_usd) "
             "SELECT c.key, c.teacher, c.status, CASE WHEN json_valid(c.request) "
             "THEN json_object('sampling', json_extract(c.request, '$.sampling')) END, c.prompt_tokens, "
-            "c.completion_tokens, c.latency_ms, c.error, c.run_id, c.created_at "
+            "c.completion_tokens, c.latency_ms, c.error, c.run_id, c.created_at, c.cost_usd "
             "FROM cache c SEMI JOIN _forget f ON f.key = c.key ON CONFLICT DO NOTHING"
         ).fetchall()
         con.execute("DELETE FROM cache WHERE key IN (SELECT key FROM _forget)").fetchall()

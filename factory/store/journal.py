@@ -286,11 +286,18 @@ def latest_stats(stats: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str,
         for kind, n in (s.get("failures") or {}).items():
             if isinstance(n, int):
                 merged["failures"][kind] = max(merged["failures"].get(kind, 0), n)
+        for k in MONEY:
+            v = s.get(k)
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                merged[k] = max(merged.get(k, 0), v)
+        if isinstance(s.get("pacing"), str) or s.get("pacing") is None:
+            merged["pacing"] = s.get("pacing")  # the latest line's: why starts were held then
         merged["failure_examples"].update(s.get("failure_examples") or {})
     return out
 
 
 COUNTERS = ("requests_sent", "attempts", "cache_hits", "prompt_tokens", "completion_tokens")
+MONEY = ("cost_usd", "saved_usd", "unpriced")  # also counters (they only grow); dollars are floats
 
 
 def _loads(line: bytes) -> Any:

@@ -274,6 +274,28 @@ def m010_cache_reasoning(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE _cache_retired RENAME TO cache_retired")
 
 
+def m008_request_costs(con: duckdb.DuckDBPyConnection) -> None:
+    """What each answer cost: ``cache.cost_usd`` (at the teacher's price when it was answered; NULL when no
+    price was known, and for answers stored before) and ``cache.cached_prompt_tokens`` (the provider's
+    prompt-cache hits, billed less); per invocation, ``run_stats.cost_usd`` (paid), ``saved_usd`` (the cost
+    of the answers served from the cache instead) and ``unpriced`` (answers of a teacher with no price).
+    ``cache_retired`` gets the two columns too, at the same place as in ``cache`` (before its own two
+    columns: a move copies ``cache.*`` by position)."""
+    con.execute("ALTER TABLE cache ADD COLUMN cached_prompt_tokens INTEGER")
+    con.execute("ALTER TABLE cache ADD COLUMN cost_usd DOUBLE")
+    con.execute(
+        "CREATE TABLE _cache_retired AS SELECT * EXCLUDE (retired_reason, retired_at), "
+        "CAST(NULL AS INTEGER) AS cached_prompt_tokens, CAST(NULL AS DOUBLE) AS cost_usd, retired_reason, "
+        "retired_at FROM cache_retired"
+    )
+    con.execute("DROP TABLE cache_retired")
+    con.execute("ALTER TABLE _cache_retired RENAME TO cache_retired")
+    con.execute("ALTER TABLE cache_forgotten ADD COLUMN cost_usd DOUBLE")  # a run's cost outlives its text
+    con.execute("ALTER TABLE run_stats ADD COLUMN cost_usd DOUBLE")
+    con.execute("ALTER TABLE run_stats ADD COLUMN saved_usd DOUBLE")
+    con.execute("ALTER TABLE run_stats ADD COLUMN unpriced INTEGER")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     m001_initial,
     m002_filter_passes,
@@ -284,6 +306,7 @@ MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     m007_batches,
     m009_cache_logprobs,
     m010_cache_reasoning,
+    m008_request_costs,
 ]
 
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from factory.errors import StoreError
 from factory.store.cache_admin import ANSWERS
-from factory.store.journal import COUNTERS, journal_dir, latest_stats, scan_segments
+from factory.store.journal import COUNTERS, MONEY, journal_dir, latest_stats, scan_segments
 from factory.store.tables import (
     StoreBase,
     arrow_table,
@@ -57,22 +57,27 @@ class Reads(StoreBase):
             out[k] = out[k].isoformat() if out[k] is not None else None
         return out
 
-    def _run_counters(self, run_id: str) -> tuple[dict[str, int], dict[str, int], dict[str, str]]:
+    def _run_counters(self, run_id: str) -> tuple[dict[str, Any], dict[str, int], dict[str, str]]:
         """The run's counters summed over its invocations, each invocation's counters the larger of what
         was committed and what its journal holds (a run in progress, or one killed and not yet resumed)."""
         rows = self._dicts(
-            "SELECT invocation, requests_sent, attempts, cache_hits, prompt_tokens, completion_tokens, failures, "
-            "failure_examples FROM run_stats WHERE run_id = ? ORDER BY invocation",
+            "SELECT invocation, requests_sent, attempts, cache_hits, prompt_tokens, completion_tokens, cost_usd, "
+            "saved_usd, unpriced, failures, failure_examples FROM run_stats WHERE run_id = ? ORDER BY invocation",
             [run_id],
         )
         journaled = latest_stats(scan_segments(journal_dir(self.path), None)[2]) if self.read_only else {}
-        counts = {"invocations": len(rows), **dict.fromkeys(COUNTERS, 0)}
+        counts: dict[str, Any] = {
+            "invocations": len(rows),
+            **dict.fromkeys(COUNTERS, 0),
+            **dict.fromkeys(MONEY, 0),
+        }
         failures: dict[str, int] = {}
         examples: dict[str, str] = {}
         for r in rows:
             m = merged_counters(r, journaled.get((run_id, int(r["invocation"])), {}))
-            for k in COUNTERS:
+            for k in (*COUNTERS, *MONEY):
                 counts[k] += m[k]
+            counts["pacing"] = journaled.get((run_id, int(r["invocation"])), {}).get("pacing")
             for kind, n in m["failures"].items():
                 failures[kind] = failures.get(kind, 0) + n
             examples.update(m["failure_examples"])
@@ -232,6 +237,33 @@ class Reads(StoreBase):
         )
         return arrow_table(cur)
 
+    def output_tokens_median(self, recipe: str, stage: str) -> tuple[float | None, int]:
+        """The median output tokens of the answers behind earlier records of a recipe's stage, and how many
+        answers that is (0: none stored)."""
+        med, n = self._rows(
+            "WITH k AS (SELECT DISTINCT unnest(request_keys) AS key FROM records WHERE recipe = ? AND stage = ?) "
+            f"SELECT median(completion_tokens), count(*) FROM {ANSWERS} c SEMI JOIN k ON c.key = k.key "
+            "WHERE status = 'ok' AND completion_tokens IS NOT NULL",
+            [recipe, stage],
+        )[0]
+        return (None if med is None else float(med)), int(n)
+
+    def run_spending(self, run_id: str) -> dict[str, Any]:
+        """What the answers a run paid for cost (``paid_usd``; ``unpriced``: those of no known cost), and
+        what the answers behind its records that other runs paid for cost (``saved_usd``)."""
+        paid, unpriced = self._rows(
+            f"SELECT coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE status = 'ok' AND cost_usd IS NULL) "
+            f"FROM {ANSWERS} a WHERE run_id = ?",
+            [run_id],
+        )[0]
+        saved = self._scalar(
+            "WITH k AS (SELECT DISTINCT unnest(request_keys) AS key FROM records WHERE run_id = ?) "
+            f"SELECT coalesce(sum(c.cost_usd), 0) FROM {ANSWERS} c SEMI JOIN k ON c.key = k.key "
+            "WHERE c.run_id IS DISTINCT FROM ?",
+            [run_id, run_id],
+        )
+        return {"paid_usd": float(paid), "unpriced": int(unpriced), "saved_usd": float(saved or 0)}
+
     def teacher_usage(self, run_id: str) -> list[dict[str, Any]]:
         """Per teacher name, over the answers behind the run (as in ``request_sampling``): requests, ok and
         rejected answers, tokens, and latency percentiles (ms) of the answers that recorded one."""
@@ -243,6 +275,7 @@ class Reads(StoreBase):
             "count(*) FILTER (WHERE status <> 'ok') AS rejected, "
             "coalesce(sum(prompt_tokens), 0) AS prompt_tokens, "
             "coalesce(sum(completion_tokens), 0) AS completion_tokens, "
+            "sum(cost_usd) AS cost_usd, count(*) FILTER (WHERE status = 'ok' AND cost_usd IS NULL) AS unpriced, "
             "count(latency_ms) FILTER (WHERE latency_ms > 0) AS timed, "
             "quantile_cont(latency_ms, 0.5) FILTER (WHERE latency_ms > 0) AS p50_ms, "
             "quantile_cont(latency_ms, 0.9) FILTER (WHERE latency_ms > 0) AS p90_ms, "

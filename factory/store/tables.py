@@ -13,17 +13,18 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from factory.store.journal import COUNTERS
+from factory.store.journal import COUNTERS, MONEY
 
 log = logging.getLogger(__name__)
 
 CACHE_COLUMNS = (
     "key", "teacher", "status", "request", "text", "finish_reason",
     "prompt_tokens", "completion_tokens", "latency_ms", "error", "run_id", "logprobs", "reasoning",
+    "cached_prompt_tokens", "cost_usd",
 )  # fmt: skip
 # Columns a cache row of an older version may lack at its end (a journal line or a shard written before
 # they were added): they are NULL for it.
-CACHE_LATER_COLUMNS = ("logprobs", "reasoning")
+CACHE_LATER_COLUMNS = ("logprobs", "reasoning", "cached_prompt_tokens", "cost_usd")
 RECORD_COLUMNS = (
     "id", "run_id", "recipe", "stage", "seed_id", "sample_index", "text", "payload",
     "parent_ids", "request_keys", "teacher", "template_version",
@@ -35,6 +36,7 @@ CACHE_SCHEMA = pa.schema(
         ("text", pa.string()), ("finish_reason", pa.string()), ("prompt_tokens", pa.int32()),
         ("completion_tokens", pa.int32()), ("latency_ms", pa.float64()), ("error", pa.string()),
         ("run_id", pa.string()), ("logprobs", pa.binary()), ("reasoning", pa.string()),
+        ("cached_prompt_tokens", pa.int32()), ("cost_usd", pa.float64()),
     ]
 )  # fmt: skip
 RECORD_SCHEMA = pa.schema(
@@ -128,6 +130,8 @@ def merged_counters(committed: dict[str, Any], journaled: dict[str, Any]) -> dic
     failures = {k: int(n) for k, n in orjson.loads(committed.get("failures") or "{}").items()}
     for k, n in (journaled.get("failures") or {}).items():
         failures[k] = max(failures.get(k, 0), int(n))
+    for k in MONEY:
+        out[k] = max(committed.get(k) or 0, journaled.get(k) or 0)
     out["failures"] = failures
     out["failure_examples"] = {
         **orjson.loads(committed.get("failure_examples") or "{}"),

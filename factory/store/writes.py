@@ -58,7 +58,8 @@ class Writes(StoreBase):
                 insert_frame(
                     con, "_batch_cache", table_of(full_cache_rows(batch.cache), CACHE_SCHEMA),
                     "INSERT INTO cache (key, teacher, status, request, text, finish_reason, prompt_tokens, "
-                    "completion_tokens, latency_ms, error, run_id, logprobs, reasoning) ",
+                    "completion_tokens, latency_ms, error, run_id, logprobs, reasoning, cached_prompt_tokens, "
+                    "cost_usd) ",
                     "SELECT DISTINCT ON (key) * FROM _batch_cache ON CONFLICT DO NOTHING" if checked else None,
                 )  # fmt: skip
             if batch.records:
@@ -101,11 +102,12 @@ class Writes(StoreBase):
                 s = batch.stats
                 execute(con,
                     "UPDATE run_stats SET requests_sent = ?, attempts = ?, cache_hits = ?, prompt_tokens = ?, "
-                    "completion_tokens = ?, failures = ?, failure_examples = ?, status = ?, updated_at = now() "
-                    "WHERE run_id = ? AND invocation = ?",
+                    "completion_tokens = ?, cost_usd = ?, saved_usd = ?, unpriced = ?, failures = ?, "
+                    "failure_examples = ?, status = ?, updated_at = now() WHERE run_id = ? AND invocation = ?",
                     [
                         s["requests_sent"], s["attempts"], s["cache_hits"], s["prompt_tokens"],
-                        s["completion_tokens"], orjson.dumps(s["failures"]).decode(),
+                        s["completion_tokens"], s.get("cost_usd"), s.get("saved_usd"), s.get("unpriced"),
+                        orjson.dumps(s["failures"]).decode(),
                         orjson.dumps(s.get("failure_examples") or {}).decode(), s["status"],
                         s["run_id"], s["invocation"],
                     ],
@@ -191,7 +193,8 @@ class Writes(StoreBase):
         try:
             rows = self._dicts(
                 "SELECT c.key, c.status, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens, "
-                "c.latency_ms, c.error, c.logprobs, c.reasoning FROM cache c SEMI JOIN _lookup l ON c.key = l.key"
+                "c.latency_ms, c.error, c.logprobs, c.reasoning, c.cached_prompt_tokens, c.cost_usd FROM cache c "
+                "SEMI JOIN _lookup l ON c.key = l.key"
             )
         finally:
             self.con.unregister("_lookup")

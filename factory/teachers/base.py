@@ -77,6 +77,13 @@ class Teacher(abc.ABC):
         started), or None: then the runner sizes its window from the config's ``max_in_flight``."""
         return None
 
+    def pacing(self) -> str | None:
+        """Why this teacher holds its starts back now, for progress lines (``waiting 12 s: tokens per
+        minute``); None when it does not (or cannot tell)."""
+        pacer = getattr(self, "pacer", None)
+        holding = getattr(pacer, "holding", None)
+        return holding() if callable(holding) else None
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections, engines and threads."""
 

@@ -286,8 +286,8 @@ class OpenAITeacher(Teacher):
             body["stream_options"] = {"include_usage": True}
         data = orjson.dumps(body)
         pacer = self.pacer
-        # tokens and x-ratelimit-* headers pace this process's own pacer (a cluster's shared one: requests)
-        own = isinstance(pacer, Pacer)
+        # x-ratelimit-* headers pace this process's own pacer; a cluster's shared one keeps the worker's
+        # share of the token limit and takes the requests from the cluster's budget
         reserve = len(data) // 4 + (req.sampling.max_tokens or 0)  # the prompt estimate: body bytes / 4
         attempt = limited = 0
         limited_since: float | None = None
@@ -295,7 +295,7 @@ class OpenAITeacher(Teacher):
             async with self._sem:
                 if self._halt is not None:
                     return await asyncio.shield(self._halt)
-                epoch = await (pacer.wait(reserve) if own else pacer.wait())
+                epoch = await pacer.wait(reserve)
                 if self._halt is not None:
                     return await asyncio.shield(self._halt)
                 if self.paused:  # the run is stopping: neither a new request nor a retry goes out
@@ -303,8 +303,7 @@ class OpenAITeacher(Teacher):
                 result = await self._attempt(data, req)
             if not isinstance(result, TeacherError):
                 pacer.answered()
-                if own:
-                    pacer.used(reserve, result.prompt_tokens + result.completion_tokens)
+                pacer.used(reserve, result.prompt_tokens + result.completion_tokens)
                 self._answered += 1
                 self._same_400 = ("", 0)
                 return result
@@ -406,7 +405,8 @@ class OpenAITeacher(Teacher):
             if not (thought and finish == "length"):
                 return self._fail(_no_content(message_doc, finish))
             text = ""  # cut inside the reasoning: kept, with its finish_reason, for filters to drop
-        usage = doc.get("usage") or {}
+        usage = doc.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
         lp = choice.get("logprobs")
         return self._completion(
             text, thought, finish, usage, latency_ms, lp.get("content") if isinstance(lp, dict) else None
@@ -445,14 +445,16 @@ class OpenAITeacher(Teacher):
     ) -> Completion:
         if thought is None:
             text, thought = reasoning.split(text, self.think_tags)
+        details = usage.get("prompt_tokens_details")  # OpenAI's prompt-cache hits, billed less
         return Completion(
             text=text,
             finish_reason=finish,
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
+            prompt_tokens=_count(usage.get("prompt_tokens")),
+            completion_tokens=_count(usage.get("completion_tokens")),
             latency_ms=latency_ms,
             logprobs=from_openai(logprobs) if logprobs else None,
             reasoning=thought,
+            cached_prompt_tokens=_count(details.get("cached_tokens")) if isinstance(details, dict) else 0,
         )
 
     def _fail(self, err: TeacherError) -> TeacherError:
@@ -508,6 +510,13 @@ class OpenAITeacher(Teacher):
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+
+
+def _count(value: Any) -> int:
+    """A token count from a usage block; 0 for a missing or malformed one (the answer is kept anyway)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return int(value)
+    return 0
 
 
 def _no_content(message: Any, finish_reason: Any) -> TeacherError:

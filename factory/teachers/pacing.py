@@ -43,6 +43,12 @@ PROBE_EVERY_S = 1.0
 MIN_RATE = 1.0 / 60.0  # one request a minute
 
 
+HELD_BY = {
+    "tokens": "tokens per minute",
+    "requests": "requests per minute",
+    "pause": "the provider's rate limit (429 Retry-After or x-ratelimit reset)",
+}
+
 _DURATION = re.compile(
     r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?"
 )
@@ -104,6 +110,8 @@ class Pacer:
     __slots__ = (
         "_answered",
         "_changed",
+        "_held_by",
+        "_held_until",
         "_learn",
         "_next",
         "_paused_until",
@@ -128,6 +136,8 @@ class Pacer:
         self.tokens_per_minute = tokens_per_minute or None
         self._tok_next = 0.0  # the earliest start by the token limit (monotonic seconds)
         self.waiting_for = ""  # why the last start was held: "requests", "tokens", "pause" or ""
+        self._held_until = 0.0  # the latest start booked later than asked for, and why (for holding())
+        self._held_by = ""
         self.ceiling = requests_per_minute / 60.0 if requests_per_minute else None
         self.rate: float | None = self.ceiling  # starts per second; None: unpaced
         self.epoch = 0  # bumped on every cut: a 429 from an older epoch doesn't cut again
@@ -163,8 +173,20 @@ class Pacer:
                 start, self.waiting_for = by_tokens, "tokens"
         if self.rate is not None:
             self._next = start + 1.0 / self.rate
+        if start > now and start >= self._held_until:
+            self._held_until, self._held_by = start, self.waiting_for
         self._sent.add(now)
         return start
+
+    def holding(self, now: float | None = None) -> str | None:
+        """Why starts are held now, and for how long the last one booked waits: ``"waiting 12 s: tokens per
+        minute"``; None when nothing waits a second or more."""
+        now = time.monotonic() if now is None else now
+        left = max(self._held_until, self._paused_until) - now
+        if left < 1.0:
+            return None
+        by = "pause" if self._paused_until - now >= left else self._held_by
+        return f"waiting {left:.0f} s: {HELD_BY.get(by, by or 'pacing')}"
 
     async def wait(self, tokens: int = 0) -> int:
         """Wait for the start of a request reserving ``tokens``; return the epoch it starts in (pass it to

@@ -144,6 +144,9 @@ class FaultConfig:
     api_key: str | None = None
     """When set, a request without ``Authorization: Bearer <api_key>`` gets 401, whose message echoes the
     header it got (as some servers do: what a client stores of it must be scrubbed)."""
+    cached_tokens: int = 0
+    """Prompt tokens reported as read from the provider's prompt cache (``usage.prompt_tokens_details.
+    cached_tokens``, at most the prompt's), as OpenAI reports a repeated prompt prefix; 0: the field is absent."""
     strict_model: bool = False
     """A request naming another model than ``model`` gets 404, worded as vLLM's server words it."""
     reply: ReplyFn | None = field(default=None, repr=False)
@@ -509,6 +512,15 @@ class FaultServer:
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
+                **(
+                    {
+                        "prompt_tokens_details": {
+                            "cached_tokens": min(self.config.cached_tokens, prompt_tokens)
+                        }
+                    }
+                    if self.config.cached_tokens
+                    else {}
+                ),
             },
         }
 
