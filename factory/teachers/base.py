@@ -28,6 +28,7 @@ class Teacher(abc.ABC):
     native_batch: ClassVar[bool] = False
     supports_json_schema: ClassVar[bool] = False
     supports_logprobs: ClassVar[bool] = False
+    streams_tokens: bool = False  # partial_tokens() tells the tokens of answers still being generated
 
     def __init__(self, spec: str, model: str):
         self.spec = spec
@@ -65,6 +66,11 @@ class Teacher(abc.ABC):
 
     @abc.abstractmethod
     async def complete(self, requests: Sequence[Request]) -> list[Completion | TeacherError]: ...
+
+    def partial_tokens(self) -> int:
+        """Output tokens generated so far for the requests still in flight, by a backend that can see them
+        (``streams_tokens``: a local engine); asked when progress is reported, about once a second."""
+        return 0
 
     def suggested_in_flight(self) -> int | None:
         """How many seeds a runner should keep in flight to keep this teacher busy, by its own measure (a

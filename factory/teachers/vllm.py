@@ -79,6 +79,7 @@ class VLLMTeacher(LocalEngineTeacher):
     supports_json_schema = True
     supports_logprobs = True
     native_batch = False  # each request goes to the engine as it comes; the engine batches them
+    streams_tokens = True  # the engine's unfinished requests show their tokens so far (partial_tokens)
 
     def __init__(self, spec: str, model: str, options: dict[str, Any], *, folder: Path | None = None):
         """``folder`` given: a subclass supplies the folder itself (and may build it lazily, see
@@ -335,6 +336,19 @@ class VLLMTeacher(LocalEngineTeacher):
             if isinstance(outcome, TeacherError):
                 self.failed(outcome)
         return out
+
+    def partial_tokens(self) -> int:
+        """The output tokens of the requests still in the engine, read from its output processor's request
+        states when progress is reported (nothing per step: the answers still come whole, at the end). 0
+        when the engine is not running, or when this vLLM keeps them elsewhere."""
+        engine = self._engine
+        if engine is None:
+            return 0
+        try:  # read from the caller's thread: list() of a dict's values is one step under the GIL
+            states = list(engine.output_processor.request_states.values())
+            return sum(s.detokenizer.num_output_tokens() for s in states if s.detokenizer is not None)
+        except Exception:
+            return 0
 
     def suggested_in_flight(self) -> int:
         """Twice the sequences the engine runs at once: ``max_num_seqs``, or fewer when its KV cache holds
