@@ -77,3 +77,30 @@ def test_not_a_duckdb_file(tmp_path):
         Store(p)
     assert isinstance(StoreInUse("x"), StoreError)
     _ = duckdb
+
+
+def test_a_runs_duckdb_memory_is_a_page_cache_plus_room_for_the_key_indexes(tmp_path, monkeypatch):
+    """A run caps DuckDB's memory, raised as commits add rows whose key indexes DuckDB holds in memory (a
+    fixed cap made a run into a store of a few million answers fail); off, DuckDB's default again."""
+    from factory.store import tables, writes
+
+    def limit(st):
+        return st.con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+
+    monkeypatch.setattr(writes, "LIMIT_STEP_ROWS", 3)
+    with Store(tmp_path / "s.duckdb") as st:
+        default = limit(st)
+        st.commit(Batch(cache=[_row(f"k{i}") for i in range(2)]))
+        st.bounded(True)
+        assert limit(st) == "64.0 MiB"  # 64 MiB + 2 rows' room, in DuckDB's rounding
+        st.commit(Batch(cache=[_row("k2")]))
+        assert limit(st) == "64.0 MiB"  # under the step: not set again
+        st.commit(Batch(cache=[_row(f"k{i}") for i in range(3, 10_003)]))
+        want = tables.run_memory_limit(10_003)
+        assert want == tables.RUN_PAGE_CACHE + 10_003 * tables.INDEX_BYTES_PER_ROW
+        assert limit(st) == f"{want // 2**10 / 2**10:.1f} MiB"
+        st.bounded(False)
+        assert limit(st) == default
+    # never over the machine's share
+    box = tables.os.sysconf("SC_PHYS_PAGES") * tables.os.sysconf("SC_PAGE_SIZE")
+    assert tables.run_memory_limit(10**12) == int(box * tables.RUN_MEMORY_SHARE)

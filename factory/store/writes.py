@@ -18,15 +18,17 @@ from factory.store.tables import (
     INGEST_CHECKPOINT,
     RECORD_SCHEMA,
     RUN_CHECKPOINT,
-    RUN_MEMORY,
     Batch,
     StoreBase,
     execute,
     insert_frame,
+    run_memory_limit,
     table_of,
 )
 
 log = logging.getLogger(__name__)
+
+LIMIT_STEP_ROWS = 50_000  # DuckDB's memory limit is raised again after this many new indexed rows
 
 
 class Writes(StoreBase):
@@ -42,6 +44,10 @@ class Writes(StoreBase):
             self._write(batch, checked=not known_new)
         except duckdb.ConstraintException:
             self._write(batch, checked=True)
+        if self._run_rows is not None:
+            self._run_rows += len(batch.cache) + len(batch.seeds_done)
+            if self._run_rows >= self._limit_rows + LIMIT_STEP_ROWS:
+                self._set_run_memory()
 
     def _write(self, batch: Batch, *, checked: bool) -> None:
         con = self.con
@@ -217,13 +223,26 @@ class Writes(StoreBase):
             self.con.unregister("_seed_ids")
         return {r[0] for r in rows}
 
+    _run_rows: int | None = None  # while bounded: rows of cache and seeds_done (their key indexes' size)
+    _limit_rows = 0  # the rows the memory limit was last set for
+
     def bounded(self, on: bool) -> None:
-        """For a run (``on``), memory that does not grow with it: DuckDB's page cache capped at RUN_MEMORY,
-        and rows checkpointed to the file every RUN_CHECKPOINT of write-ahead log (until then DuckDB keeps
-        them in memory too). Off: the defaults again."""
+        """For a run (``on``), memory that grows with the store's key indexes only, not with the run: DuckDB's
+        page cache capped at RUN_PAGE_CACHE, room for the indexes of the rows there are (raised as commits
+        add rows, see run_memory_limit), and rows checkpointed to the file every RUN_CHECKPOINT of
+        write-ahead log (until then DuckDB keeps them in memory too). Off: the defaults again."""
         if on:
-            execute(self.con, "SET memory_limit = ?", [RUN_MEMORY])
+            self._run_rows = int(
+                self._scalar("SELECT (SELECT count(*) FROM cache) + (SELECT count(*) FROM seeds_done)")
+            )
+            self._set_run_memory()
             execute(self.con, "SET checkpoint_threshold = ?", [RUN_CHECKPOINT])
         else:
+            self._run_rows = None
             execute(self.con, "RESET memory_limit")
             execute(self.con, "SET checkpoint_threshold = ?", [INGEST_CHECKPOINT])
+
+    def _set_run_memory(self) -> None:
+        rows = self._run_rows or 0
+        execute(self.con, "SET memory_limit = ?", [f"{run_memory_limit(rows) // 2**10}KiB"])
+        self._limit_rows = rows
