@@ -41,6 +41,7 @@ from factory.teachers import vllm_options as vo
 from factory.teachers.base import Teacher
 from factory.teachers.local import LocalEngineTeacher, model_folder, plain_messages, take_options
 from factory.teachers.loop_thread import LoopThread
+from factory.teachers.reaper import EngineReaper, descendants, engine_processes
 from factory.types import Completion, Request
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class VLLMTeacher(LocalEngineTeacher):
         self.engine_args: dict[str, Any] = dict(opts["engine_args"])
         self._engine: Any = None
         self._tokenizer: Any = None
+        self._reaper: EngineReaper | None = None  # stops the engine's processes should this one die
         self._loop_thread = LoopThread(self.thread_name)
         self._ids = itertools.count()
         # what suggested_in_flight() reads: the engine's batch and KV cache sizes (set when it starts),
@@ -208,6 +210,7 @@ class VLLMTeacher(LocalEngineTeacher):
             raise self._load_error from exc
         folder = self.model_dir()
         t0 = time.perf_counter()
+        before = _descendants()
         try:
             # the offline LLM class's defaults (no stats logging, its batch sizes), as before this engine
             args = AsyncEngineArgs(**{"disable_log_stats": True, **self._engine_kwargs(folder)})
@@ -224,6 +227,7 @@ class VLLMTeacher(LocalEngineTeacher):
             raise self._load_error from exc
         log.info("vLLM engine for %s ready in %.1fs", folder, time.perf_counter() - t0)
         self._engine = engine
+        self._reaper = _watched(before)
         try:
             self._tokenizer = engine.get_tokenizer()
         except Exception:  # no tokenizer: the engine renders nothing; every request is refused below
@@ -324,6 +328,9 @@ class VLLMTeacher(LocalEngineTeacher):
             engine.shutdown()
         except Exception as exc:
             log.debug("vLLM engine shutdown: %r", exc)
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None:
+            reaper.close()
         del engine
         gc.collect()
 
@@ -372,6 +379,34 @@ class VLLMTeacher(LocalEngineTeacher):
 
     def _drop(self) -> None:
         """The engine is shut down on its own thread by :meth:`aclose`."""
+
+
+def _descendants() -> set[int] | None:
+    try:
+        return descendants()
+    except Exception as exc:  # no psutil (vLLM depends on it) or no /proc: the engine runs unwatched
+        log.debug("cannot list this process's children: %r", exc)
+        return None
+
+
+def _watched(before: set[int] | None) -> EngineReaper | None:
+    """A watcher that stops the engine's processes (those started since ``before``) if this process dies
+    without shutting them down (factory.teachers.reaper); None when they cannot be found."""
+    if before is None:
+        return None
+    try:
+        procs = engine_processes(before)
+        if not procs:  # an engine in this process (no process of its own to leave behind)
+            return None
+        reaper = EngineReaper()
+        reaper.watch(procs)
+        log.info("engine processes %s stop with this one", ", ".join(str(p.pid) for p in procs))
+        return reaper
+    except Exception as exc:
+        log.warning(
+            "could not watch the vLLM engine's processes (%r): a hard kill may leave them running", exc
+        )
+        return None
 
 
 def _cpu_dtype() -> str:
