@@ -146,16 +146,29 @@ def cpu_change() -> str:
 
 
 def memory() -> str:
-    """bench_memory.py: peak RSS of `factory run` per size, both trees, and the slopes."""
+    """bench_memory.py: peak RSS of `factory run` per size, both trees (the earlier one up to the size it
+    ran at), and the slopes."""
     d = _results.load("memory")
     f = d["figures"]
+
+    def cell(v: dict[str, Any], side: str, key: str, fmt: str) -> str:
+        return format(v[side][key], fmt) if side in v else "–"
+
     rows = [
-        f"| {int(n):,} | {v['before']['peak_mb']:.0f} MB | {v['after']['peak_mb']:.0f} MB | "
-        f"{v['before']['rps']:,.0f} / {v['after']['rps']:,.0f} |"
+        f"| {int(n):,} | {cell(v, 'before', 'peak_mb', '.0f')}{' MB' if 'before' in v else ''} | "
+        f"{v['after']['peak_mb']:.0f} MB | "
+        f"{cell(v, 'before', 'rps', ',.0f')} / {v['after']['rps']:,.0f} |"
         for n, v in sorted(f["sizes"].items(), key=lambda kv: int(kv[0]))
     ]
     per = f["bytes_per_request"]
     verdict = "missed: " + "; ".join(f["missed"]) if f["missed"] else "met"
+    both = [int(n) for n, v in f["sizes"].items() if "before" in v]
+    over = f"{min(both):,}–{max(both):,} requests" if both else "the sizes"
+    after_all = (
+        f" Over all of this tree's sizes: {f['after_all_sizes']:,.0f} bytes per request."
+        if "after_all_sizes" in f
+        else ""
+    )
     body = "\n".join(
         [
             f"Peak resident memory of the whole `factory run` process, {f['before'][:7]} against "
@@ -167,8 +180,8 @@ def memory() -> str:
             "|---|---|---|---|",
             *rows,
             "",
-            f"Slope over the sizes: {per['before']:,.0f} bytes per request before, {per['after']:,.0f} after "
-            f"({f['ratio']:.1%} of before's). Target: under 10 % of before's: {verdict}.",
+            f"Slope over {over}: {per['before']:,.0f} bytes per request before, {per['after']:,.0f} after "
+            f"({f['ratio']:.1%} of before's).{after_all} Target: under 10 % of before's: {verdict}.",
         ]
     )
     return "\n" + body + "\n"
