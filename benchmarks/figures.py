@@ -169,6 +169,13 @@ def memory() -> str:
         if "after_all_sizes" in f
         else ""
     )
+    ns = sorted(int(n) for n in f["sizes"])
+    if len(ns) >= 3:  # the last step, once the fixed pools (page cache, log) have filled
+        a, b = (f["sizes"][str(n)]["after"]["peak_mb"] for n in ns[-2:])
+        after_all += (
+            f" Between {ns[-2]:,} and {ns[-1]:,} requests: {(b - a) * 2**20 / (ns[-1] - ns[-2]):,.0f} bytes per "
+            "request."
+        )
     body = "\n".join(
         [
             f"Peak resident memory of the whole `factory run` process, {f['before'][:7]} against "
