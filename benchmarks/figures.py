@@ -6,8 +6,9 @@ Every quoted figure sits in a block of one of the two READMEs,
 
 whose text is what the renderer NAME (RENDERERS below) makes of the committed results files, which only the
 benchmark scripts write: `results.md` (run.py), `peers_results.md` (peers.py), and `results/NAME.json`
-(bench_dedup.py, bench_embed.py, bench_view.py, bench_cluster.py, demo_agreement.py, bench_train.py,
-bench_local_engine.py, bench_hf_teacher.py, gpu_check.py: its block says so while its file is absent).
+(bench_dedup.py, bench_embed.py, bench_batch.py, bench_view.py, bench_cluster.py, demo_agreement.py,
+bench_train.py, bench_local_engine.py, bench_hf_teacher.py, bench_soft_labels.py, gpu_check.py: its block says
+so while its file is absent).
 The renderers live in figures_clients.py (run.py, peers.py) and figures_local.py (the others), each with
 its rows of README.md's speed table, figures_train.py, figures_engine.py, figures_hf.py, and here
 (demo_agreement.py);
@@ -67,6 +68,8 @@ from figures_quality import quality_table  # noqa: E402
 # the markdown results files, which tests/test_readme_figures.py reads from here
 from figures_read import PEERS_MD as PEERS_MD  # noqa: E402
 from figures_read import RUN_MD, missed  # noqa: E402
+from figures_reasoning import math_answers  # noqa: E402
+from figures_soft import soft_labels  # noqa: E402
 from figures_train import gpu_check, train_throughput  # noqa: E402
 
 READMES = (HERE.parent / "README.md", HERE / "README.md")
@@ -194,7 +197,34 @@ def memory() -> str:
     return "\n" + body + "\n"
 
 
+def batch() -> str:
+    """bench_batch.py: client CPU, peak RSS and bytes written of the batch path and the online path."""
+    d = _results.load("batch")
+    f = d["figures"]
+    on, ba = f["online"], f["batch"]
+    rows = [
+        f"| {label} | {on[k]:,.1f} | {ba[k]:,.1f} | {ba[k] / on[k]:.2f} |"
+        for k, label in (("cpu_s", "client CPU seconds"), ("peak_mb", "peak resident memory, MB"),
+                         ("written_mb", "bytes written (store, journal, upload files), MB"),
+                         ("store_mb", "store file at the end, MB"))
+    ]  # fmt: skip
+    body = "\n".join(
+        [
+            f"{f['requests']:,} requests of the `prompt` recipe, each side one whole `factory run` process against "
+            f"the fault server (batch side: {ba['batches']:.0f} batch files, batch_rate 0; online side: 256 in "
+            f"flight, no latency) ({d['date'][:10]}, {d['cpus']} CPUs, load {d['load_start']:.1f} → "
+            f"{d['load_end']:.1f}; {'median of ' + str(f['reps']) + ' runs' if f['reps'] > 1 else 'one run'} a side):",
+            "",
+            "| figure | online | batch | batch ÷ online |",
+            "|---|---|---|---|",
+            *rows,
+        ]
+    )
+    return "\n" + body + "\n"
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
+    "batch": batch,
     "cpu-change": cpu_change,
     "memory": memory,
     "run-header": run_header,
@@ -218,6 +248,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "filter-memory": filter_memory,
     "worker-cpu": worker_cpu,
     "speed": speed,
+    "math-answers": math_answers,
     "view": view,
     "cluster": cluster,
     "cluster-ingest": cluster_ingest,
@@ -229,6 +260,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "hf-teacher": hf_teacher,
     "quality-table": quality_table,
     "local-engine": local_engine,
+    "soft-labels": soft_labels,
 }
 
 

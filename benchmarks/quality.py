@@ -14,6 +14,8 @@ exported with `factory export`, 20 % of the questions held out by a hash of thei
   (c) curated       step-by-step on the rationales whose answer agrees with gold
   (d) sft           question → rationale + "The answer is X." of the curated rows
   (e) dpo           preference pairs of the curated run, from (d)'s student (when the tree has the task)
+  (f) kd            (d)'s rows and targets plus the KL to a local teacher's top-k at every answer token
+                    (``--kd-teacher``, default embedded; benchmarks/quality_kd.py says why and how)
 
 Equal budgets: every variant trains ``--steps`` steps of ``--batch-size`` inputs over the first
 ``--train-rows`` rows of its export (steps × batch / rows passes over them), with the same learning rate,
@@ -57,15 +59,17 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import _results  # noqa: E402
 import quality_data  # noqa: E402
+import quality_kd  # noqa: E402
 import quality_stats  # noqa: E402
 from quality_train import VARIANTS, Budget, run_variant  # noqa: E402
 
 DATA = Path("/work/shared/data/palm_rationales")
 QUICK = {"datasets": "cqa", "variants": "b,c", "seeds": 3, "steps": 10, "batch_size": 8, "train_rows": 80,
          "eval_rows": 100}  # fmt: skip
-FULL = {"datasets": "svamp,cqa", "variants": "a,b,c,d,e", "seeds": 3, "batch_size": 16, "epochs": 2.0}
+FULL = {"datasets": "svamp,cqa", "variants": "a,b,c,d,e,f", "seeds": 3, "batch_size": 16, "epochs": 2.0}
 COMPARE = (("c", "b", "curation"), ("b", "a", "rationales, uncurated"), ("c", "a", "rationales, curated"),
-           ("d", "c", "sft against step-by-step"), ("e", "d", "dpo on top of sft"))  # fmt: skip
+           ("d", "c", "sft against step-by-step"), ("e", "d", "dpo on top of sft"),
+           ("f", "d", "kd against sft"))  # fmt: skip
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,7 +81,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--datasets", help="comma-separated: svamp, cqa")
-    ap.add_argument("--variants", help="comma-separated letters a-e")
+    ap.add_argument("--variants", help="comma-separated letters a-f")
+    ap.add_argument("--kd-teacher", default="embedded",
+                    help="(f): the teacher whose top-k the kd student learns: `embedded` or a model folder of the "
+                    "student's tokenizer")  # fmt: skip
+    ap.add_argument("--kd-k", type=int, default=20, help="(f): alternatives per answer token")
     ap.add_argument("--seeds", type=int, help="training seeds (0, 1, ...)")
     ap.add_argument("--steps", type=int, help="optimizer steps of every variant (default: from --epochs)")
     ap.add_argument("--epochs", type=float, help="full mode: passes over the curated train rows")
@@ -128,6 +136,12 @@ def one_dataset(
     work = a.work / name
     src = a.data / quality_data.FILES[name]
     built = quality_data.build(name, src, work, eval_rows=a.eval_rows, preference="e" in variants)
+    if "f" in variants and "curated_pc" in built.exports:
+        kd_out = work / "exports" / "curated-kd"
+        built.exports["curated_kd"] = quality_kd.add_top_k(
+            built.exports["curated_pc"], kd_out, a.kd_teacher, a.kd_k, a.device
+        )
+        built.train_rows["curated_kd"] = built.train_rows["curated_pc"]
     rows = built.eval_rows
     budget = budget_for(a, built.train_rows["curated_sbs"])
     log = work / "factory.log"
@@ -169,11 +183,10 @@ def one_dataset(
 def _skip(v: Any, export: Path | None, rows: int, chosen: list[str], failed: str | None) -> str | None:
     if v.base is not None and v.base not in chosen:
         return f"it starts from ({v.base})'s student; run ({v.base}) too"
-    if v.task == "dpo":
-        from trainers.config import TASKS
+    from trainers.config import TASKS
 
-        if "dpo" not in TASKS:
-            return "this tree's `factory train` has no dpo task"
+    if v.task not in TASKS:
+        return f"this tree's `factory train` has no {v.task} task"
     if export is None and failed is not None:
         return f"no {v.export.split('_', 1)[1]} export: {failed}"
     if export is None:
@@ -192,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     bad_ds = [x for x in datasets if x not in quality_data.FILES]
     if bad or bad_ds:
         print(
-            f"quality: unknown --variants {bad} / --datasets {bad_ds}; use a-e and svamp, cqa",
+            f"quality: unknown --variants {bad} / --datasets {bad_ds}; use a-f and svamp, cqa",
             file=sys.stderr,
         )
         return 2
@@ -205,11 +218,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"quality: no data file at {', '.join(missing)}; pass --data DIR", file=sys.stderr)
         return 2
     ctx = _results.context(["torch", "transformers", "datasets", "duckdb"])
-    device = _device(a.device)
+    device = a.device = _device(a.device)
     t0 = time.perf_counter()
     figures: dict[str, Any] = {
         "mode": "quick" if a.quick else "full", "student": a.student, "device": device,
         "seeds": a.seeds, "variants_run": variants,
+        **({"kd_teacher": a.kd_teacher, "kd_k": a.kd_k} if "f" in variants else {}),
         "scoring": "exact match of the final answer against gold, greedy decoding, `factory eval`'s reading",
         "ci": "95 % percentile bootstrap over questions (2,000 resamples), every seed's answer to a question "
         "kept together",

@@ -6,7 +6,7 @@ split, ``steps`` optimizer steps of ``batch_size`` inputs, the same learning rat
 and (c) read the same export, so they see the very same inputs; (b) reads the uncurated export, whose first
 rows include the teacher's wrong answers; (d) reads the curated run's prompt/completion export, the same
 records as (c). (e) starts from (d)'s student (its prompts and answers have the shape DPO compares) and
-adds its own steps.
+adds its own steps. (f) reads (d)'s export with a teacher's top-k added (quality_kd.py): the same rows.
 """
 
 from __future__ import annotations
@@ -71,6 +71,14 @@ VARIANTS = {
         "starting from (d)'s student",
         base="d",
     ),
+    "f": Variant(
+        "f",
+        "kd on sft's rows",
+        "kd",
+        "curated_kd",
+        "(d)'s rows and targets, the rationale's tokens, plus the KL to a local teacher's top-k at each token "
+        "(benchmarks/quality_kd.py)",
+    ),
 }
 
 
@@ -94,7 +102,7 @@ def train(v: Variant, export: Path, student: str, seed: int, budget: Budget, out
     }  # fmt: skip
     if v.label_only:
         cfg["label_only"] = True
-    if v.task in ("sft", "dpo"):
+    if v.task in ("sft", "dpo", "kd"):
         cfg["max_new_tokens"] = budget.new_tokens_sft
     out.mkdir(parents=True, exist_ok=True)
     yaml_path = out.with_suffix(".yaml")
@@ -117,7 +125,7 @@ def answers(model_dir: Path, task: str, rows: list[dict[str, Any]], batch_size: 
     chat = bool(meta["chat"])
     if task == "step_by_step":
         users = [task_input(meta["label_prefix"], r["input"]) for r in rows]
-    else:  # sft and dpo students answer the bare question, as their prompt/completion rows ask it
+    else:  # sft, dpo and kd students answer the bare question, as their prompt/completion rows ask it
         users = [str(r["input"]) for r in rows]
     prompts = [causal.prompt_ids(tok, u, chat) for u in users]
     outs = causal.generate(

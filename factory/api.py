@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from factory import __version__
+from factory import __version__, stored_recipe
 from factory.config import RunConfig
 from factory.errors import ConfigError, FactoryError
 from factory.keys import digest, request_key
@@ -178,6 +178,11 @@ async def run_async(
     if cfg.executor.kind == "ray":
         if retry_failed:
             raise ConfigError("--retry-failed: run it without --executor ray (one process re-asks them)")
+        if any(tc.mode == "batch" for tc in cfg.roles().values()):
+            raise ConfigError(
+                "teacher.mode: batch runs in one process (the provider runs the batch): run it without "
+                "--executor ray, or use mode: online"
+            )
         return await _run_on_ray(
             prep, store=store, on_progress=on_progress, handle_signals=handle_signals, on_start=on_start
         )
@@ -190,7 +195,7 @@ async def run_async(
     own_store = store is None
     st = store or Store(prep.store_path)
     try:
-        config_json = cfg.model_dump(mode="json")
+        config_json = stored_recipe.mark(cfg.model_dump(mode="json"), cfg.recipe)
         invocation = st.start_run(
             run_id=prep.run_id, name=cfg.name, recipe=cfg.recipe, teacher=teacher.name, config=config_json,
             config_hash=digest("cfg1", cfg.fingerprint(), length=16), version=__version__,
@@ -321,7 +326,7 @@ async def filter_run(store: Store, run_id: str, steps: list[Any], *, force: bool
 
     teachers: dict[str, Teacher] = {}
     if any(s.filter.uses_teacher for s in steps):
-        stored = {k: v for k, v in store.run_config(run_id).items() if k != "import"}  # an import's facts
+        stored = stored_recipe.without_facts(store.run_config(run_id))
         cfg = parse_config(stored, source=f"the stored config of {run_id}", base_dir=Path("."))
         teachers = make_teachers(cfg)
     try:

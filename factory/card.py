@@ -44,6 +44,9 @@ class ExportFacts:
     funnel_image: str | None = None  # the funnel chart written beside the card (a path in the folder)
     set_aside: dict[str, int] = field(default_factory=dict)  # untrusted records a target shape left out
     skipped: int = 0  # records the shape could not show (preference: records left out of every pair)
+    soft_labels: dict[str, int] = field(
+        default_factory=dict
+    )  # rows with the teacher's logprobs, by ids or not
 
 
 # Hub task categories per recipe; a recipe not listed here is text generation.

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from factory.accuracy import gold_accuracy
+from factory.export_shapes import soft_labels_note
 from factory.store import Store
 
 if TYPE_CHECKING:
@@ -30,6 +31,12 @@ def answer_quality(
         out.append(f"Only samples whose answer is trusted (agrees with gold, or without gold with the majority "
                    f"vote) are targets here: {sum(f.set_aside.values()):,} samples were set aside: "
                    f"{parts}. `factory export --as preference` pairs them with trusted ones.")  # fmt: skip
+    note = soft_labels_note(f.soft_labels)
+    if note:
+        out.append(
+            note[0].upper() + note[1:] + ": per generated token of the teacher's answer (the text the ids "
+            "decode to), k alternatives each, best first, natural-log probabilities."
+        )
     if f.shape == "preference":
         out.append(f"Each pair's `chosen` answer is trusted and its `rejected` answer is not; {f.skipped:,} "
                    "samples were left out of every pair (a question needs both kinds).")  # fmt: skip

@@ -91,10 +91,15 @@ class ProgressView(_BarView):
         if self.live:
             self.progress.update(self.task, completed=p.seeds_done + p.seeds_failed, info=info)
             return
-        # Plain lines: every 10 s, and at once when the run starts to drain, a new failure reason shows or a
-        # local engine's first output tokens come (its engine may have taken minutes to start).
+        # Plain lines: every 10 s, and at once when the run starts to drain, a new failure reason shows, a
+        # batch's state changes or a local engine's first output tokens come (its engine may take minutes
+        # to start).
         generating = getattr(p, "streaming", False) and p.output_tokens > 0
-        said = f"{getattr(p, 'draining', False)}|{last}|{generating}"
+        waiting = getattr(p, "waiting_on", None)
+        state = " ".join(
+            w for w in (waiting or "").split() if "/" not in w
+        )  # a batch's state, not its counts
+        said = f"{getattr(p, 'draining', False)}|{last}|{generating}|{state}"
         if p.elapsed_s - self._last_line >= 10 or said != self._last_said:
             self._last_line, self._last_said = p.elapsed_s, said
             print(
@@ -124,6 +129,9 @@ class ProgressView(_BarView):
                 f"{rate:.1f} req/s · {p.requests_sent} sent · {p.cache_hits} cached · {p.in_flight} pending · "
                 f"{p.completion_tokens} out tok · {fails} failed attempts · ETA {_fmt_s(p.eta_s)}"
             )
+        waiting = getattr(p, "waiting_on", None)
+        if waiting and not getattr(p, "draining", False):
+            info = f"{waiting} · {p.requests_sent} answered · {p.cache_hits} cached · {fails} failed attempts"
         last = getattr(p, "last_failure", None)
         if fails and last:
             info += f" · last failure: {last}"
@@ -270,6 +278,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         s = st.run_summary(run_id)
         drops = st.verdict_counts(run_id)
         s["funnel"] = st.funnel(run_id)
+        s["batches"] = st.batches_of(run_id)
         if args.diversity:
             s["diversity"] = _diversity(st.curated_table(run_id))
     s["dropped"] = [{"filter": f, "reason": r, "records": n} for f, r, n in drops]
@@ -278,15 +287,38 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     funnel = s.pop("funnel")
     reasons = s.pop("failure_reasons")
+    batches = s.pop("batches")
     width = max(len(k) for k in s)
     for k, v in s.items():
         print(f"{k:>{width}}: {v}")
     print_funnel(funnel)
+    if batches:
+        print_batches(batches)
     if reasons:
         print("failure reasons (failed attempts, retries included; seeds that finally failed):")
         for r in reasons:
             print(f"  {r['kind']}: {r['attempts']} attempts, {r['seeds']} seeds; e.g. {r['example']}")
     return 0
+
+
+def print_batches(batches: list[dict[str, Any]]) -> None:
+    """The run's provider batches: state, request counts, ETA of the ones running."""
+    states: dict[str, int] = {}
+    for b in batches:
+        states[b["state"]] = states.get(b["state"], 0) + 1
+    print("batches: " + ", ".join(f"{n} {st}" for st, n in states.items()))
+    for b in batches:
+        where = b["provider_status"] or b["state"]
+        done = (b["completed"] or 0) + (b["failed"] or 0)
+        counts = f"{done}/{b['total'] or b['requests']} run ({b['failed'] or 0} failed)"
+        tail = f" · ETA {_fmt_s(b['eta_s'])}" if b["eta_s"] is not None else ""
+        if b["state"] == "settled":
+            tail = f" · {b['answered']} answered, {b['retried']} left for a later batch"
+        if b["error"]:
+            tail += f" · {b['error']}"
+        print(
+            f"  {b['batch_id'] or b['id']}: {b['state']} ({where}) · {b['requests']} requests · {counts}{tail}"
+        )
 
 
 def _diversity(curated: Any) -> dict[str, Any]:
@@ -312,12 +344,13 @@ def cmd_filter(args: argparse.Namespace) -> int:
             cfg = load_config(args.config_path)
             items, where, implied = cfg.filters, f"{args.config_path}: filters", recipe_filters(cfg)
         else:
+            from factory import stored_recipe
+
             stored = st.run_config(run_id)
-            items, where, implied = (
-                stored.get("filters") or [],
-                "the run's config: filters",
-                recipe_filters(stored),
-            )
+            items, where = stored.get("filters") or [], "the run's config: filters"
+            # a recipe this process cannot load (one from a Python session): its filters as the last pass ran them
+            from_pass = stored_recipe.implied_filters(st, run_id, items)
+            implied = recipe_filters(stored) if from_pass is None else from_pass
         steps = parse_steps(items, args.set, where=where, implied=implied)
         if not steps:
             raise ConfigError(f"{where}: no filters to apply; list some in the config (or pass --config)")
@@ -399,7 +432,7 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from factory.export import export_configured
-    from factory.export_shapes import set_aside_note
+    from factory.export_shapes import set_aside_note, soft_labels_note
 
     with _store_for(args) as st:
         run_id = _resolve(st, args.run)
@@ -409,11 +442,12 @@ def cmd_export(args: argparse.Namespace) -> int:
             include_rejected=args.include_rejected, pairs_per_question=args.pairs_per_question,
         )  # fmt: skip
     note = set_aside_note(res.set_aside)
+    soft = soft_labels_note(res.soft_labels)
     if args.json:
         print(json.dumps({
             "run_id": run_id, "out": str(res.out), "format": res.format, "shape": res.shape, "rows": res.rows,
             "splits": res.splits, "skipped": res.skipped, "set_aside": res.set_aside, "set_aside_note": note,
-            "pairs_per_question": res.pairs_per_question,
+            "pairs_per_question": res.pairs_per_question, "soft_labels": res.soft_labels,
         }))  # fmt: skip
         return 0
     parts = ", ".join(f"{k}: {v}" + (f" in {res.shards[k]} shards" if res.shards.get(k, 1) > 1 else "")
@@ -422,6 +456,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"exported {res.rows} {what} of {run_id} as {res.shape} ({parts}) to {res.out}")
     if note:
         print(note)
+    if soft:
+        print(soft)
     if res.skipped and res.pairs_per_question:
         print(f"{res.skipped} samples are in no pair (their question lacks a trusted or a wrong sample)")
     elif res.skipped:
@@ -550,7 +586,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "export": args.export, "task": args.task, "student": args.student, "out": args.out, "lora": args.lora,
         "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size,
         "learning_rate": args.lr, "alpha": args.alpha, "label_only": args.label_only, "beta": args.beta,
-        "sft_weight": args.sft_weight,
+        "sft_weight": args.sft_weight, "kd_weight": args.kd_weight, "kd_temperature": args.kd_temperature,
         "max_length": args.max_length, "eval_split": args.eval_split, "max_train_examples": args.max_train_examples,
         "max_eval_examples": args.max_eval_examples, "overwrite": args.overwrite, "device": args.device,
         "gradient_checkpointing": args.gradient_checkpointing,
@@ -646,10 +682,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", choices=["hf", "parquet", "jsonl"], help="default: the config's export.format, else hf"
     )
     e.add_argument(
-        "--as", dest="shape", choices=["records", "messages", "prompt_completion", "text_label", "triples",
-                                       "step_by_step", "preference"],
-        help="training format (default: the config's export.shape, else records); `factory recipes -v` "
-        "lists each recipe's. messages, prompt_completion and step_by_step take only samples whose answer is "
+        "--as", dest="shape", metavar="SHAPE",
+        help="training format (default: the config's export.shape, else records): records, messages, or one "
+        "the recipe offers (`factory recipes -v` lists each recipe's). messages, prompt_completion and step_by_step take only samples whose answer is "
         "trusted; preference pairs trusted and wrong samples of one question (TRL DPOTrainer format)",
     )  # fmt: skip
     e.add_argument(
@@ -726,7 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
         "export", nargs="?", metavar="EXPORT_DIR", help="the export folder (or `export:` in --config)"
     )
     tr.add_argument(
-        "--task", choices=["sft", "step_by_step", "classifier", "triples", "dpo"], help="what to train"
+        "--task", choices=["sft", "step_by_step", "classifier", "triples", "dpo", "kd"], help="what to train"
     )
     tr.add_argument("--student", help="embedded | minilm | a local model folder")
     tr.add_argument("--config", help="a training YAML with the same fields; flags given win")
@@ -742,6 +777,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--beta", type=float, help="dpo: strength of the pull to the reference (default 0.1)")
     tr.add_argument("--sft-weight", type=float, help="dpo: weight of an SFT term on the chosen answers (0)")
+    tr.add_argument("--kd-weight", type=float, help="kd: weight of the KL to the teacher's top-k (0.5)")
+    tr.add_argument("--kd-temperature", type=float, help="kd: temperature of the KL term (1.0)")
     tr.add_argument("--max-length", type=int, help="longest tokenized example (default 512)")
     tr.add_argument(
         "--eval-split", help="held-out split (default: test, else validation, else 10%% of train)"

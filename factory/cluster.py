@@ -21,8 +21,11 @@ ingested into the store by the driver.
   worker gets an equal share of ``max_in_flight``.
 - ``budget.*`` holds for the whole run: each shard gets a share of what is neither spent nor held by
   the shards running, and a shard that used up its share goes back in the queue for what is left.
-- Filters run on the driver after ingestion, as in a single-process run; the workers compute the MinHash
-  signatures and sentence embeddings they need, and the driver's pass finds them in its cache.
+- Filters run on the driver after ingestion, as in a single-process run. Before that, each worker calls
+  the ``precompute`` hook of every filter of the run that has one (:mod:`filters.base`) on its shard's
+  records, into a scratch folder laid out as the store's filter cache; the files go out with the shard and
+  the driver copies them into that cache, so the pass finds the per-record work done and does only the
+  set-level step. The executor knows the hook, never a filter.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ import pyarrow.parquet as pq
 from factory.errors import ConfigError, FactoryError, StoreError
 from factory.placement import WorkerPlan, plan_workers
 from factory.prepare import first_stage_requests, make_teachers, plan_for, prepare
-from factory.store import CACHE_COLUMNS, CACHE_SCHEMA, RECORD_SCHEMA, Batch, Store
+from factory.store import CACHE_COLUMNS, CACHE_SCHEMA, RECORD_SCHEMA, Batch, Store, full_cache_rows
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +149,8 @@ def _batch_tables(batch: Batch) -> Iterator[tuple[str, pa.Table]]:
     for name, schema in TABLES.items():
         rows = getattr(batch, name)
         if rows:
+            if name == "cache":  # a shard written before a column was added lacks it
+                rows = full_cache_rows(rows)
             cols = list(zip(*rows, strict=True))
             yield name, pa.Table.from_arrays([pa.array(c, f.type) for c, f in zip(cols, schema, strict=True)],
                                              schema=schema)  # fmt: skip
@@ -162,7 +167,7 @@ class ShardParts:
 
     tables: dict[str, list[tuple[Any, ...]]] = field(default_factory=lambda: {k: [] for k in TABLES})
     finished: list[dict[str, Any]] = field(default_factory=list)  # the _SUCCESS documents
-    artefacts: list[str] = field(default_factory=list)  # filter caches (signatures), keys files last
+    artefacts: list[str] = field(default_factory=list)  # files of the filter cache (precompute hooks)
     files: int = 0
 
 
@@ -190,7 +195,6 @@ def read_shard(files: ShardFiles, shard: str, *, skip: set[str] | None = None) -
             continue
         out.tables[table_name].extend(_rows(files.read_table(p)))
         out.files += 1
-    out.artefacts.sort(key=lambda p: p.endswith(".keys.npy"))  # a signature shard counts once its keys exist
     return out
 
 
@@ -391,7 +395,7 @@ class ShardWorker:
                     "host": os.uname().nodename, "pid": os.getpid(), "elapsed_s": p.elapsed_s,
                 }  # fmt: skip
                 if result.status in ("done", "incomplete"):
-                    doc["filter_texts"] = self._filter_artefacts(store, files, f"{shard}/{attempt}", scratch)
+                    doc["precomputed"] = self._precompute(store, files, f"{shard}/{attempt}", scratch)
                     files.write_json(f"{shard}/{attempt}/{SUCCESS}", doc)
                 return doc
             finally:
@@ -399,32 +403,20 @@ class ShardWorker:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def _filter_artefacts(self, store: Store, files: ShardFiles, prefix: str, scratch: Path) -> int:
-        """What the run's set-level filters derive from each record, computed here from the shard's records
-        and sent out with the shard, laid out as the store's filter cache: MinHash signatures
-        (minhash_dedup) and sentence embeddings (embed_dedup, diversity). The driver's pass then finds
-        them cached and only does the set-level step (LSH banding, nearest neighbours)."""
-        steps = [
-            s for s in self.prep.filters if s.filter.slug in ("minhash_dedup", "embed_dedup", "diversity")
-        ]
-        if not steps:
-            return 0
-        texts = [t or "" for t in store.records_table(self.prep.run_id).column("text").to_pylist()]
+    def _precompute(self, store: Store, files: ShardFiles, prefix: str, scratch: Path) -> dict[str, Any]:
+        """The per-record work of the run's filters that declare a ``precompute`` hook, done here on the
+        shard's records and sent out with the shard as files of the filter cache (``{prefix}/filters/``)."""
+        from factory.curation import is_artefact, precompute, record_rows
+
         local = scratch / "filters"
         shutil.rmtree(local, ignore_errors=True)
-        for step in steps:
-            if step.filter.slug == "minhash_dedup":
-                from filters.minhash_dedup import cached_signatures
-
-                cached_signatures(texts, step.params, local)
-            else:
-                from filters.vectors import EmbeddingCache, model_key
-
-                model = step.params.model
-                EmbeddingCache(local / "embeddings" / model_key(model), model).get(texts)
-        for path in sorted(local.rglob("*.npy"), key=lambda p: p.name.endswith(".keys.npy")):  # keys last
+        rows = record_rows(store, self.prep.run_id)
+        done = precompute(list(self.prep.filters), rows, local)
+        sent = 0
+        for path in sorted(p for p in local.rglob("*") if p.is_file() and is_artefact(p.name)):
             files.write_bytes(f"{prefix}/filters/{path.relative_to(local).as_posix()}", path.read_bytes())
-        return len(texts)
+            sent += 1
+        return {"filters": done, "records": len(rows) if done else 0, "files": sent}
 
     def stop(self) -> bool:
         """Stop the shard in progress: no new request is sent, the ones in flight are waited for, and
@@ -605,7 +597,15 @@ def ray_init(address: str | None, *, num_cpus: int | None = None) -> Any:
 
 def connect(prep: Any, address: str | None = None) -> Any:
     """Check what a cluster run cannot do and reach the cluster, before anything is stored."""
+    from factory import plugins
+
     cfg = prep.config
+    if plugins.in_process("recipe", cfg.recipe):
+        raise ConfigError(
+            f"executor ray: the recipe {cfg.recipe!r} was defined in this Python session, and Ray workers "
+            "cannot load it; put it in a module and name it in the config as `package.module:OBJECT` (or "
+            "`path/to/file.py:OBJECT`, on a path every node sees), or run it without executor ray"
+        )
     ShardFiles(shard_root(prep))  # a shard_dir URL no filesystem opens
     ray = ray_init(address if address is not None else cfg.executor.address)
     if _local_engine(prep):  # workers the cluster's GPUs cannot hold
@@ -825,7 +825,8 @@ def _ingest(
     store: Store, files: ShardFiles, shard: str, report: ClusterReport, *, count: bool = True
 ) -> float:
     """Every part of the shard into the store; rows already there are skipped, so this may run again.
-    Filter artefacts the workers computed (MinHash signatures, embeddings) go to the store's filter cache."""
+    The files of the filter cache the workers' precompute hooks wrote go into the store's filter cache (each
+    copied whole, a name already there skipped)."""
     from factory.curation import filters_dir
 
     t0 = time.perf_counter()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from factory.errors import ConfigError
 from factory.keys import digest
@@ -22,6 +22,33 @@ ROLE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class BatchConfig(Strict):
+    """How ``teacher.mode: batch`` uses the provider's Batch API (OpenAI's limits are the defaults)."""
+
+    max_requests_per_file: int = Field(
+        50_000, ge=1, description="Most requests in one batch file (OpenAI: 50,000)."
+    )
+    max_bytes_per_file: int = Field(
+        200 * 1024 * 1024, ge=1024, description="Most bytes in one batch file (OpenAI: 200 MB)."
+    )
+    collect_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="A batch file is sent once no new request has come for this long (or when it is full): "
+        "the requests a recipe makes together go in one file.",
+    )
+    poll_interval_s: float = Field(
+        30.0, gt=0, description="First wait between two looks at a batch's state; it grows by half each time."
+    )
+    poll_max_interval_s: float = Field(600.0, gt=0, description="Longest wait between two looks.")
+    retry_errors: Literal["batch", "online"] = Field(
+        "batch",
+        description="A request that failed in a batch with a transient error (429, 5xx) is retried in the "
+        "next batch file (batch), or at once with the online API at full price (online); up to max_retries.",
+    )
 
 
 class TeacherConfig(Strict):
@@ -59,6 +86,13 @@ class TeacherConfig(Strict):
     options: dict[str, Any] = Field(
         default_factory=dict, description="Backend-specific options (engine args ...)."
     )
+    mode: Literal["online", "batch"] = Field(
+        "online",
+        description="online: each request is sent as the recipe makes it. batch: requests go to the provider's "
+        "Batch API in files (half price; answers within 24 h; a killed run resumes the batches it submitted). "
+        "The openai backend only.",
+    )
+    batch: BatchConfig = Field(default_factory=BatchConfig, description="Settings of mode: batch.")
 
     @field_validator("spec")
     @classmethod
@@ -67,6 +101,19 @@ class TeacherConfig(Strict):
 
         check_spec(v)
         return v
+
+    @model_validator(mode="after")
+    def _batch_backend(self) -> TeacherConfig:
+        if self.mode == "batch":
+            from factory.teachers import parse_spec
+
+            backend, _ = parse_spec(self.spec)
+            if backend != "openai":
+                raise ValueError(
+                    f"mode: batch needs a provider's Batch API (the openai backend), and {self.spec!r} runs "
+                    "its requests itself: remove `mode: batch`, or use an openai:MODEL teacher"
+                )
+        return self
 
     def backend_options(self) -> dict[str, Any]:
         from factory.teachers import parse_spec
@@ -85,6 +132,9 @@ class TeacherConfig(Strict):
                 opts.setdefault("base_url", self.base_url)
             if self.api_key_env:
                 opts.setdefault("api_key_env", self.api_key_env)
+            if self.mode == "batch":
+                opts["mode"] = "batch"
+                opts["batch"] = self.batch.model_dump()
         elif self.api_key_env or self.base_url:
             raise ConfigError(
                 f"teacher: base_url and api_key_env apply to the openai backend only, not {backend!r}"
@@ -140,11 +190,6 @@ class ExecutorConfig(Strict):
     keep_shards: bool = Field(False, description="Keep the shard files after a finished run.")
 
 
-ExportShape = Literal[
-    "records", "messages", "prompt_completion", "text_label", "triples", "step_by_step", "preference"
-]
-
-
 class CurationConfig(Strict):
     recipe_filters: bool = Field(
         True,
@@ -161,10 +206,10 @@ class ExportConfig(Strict):
     splits: dict[str, float] = Field(
         default_factory=lambda: {"train": 1.0}, description="Split name → share."
     )
-    shape: ExportShape = Field(
+    shape: str = Field(
         "records",
-        description="records | messages | prompt_completion | text_label | triples | step_by_step | preference "
-        "(the recipe's training formats; `--as` on the command line). The shapes that teach an answer "
+        description="records | messages | a shape the recipe offers: prompt_completion | text_label | triples | "
+        "step_by_step | preference | reasoning_columns (the recipe's training formats; `--as` on the command line). The shapes that teach an answer "
         "(messages, prompt_completion, step_by_step) take only records whose answer is trusted; preference "
         "pairs a trusted rationale with a wrong one of the same question.",
     )

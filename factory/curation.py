@@ -26,7 +26,7 @@ from factory.store import Store
 from factory.teachers.base import Teacher
 from factory.yamlsafe import load_yaml
 from filters import get_filter
-from filters.base import Context, Filter, FilterParams, Row, Scored
+from filters.base import Answer, Context, Filter, FilterParams, Row, Scored
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +132,14 @@ def parse_steps(
     return steps
 
 
-def _judge_runner(store: Store, run_id: str, recipe: str, teachers: dict[str, Teacher]) -> Runner:
-    from recipes import get_recipe
+def _judge_runner(store: Store, run_id: str, judge: str, teachers: dict[str, Teacher]) -> Runner:
+    from factory import stored_recipe
 
-    plan = Plan(run_id=run_id, recipe=get_recipe(recipe), state=None, seeds=[])
+    recipe = stored_recipe.load(
+        store, run_id, needs=f"filter {judge}, which asks a teacher,",
+        instead="apply the filters from that session (factory.run again with them in the config's filters)",
+    )  # fmt: skip
+    plan = Plan(run_id=run_id, recipe=recipe, state=None, seeds=[])
     return Runner(store, teachers, plan, store.open_invocation(run_id, "filtering"))
 
 
@@ -146,14 +150,20 @@ class PassResult:
     scored: dict[str, int]  # filter → records scored in this pass (0: all from the ledger)
 
 
-def _rows(store: Store, run_id: str) -> list[Row]:
+def record_rows(store: Store, run_id: str) -> list[Row]:
+    """The run's records as filters read them."""
     table = store.records_table(run_id)
     cols = table.to_pydict()
+    facts = store.answer_facts(run_id)
+
+    def answers(keys: list[str] | None) -> tuple[Answer, ...]:
+        return tuple(Answer(k, *facts.get(k, (None, 0))) for k in keys or ())
+
     return [
-        Row(i, st, sd, si, tx or "", orjson.loads(pl))
-        for i, st, sd, si, tx, pl in zip(
+        Row(i, st, sd, si, tx or "", orjson.loads(pl), answers(ks))
+        for i, st, sd, si, tx, pl, ks in zip(
             cols["id"], cols["stage"], cols["seed_id"], cols["sample_index"], cols["text"], cols["payload"],
-            strict=True,
+            cols["request_keys"], strict=True,
         )
     ]  # fmt: skip
 
@@ -161,6 +171,24 @@ def _rows(store: Store, run_id: str) -> list[Row]:
 def filters_dir(store: Store) -> Path:
     """Where filters persist what they derive (signatures, embeddings): a folder beside the store."""
     return store.path.with_name(store.path.name + ".filters")
+
+
+def precompute(steps: list[Step], rows: list[Row], folder: Path) -> list[str]:
+    """Run the ``precompute`` hook of every step that has one on ``rows``, writing into ``folder`` (laid out
+    as the filter cache); returns the slugs of the filters that did. A filter met twice with the same params
+    (none is listed twice) would find its own work done."""
+    done = []
+    for step in steps:
+        hook = step.filter.precompute
+        if hook is not None and rows:
+            hook(rows, step.params, folder)
+            done.append(step.filter.slug)
+    return done
+
+
+def is_artefact(name: str) -> bool:
+    """Whether a file a precompute hook left is finished work (not a temporary file)."""
+    return not name.endswith(".tmp")
 
 
 async def apply_filters(
@@ -179,9 +207,9 @@ async def apply_filters(
         return PassResult(funnel["pass"], funnel, {})
     summary = store.run_summary(run_id)
     ctx = Context(run_id=run_id, recipe=summary["recipe"], earlier_texts=lambda: store.earlier_texts(run_id),
-                  cache_dir=filters_dir(store))  # fmt: skip
+                  cache_dir=filters_dir(store), reasoning=store.reasoning_of)  # fmt: skip
     async with contextlib.AsyncExitStack() as stack:
-        return await _pass(store, run_id, steps, specs, ctx, stack, teachers or {}, summary["recipe"])
+        return await _pass(store, run_id, steps, specs, ctx, stack, teachers or {})
 
 
 async def _pass(
@@ -192,11 +220,10 @@ async def _pass(
     ctx: Context,
     stack: contextlib.AsyncExitStack,
     teachers: dict[str, Teacher],
-    recipe: str,
 ) -> PassResult:
     runner: Runner | None = None
     rejected = store.parse_rejected(run_id)
-    alive = [r for r in _rows(store, run_id) if r.id not in rejected]
+    alive = [r for r in record_rows(store, run_id) if r.id not in rejected]
     verdicts: list[tuple[Any, ...]] = []
     scored_counts: dict[str, int] = {}
     for step in steps:
@@ -211,7 +238,7 @@ async def _pass(
         if todo and flt.uses_teacher and runner is None:
             if "default" not in teachers:
                 raise ConfigError(f"filter {flt.slug} asks a teacher, and none was given for this run")
-            runner = _judge_runner(store, run_id, recipe, teachers)
+            runner = _judge_runner(store, run_id, flt.slug, teachers)
             stack.callback(runner.finish_session, "done")  # after the session's last commit (LIFO)
             await stack.enter_async_context(runner.session())
             ctx.generate = runner.generate

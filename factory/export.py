@@ -54,6 +54,9 @@ class ExportResult:
     pairs_per_question: int | None = None  # preference: the cap the pairs were made under
     label_names: list[str] | None = None
     shards: dict[str, int] = field(default_factory=dict)
+    soft_labels: dict[str, int] = field(
+        default_factory=dict
+    )  # rows with the teacher's logprobs: with/without ids
 
 
 def split_of(key: str, splits: dict[str, float]) -> str:
@@ -111,6 +114,14 @@ def export_run(
         sweep_stale(out.resolve(), "export")  # first: it may move back an export a killed one set aside
     out = _out_ready(out, overwrite)
     summary = store.run_summary(run_id)
+    if shape != "records":  # the recipe's code shapes the records: one message when it cannot be loaded
+        from factory import stored_recipe
+
+        stored_recipe.load(
+            store, run_id, needs=f"an export as {shape!r} (--as {shape})",
+            instead=f"shape them in that session: run.to_dataset({shape!r}); a plain export (no --as, the "
+            "records as they are) needs no recipe",
+        )  # fmt: skip
     plan = plan_shape(summary["recipe"], shape, stage)
     if plan.group is not None:
         if split_by != "seed":
@@ -182,6 +193,7 @@ def export_run(
         files=[out / f.relative_to(tmp) for f in files], stage=plan.stage, skipped=skipped,
         label_names=getattr(w, "label_names", None), shards=dict(getattr(w, "shards", {})),
         set_aside=dict(plan.set_aside), pairs_per_question=pairs_per_question if plan.group else None,
+        soft_labels=dict(plan.soft_labels),
     )  # fmt: skip
 
 
@@ -371,7 +383,7 @@ def _card(store: Store, run_id: str, w: _ParquetWriter, sizes: dict[str, int], p
         data_files={s: f"data/{s}-*.parquet" for s in sizes}, dataset_info=info._to_yaml_dict(),
         shape=plan.shape, label_names=w.label_names, examples=examples, slim=slim,
         include_rejected=include_rejected, stage=plan.stage, funnel_image=FUNNEL_IMAGE, split_by=split_by,
-        set_aside=dict(plan.set_aside), skipped=skipped,
+        set_aside=dict(plan.set_aside), skipped=skipped, soft_labels=dict(plan.soft_labels),
     )  # fmt: skip
     return render_dataset_card(store, run_id, facts)
 

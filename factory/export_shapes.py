@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 
 from factory.errors import ConfigError
+from factory.logprobs import unpack
 from factory.store import Store
 
-SHAPES = ("records", "messages", "prompt_completion", "text_label", "triples", "step_by_step", "preference")
 PAIRS_PER_QUESTION = 4  # preference: the most pairs made from one question by default
 # Verdicts that still leave a record fit to be a preference pair's rejected side.
 NEGATIVE_OK = ("agreement",)
@@ -33,6 +33,44 @@ class Plan:
     distrust: Callable[[dict[str, Any]], str | None] | None = None  # set: only trusted records are shown
     group: Any = None  # Shape.group: rows made from the records of one seed at once
     set_aside: dict[str, int] = field(default_factory=dict)
+    # Rows exported with the teacher's logprobs (soft labels): "with ids" / "without ids" (token strings only).
+    soft_labels: dict[str, int] = field(default_factory=dict)
+
+
+SOFT_LABEL_COLUMNS = ("teacher_token_ids", "teacher_top_ids", "teacher_top_logprobs")
+
+
+def soft_labels_note(counts: dict[str, int]) -> str | None:
+    """One sentence on the rows that carry the teacher's logprobs, or None when none do."""
+    if not counts:
+        return None
+    with_ids, without = counts.get("with ids", 0), counts.get("without ids", 0)
+    note = f"{with_ids + without} rows carry the teacher's top-k logprobs ({', '.join(SOFT_LABEL_COLUMNS)})"
+    if without:
+        note += (
+            f"; {without} of them have no token ids (the teacher's API names tokens by text only): "
+            "teacher_token_ids and teacher_top_ids are null there, teacher_tokens and teacher_top_tokens hold "
+            "the token strings (a vLLM server gives ids with the teacher option token_ids: true)"
+        )
+    return note
+
+
+def add_soft_labels(out: dict[str, Any], keys: Any, found: dict[str, bytes], counts: dict[str, int]) -> None:
+    """The teacher's logprobs of the record's answer (its first request key whose answer has them) as the
+    soft-label columns of ``out``: aligned per generated token, k alternatives per position."""
+    key = next((k for k in keys or () if k in found), None)
+    if key is None:
+        return
+    lp = unpack(found[key])
+    out["teacher_token_ids"] = lp.token_ids
+    out["teacher_top_ids"] = lp.top_ids
+    out["teacher_top_logprobs"] = lp.top_logprobs
+    if lp.has_ids:
+        counts["with ids"] = counts.get("with ids", 0) + 1
+    else:
+        out["teacher_tokens"] = lp.tokens
+        out["teacher_top_tokens"] = lp.top_tokens
+        counts["without ids"] = counts.get("without ids", 0) + 1
 
 
 def set_aside_note(set_aside: dict[str, int]) -> str | None:
@@ -57,8 +95,6 @@ def plan_shape(recipe_slug: str, shape: str, stage: str | None) -> Plan:
         # a recipe this process cannot load (one made in a notebook, a plugin since removed): its records
         # are exported as they are, every stage unless --stage names one
         return Plan(shape, None if stage in (None, "all") else stage, lambda p: p, None)
-    if shape not in SHAPES:
-        raise ConfigError(f"--as {shape!r} is not one of {', '.join(SHAPES)}")
     if stage is not None and stage != "all" and stage not in recipe.stages:
         raise ConfigError(
             f"--stage {stage!r}: the {recipe_slug} recipe's stages are {', '.join(recipe.stages)} (or all)"
@@ -108,7 +144,9 @@ def shaped_rows(
     reader = store.curated_reader(run_id, stage=plan.stage, include_rejected=include_rejected or counting,
                                   batch_rows=batch_rows)  # fmt: skip
     for batch in reader:
-        for r in batch.to_pylist():
+        records = batch.to_pylist()
+        found = store.logprobs_of([k for r in records for k in r["request_keys"] or ()])
+        for r in records:
             if counting and r["dropped_by"] is not None and not _negative_ok(r["dropped_by"]):
                 continue  # dropped for another reason than its answer: not a negative, not exported
             payload = orjson.loads(r["payload"])
@@ -121,6 +159,8 @@ def shaped_rows(
             out = plan.row(payload)
             if out is not None:
                 out = dict(out)
+                if found:
+                    add_soft_labels(out, r["request_keys"], found, plan.soft_labels)
                 if not slim:
                     out.update(
                         record_id=r["id"], seed_id=r["seed_id"], stage=r["stage"], sample_index=r["sample_index"],

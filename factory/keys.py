@@ -11,8 +11,9 @@ What it holds (key format 2, :data:`KEY_FORMAT`):
   seed when set), the sample index, the JSON schema (sent as ``response_format``) and the number of top
   logprobs, each only when set;
 * the teacher identity (``Teacher.identity()``), which never holds a secret:
-  - ``openai``: model and base URL, and ``extra_body`` when it is not empty (it is merged into every
-    payload); throughput and retry settings and the API key are not keyed;
+  - ``openai``: model and base URL, ``extra_body`` when it is not empty (it is merged into every
+    payload) and ``token_ids`` when true (logprobs named by id); throughput and retry settings and the API
+    key are not keyed;
   - ``vllm`` / ``transformers``: the content digest of the model's files (weights, config, tokenizer,
     chat template, generation defaults; see factory.teachers.weights) and the options that can change
     an answer: dtype, max_model_len, the engine seed and the engine arguments not known to change only

@@ -14,8 +14,9 @@ a list of dicts, or (as in a config) a seed file. In-memory seeds are written on
 content, in a folder beside the store (``STORE.seeds/``), and the run reads that file like any other: the
 same seeds give the same run, so running a cell again resumes it and sends nothing twice. The store is the
 config's ``store:`` (default ``./data/factory.duckdb``) and holds everything a CLI run would, so `factory
-status`, `factory report` and `factory export` work on it too (a recipe that lives only in the notebook
-cannot be loaded by another process: those commands then say so, and export its records as they are).
+status`, `factory report`, `factory filter` and `factory export` work on it too. A recipe that lives only in
+the notebook cannot be loaded by another process: what needs its code there (a shaped export, a judge that
+scores again) says so, naming the run and the fix (see :mod:`factory.stored_recipe`).
 """
 
 from __future__ import annotations

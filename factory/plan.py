@@ -62,6 +62,8 @@ class Progress:
         """Output tokens generated in this invocation: of the answers, and so far of those in flight."""
         return self.completion_tokens + self.partial_tokens
 
+    waiting_on: str | None = None  # e.g. a provider batch and its state (teacher.mode: batch)
+
     @property
     def eta_s(self) -> float | None:
         """Seconds left: for a streaming teacher, the tokens still expected at the token rate so far

@@ -121,6 +121,12 @@ def register_object(kind: str, name: str, obj: Any) -> None:
     _IN_PROCESS[(kind, name)] = obj
 
 
+def in_process(kind: str, name: str) -> bool:
+    """Whether ``name`` is an object handed to this process (``register_object``), which no other process
+    can load."""
+    return (kind, name) in _IN_PROCESS
+
+
 def find(kind: str, name: str, *, where: str) -> Plugin:
     """The plugin registered as ``name``; unknown or ambiguous is a ConfigError naming ``where``."""
     if (kind, name) in _IN_PROCESS:

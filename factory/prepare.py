@@ -104,7 +104,10 @@ def prepare(
             raise ConfigError(f"{cfg.seeds}: {exc}") from None
     # a recipe of the user's own: a change of its code is a new run (built-ins have versioned templates)
     version = str(getattr(state, "version", "")) + plugins.code_version(recipe.process)
-    run_id = run_id_for(cfg, digest_of_seeds, params.model_dump(mode="json"), version)
+    resolved = params.model_dump(mode="json")
+    if resolved.get("logprobs", 0) is None:  # unset: the run ids of runs from before the param stay
+        del resolved["logprobs"]
+    run_id = run_id_for(cfg, digest_of_seeds, resolved, version)
     from factory.curation import parse_steps
 
     implied = [] if not cfg.curation.recipe_filters else list(recipe.default_filters(params))
@@ -180,6 +183,7 @@ def plan_for(
     """The runner's plan of a prepared run: what both executors hand their runners (a cluster worker its
     shard's ``seeds`` and its share of the ``budget``)."""
     cfg = prep.config
+    _check_logprobs(prep, teachers)
     return Plan(
         run_id=prep.run_id, recipe=prep.recipe, state=prep.state,
         seeds=prep.seeds if seeds is None else seeds,
@@ -188,3 +192,16 @@ def plan_for(
         max_seeds_in_flight=seeds_in_flight(cfg.runner.max_seeds_in_flight, teachers["default"], cfg.teacher.max_in_flight),
         template_version=prep.template_version, retry_rejected=retry_failed, drain_s=cfg.runner.drain_s,
     )  # fmt: skip
+
+
+def _check_logprobs(prep: Prepared, teachers: dict[str, Teacher]) -> None:
+    """``params.logprobs`` needs a teacher that returns logprobs: said before any request is sent."""
+    if getattr(prep.params, "logprobs", None) is None:
+        return
+    role = getattr(prep.params, "teacher", "default")
+    teacher = teachers.get(role if isinstance(role, str) else "default") or teachers["default"]
+    if not teacher.supports_logprobs:
+        raise ConfigError(
+            f"params.logprobs: the {teacher.backend} teacher ({teacher.name}) does not return logprobs; use an "
+            "openai or vllm teacher for soft labels, or drop params.logprobs"
+        )

@@ -105,7 +105,8 @@ class RunCounters:
             in_flight=self.dispatched, prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
             failures=dict(self._errors()), elapsed_s=now - self._t0,
             seeds_resumed=self._resumed_done, draining=self._draining and not self.abandoned, awaiting=self.awaiting,
-            abandoned=self.abandoned, last_failure=self._last_failure(), answered=self.answered,
+            abandoned=self.abandoned, last_failure=self._last_failure(), waiting_on=self.waiting_on(),
+            answered=self.answered,
             streaming=any(t.streams_tokens for t in self._teachers), partial_tokens=partial,
             tokens_left=self._tokens_left(partial),
             generating_s=now - self._first_token_t if self._first_token_t is not None else 0.0,
@@ -126,6 +127,10 @@ class RunCounters:
             per_request = self.reserved_tokens / max(self.dispatched, 1)
         not_started = max(0, self._seeds_total - self.seeds_done - self.seeds_failed - len(self._tasks))
         return max(0.0, (not_started * asked / started + self.dispatched) * per_request - partial)
+
+    def waiting_on(self) -> str | None:
+        """What the run waits on besides requests in flight (a provider batch); None for most runs."""
+        return None
 
     def _last_failure(self) -> str | None:
         if not self._errors():

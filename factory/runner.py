@@ -38,6 +38,7 @@ from factory.errors import (
 from factory.gc_tuning import fewer_collections
 from factory.keyfilter import KeyFilter
 from factory.keys import canonical_json, record_id, request_key_raw
+from factory.logprobs import pack, unpack
 from factory.plan import Budget, Plan, Progress, Result
 from factory.run_counters import RunCounters
 from factory.seeds import Seed, seed_windows
@@ -77,6 +78,7 @@ class _Lane:
     teacher: Teacher
     identity_json: bytes
     engine: MicroBatcher[Request, Outcome] | None
+    batches: Any = None  # a BatchQueue (factory.batch_queue) while a session runs, for teacher.mode: batch
     skip_lookup: bool = False  # nothing of this teacher's in the cache before the run: no look-ups needed
     # requests at the teacher, by id(request): [lane, key, body, reserved tokens, True] until the answer arrives
     waiting: dict[int, list[Any]] = field(default_factory=dict)
@@ -174,6 +176,13 @@ class Runner(RunCounters):
 
     def _start_drain(self) -> None:
         assert self._loop is not None
+        if all(lane.batches is not None for lane in self._lanes.values()):
+            log.warning(
+                "stopping: the batches submitted stay with the provider and in the store; "
+                "the same command takes them up again (nothing is submitted twice)"
+            )
+            self._cancel_all()
+            return
         self._drain_timer = self._loop.call_later(self.plan.drain_s, self._drain_expired)
         self._report()
 
@@ -230,9 +239,14 @@ class Runner(RunCounters):
         self._journal.start(lambda: self.stats("running"), journal_failed)
         flusher = loop.create_task(self._flush_every())
         try:
+            await self._start_batches(lanes)
             yield
         finally:
             flusher.cancel()
+            for lane in lanes:
+                if lane.batches is not None:
+                    await lane.batches.aclose()
+                    lane.batches = None
             for teacher, hook in hooks:
                 teacher.on_answer = hook
                 teacher.paused = False
@@ -243,7 +257,44 @@ class Runner(RunCounters):
             except StoreError as exc:
                 self._fatal = self._fatal or exc
             self._executor.shutdown(wait=True)
-            self._journal.close()
+            try:
+                self._journal.close()
+            except StoreError as exc:  # the journal's failed write (disk full): the run reports it
+                self._fatal = self._fatal or exc
+
+    async def _start_batches(self, lanes: list[_Lane]) -> None:
+        """A batch queue for each teacher in mode: batch; it takes up the batches left open first."""
+        from factory.batch_queue import BatchQueue
+
+        loop = asyncio.get_running_loop()
+
+        def call(fn: Any, *args: Any) -> Any:
+            return loop.run_in_executor(self._executor, fn, *args)
+
+        for lane in lanes:
+            if lane.teacher.batch_settings is not None:
+                settle = functools.partial(self._batch_settled, lane)
+                lane.batches = BatchQueue(lane.teacher, self.store, self.plan.run_id, call, settle)
+                await lane.batches.start()
+
+    def _batch_settled(self, lane: _Lane, key: str, body: str, outcome: Outcome) -> None:
+        """An answer out of a provider batch (one line of its output): counted and kept as online ones."""
+        self.answered += 1
+        if isinstance(outcome, Completion):
+            outcome.key = key
+            self.prompt_tokens += outcome.prompt_tokens
+            self.completion_tokens += outcome.completion_tokens
+            self._remember(lane, key, body.encode(), "ok", outcome, None)
+        elif isinstance(outcome, TeacherRejected) and outcome.cacheable:
+            self._remember(lane, key, body.encode(), "rejected", None, str(outcome)[:1000])
+        else:
+            self._inflight.pop(key, None)
+
+    def waiting_on(self) -> str | None:
+        said = [
+            s for lane in self._lanes.values() if lane.batches is not None and (s := lane.batches.summary())
+        ]
+        return "; ".join(dict.fromkeys(said)) or None
 
     async def run(self) -> Result:
         self.store.bounded(True)  # DuckDB's memory does not grow with the run either
@@ -305,13 +356,15 @@ class Runner(RunCounters):
 
         windows = seed_windows(self.plan.seeds, max(SEED_WINDOW, 2 * self._window()))
         ahead = loop.create_task(self._read_window(windows, check_done))
+        tasks, window = self._tasks, self._window()
         try:
             while (seeds := await ahead) is not None:
                 ahead = loop.create_task(self._read_window(windows, check_done))
                 for seed in seeds:
-                    while len(self._tasks) >= self._window() and not self._stopping:
+                    while len(tasks) >= window and not self._stopping:
                         freed.clear()
                         await freed.wait()
+                        window = self._window()  # asked once a wake-up, not once a seed
                     if self._stopping:
                         return
                     task = loop.create_task(self._seed(seed))
@@ -448,6 +501,8 @@ class Runner(RunCounters):
                         text=row["text"] or "", finish_reason=row["finish_reason"],
                         prompt_tokens=row["prompt_tokens"] or 0, completion_tokens=row["completion_tokens"] or 0,
                         latency_ms=row["latency_ms"] or 0.0, key=key, cached=True,
+                        logprobs=unpack(row["logprobs"]) if row.get("logprobs") is not None else None,
+                        reasoning=row.get("reasoning"),
                     )  # fmt: skip
                 return TeacherRejected(row["error"] or "rejected (cached)", kind="rejected_cached")
         if self._stopping is not None:
@@ -456,6 +511,12 @@ class Runner(RunCounters):
         reserve = req.sampling.max_tokens
         self.reserved_tokens += reserve
         self.dispatched += 1
+        if lane.batches is not None:  # settled (journaled, counted) by the batch queue
+            try:
+                return await lane.batches.submit(key, body, req)
+            finally:
+                self.reserved_tokens -= reserve
+                self.dispatched -= 1
         ticket = [lane, key, body, reserve, True]  # the last item: not arrived yet
         lane.waiting[id(req)] = ticket
         try:
@@ -522,21 +583,11 @@ class Runner(RunCounters):
         row: CacheRow
         if c is not None:  # CACHE_COLUMNS order
             row = (key, lane.name, status, body.decode(), c.text, c.finish_reason, c.prompt_tokens,
-                   c.completion_tokens, c.latency_ms, error, self.plan.run_id)  # fmt: skip
+                   c.completion_tokens, c.latency_ms, error, self.plan.run_id,
+                   pack(c.logprobs) if c.logprobs is not None else None, c.reasoning)  # fmt: skip
         else:
-            row = (
-                key,
-                lane.name,
-                status,
-                body.decode(),
-                None,
-                None,
-                None,
-                None,
-                None,
-                error,
-                self.plan.run_id,
-            )
+            row = (key, lane.name, status, body.decode(), None, None, None, None, None, error, self.plan.run_id,
+                   None, None)  # fmt: skip
         self._journal.append(row)  # on disk before its task resumes
         self._batch.cache.append(row)
         self._uncommitted.append(key)
@@ -587,6 +638,9 @@ class Runner(RunCounters):
                 segment.unlink(missing_ok=True)
             for k in keys:
                 self._inflight.pop(k, None)
+            for lane in self._lanes.values():
+                if lane.batches is not None:
+                    lane.batches.forget(keys)
             if self._track_committed:
                 self._committed_keys.update(keys)
             self._report()

@@ -3,8 +3,10 @@
 Besides a seed file (factory.seeds), ``seeds`` may name:
   * a folder: a dataset saved with ``save_to_disk``, or a folder of Parquet shards (as a dataset repository
     holds them, e.g. ``data/train-00000-of-00002.parquet``; all of them, in path order);
-  * ``hf:ID`` or ``hf:ID:SPLIT`` (default split ``train``): a dataset already in the local Hugging Face cache.
-    Nothing is downloaded: one that is not there is an error that says how to get it there.
+  * ``hf:ID`` or ``hf:ID:SPLIT`` (default split ``train``): a dataset already in the local Hugging Face cache:
+    prepared by ``datasets`` (``HF_DATASETS_CACHE``), or only its repository's files in the hub cache
+    (``HF_HUB_CACHE``, e.g. from ``huggingface-cli download --repo-type dataset ID``), read as ``datasets``
+    reads a repository. Nothing is downloaded: one that is not there is an error that says how to get it there.
 In memory (``factory.run``): a ``datasets.Dataset``, a polars or pandas frame, an Arrow table, a list of dicts.
 
 Each is written once as a Parquet file named by its rows' content, in a folder beside the store
@@ -52,14 +54,39 @@ def _cached(value: str) -> pa.Table:
     try:
         ds = datasets.load_dataset(name, split=split)
     except Exception as exc:
+        ds = _from_hub_cache(value, name, split)
+        if ds is not None:
+            return _arrow(ds)
         why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise ConfigError(
             f"seeds {value!r}: the dataset {name!r} (split {split!r}) is not in the local Hugging Face cache "
             f"({datasets.config.HF_DATASETS_CACHE}): {why}. Nothing is downloaded at run time: load it once "
-            f"on a machine with internet (datasets.load_dataset({name!r})) and copy the cache here, or save it "
+            f"on a machine with internet (datasets.load_dataset({name!r}), or `hf download --repo-type dataset "
+            f"{name}`) and copy the cache here, or save it "
             "with save_to_disk and point seeds at that folder"
         ) from None
     return _arrow(ds)
+
+
+def _from_hub_cache(value: str, name: str, split: str) -> Any:
+    """The split of a dataset repository whose files are in the hub cache (``HF_HUB_CACHE``, as
+    ``huggingface_hub`` lays them out: ``datasets--OWNER--NAME/snapshots/REV/...``, the revision that
+    ``refs/main`` names) but that ``datasets`` never prepared; None when the repository is not there."""
+    import datasets
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(name, repo_type="dataset", local_files_only=True)
+    except Exception:  # not in the cache (or no such id): the caller says how to get it there
+        return None
+    try:
+        return datasets.load_dataset(folder, split=split)
+    except Exception as exc:
+        why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ConfigError(
+            f"seeds {value!r}: the dataset {name!r} is in the local Hugging Face cache ({folder}) but its split "
+            f"{split!r} does not load: {why}; name another split as hf:{name}:SPLIT"
+        ) from None
 
 
 def materialize(seeds: Any, store_path: Path) -> Path:

@@ -57,7 +57,7 @@ class SeedFile:
         show it, when the file changed since its check."""
         self._unchanged()
         window: list[Seed] = []
-        for _, seed, _ in _seeds(self.path, self.required):
+        for seed in _seeds_again(self.path):
             window.append(seed)
             if len(window) >= size:
                 yield window
@@ -223,6 +223,57 @@ def _seeds(path: Path, required: Sequence[str]) -> Iterator[tuple[int, Seed, byt
         else:  # factory.keys.digest("seed1", row, length=16), from the JSON already made
             sid = hashlib.blake2b(b"seed1\x00" + canon, digest_size=8).hexdigest()
         yield n, Seed(sid, row), canon
+
+
+def _seeds_again(path: Path) -> Iterator[Seed]:
+    """The seeds of a file that :func:`_seeds` checked and that has not changed since: the checks are not
+    made again, and a row's canonical JSON only for the id of a row without one (this runs for every seed
+    of a run, beside its requests)."""
+    rows = _jsonl_again(path) if path.suffix.lower() in (".jsonl", ".ndjson") else _rows(path)
+    try:
+        yield from _seed_rows(rows)
+    except (UnicodeDecodeError, orjson.JSONDecodeError):  # the size and time of the file did not change
+        raise ConfigError(
+            f"seed file {path} changed since it was checked; a changed seed file is a new run: run the "
+            "command again once the file is final"
+        ) from None
+
+
+def _seed_rows(rows: Iterable[dict[str, Any]]) -> Iterator[Seed]:
+    for row in rows:
+        sid = row.get("id")
+        if sid in (None, ""):
+            canon = orjson.dumps(row, option=orjson.OPT_SORT_KEYS)
+            sid = hashlib.blake2b(b"seed1\x00" + canon, digest_size=8).hexdigest()
+        yield Seed(str(sid), row)
+
+
+def _jsonl_again(path: Path, block: int = 1 << 20) -> Iterator[dict[str, Any]]:
+    """The rows of a checked JSONL file, as :func:`_jsonl_rows` gives them (lines split as
+    ``str.splitlines`` splits them, blank ones skipped, a byte-order mark dropped), read a block of whole
+    lines at a time."""
+    with path.open("rb") as f:
+        rest, first = b"", True
+        while True:
+            data = f.read(block)
+            chunk = rest + data
+            if data:
+                cut = chunk.rfind(b"\n") + 1
+                if not cut:  # a line longer than the block: read on
+                    rest = chunk
+                    continue
+                chunk, rest = chunk[:cut], chunk[cut:]
+            text = chunk.decode("utf-8")
+            if first:
+                text, first = text.removeprefix("\ufeff"), False
+            for line in text.splitlines():
+                if line and not line.isspace():
+                    row = orjson.loads(line)
+                    if type(row) is not dict:
+                        raise orjson.JSONDecodeError("not an object", line, 0)
+                    yield row
+            if not data:
+                return
 
 
 # ------------------------------------------------------------------------------------------------ checking

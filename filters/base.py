@@ -6,6 +6,19 @@ thresholds; it is cheap and pure, so changing a threshold re-derives the curated
 
 The params a filter lists in ``thresholds`` only change decisions; every other param changes scores, so it is
 part of the filter's version (a new version scores again).
+
+A set filter whose score starts with per-record work (a MinHash signature, a sentence embedding) may also
+declare ``precompute(rows, params, folder)``: an executor calls it where the records are made (each Ray worker,
+on the records of its shard), before the filter pass and without knowing what the filter is. It writes under
+``folder`` what ``score`` would otherwise compute, laid out as ``score`` reads it from ``ctx.cache_dir``; the
+executor then merges every worker's folder into the store's filter cache, and the pass finds the work done.
+The contract that makes merging a plain union of files:
+
+- the work depends on each record alone (never on the other records, the earlier runs or a teacher);
+- every file is written whole under a temporary name ending in ``.tmp`` and then renamed, and no file is
+  written twice: names are unique (a time stamp and a process id, or a digest of the content);
+- the executor copies files in no particular order and skips names already there, so ``score`` must treat
+  a unit whose files are not all present as absent (and compute it again).
 """
 
 from __future__ import annotations
@@ -26,8 +39,20 @@ class FilterParams(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
+class Answer:
+    """What a record's lineage says of one teacher answer it was made from: the request key, how the
+    answer ended (``length``: cut by max_tokens) and how long its reasoning is (the text itself:
+    ``Context.reasoning``). ``finish_reason`` is None when the answer is no longer cached (forgotten)."""
+
+    key: str
+    finish_reason: str | None = None
+    reasoning_chars: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Row:
-    """A record as filters read it."""
+    """A record as filters read it. ``answers``: the teacher answers it was made from, in the order of its
+    request keys."""
 
     id: str
     stage: str
@@ -35,6 +60,7 @@ class Row:
     sample_index: int
     text: str
     payload: dict[str, Any]
+    answers: tuple[Answer, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +78,16 @@ def _nothing() -> list[tuple[str, str]]:
     return []
 
 
+def _no_reasoning(keys: list[str]) -> dict[str, str]:
+    return {}
+
+
 @dataclass(slots=True)
 class Context:
     """What a filter may use besides its rows. Filters never touch the store; they return scores.
 
     ``earlier_texts()`` gives (where, text) for the records of the store's runs created before this one.
+    ``reasoning(keys)`` gives the reasoning stored with these answers (``Answer.key``), by key.
     ``cache_dir`` is a folder next to the store where filters persist derived artefacts (embeddings) across
     passes and runs; None: nothing is persisted.
     """
@@ -69,10 +100,12 @@ class Context:
     generate: Generate | None = None
     work: dict[str, Any] = field(default_factory=dict)
     cache_dir: Path | None = None
+    reasoning: Callable[[list[str]], dict[str, str]] = _no_reasoning
 
 
 Score = Callable[[list[Row], Any, Context], Awaitable[list[Scored]]]
 Decide = Callable[[Scored, Any], tuple[bool, str | None]]
+Precompute = Callable[[list[Row], Any, Path], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +123,9 @@ class Filter:
     path_params: tuple[str, ...] = ()
     # What else scores depend on (e.g. the content of a labeled file): part of the version.
     fingerprint: Callable[[Any], Any] | None = None
+    # Per-record work an executor may do ahead of the pass, into a folder laid out as ``ctx.cache_dir``
+    # (see the module docstring); None: score() does all of its work itself.
+    precompute: Precompute | None = None
 
     def version(self, params: FilterParams) -> str:
         """Code version plus the params that change scores (thresholds are left out) and the fingerprint."""

@@ -39,7 +39,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from factory.errors import ConfigError
 from filters.base import Context, Filter, FilterParams, Row, Scored
-from filters.vectors import as_unit, embed
+from filters.vectors import as_unit, embed, precompute
 
 if TYPE_CHECKING:
     import numpy as np
@@ -250,6 +250,7 @@ FILTER = Filter(
     decide=decide,
     thresholds=("size", "quotas"),
     set_level=True,
+    precompute=precompute,
 )
 
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from filters.base import Context, Filter, FilterParams, Row, Scored
-from filters.vectors import as_unit, embed, parallel, partition
+from filters.vectors import as_unit, embed, parallel, partition, precompute
 
 if TYPE_CHECKING:
     import numpy as np
@@ -210,4 +210,5 @@ FILTER = Filter(
     decide=decide,
     thresholds=("threshold",),
     set_level=True,
+    precompute=precompute,
 )

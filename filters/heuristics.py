@@ -19,6 +19,7 @@ RECIPE_FIELDS: dict[str, tuple[str, ...]] = {
     "commonsense": ("tail",),
     "relabel": ("label",),
     "prompt": ("completion",),
+    "reasoning": ("answer_text",),
 }
 
 REFUSALS = (

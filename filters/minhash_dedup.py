@@ -357,10 +357,14 @@ class SignatureCache:
         self._sigs: list[SIG] = []
         keys = [np.zeros((0, 2), dtype=np.uint64)]
         if folder is not None and folder.is_dir():
-            shards = sorted(folder.glob("*.keys.npy"))
-            for p in shards:
+            shards = []
+            for p in sorted(folder.glob("*.keys.npy")):
+                sigs = Path(str(p)[: -len(".keys.npy")] + ".sigs.npy")
+                if not sigs.exists():  # its signatures are still on the way (copied from a worker): absent
+                    continue
+                shards.append(p)
                 keys.append(np.load(p))
-                self._sigs.append(np.load(str(p)[: -len(".keys.npy")] + ".sigs.npy", mmap_mode="r"))
+                self._sigs.append(np.load(sigs, mmap_mode="r"))
             if len(shards) > self.MAX_SHARDS:
                 merged = self._write(np.concatenate(keys), np.concatenate(self._sigs))
                 self._sigs = [np.load(merged, mmap_mode="r")]
@@ -435,6 +439,11 @@ def cached_signatures(
     return sigs[inverse], stats
 
 
+def precompute(rows: list[Row], params: MinhashDedupParams, folder: Path) -> None:
+    """The signatures of the records' texts, into ``folder``'s signature cache (the executor's hook)."""
+    cached_signatures([r.text for r in rows], params, folder)
+
+
 # ----------------------------------------------------------------------------------------------- filter
 
 
@@ -496,4 +505,5 @@ FILTER = Filter(
     decide=decide,
     thresholds=("threshold",),
     set_level=True,
+    precompute=precompute,
 )

@@ -34,7 +34,7 @@ from factory.keys import digest
 if TYPE_CHECKING:
     import numpy as np
 
-    from filters.base import Context
+    from filters.base import Context, Row
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,13 @@ def embed(texts: Sequence[str], model: str | None, ctx: Context) -> np.ndarray:
         folder = ctx.cache_dir / "embeddings" / key if ctx.cache_dir is not None else None
         cache = ctx.work[f"embeddings:{key}"] = EmbeddingCache(folder, model)
     return cache.get(texts)
+
+
+def precompute(rows: list[Row], params: Any, folder: Path) -> None:
+    """The sentence vectors of the records' texts under ``params.model``, into ``folder``'s embedding cache:
+    the executor's hook of the filters that embed (``embed_dedup``, ``diversity``)."""
+    model = params.model
+    EmbeddingCache(folder / "embeddings" / model_key(model), model).get([r.text for r in rows])
 
 
 # ---- compute helpers ------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 import jinja2
 import jinja2.sandbox
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from factory.keys import digest
 from factory.seeds import Seed
@@ -70,6 +70,18 @@ T = TypeVar("T")
 
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def logprobs_field() -> Any:
+    """The ``logprobs: K`` param of a recipe whose answers are training targets (soft labels)."""
+    return Field(
+        None,
+        ge=1,
+        le=20,
+        description="Top-k logprobs per generated token of each target answer (soft labels for distillation): "
+        "kept with the answer in the cache and exported as teacher_token_ids, teacher_top_ids and "
+        "teacher_top_logprobs. Needs a teacher that returns them (openai, vllm).",
+    )
 
 
 @dataclass(slots=True)

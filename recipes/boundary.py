@@ -38,6 +38,7 @@ from recipes.base import (
     Shape,
     Template,
     gather_all,
+    logprobs_field,
     sample_seed,
     template_path,
 )
@@ -68,6 +69,7 @@ class BoundaryParams(Params):
     relabel_temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature of relabelling.")
     max_tokens: int = Field(256, ge=1, le=32768, description="Output token cap per generation.")
     relabel_max_tokens: int = Field(24, ge=1, le=4096, description="Output token cap per relabel answer.")
+    logprobs: int | None = logprobs_field()
     seed: int = Field(
         0,
         description="Seeds the partner and α draws and the sampling seeds (each generation prompt gets its "
@@ -282,7 +284,7 @@ def generation_request(state: State, a: ClassInfo, partner: str, alpha: float, i
     # a sampling seed per (class, prompt): with one shared seed, similar prompts start alike
     seed = sample_seed("bseed1", p.seed, a.seed_id, index)
     sampling = Sampling(temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens, seed=seed)
-    return Request(_messages(p.system, prompt), sampling, sample_index=index)
+    return Request(_messages(p.system, prompt), sampling, sample_index=index, logprobs=p.logprobs)
 
 
 def relabel_request(state: State, text: str, candidates: list[str]) -> Request:

@@ -26,7 +26,18 @@ from factory.keys import digest
 from factory.seeds import Seed
 from factory.types import Completion, Request, Sampling
 from factory.yamlsafe import load_yaml
-from recipes.base import TEMPLATES, Draft, Generate, Params, Recipe, Shape, Template, gather_all, sample_seed
+from recipes.base import (
+    TEMPLATES,
+    Draft,
+    Generate,
+    Params,
+    Recipe,
+    Shape,
+    Template,
+    gather_all,
+    logprobs_field,
+    sample_seed,
+)
 
 EVENTS, TAILS = "events", "tails"
 T = TypeVar("T")
@@ -52,6 +63,7 @@ class CommonsenseParams(Params):
     max_tokens: int = Field(32, ge=1, le=4096, description="Output token cap per completion (both stages).")
     max_tail_words: int = Field(12, ge=1, description="A longer tail is rejected.")
     max_event_words: int = Field(20, ge=1, description="A longer new event is rejected.")
+    logprobs: int | None = logprobs_field()
     seed: int = Field(
         0,
         description="Base sampling seed; each request's seed is derived from it, its prompt and its sample number.",
@@ -405,6 +417,7 @@ async def process(seed: Seed, state: State, generate: Generate) -> list[Draft]:
                 _messages(state, prompts[slot, r]),
                 _sampling(p, p.tail_temperature, prompts[slot, r], s),
                 sample_index=s,
+                logprobs=p.logprobs,
             )
         )
         for slot, _, _, _, r, _, s in jobs

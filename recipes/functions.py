@@ -112,6 +112,7 @@ def recipe(
                     p.temperature, p.top_p, p.max_tokens, seed=sample_seed(f"{name}-seed1", p.seed, msgs, i)
                 ),
                 sample_index=i,
+                logprobs=p.logprobs,
             )
             for i in range(p.n)
         ]

@@ -33,6 +33,7 @@ from recipes.base import (
     Shape,
     Template,
     gather_all,
+    logprobs_field,
     template_path,
 )
 from recipes.rationale_answers import answers_agree, normalize_answer
@@ -45,6 +46,7 @@ class ProgramRationalesParams(Params):
     temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of each sample.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_tokens: int = Field(256, ge=1, le=32768, description="Output token cap per sample.")
+    logprobs: int | None = logprobs_field()
     seed: int = Field(0, description="Base sampling seed; sample i uses seed + i.")
     stop: list[str] = Field(
         default_factory=list, description="Stop sequences (none by default: a reply ends with its chat turn)."
@@ -149,7 +151,10 @@ def build_requests(seed: Seed, state: State) -> list[Request]:
     sampling = [
         Sampling(p.temperature, p.top_p, p.max_tokens, tuple(p.stop), seed=p.seed + i) for i in range(p.k)
     ]
-    return [Request(messages=tuple(msgs), sampling=s, sample_index=i) for i, s in enumerate(sampling)]
+    return [
+        Request(messages=tuple(msgs), sampling=s, sample_index=i, logprobs=p.logprobs)
+        for i, s in enumerate(sampling)
+    ]
 
 
 async def process(seed: Seed, state: State, generate: Generate) -> list[Draft]:

@@ -15,7 +15,17 @@ from pydantic import Field
 
 from factory.seeds import Seed
 from factory.types import Request, Sampling
-from recipes.base import Draft, Generate, Params, Recipe, Shape, Template, sample_seed, template_path
+from recipes.base import (
+    Draft,
+    Generate,
+    Params,
+    Recipe,
+    Shape,
+    Template,
+    logprobs_field,
+    sample_seed,
+    template_path,
+)
 
 STAGE = "completion"
 
@@ -33,6 +43,7 @@ class SampledParams(Params):
     )
     system: str | None = Field(None, description="System message.")
     teacher: str = Field("default", description="Teacher role the prompts go to (a key of `teachers:`).")
+    logprobs: int | None = logprobs_field()
 
 
 class PromptParams(SampledParams):
@@ -72,6 +83,7 @@ async def process(seed: Seed, state: State, generate: Generate) -> list[Draft]:
                 p.temperature, p.top_p, p.max_tokens, seed=sample_seed("prompt-seed1", p.seed, prompt, i)
             ),
             sample_index=i,
+            logprobs=p.logprobs,
         )
         for i in range(p.n)
     ]
@@ -82,7 +94,8 @@ async def process(seed: Seed, state: State, generate: Generate) -> list[Draft]:
     return [
         Draft(
             stage=STAGE, sample_index=i, text=c.text, request_keys=(c.key,),
-            payload={"prompt": prompt, "completion": c.text, "finish_reason": c.finish_reason},
+            payload={"prompt": prompt, "completion": c.text, "finish_reason": c.finish_reason,
+                     **({"reasoning": c.reasoning} if c.reasoning is not None else {})},
             reject=None if c.text.strip() else "empty completion",
         )
         for i, c in enumerate(results)
@@ -100,7 +113,7 @@ RECIPE = Recipe(
     process=process,
     required_fields=lambda p: list(p.required),
     seed_format="any fields the template uses (default: {text})",
-    record_format="prompt, completion, finish_reason",
+    record_format="prompt, completion, finish_reason, reasoning (a reasoning model's, when it gave one)",
     stages=(STAGE,),
     teacher_roles=lambda p: [p.teacher] if p.teacher != "default" else [],
     shapes=SHAPES,

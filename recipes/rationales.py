@@ -30,6 +30,7 @@ from recipes.base import (
     Shape,
     Template,
     gather_all,
+    logprobs_field,
     pair_up,
     sample_seed,
     template_path,
@@ -51,6 +52,7 @@ class RationalesParams(Params):
     temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of each sample.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_tokens: int = Field(256, ge=1, le=32768, description="Output token cap per sample.")
+    logprobs: int | None = logprobs_field()
     seed: int = Field(
         0, description="Base sampling seed; each sample's seed derives from it, the question and i."
     )
@@ -112,6 +114,7 @@ def build_requests(seed: Seed, state: State) -> list[Request]:
                 seed=sample_seed("rat-seed1", p.seed, prompt, i),
             ),
             sample_index=i,
+            logprobs=p.logprobs,
         )
         for i in range(p.k)
     ]

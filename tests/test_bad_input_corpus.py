@@ -207,7 +207,7 @@ CASES = [
     # -- flags and exports -----------------------------------------------------------------------------
     Case("export-unknown-run", ("export", "zzz", "--store", "{store}", "--out", "o"), r"no run 'zzz' in .*; known runs: corpus-"),
     Case("export-as-shape-recipe-lacks", (*EXPORT, "--as", "text_label"), r"--as text_label: the prompt recipe's records do not come in that shape"),
-    Case("export-as-unknown", (*EXPORT, "--as", "chatml"), r"argument --as: invalid choice: 'chatml'"),
+    Case("export-as-unknown", (*EXPORT, "--as", "chatml"), r"--as chatml: the prompt recipe's records do not come in that shape; it offers records"),
     Case("export-format-unknown", (*EXPORT, "--format", "csv"), r"argument --format: invalid choice: 'csv'"),
     Case("export-stage-unknown", (*EXPORT, "--stage", "draft"), r"--stage 'draft': the prompt recipe's stages are completion"),
     Case("export-stage-with-as", (*EXPORT, "--as", "messages", "--stage", "all"), r"--as messages is built from the 'completion' stage; drop --stage"),

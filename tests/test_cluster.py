@@ -224,14 +224,48 @@ def test_an_unreachable_cluster_or_a_stray_flag_is_refused_before_the_store_is_t
     assert p.returncode == 2 and "--address" in p.stderr and not (tmp_path / "local.duckdb").exists()
 
 
-def test_signatures_and_embeddings_are_computed_in_the_workers(tmp_path, ray_local, caplog):
+PLUGIN = """
+import hashlib, json, os, uuid
+from filters.base import Filter, FilterParams, Scored
+
+class Params(FilterParams):
+    min_chars: int = 1
+
+def key(text):
+    return hashlib.sha256(text.encode()).hexdigest()
+
+def precompute(rows, params, folder):
+    (folder / "chars").mkdir(parents=True, exist_ok=True)
+    tmp = folder / "chars" / f"{uuid.uuid4().hex}.json.tmp"
+    tmp.write_text(json.dumps({key(r.text): [len(r.text), os.getpid()] for r in rows}))
+    os.replace(tmp, str(tmp)[: -len(".tmp")])
+
+async def score(rows, params, ctx):
+    found = {}
+    for f in sorted((ctx.cache_dir / "chars").glob("*.json")):
+        found.update(json.loads(f.read_text()))
+    got = [found.get(key(r.text), [len(r.text), os.getpid()]) for r in rows]
+    return [Scored(r.id, float(n), {"by": pid}) for r, (n, pid) in zip(rows, got)]
+
+CHARS = Filter(slug="chars", summary="Characters.", params=Params, code_version="1", score=score,
+               decide=lambda s, p: (s.score >= p.min_chars, None), set_level=True, precompute=precompute)
+"""
+
+
+def test_filters_precompute_hooks_run_in_the_workers(tmp_path, ray_local, caplog):
+    """The built-in hooks (MinHash signatures, sentence embeddings) and a plugin filter's own hook run in the
+    workers; the driver's pass finds their work in its cache."""
     import logging
 
+    plugin = tmp_path / "chars_filter.py"
+    plugin.write_text(PLUGIN)
     with serve_in_thread(FaultConfig(latency=0.01)) as srv:
         cfg = write_run(
             tmp_path, srv.base_url, name="ray", executor="{kind: ray, shard_seeds: 15, workers: 2}"
         )
-        cfg.write_text(cfg.read_text() + "filters:\n  - minhash_dedup\n  - embed_dedup\n")
+        cfg.write_text(
+            cfg.read_text() + f"filters:\n  - minhash_dedup\n  - embed_dedup\n  - {plugin}:CHARS\n"
+        )
         with caplog.at_level(logging.INFO, logger="filters"):
             res = api.run(cfg)
     assert res.status == "done", (res.error, res.progress)
@@ -243,6 +277,17 @@ def test_signatures_and_embeddings_are_computed_in_the_workers(tmp_path, ray_loc
     assert any(m.startswith("embed_dedup:") for m in messages), messages
     assert not [m for m in messages if m.startswith("encoded ")], messages
     assert list((tmp_path / "ray.duckdb.filters" / "embeddings").rglob("*.keys.npy"))
+    # the plugin's counts were made by the workers' processes, none by this one
+    con = duckdb.connect(str(tmp_path / "ray.duckdb"), read_only=True)
+    try:
+        details = [
+            json.loads(d)
+            for (d,) in con.execute("SELECT detail FROM verdicts WHERE filter = 'chars'").fetchall()
+        ]
+    finally:
+        con.close()
+    assert details and {d["by"] for d in details}.isdisjoint({os.getpid()}), details[:3]
+    assert len(list((tmp_path / "ray.duckdb.filters" / "chars").glob("*.json"))) == 4  # one per shard
 
 
 def test_workers_get_their_seeds_with_each_shard(tmp_path, ray_local):

@@ -129,3 +129,23 @@ def test_the_analysis_sees_what_it_should():
     edges, _ = _graph()
     assert "factory.store" in edges["factory.runner"] and "factory.cluster" in edges["factory.api"]
     assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+EXECUTORS = ("factory.cluster", "factory.placement")  # they call the filters' hooks, never a filter by name
+
+
+def test_the_executors_name_no_filter():
+    import re
+
+    from factory import plugins
+
+    slugs = plugins.names("filter")
+    assert {"minhash_dedup", "embed_dedup", "diversity"} <= set(slugs)  # the check sees the filters
+    edges, _ = _graph()
+    mods = _modules()
+    for m in EXECUTORS:
+        source = mods[m].read_text(encoding="utf-8")
+        named = [s for s in slugs if re.search(rf"(?<![\w.]){re.escape(s)}(?!\w)", source)]
+        assert named == [], f"{m} names the filters {named}"
+        imported = {t for t in edges[m] if t.startswith("filters.") and t != "filters.base"}
+        assert imported == set(), f"{m} imports {imported}"

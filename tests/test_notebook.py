@@ -3,6 +3,9 @@ second call of the same cell sends nothing; results as a Dataset, a polars frame
 
 from __future__ import annotations
 
+import json
+import os
+
 import datasets
 import polars as pl
 import pytest
@@ -125,6 +128,66 @@ def test_the_cli_reads_a_notebook_store(tmp_path, server, cli):
     assert len(lines) == len(ROWS) - 1
 
 
+def test_what_another_process_needs_the_notebook_recipe_for_is_one_message(tmp_path, server):
+    """A shaped export and a judge that must score again need the recipe's code: exit 2, one message naming
+    the run, the Python session and the fixes, nothing stored changed. A filter pass from stored scores (the
+    recipe's default filters included, as the run applied them) and the report work without it."""
+    import dataclasses
+
+    import duckdb
+    from conftest import cli_process
+
+    judged = dataclasses.replace(SIMPLIFY, slug="nb_judged", default_filters=lambda p: ["exact_dedup"])
+    done = factory.run({**_cfg(tmp_path, server), "recipe": judged, "filters": ["critic"]}, seeds=ROWS)
+    assert done.status == "done" and [f["filter"] for f in done.funnel()["filters"]] == [
+        "exact_dedup",
+        "critic",
+    ]
+    store = str(tmp_path / "nb.duckdb")
+
+    def passes() -> int:
+        con = duckdb.connect(store, read_only=True)
+        try:
+            return int(con.execute("SELECT count(*) FROM filter_passes").fetchone()[0])
+        finally:
+            con.close()
+
+    out = cli_process("export", done.run_id, "--store", store, "--out", str(tmp_path / "ex"), "--as", "messages",
+                      cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 2 and out.stderr.count("error:") == 1 and "Traceback" not in out.stderr, (
+        out.stderr
+    )
+    for part in (f"run {done.run_id}", "'nb_judged' was defined in a Python session", "--as messages",
+                 "entry point named 'nb_judged'", "run.to_dataset('messages')"):  # fmt: skip
+        assert part in out.stderr, out.stderr
+    assert not (tmp_path / "ex").exists()
+
+    out = cli_process(
+        "filter", done.run_id, "--store", store, "--set", "critic.min_score=1", "--json", cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["scored"] == {"exact_dedup": len(ROWS) - 1, "critic": 0}  # the judge's scores from the ledger
+    before = passes()
+    out = cli_process("filter", done.run_id, "--store", store, "--set", "critic.max_tokens=64", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"run {done.run_id}" in out.stderr and "filter critic, which asks a teacher" in out.stderr
+    assert "Python session" in out.stderr and passes() == before
+
+    out = cli_process("report", done.run_id, "--store", store, "--out", str(tmp_path / "r.html"),
+                      "--map-points", "0", cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "nb_judged" in (tmp_path / "r.html").read_text()
+
+
+def test_a_notebook_recipe_cannot_go_to_ray_workers(tmp_path, server):
+    with pytest.raises(
+        ConfigError, match="'nb_simplify' was defined in this Python session, and Ray workers"
+    ):
+        factory.run({**_cfg(tmp_path, server), "executor": {"kind": "ray"}}, seeds=ROWS)
+    assert not (tmp_path / "nb.duckdb").exists()
+
+
 def test_ctrl_c_stops_a_run_made_from_python(tmp_path):
     """SIGINT lands in the thread that waits; the run (on a worker thread) stops after the requests in flight
     and says so; running again finishes it."""
@@ -162,3 +225,49 @@ print(json.dumps({{"status": run.status, "records": run.progress.records}}))
         assert (
             slow.stats()["requests"] == 40
         )  # the requests in flight at the stop were waited for, not re-sent
+
+
+def test_a_ctrl_c_while_the_run_is_set_up_stops_it_before_its_first_request(tmp_path, server):
+    """SIGINT that lands before the runner exists (here: while the teacher is being built) is kept: the run
+    stops before sending anything, says so, and running again finishes it."""
+    import subprocess
+    import sys
+
+    (tmp_path / "slow_start.py").write_text("""
+import os, signal, time
+from pathlib import Path
+from factory.teachers import build_teacher
+
+def Teacher(spec, model, options):
+    flag = Path(os.environ["CTRL_C_ONCE"])
+    if not flag.exists():  # the first run only: Ctrl+C while it is being set up
+        flag.write_text("sent")
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1.0)  # the waiting thread takes it meanwhile
+    return build_teacher(f"openai:{model}", options)
+""")
+    script = tmp_path / "cell.py"
+    script.write_text(f"""
+import json, factory
+rows = [{{"id": f"s{{i}}", "text": f"t{{i}}"}} for i in range(5)]
+cfg = {{"name": "early", "recipe": "prompt", "store": {str(tmp_path / "e.duckdb")!r},
+       "teacher": {{"spec": "{tmp_path / "slow_start.py"}:Teacher:m@{server.base_url}"}}}}
+run = factory.run(cfg, seeds=rows)
+print(json.dumps({{"status": run.status, "records": run.progress.records}}))
+""")
+    env = {**os.environ, "CTRL_C_ONCE": str(tmp_path / "flag")}
+    before = server.stats()["requests"]
+    first = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert first.returncode == 0 and (tmp_path / "flag").exists(), first.stderr[-2000:]
+    assert json.loads(first.stdout.strip().splitlines()[-1]) == {"status": "interrupted", "records": 0}
+    assert "stopping; everything finished so far is kept" in first.stderr and "Traceback" not in first.stderr
+    assert server.stats()["requests"] == before  # stopped before its first request
+    second = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert json.loads(second.stdout.strip().splitlines()[-1]) == {"status": "done", "records": 5}, (
+        second.stderr
+    )
+    assert server.stats()["requests"] - before == 5

@@ -85,7 +85,7 @@ def test_other_4xx_is_not_retried():
 def test_timeouts_give_up_after_max_retries():
     cfg = FaultConfig(fault_rate=1.0, fault_kinds=("timeout",), fault_repeats=100)
     with serve_in_thread(cfg) as srv:
-        t = _teacher(srv.base_url, request_timeout_s=0.2, max_retries=2)
+        t = _teacher(srv.base_url, request_timeout_s=0.2, timeout_per_1k_tokens_s=0, max_retries=2)
         out = asyncio.run(_complete(t, _reqs(2)))
     assert all(isinstance(o, TeacherUnavailable) and o.kind == "timeout" for o in out)
     assert t.attempts == 6

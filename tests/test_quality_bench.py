@@ -47,7 +47,8 @@ def quick_run(tmp_path_factory, tiny_llama):  # type: ignore[no-untyped-def]
     try:
         rc = quality.main(["--data", str(data), "--student", str(tiny_llama), "--device", "cpu", "--seeds", "1",
                            "--steps", "2", "--batch-size", "2", "--train-rows", "4", "--eval-rows", "5",
-                           "--new-tokens", "8", "--variants", "b,c,d,e", "--work", str(tmp / "work"),
+                           "--new-tokens", "8", "--variants", "b,c,d,e,f", "--work", str(tmp / "work"),
+                           "--kd-teacher", str(tiny_llama), "--kd-k", "4",
                            "--results", "quality-ci"])  # fmt: skip
     finally:
         mp.undo()
@@ -55,6 +56,7 @@ def quick_run(tmp_path_factory, tiny_llama):  # type: ignore[no-untyped-def]
     return {
         "data": data,
         "work": tmp / "work",
+        "tiny": tiny_llama,
         "results": json.loads((results / "quality-ci.json").read_text()),
     }
 
@@ -69,7 +71,7 @@ def test_every_variant_is_trained_and_scored_on_the_same_held_out_questions(quic
         assert ds["funnel"][f"{name}-curated"]["curated"] < ds["funnel"][f"{name}-all"]["curated"]
         assert ds["budget"] == {"steps": 2, "batch_size": 2, "train_rows": 4, "inputs_seen": 4,
                                 "learning_rate": 1e-4, "max_length": 384}  # fmt: skip
-        assert set(ds["variants"]) == {"b", "c", "d", "e"}
+        assert set(ds["variants"]) == {"b", "c", "d", "e", "f"}
         # one rationale a question: no question has both a trusted and a wrong one to pair for dpo
         e = ds["variants"].pop("e")
         assert e["status"] == "skipped" and "a trusted and a wrong sample" in e["reason"]
@@ -77,7 +79,7 @@ def test_every_variant_is_trained_and_scored_on_the_same_held_out_questions(quic
             assert v["status"] == "done" and v["seeds"] == 1 and v["questions"] == ds["scored_questions"] > 0
             assert 0 <= v["ci95"][0] <= v["accuracy"] <= v["ci95"][1] <= 1
             assert len(v["per_seed"]) == 1 and len(v["train_s"]) == 1
-        assert set(ds["differences"]) == {"c-b", "d-c"}
+        assert set(ds["differences"]) == {"c-b", "d-c", "f-d"}
         work = quick_run["work"] / name / "exports"
         trained = {
             r["input"]
@@ -86,6 +88,19 @@ def test_every_variant_is_trained_and_scored_on_the_same_held_out_questions(quic
         }
         held = [r["input"] for r in _jsonl(work / "curated-records" / "validation.jsonl")]
         assert len(held) == ds["validation_questions"] and not trained & set(held)
+        # (f) kd trains on (d)'s very rows, with the teacher's tokens and top-k at each answer token
+        sft, kd = (
+            _jsonl(work / "curated-prompt_completion" / "train.jsonl"),
+            _jsonl(work / "curated-kd" / "train.jsonl"),
+        )
+        assert [(r["prompt"], r["completion"]) for r in kd] == [(r["prompt"], r["completion"]) for r in sft]
+        for r in kd:
+            n = len(r["teacher_token_ids"])
+            assert len(r["teacher_top_ids"]) == len(r["teacher_top_logprobs"]) == n > 1
+            assert all(len(x) == 4 for x in r["teacher_top_ids"]) and all(
+                max(x) <= 0 for x in r["teacher_top_logprobs"]
+            )
+        assert res["figures"]["kd_teacher"] == str(quick_run["tiny"]) and res["figures"]["kd_k"] == 4
 
 
 def _num(x: str | None) -> float | None:

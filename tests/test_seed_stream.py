@@ -73,6 +73,35 @@ def test_windows_hold_every_row_once_in_file_order_and_len_is_known_up_front(tmp
     assert seeds_digest(s for w in windows for s in w) == sf.digest
 
 
+@pytest.mark.parametrize("block", [1, 16, 1 << 20])
+def test_the_run_reads_the_rows_the_check_read(tmp_path, block, monkeypatch):
+    """The run's reading (whole lines a block at a time, no checks made again) gives the rows, ids and
+    order of the checking read: a byte-order mark, CRLF and other line breaks, blank lines, rows with and
+    without an id, a last line without its newline."""
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(
+        b'\xef\xbb\xbf{"id": 7, "text": "a"}\r\n{"text": "caf\xc3\xa9"}\n\n  \n{"text": "c"}\x0c{"text": "d"}\r'
+        + b"".join(b'{"text": "t%d"}\n' % i for i in range(40))
+        + b'{"id": "last", "text": "'
+        + b"x" * 100
+        + b'"}'
+    )
+    sf = check_seeds(path, ["text"])
+    checked = [seed for _, seed, _ in seeds._seeds(path, ["text"])]
+    whole_lines = seeds._jsonl_again
+    monkeypatch.setattr(seeds, "_jsonl_again", lambda p: whole_lines(p, block))
+    assert [s for w in sf.windows(7) for s in w] == checked
+    assert len(checked) == 45 and checked[0].id == "7" and checked[-1].id == "last"
+    assert seeds_digest(checked) == sf.digest
+
+
+def test_a_row_that_no_longer_reads_is_a_changed_file_not_a_traceback(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(b'{"text": "a"}\n[1, 2]\n')
+    with pytest.raises(ConfigError, match="changed since it was checked"):
+        list(seeds._seeds_again(path))
+
+
 @pytest.mark.parametrize(
     ("suffix", "content", "expect"),
     [

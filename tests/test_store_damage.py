@@ -109,7 +109,7 @@ def test_doctor_reports_which_tables_read_and_changes_nothing(work: Path):
 
 
 def _row(key: str | None, **change) -> bytes:
-    row = dict(zip(CACHE_COLUMNS, [key, "scripted:x", "ok", "{}", f"answer {key}", "stop", 3, 4, 5.0, None, "r"],
+    row = dict(zip(CACHE_COLUMNS, [key, "scripted:x", "ok", "{}", f"answer {key}", "stop", 3, 4, 5.0, None, "r", None, None],
                    strict=True))  # fmt: skip
     row.update(change)
     return orjson.dumps([row[c] for c in CACHE_COLUMNS]) + b"\n"

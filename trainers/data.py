@@ -17,13 +17,18 @@ from factory.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# The teacher's answer tokens and its top-k log-probabilities at each (the recipe param `logprobs: K`), on
+# plain and conversation rows; the kd task trains on them, the others ignore them.
+KD_COLUMNS = ("teacher_token_ids", "teacher_top_ids", "teacher_top_logprobs")
+# Every shape but preference may carry them (and, from a provider that names no token ids, the token strings).
+SOFT = (*KD_COLUMNS, "teacher_tokens", "teacher_top_tokens")
 # The columns of each shape `factory export --as` writes (required, optional); lineage columns may follow.
 SHAPE_COLUMNS = {
-    "messages": (("messages",), ()),
-    "step_by_step": (("input", "label", "rationale"), ("gold",)),
-    "prompt_completion": (("prompt", "completion"), ("gold",)),
-    "text_label": (("text", "label"), ()),
-    "triples": (("head", "relation", "tail"), ()),
+    "messages": (("messages",), SOFT),
+    "step_by_step": (("input", "label", "rationale"), ("gold", *SOFT)),
+    "prompt_completion": (("prompt", "completion"), ("gold", *SOFT)),
+    "text_label": (("text", "label"), SOFT),
+    "triples": (("head", "relation", "tail"), SOFT),
     "preference": (("prompt", "chosen", "rejected"), ("gold", "chosen_record_id", "rejected_record_id")),
 }
 LINEAGE = ("record_id", "seed_id", "stage", "sample_index", "teacher", "template_version", "request_keys",
@@ -34,6 +39,7 @@ TASK_SHAPES = {
     "classifier": ("text_label",),
     "triples": ("triples", "prompt_completion"),
     "dpo": ("preference",),
+    "kd": ("messages", "prompt_completion"),
 }
 EXPORT_HINT = {
     "sft": "factory export RUN --as messages --out DIR",
@@ -41,6 +47,7 @@ EXPORT_HINT = {
     "classifier": "factory export RUN --as text_label --out DIR (boundary or relabel recipe)",
     "triples": "factory export RUN --as triples --out DIR (commonsense recipe)",
     "dpo": "factory export RUN --as preference --out DIR (rationales recipe)",
+    "kd": "factory export RUN --as prompt_completion --out DIR (a run with the recipe param `logprobs: K`)",
 }
 EVAL_SPLITS = ("test", "validation")
 

@@ -13,18 +13,22 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from factory.errors import ConfigError
-from trainers import causal, classifier, data
+from trainers import causal, classifier, data, kd
 from trainers.harness import OnProgress, Progress
 from trainers.step_by_step import task_input
 
 log = logging.getLogger(__name__)
 META = "factory_train.json"
 SAMPLES = 5
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"  # the tags the reasoning recipe exports by default
+_FRACTION = re.compile(r"-?\d+\s*/\s*\d+")
+_MATHY = re.compile(r"[\d\\]")
 
 
 def read_meta(model_dir: Path) -> dict[str, Any]:
@@ -41,19 +45,50 @@ def read_meta(model_dir: Path) -> dict[str, Any]:
 
 
 def answer_of(text: str | None) -> str | None:
-    """The final answer in a generated or exported text (numbers normalized, like the rationales recipe)."""
+    """The final answer in a generated or exported text (numbers normalized, like the rationales recipe).
+
+    A reasoning trace is scored on its answer only: the text after the last ``</think>`` (a ``<think>`` never
+    closed: no answer), and there the last ``\\boxed{}`` when there is one."""
+    from recipes.math_answers import final_answer
     from recipes.rationale_answers import normalize_answer, parse_completion
 
     if text is None or not str(text).strip():
         return None
-    found = parse_completion(str(text))[1]
-    return found if found is not None else normalize_answer(str(text).strip().split("\n", 1)[0])
+    text = str(text)
+    if THINK_CLOSE in text:
+        text = text.rsplit(THINK_CLOSE, 1)[1]
+    elif THINK_OPEN in text:
+        return None
+    if "\\boxed{" in text:
+        return final_answer(text)
+    if not text.strip():
+        return None
+    found = parse_completion(text)[1]
+    return found if found is not None else normalize_answer(text.strip().split("\n", 1)[0])
+
+
+def gold_of(gold: str) -> str | None:
+    """The reference a gold answer gives: as written when it is mathematics (``\\frac{3}{8}``, ``3/8``,
+    ``x^2``), else read like an answer."""
+    g = gold.strip()
+    if "\\" in g or "{" in g or "^" in g or _FRACTION.fullmatch(g):
+        return g
+    return answer_of(g)
 
 
 def agree(a: str | None, b: str | None, rel_tol: float) -> bool:
+    """Equal as numbers or text, else (when either holds a digit or LaTeX) as mathematics."""
+    from recipes.math_answers import equivalent
     from recipes.rationale_answers import answers_agree
 
-    return answers_agree(a, b, rel_tol=rel_tol)
+    if answers_agree(a, b, rel_tol=rel_tol):
+        return True
+    if a is None or b is None or not _MATHY.search(a + b):
+        return False
+    try:
+        return equivalent(a, b)
+    except ConfigError:  # Math-Verify not installed: numbers and text only
+        return False
 
 
 def _questions(rows: Any, shape: str) -> dict[str, dict[str, Any]]:
@@ -109,7 +144,7 @@ def reference_table(rows: Any, shape: str, rel_tol: float, max_examples: int | N
     if any(v["gold"] is not None for v in questions.values()):
         reference = "gold"
         for v in questions.values():
-            v["ref"] = answer_of(v["gold"])
+            v["ref"] = gold_of(v["gold"])
     else:
         reference = "teacher majority answer"
         for v in questions.values():
@@ -152,6 +187,13 @@ def eval_model(model_dir: Path, meta: dict[str, Any], split: Any, *, max_example
     loss = causal.eval_loss(model, _loss_examples(_rows_of(split, shape, set(keys)), meta, tok), tok.pad_token_id,
                             batch_size)  # fmt: skip
     metrics: dict[str, Any] = {"eval_loss": None if loss is None else round(loss, 4)}
+    if task == "kd" and all(
+        c in split.column_names for c in kd.KD_COLUMNS
+    ):  # the held-out rows' teacher top-k
+        examples = kd.encode_rows(_rows_of(split, shape, set(keys)), shape, tok, bool(meta["chat"]),
+                                  meta["max_length"], strict=False)  # fmt: skip
+        kl = kd.eval_kl(model, examples, tok.pad_token_id, batch_size)
+        metrics["kd_kl"] = None if kl is None else round(kl, 4)
     if task == "triples":
         norm = [_tail(o) for o in outs]
         hits = [n in questions[k]["tails"] for n, k in zip(norm, keys, strict=True)]
@@ -236,7 +278,7 @@ def evaluate(model_dirs: list[Path], export_dir: Path | None = None, *, split_na
     }  # fmt: skip
     questions: dict[str, dict[str, Any]] = {}
     teacher: dict[str, Any] = {}
-    if meta0["task"] in ("step_by_step", "sft", "dpo"):
+    if meta0["task"] in ("step_by_step", "sft", "dpo", "kd"):
         questions, reference, teacher = reference_table(split.eval, export.shape, rel_tol, max_examples)
         report.update(reference=reference, inputs=len(questions))
         if not any(v.get("ref") for v in questions.values()):

@@ -96,6 +96,8 @@ def _train(cfg: TrainConfig, on_progress: OnProgress | None, callbacks: Sequence
     data.check_task(export, cfg.task)
     base = student.resolve_student(cfg.student)
     student.check_student(base, cfg.task, cfg.student)
+    if cfg.task == "kd":  # the teacher's columns, and a student that reads its token ids: before any write
+        _check_kd(cfg, export, base)
     causal_task = cfg.task != "classifier"
     # where and in what precision it trains: a bad choice is an error before anything is written
     dev = student.resolve_device(cfg.device)
@@ -117,7 +119,8 @@ def _train(cfg: TrainConfig, on_progress: OnProgress | None, callbacks: Sequence
         "shape": export.shape, "student": cfg.student, "student_base": str(base), "export": str(export.path),
         "chat": causal_task and uses_chat(tok, cfg.task), "label_prefix": cfg.label_prefix,
         "rationale_prefix": cfg.rationale_prefix, "label_only": cfg.label_only, "alpha": cfg.alpha,
-        "beta": cfg.beta, "sft_weight": cfg.sft_weight, "label_names": export.label_names, "max_new_tokens": cfg.new_tokens, "max_length": cfg.max_length,
+        "beta": cfg.beta, "sft_weight": cfg.sft_weight, "kd_weight": cfg.kd_weight,
+        "kd_temperature": cfg.kd_temperature, "label_names": export.label_names, "max_new_tokens": cfg.new_tokens, "max_length": cfg.max_length,
         "eval_split": cfg.eval_split, "holdout": cfg.holdout, "learning_rate": cfg.lr, "lora": cfg.lora,
         "out": str(out), "factory_version": __version__, "device": dev, "precision": precision,
         "weights_dtype": student.weights_dtype(precision, dev),
@@ -158,7 +161,7 @@ def _fit(cfg: TrainConfig, base: Path, tok: Any, rows: Any, export: data.Export,
          out: Path, on_progress: OnProgress | None, callbacks: list[Any]) -> tuple[harness.Outcome, int]:  # fmt: skip
     from transformers import set_seed
 
-    from trainers import causal, classifier, dpo, step_by_step
+    from trainers import causal, classifier, dpo, kd, step_by_step
 
     set_seed(cfg.seed)
     args = harness.training_args(cfg, out)
@@ -174,6 +177,8 @@ def _fit(cfg: TrainConfig, base: Path, tok: Any, rows: Any, export: data.Export,
             examples = step_by_step.encode_rows(rows, tok, meta["chat"], cfg)
         elif cfg.task == "dpo":
             examples = dpo.encode_rows(rows, tok, meta["chat"], cfg.max_length)
+        elif cfg.task == "kd":
+            examples = kd.encode_rows(rows, export.shape, tok, meta["chat"], cfg.max_length)
         else:
             examples = causal.encode_rows(rows, export.shape, tok, meta["chat"], cfg.max_length)
     if not examples:
@@ -189,6 +194,8 @@ def _fit(cfg: TrainConfig, base: Path, tok: Any, rows: Any, export: data.Export,
         trainer = step_by_step.build_trainer(model, tok, examples, args, cfg, bf16=bf16)
     elif cfg.task == "dpo":
         trainer = dpo.build_trainer(model, tok, examples, args, cfg, bf16=bf16)
+    elif cfg.task == "kd":
+        trainer = kd.build_trainer(model, tok, examples, args, cfg, bf16=bf16)
     elif cfg.task == "classifier":
         trainer = classifier.build_trainer(model, tok, examples, args)
     else:
@@ -201,10 +208,20 @@ def _fit(cfg: TrainConfig, base: Path, tok: Any, rows: Any, export: data.Export,
     return outcome, len(examples)
 
 
-def _train_metrics(cfg: TrainConfig, meta: dict[str, Any], outcome: harness.Outcome) -> dict[str, Any]:
-    from trainers.dpo import LOGGED
+def _check_kd(cfg: TrainConfig, export: data.Export, base: Path) -> None:
+    from trainers import kd
 
-    curve = harness.loss_curve(outcome.log_history, "label_loss", "rationale_loss", *LOGGED)
+    split = data.pick_splits(export, cfg.eval_split, cfg.holdout).train
+    tok = student.load_tokenizer(base, causal=True)
+    config = _read(base / "config.json")
+    vocab = int(config.get("vocab_size") or config.get("text_config", {}).get("vocab_size") or len(tok))
+    kd.check(export, split, tok, vocab, cfg.student)
+
+
+def _train_metrics(cfg: TrainConfig, meta: dict[str, Any], outcome: harness.Outcome) -> dict[str, Any]:
+    from trainers import dpo, kd
+
+    curve = harness.loss_curve(outcome.log_history, "label_loss", "rationale_loss", *dpo.LOGGED, *kd.LOGGED)
     seen = (outcome.global_step - outcome.resumed_from) * cfg.batch_size * cfg.grad_accum
     return {
         "global_step": outcome.global_step, "resumed_from": outcome.resumed_from,

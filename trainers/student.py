@@ -19,7 +19,7 @@ from factory.errors import ConfigError
 log = logging.getLogger(__name__)
 
 ENCODERS = ("bert", "roberta", "distilbert", "xlm-roberta", "deberta", "deberta-v2", "electra", "mpnet")
-CAUSAL_TASKS = ("sft", "step_by_step", "triples", "dpo")
+CAUSAL_TASKS = ("sft", "step_by_step", "triples", "dpo", "kd")
 CPU_BF16_AUTO = False  # see resolve_precision
 
 

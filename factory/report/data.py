@@ -73,6 +73,8 @@ class Facts:
     last_pass: dict[str, Any] | None
     notes: list[str] = field(default_factory=list)
     accuracy: str | None = None  # the teacher's accuracy against gold, where the seeds carry gold
+    budget: Lengths | None = None  # output tokens of each record's answer (a reasoning run's thinking budget)
+    budget_cut: int = 0  # records whose answer stopped at max_tokens
 
 
 def gather(store: Store, run_id: str) -> Facts:
@@ -92,6 +94,10 @@ def gather(store: Store, run_id: str) -> Facts:
     chars = np.asarray(lengths_t.column("chars").to_numpy(zero_copy_only=False), dtype=np.int64)
     curated = np.asarray(lengths_t.column("curated").to_numpy(zero_copy_only=False), dtype=bool)
     repeats, distinct = store.repeated_texts(run_id, TOP_REPEATS)
+    tokens_t = store.answer_tokens(run_id)
+    tokens = np.asarray(tokens_t.column("tokens").to_numpy(zero_copy_only=False), dtype=np.int64)
+    tokens_curated = np.asarray(tokens_t.column("curated").to_numpy(zero_copy_only=False), dtype=bool)
+    cut = int(np.asarray(tokens_t.column("cut").to_numpy(zero_copy_only=False), dtype=bool).sum())
     return Facts(
         run=run, funnel=fn, parse_reasons=parse, scores=_scores(store, run_id, last), labels=labels,
         lengths=_lengths(chars, curated), repeats=repeats, distinct_texts=distinct,
@@ -102,6 +108,7 @@ def gather(store: Store, run_id: str) -> Facts:
         dropped_sample=_shown(store.record_sample(run_id, SAMPLE, curated=False)),
         label_field=labels[0][0] if labels else None, last_pass=last,
         accuracy=acc.sentence() if (acc := gold_accuracy(store, run_id)) is not None else None,
+        budget=_lengths(tokens, tokens_curated), budget_cut=cut,
     )  # fmt: skip
 
 

@@ -68,6 +68,7 @@ def context(facts: Facts, emap: Map | None, map_note: str | None) -> dict[str, A
         "passed_filters": [f["filter"] for f in (facts.last_pass or {}).get("filters", [])],
         "labels": [_label_chart(field, rows) for field, rows in facts.labels],
         "lengths": _length_chart(facts),
+        "budget": _budget_chart(facts),
         "repeats": facts.repeats,
         "distinct_texts": facts.distinct_texts,
         "map": _maps(emap, facts.label_field) if emap is not None else None,
@@ -115,6 +116,20 @@ def _length_chart(facts: Facts) -> dict[str, Any] | None:
         x_label=f"characters of the record's text (the last bar holds every text of {ln.overflow_from:,} or more)",
     )  # fmt: skip
     return {"svg": Markup(svg), "median_kept": ln.median_kept, "median_dropped": ln.median_dropped}
+
+
+def _budget_chart(facts: Facts) -> dict[str, Any] | None:
+    b = facts.budget
+    if b is None:
+        return None
+    thinking = facts.run.get("recipe") == "reasoning"
+    title = "Thinking budget (output tokens per trace)" if thinking else "Output tokens per answer"
+    svg = charts.histogram(
+        b.edges, b.kept, b.dropped, title=title, chart_id="budget",
+        x_label=f"output tokens of the record's answer (the last bar holds every answer of {b.overflow_from:,} or more)",
+    )  # fmt: skip
+    return {"svg": Markup(svg), "median_kept": b.median_kept, "median_dropped": b.median_dropped,
+            "cut": facts.budget_cut, "thinking": thinking}  # fmt: skip
 
 
 def _maps(m: Map, label_field: str | None) -> dict[str, Any]:

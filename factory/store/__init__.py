@@ -17,11 +17,21 @@ import orjson
 from factory.errors import ConfigError, StoreError, StoreInUse
 from factory.outputs import ensure_folder
 from factory.store import doctor, keyformat
-from factory.store.journal import COUNTERS, BadLine, Journal, journal_dir, latest_stats, scan_segments
+from factory.store.batches import Batches
+from factory.store.journal import (
+    COUNTERS,
+    BadLine,
+    Journal,
+    bytes_of,
+    journal_dir,
+    latest_stats,
+    scan_segments,
+)
 from factory.store.migrations import migrate, pending_migrations
 from factory.store.reads import Reads
 from factory.store.tables import (
     CACHE_COLUMNS,
+    CACHE_LATER_COLUMNS,
     CACHE_SCHEMA,
     INGEST_CHECKPOINT,
     RECORD_COLUMNS,
@@ -30,6 +40,7 @@ from factory.store.tables import (
     CacheRow,
     RecordRow,
     execute,
+    full_cache_rows,
     merged_counters,
     warm_arrow,
 )  # fmt: skip
@@ -44,10 +55,10 @@ def diagnose(path: Path) -> doctor.Diagnosis:
     return doctor.diagnose(path, CACHE_SCHEMA)
 
 
-class Store(Writes, Verdicts, Reads):
+class Store(Writes, Verdicts, Reads, Batches):
     """One store file, open for writing (one process at a time) or read-only. Its parts: Writes (runs,
     commits, the runner's look-ups), Verdicts (the ledger and the curated view), Reads (status, export,
-    report and viewer queries)."""
+    report and viewer queries), Batches (provider batches of `teacher.mode: batch`)."""
 
     def __init__(
         self, path: str | os.PathLike[str], *, read_only: bool = False, repair_journal: bool = False
@@ -153,7 +164,9 @@ class Store(Writes, Verdicts, Reads):
         first and the others are committed."""
         bad: list[BadLine] = []
         check = doctor.row_check(CACHE_SCHEMA, doctor.required_columns(self.con, "cache"))
-        paths, rows, stats = scan_segments(journal_dir(self.path), CACHE_COLUMNS, check=check, bad=bad)
+        paths, rows, stats = scan_segments(
+            journal_dir(self.path), CACHE_COLUMNS, check=check, bad=bad, later=len(CACHE_LATER_COLUMNS)
+        )
         if bad and not set_aside:
             raise doctor.journal_problem(self.path, bad, len(rows))
         if bad:
@@ -166,6 +179,8 @@ class Store(Writes, Verdicts, Reads):
         n_before = self.count_cache()
         # an answer journaled by --retry-failed takes the place of the cached rejection it was asked for
         answered = [row[0] for row in rows if row[2] == "ok"]
+        blob = CACHE_COLUMNS.index("logprobs")  # journaled as base64 text
+        rows = [r if r[blob] is None else (*r[:blob], bytes_of(r[blob]), *r[blob + 1 :]) for r in rows]
         self.commit(Batch(cache=rows, replace=answered), known_new=False)
         self._merge_stats(latest_stats(stats))
         for p in paths:
@@ -201,5 +216,5 @@ class Store(Writes, Verdicts, Reads):
 
 __all__ = [
     "CACHE_COLUMNS", "CACHE_SCHEMA", "RECORD_COLUMNS", "RECORD_SCHEMA", "Batch", "CacheRow", "RecordRow", "Store",
-    "diagnose",
+    "diagnose", "full_cache_rows",
 ]  # fmt: skip

@@ -282,7 +282,7 @@ class Browser:
     def _answers(self, keys: list[str]) -> list[dict[str, Any]]:
         found = self.store._dicts(
             "SELECT key, teacher, status, request, text, finish_reason, prompt_tokens, completion_tokens, "
-            "latency_ms, error FROM cache WHERE key IN (SELECT unnest(?::VARCHAR[]))",
+            "latency_ms, error, reasoning FROM cache WHERE key IN (SELECT unnest(?::VARCHAR[]))",
             [keys],
         )
         by_key = {a["key"]: a for a in found}

@@ -32,7 +32,10 @@ ANSWERS = (
     "f.latency_ms, f.error, f.run_id FROM cache_forgotten f ANTI JOIN cache c2 ON c2.key = f.key)"
 )
 # The text a row holds, in bytes before compression (DuckDB compresses it on disk).
-_BYTES = "(strlen(c.key) + strlen(c.request) + coalesce(strlen(c.text), 0) + coalesce(strlen(c.error), 0))"
+_BYTES = (
+    "(strlen(c.key) + strlen(c.request) + coalesce(strlen(c.text), 0) + coalesce(strlen(c.reasoning), 0) "
+    "+ coalesce(strlen(c.error), 0) + coalesce(octet_length(c.logprobs), 0))"
+)
 _AGE = (
     "CASE WHEN c.created_at >= now() - INTERVAL 1 DAY THEN '< 1 day' "
     "WHEN c.created_at >= now() - INTERVAL 7 DAY THEN '1-7 days' "

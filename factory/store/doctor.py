@@ -19,8 +19,9 @@ import duckdb
 import pyarrow as pa
 
 from factory.errors import StoreError
-from factory.store.journal import BadLine, check_journal_path, journal_dir, read_segments
+from factory.store.journal import BadLine, bytes_of, check_journal_path, journal_dir, read_segments
 from factory.store.migrations import pending_migrations
+from factory.store.tables import CACHE_LATER_COLUMNS
 
 DAMAGE_HINTS = ("corrupt", "could not read enough bytes", "checksum", "not a valid duckdb", "invalid block")
 
@@ -94,6 +95,13 @@ def row_check(schema: pa.Schema, required: set[str]) -> Callable[[tuple[Any, ...
             return isinstance(value, int) and not isinstance(value, bool) and -(2**31) <= value < 2**31
         if pa.types.is_floating(t):
             return isinstance(value, int | float) and not isinstance(value, bool)
+        if pa.types.is_binary(t):  # journaled as base64 text
+            if not isinstance(value, str):
+                return False
+            try:
+                bytes_of(value)
+            except ValueError:
+                return False
         return True
 
     def check(row: tuple[Any, ...]) -> str | None:
@@ -216,7 +224,8 @@ def diagnose(db_path: Path, schema: pa.Schema) -> Diagnosis:
     except StoreError as exc:
         d.add("journal", False, str(exc).split("; ")[0])
         return d
-    _, rows = read_segments(jdir, tuple(schema.names), check=row_check(schema, required), bad=d.bad_lines)
+    _, rows = read_segments(jdir, tuple(schema.names), check=row_check(schema, required), bad=d.bad_lines,
+                            later=len(CACHE_LATER_COLUMNS))  # fmt: skip
     d.journal_rows = len(rows)
     if d.bad_lines:
         d.add("journal", False, f"{len(rows)} answers to replay, {len(d.bad_lines)} unreadable line(s)")

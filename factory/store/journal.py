@@ -2,11 +2,12 @@
 
 An answer is written as it is parsed off its connection: the runner hooks the teacher's HTTP response, before
 the task that awaits it resumes, and the journal writes the row there and then with one ``os.write``. When
-answers come faster than one a millisecond, a row that follows a write by less than ``coalesce_s`` is queued
-instead, and all rows queued in one pass of the event loop go out in one write at the start of the next
-pass, ahead of the tasks those answers wake: a system call per answer was the largest cost the journal
+answers come faster than one every ``coalesce_s`` (5 ms), a row that follows a write by less than that is
+queued instead, and all rows queued in one pass of the event loop go out in one write at the start of the
+next pass, ahead of the tasks those answers wake: a system call per answer was the largest cost the journal
 added per request at a thousand requests in flight. (A writer thread waking every few milliseconds cost
-more, in taking the interpreter from the event loop.) Each write of rows is followed, at most every
+more, in taking the interpreter from the event loop. With 1 ms, a busy client whose passes of the loop
+take more than that wrote twice a pass, the first answer of the pass at once and the others after it.) Each write of rows is followed, at most every
 ``stats_interval_s`` (10 ms) and at every rotation, by a line of the invocation's counters (requests sent,
 attempts, tokens, failures by kind) as they are then, so the counters in the journal cover the answers in
 it up to that interval. The kernel keeps written data even if the process is SIGKILLed: a kill loses only
@@ -22,6 +23,7 @@ deleted once their rows are committed.
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
 import logging
 import os
@@ -38,7 +40,7 @@ from factory.errors import StoreError
 log = logging.getLogger(__name__)
 
 STATS_INTERVAL_S = 0.01
-COALESCE_S = 0.001
+COALESCE_S = 0.005
 _STATS = b'{"stats":'
 
 
@@ -82,12 +84,13 @@ class Journal:
         self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
     def append(self, row: tuple[Any, ...]) -> None:
-        """Write one row (values in the cache table's column order, as a JSON array) at once, or, within
+        """Write one row (values in the cache table's column order, as a JSON array; bytes as base64 text)
+        at once, or, within
         ``coalesce_s`` of the last write, with the other rows of this loop pass at the start of the next.
         A failed write is kept in ``error`` and told to ``on_error``; the append itself does not raise."""
         if self.error is not None:
             return
-        self._pending.append(orjson.dumps(row))
+        self._pending.append(orjson.dumps(row, default=_bytes_as_text))
         if self._drain_due:
             return
         if time.monotonic() - self._wrote_at >= self.coalesce_s:
@@ -164,6 +167,17 @@ class Journal:
         return self.rotate()
 
 
+def _bytes_as_text(value: Any) -> str:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(value).decode("ascii")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def bytes_of(text: str) -> bytes:
+    """A journaled bytes value (base64 text) back as bytes; ValueError when it is not base64."""
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
 @dataclass(slots=True)
 class BadLine:
     """A complete journal line that cannot be replayed: where it is, its bytes, and why."""
@@ -195,9 +209,10 @@ def read_segments(
     *,
     check: Callable[[tuple[Any, ...]], str | None] | None = None,
     bad: list[BadLine] | None = None,
+    later: int = 0,
 ) -> tuple[list[Path], list[tuple[Any, ...]]]:
     """All complete rows from leftover segments as tuples in ``columns`` order (see ``scan_segments``)."""
-    paths, rows, _ = scan_segments(directory, columns, check=check, bad=bad)
+    paths, rows, _ = scan_segments(directory, columns, check=check, bad=bad, later=later)
     return paths, rows
 
 
@@ -207,13 +222,17 @@ def scan_segments(
     *,
     check: Callable[[tuple[Any, ...]], str | None] | None = None,
     bad: list[BadLine] | None = None,
+    later: int = 0,
 ) -> tuple[list[Path], list[tuple[Any, ...]], list[dict[str, Any]]]:
     """Leftover segments, their cache rows (none when ``columns`` is None) and their counters lines.
 
     A torn last line, the one a crash cut short, is skipped: it was in flight. Rows are JSON arrays in
-    ``columns`` order; JSON objects (an older journal) are mapped by name. A complete row line that does
+    ``columns`` order; JSON objects (an older journal) are mapped by name; a list written before the last
+    ``later`` columns were added lacks them, and gets None for them. A complete row line that does
     not parse, has the wrong number of values, or that ``check`` refuses (it returns a reason) is left out
-    and added to ``bad``. A counters line that does not parse is skipped (the committed counters stand)."""
+    and added to ``bad``; a row of one of the ``older`` lengths (written before columns were added at the
+    end) gets None for the columns it lacks. A counters line that does not parse is skipped (the committed
+    counters stand)."""
     check_journal_path(directory)
     if not directory.is_dir():
         return [], [], []
@@ -237,8 +256,8 @@ def scan_segments(
                 continue
             if isinstance(value, dict):
                 row = tuple(value.get(c) for c in columns)
-            elif isinstance(value, list) and len(value) == len(columns):
-                row = tuple(value)
+            elif isinstance(value, list) and len(columns) - later <= len(value) <= len(columns):
+                row = (*value, *([None] * (len(columns) - len(value))))
             else:
                 what = f"{len(value)} values" if isinstance(value, list) else f"a JSON {type(value).__name__}"
                 bad.append(BadLine(p, n, raw, f"{what}, expected a list of {len(columns)}"))

@@ -39,7 +39,7 @@ OPENAI_URL = "https://api.openai.com/v1"  # the openai teacher's default endpoin
 _MOVES = pa.schema([("key", pa.string()), ("new_key", pa.string())])
 _COLUMNS = (
     "key, teacher, status, request, text, finish_reason, prompt_tokens, completion_tokens, latency_ms, "
-    "error, run_id, created_at"
+    "error, run_id, created_at, logprobs"
 )
 
 

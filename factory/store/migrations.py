@@ -208,6 +208,72 @@ def m006_failure_examples(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE run_stats ADD COLUMN failure_examples JSON")
 
 
+def m007_batches(con: duckdb.DuckDBPyConnection) -> None:
+    """Provider batches (``teacher.mode: batch``): one row per batch file, written before each step whose
+    effect could otherwise be lost (see factory.batch_queue), and the request keys each file holds with
+    the request's JSON (so an answer can be cached whichever run asks for it)."""
+    con.execute(
+        """
+        CREATE TABLE batches (
+            id VARCHAR PRIMARY KEY,           -- ours, sent as metadata.factory_batch
+            teacher VARCHAR NOT NULL,
+            run_id VARCHAR,
+            state VARCHAR NOT NULL,           -- uploading | creating | submitted | settled | dropped
+            provider_status VARCHAR,          -- validating | in_progress | finalizing | completed | ...
+            batch_id VARCHAR,
+            input_file_id VARCHAR,
+            output_file_id VARCHAR,
+            error_file_id VARCHAR,
+            requests INTEGER NOT NULL,
+            bytes BIGINT NOT NULL,
+            total INTEGER,
+            completed INTEGER,
+            failed INTEGER,
+            answered INTEGER,
+            retried INTEGER,
+            provider_created_at BIGINT,
+            in_progress_at BIGINT,
+            ended_at BIGINT,
+            expires_at BIGINT,
+            error VARCHAR,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )
+        """
+    )
+    con.execute("CREATE TABLE batch_requests (batch VARCHAR NOT NULL, key VARCHAR NOT NULL, request VARCHAR)")
+
+
+def m009_cache_logprobs(con: duckdb.DuckDBPyConnection) -> None:
+    """Soft labels: an answer asked with top-k logprobs keeps them beside its text, packed in one BLOB
+    (token ids and logprobs as int32/float32 arrays; factory.logprobs says the layout). NULL for answers
+    asked without them. ``cache_retired`` gets the column too, so a retired answer keeps its logprobs, in the
+    same place as in ``cache`` (before its own two columns: a move copies ``cache.*`` by position)."""
+    con.execute("ALTER TABLE cache ADD COLUMN logprobs BLOB")
+    con.execute(
+        "CREATE TABLE _cache_retired AS SELECT * EXCLUDE (retired_reason, retired_at), "
+        "CAST(NULL AS BLOB) AS logprobs, retired_reason, retired_at FROM cache_retired"
+    )
+    con.execute("DROP TABLE cache_retired")
+    con.execute("ALTER TABLE _cache_retired RENAME TO cache_retired")
+
+
+def m010_cache_reasoning(con: duckdb.DuckDBPyConnection) -> None:
+    """A reasoning model's thinking, stored with its answer (``Completion.reasoning``): the server's
+    ``reasoning_content`` or what stood between think tags. NULL for answers without (and all older ones).
+    ``cache_retired`` keeps the columns of ``cache`` in its order, then its own two (what
+    ``SELECT *, reason, now() FROM cache`` fills), so it is rebuilt with the new column before them."""
+    con.execute("ALTER TABLE cache ADD COLUMN reasoning VARCHAR")
+    cached = [r[0] for r in con.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = 'cache' "
+                                         "ORDER BY column_index").fetchall()]  # fmt: skip
+    kept = ", ".join(f'"{c}"' if c != "reasoning" else "CAST(NULL AS VARCHAR) AS reasoning" for c in cached)
+    con.execute(
+        f"CREATE TABLE _cache_retired AS SELECT {kept}, retired_reason, retired_at FROM cache_retired"
+    )  # names from the catalog, not values
+    con.execute("DROP TABLE cache_retired")
+    con.execute("ALTER TABLE _cache_retired RENAME TO cache_retired")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     m001_initial,
     m002_filter_passes,
@@ -215,6 +281,9 @@ MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     m004_uncached_failures,
     m005_cache_forgotten,
     m006_failure_examples,
+    m007_batches,
+    m009_cache_logprobs,
+    m010_cache_reasoning,
 ]
 
 

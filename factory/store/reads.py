@@ -125,6 +125,41 @@ class Reads(StoreBase):
         )
         return arrow_table(cur)
 
+    def logprobs_of(self, keys: list[str]) -> dict[str, bytes]:
+        """The packed logprobs (factory.logprobs) of the answers among these keys that have them."""
+        if not keys:
+            return {}
+        self.con.register("_lp_keys", pa.table({"key": pa.array(sorted(set(keys)), pa.string())}))
+        try:
+            rows = self._rows(
+                "SELECT c.key, c.logprobs FROM cache c SEMI JOIN _lp_keys k ON c.key = k.key "
+                "WHERE c.logprobs IS NOT NULL"
+            )
+        finally:
+            self.con.unregister("_lp_keys")
+        return {k: bytes(b) for k, b in rows}
+
+    def answer_facts(self, run_id: str) -> dict[str, tuple[str | None, int]]:
+        """(finish_reason, characters of reasoning) of each cached answer the run's records name, by
+        request key; keys whose answer is no longer cached (forgotten) are absent."""
+        rows = self._rows(
+            "WITH k AS (SELECT DISTINCT unnest(request_keys) AS key FROM records WHERE run_id = ?) "
+            "SELECT c.key, c.finish_reason, coalesce(strlen(c.reasoning), 0) FROM cache c SEMI JOIN k "
+            "ON c.key = k.key WHERE c.status = 'ok'",
+            [run_id],
+        )
+        return {str(k): (None if f is None else str(f), int(n)) for k, f, n in rows}
+
+    def reasoning_of(self, keys: list[str]) -> dict[str, str]:
+        """The reasoning stored with these answers, by request key (keys without any are absent)."""
+        if not keys:
+            return {}
+        rows = self._rows(
+            "SELECT key, reasoning FROM cache WHERE key IN (SELECT unnest(?::VARCHAR[])) AND reasoning IS NOT NULL",
+            [list(keys)],
+        )
+        return {str(k): str(r) for k, r in rows}
+
     def template_versions(self, run_id: str) -> list[tuple[str, str | None, int]]:
         """(stage, template version, records) of the run's records, by stage then version."""
         rows = self._rows(
@@ -172,6 +207,18 @@ class Reads(StoreBase):
         cur = self.con.execute(
             f"WITH d AS ({self._DROPPED}) SELECT coalesce(length(r.text), 0) AS chars, "
             "d.record_id IS NULL AS curated FROM records r LEFT JOIN d ON d.record_id = r.id WHERE r.run_id = ?",
+            [run_id, run_id],
+        )
+        return arrow_table(cur)
+
+    def answer_tokens(self, run_id: str) -> pa.Table:
+        """Per record whose (last) answer is in the cache with a token count: ``tokens`` (its output tokens),
+        ``cut`` (the answer stopped at max_tokens) and ``curated``."""
+        cur = self.con.execute(
+            f"WITH d AS ({self._DROPPED}) SELECT c.completion_tokens AS tokens, "
+            "coalesce(c.finish_reason = 'length', false) AS cut, d.record_id IS NULL AS curated "
+            "FROM records r JOIN cache c ON c.key = list_extract(r.request_keys, -1) "
+            "LEFT JOIN d ON d.record_id = r.id WHERE r.run_id = ? AND c.completion_tokens IS NOT NULL",
             [run_id, run_id],
         )
         return arrow_table(cur)

@@ -20,8 +20,11 @@ log = logging.getLogger(__name__)
 
 CACHE_COLUMNS = (
     "key", "teacher", "status", "request", "text", "finish_reason",
-    "prompt_tokens", "completion_tokens", "latency_ms", "error", "run_id",
+    "prompt_tokens", "completion_tokens", "latency_ms", "error", "run_id", "logprobs", "reasoning",
 )  # fmt: skip
+# Columns a cache row of an older version may lack at its end (a journal line or a shard written before
+# they were added): they are NULL for it.
+CACHE_LATER_COLUMNS = ("logprobs", "reasoning")
 RECORD_COLUMNS = (
     "id", "run_id", "recipe", "stage", "seed_id", "sample_index", "text", "payload",
     "parent_ids", "request_keys", "teacher", "template_version",
@@ -32,7 +35,7 @@ CACHE_SCHEMA = pa.schema(
         ("key", pa.string()), ("teacher", pa.string()), ("status", pa.string()), ("request", pa.string()),
         ("text", pa.string()), ("finish_reason", pa.string()), ("prompt_tokens", pa.int32()),
         ("completion_tokens", pa.int32()), ("latency_ms", pa.float64()), ("error", pa.string()),
-        ("run_id", pa.string()),
+        ("run_id", pa.string()), ("logprobs", pa.binary()), ("reasoning", pa.string()),
     ]
 )  # fmt: skip
 RECORD_SCHEMA = pa.schema(
@@ -72,7 +75,7 @@ def run_memory_limit(indexed_rows: int, index_bytes: int = 0) -> int:
     return max(RUN_PAGE_CACHE, min(want, int(box * RUN_MEMORY_SHARE)))
 
 
-CacheRow = tuple[Any, ...]  # values in CACHE_COLUMNS order
+CacheRow = tuple[Any, ...]  # values in CACHE_COLUMNS order (logprobs: the packed blob, factory.logprobs)
 RecordRow = tuple[Any, ...]  # values in RECORD_COLUMNS order
 
 
@@ -116,6 +119,14 @@ def warm_arrow() -> None:
     """pyarrow imports pandas on its first conversion of Python lists (~0.5 s here); pay it on open,
     not in the middle of the first commit."""
     pa.array(["warm"])
+
+
+def full_cache_rows(rows: list[CacheRow]) -> list[CacheRow]:
+    """Cache rows with the columns an older row lacks (CACHE_LATER_COLUMNS) filled with None."""
+    n = len(CACHE_COLUMNS)
+    if all(len(r) == n for r in rows):
+        return rows
+    return [r if len(r) == n else (*r, *([None] * (n - len(r)))) for r in rows]
 
 
 def table_of(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:

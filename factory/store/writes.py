@@ -21,6 +21,7 @@ from factory.store.tables import (
     Batch,
     StoreBase,
     execute,
+    full_cache_rows,
     insert_frame,
     run_memory_limit,
     table_of,
@@ -59,9 +60,9 @@ class Writes(StoreBase):
                 )
             if batch.cache:
                 insert_frame(
-                    con, "_batch_cache", table_of(batch.cache, CACHE_SCHEMA),
+                    con, "_batch_cache", table_of(full_cache_rows(batch.cache), CACHE_SCHEMA),
                     "INSERT INTO cache (key, teacher, status, request, text, finish_reason, prompt_tokens, "
-                    "completion_tokens, latency_ms, error, run_id) ",
+                    "completion_tokens, latency_ms, error, run_id, logprobs, reasoning) ",
                     "SELECT DISTINCT ON (key) * FROM _batch_cache ON CONFLICT DO NOTHING" if checked else None,
                 )  # fmt: skip
             if batch.records:
@@ -186,14 +187,15 @@ class Writes(StoreBase):
         return int(self._scalar("SELECT count(*) FROM cache WHERE teacher = ?", [teacher]))
 
     def lookup(self, keys: list[str]) -> dict[str, dict[str, Any]]:
-        """Cached answers for these keys (missing keys are absent from the result)."""
+        """Cached answers for these keys (missing keys are absent from the result); ``logprobs`` is the packed
+        blob (factory.logprobs.unpack) or None."""
         if not keys:
             return {}
         self.con.register("_lookup", pa.table({"key": pa.array(keys, pa.string())}))
         try:
             rows = self._dicts(
                 "SELECT c.key, c.status, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens, "
-                "c.latency_ms, c.error FROM cache c SEMI JOIN _lookup l ON c.key = l.key"
+                "c.latency_ms, c.error, c.logprobs, c.reasoning FROM cache c SEMI JOIN _lookup l ON c.key = l.key"
             )
         finally:
             self.con.unregister("_lookup")

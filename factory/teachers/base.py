@@ -29,6 +29,11 @@ class Teacher(abc.ABC):
     supports_json_schema: ClassVar[bool] = False
     supports_logprobs: ClassVar[bool] = False
     streams_tokens: bool = False  # partial_tokens() tells the tokens of answers still being generated
+    # a backend that can send requests through a provider's Batch API sets this, and sets batch_settings
+    # when configured with mode: batch; then it provides batch_api(), batch_line(), batch_outcome() and
+    # batch_failed() (see factory.teachers.openai), which factory.batch_queue drives
+    supports_batch: ClassVar[bool] = False
+    batch_settings: Any = None
 
     def __init__(self, spec: str, model: str):
         self.spec = spec

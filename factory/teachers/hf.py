@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.errors import ConfigError, TeacherError, TeacherRejected, TeacherUnavailable
+from factory.teachers import reasoning
 from factory.teachers.base import Teacher
 from factory.teachers.local import LocalEngineTeacher, model_folder, plain_messages, take_options
 from factory.teachers.weights import folder_digest
@@ -50,6 +51,7 @@ HF_DEFAULTS: dict[str, Any] = {
     "batch_tokens": 32768,
     "gguf_file": None,
     "max_model_len": None,
+    "think_tags": reasoning.DEFAULT_THINK_TAGS,
 }
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # The keyed version of the draw (factory.teachers.hf_rows): 1 was transformers' sampler seeded once per
@@ -98,6 +100,9 @@ class TransformersTeacher(LocalEngineTeacher):
         self.batch_tokens = _at_least_one(opts, "batch_tokens")
         self.max_model_len: int | None = int(opts["max_model_len"]) if opts["max_model_len"] else None
         self._max_model_len_option = self.max_model_len  # as configured: the model's limit fills the other
+        self.think_tags = reasoning.think_tags(
+            opts["think_tags"], where="the transformers teacher option think_tags"
+        )
         self._model: Any = None
         self._tok: Any = None
         self._eos: set[int] = set()
@@ -110,7 +115,12 @@ class TransformersTeacher(LocalEngineTeacher):
     def output_options(self) -> dict[str, Any]:
         """dtype, max_model_len (None: the model's own limit, which its config.json sets) and the sampler's
         version. Not keyed: device, batch_size and batch_tokens (see the module docstring)."""
-        return {"dtype": self.dtype, "max_model_len": self._max_model_len_option, "sampler": SAMPLER}
+        return {
+            "dtype": self.dtype,
+            "max_model_len": self._max_model_len_option,
+            "sampler": SAMPLER,
+            **reasoning.tags_identity(self.think_tags),  # only when not the default
+        }
 
     def suggested_in_flight(self) -> int:
         """Four sub-batches: one generating, the next ones gathering while it runs."""
@@ -282,9 +292,11 @@ class TransformersTeacher(LocalEngineTeacher):
             cut = min((p for p in (text.find(x) for x in row.sampling.stop) if p >= 0), default=-1)
             if cut >= 0:
                 text, finish = text[:cut], "stop"
+            text, thought = reasoning.split(text, self.think_tags)
             results.append(
                 Completion(
                     text=text,
+                    reasoning=thought,
                     finish_reason=finish,
                     prompt_tokens=len(row.ids),
                     completion_tokens=n,

@@ -7,6 +7,12 @@ rate (see benchmarks/README.md). It does only what an OpenAI-compatible API need
 body, http and https, Content-Length or chunked responses, keep-alive, one time-out per attempt.
 There is no redirect, proxy or compression support.
 
+Streamed responses (server-sent events): ``post(..., sink=S, idle_s=T)`` feeds the body of a 200 to
+``S.feed(bytes)`` as it arrives instead of keeping it, and the time-out is then ``T`` seconds of silence
+(before the first byte and between any two), not a total: a long answer that keeps coming never times
+out, a stalled one does. The response that completes carries the sink in ``Response.stream``. A stream cut
+before its last byte is a ``ConnectionFailed`` like any other response cut short.
+
 The caller bounds concurrency (the teacher's semaphore), so the pool never holds more connections
 than requests in flight.
 """
@@ -53,6 +59,7 @@ class Response:
     status: int
     headers: dict[str, str]  # names lower-cased
     body: bytes
+    stream: Any = None  # the sink a streamed 200 was fed to (``post(sink=...)``)
 
 
 class _Connection(asyncio.Protocol):
@@ -62,12 +69,17 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[Any] | None = None
-        self.parse: Callable[[Response], Any] | None = None  # applied as the response completes
+        self.parse: Callable[[Any, Response], Any] | None = None  # applied as the response completes
+        self.parse_arg: Any = None  # what ``parse`` gets before the response
         self.timer: asyncio.TimerHandle | None = None
         self.alive = True
         self.answered = False  # a byte of the current response arrived
         self.headers: dict[str, str] = {}
         self.body: list[bytes] = []
+        self.sink: Any = None  # a streamed request's sink: fed the body of a 200
+        self.feeding = False  # the current response is a 200 being fed to the sink
+        self.idle_s: float | None = None  # the time-out counts silence, not the whole response
+        self.last_data = 0.0
 
     # -- asyncio protocol --
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -75,6 +87,8 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.answered = True
+        if self.idle_s is not None:
+            self.last_data = asyncio.get_running_loop().time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -89,25 +103,51 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
+    def on_headers_complete(self) -> None:
+        self.feeding = self.sink is not None and self.parser.get_status_code() == 200
+
     def on_body(self, body: bytes) -> None:
+        if self.feeding:
+            try:
+                self.sink.feed(body)
+            except Exception as exc:  # the sink's error (a malformed event): this response is unusable
+                self.feeding = False
+                self._fail(BadResponse(f"malformed stream: {exc}"))
+            return
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        resp = Response(self.parser.get_status_code(), self.headers, b"".join(self.body))
-        self.headers, self.body = {}, []
+        resp = Response(
+            self.parser.get_status_code(),
+            self.headers,
+            b"".join(self.body),
+            self.sink if self.feeding else None,
+        )
+        self.headers, self.body, self.feeding = {}, [], False
         if not self.parser.should_keep_alive():
             self._close()
         self._settle(resp)
 
     # -- use --
     async def send(
-        self, data: bytes, timeout_s: float, parse: Callable[[Response], Any] | None = None
+        self,
+        data: bytes,
+        timeout_s: float,
+        parse: Callable[[Any, Response], Any] | None = None,
+        parse_arg: Any = None,
+        sink: Any = None,
+        idle_s: float | None = None,
     ) -> Any:
         loop = asyncio.get_running_loop()
         self.waiter = fut = loop.create_future()
-        self.parse = parse
+        self.parse, self.parse_arg = parse, parse_arg
         self.answered = False
-        self.timer = loop.call_later(timeout_s, self._timed_out, timeout_s)
+        self.sink, self.feeding, self.idle_s = sink, False, idle_s
+        if idle_s is not None:
+            self.last_data = loop.time()
+            self.timer = loop.call_later(idle_s, self._idle_check)
+        else:
+            self.timer = loop.call_later(timeout_s, self._timed_out, timeout_s)
         assert self.transport is not None
         self.transport.write(data)
         try:
@@ -121,12 +161,28 @@ class _Connection(asyncio.Protocol):
         self._close()
         self._fail(TimedOut(f"no answer within {timeout_s:g}s"))
 
+    def _idle_check(self) -> None:
+        """The streamed request's timer: re-armed for what is left of the idle time since the last byte
+        (one timer per response, not one per chunk)."""
+        idle_s = self.idle_s or 0.0
+        loop = asyncio.get_running_loop()
+        left = self.last_data + idle_s - loop.time()
+        if left > 0:
+            self.timer = loop.call_later(left, self._idle_check)
+            return
+        self.timer = None
+        self._close()
+        where = "mid-stream" if self.answered else "before the stream started"
+        self._fail(TimedOut(f"no data for {idle_s:g}s {where}"))
+
     def _settle(self, resp: Response | None = None, exc: Exception | None = None) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         fut, self.waiter = self.waiter, None
         parse, self.parse = self.parse, None
+        arg, self.parse_arg = self.parse_arg, None
+        self.sink, self.idle_s = None, None
         if fut is not None and not fut.done():
             if exc is not None:
                 fut.set_exception(exc)
@@ -134,7 +190,7 @@ class _Connection(asyncio.Protocol):
                 # Parsed here, as the last byte arrives, not when the awaiting task next runs: the caller
                 # can keep the answer (journal it) even while the event loop has a long queue.
                 try:
-                    fut.set_result(parse(resp))  # type: ignore[arg-type]
+                    fut.set_result(parse(arg, resp))  # type: ignore[arg-type]
                 except Exception as err:  # the caller's parser: its error is the caller's
                     fut.set_exception(err)
             else:
@@ -152,7 +208,9 @@ class _Connection(asyncio.Protocol):
 
 class Pool:
     """Keep-alive connections to one origin. ``post`` sends one request and returns its response (or what
-    ``parse`` makes of it, called as the response completes), or raises an :class:`HTTPFailure`."""
+    ``parse(parse_arg, response)`` makes of it, called as the response completes), or raises an
+    :class:`HTTPFailure`. (A bound method and its argument, not a closure made per request: this is the
+    path of every answer.)"""
 
     def __init__(self, base_url: str, *, headers: dict[str, str], timeout_s: float):
         u = urlsplit(base_url)
@@ -188,12 +246,18 @@ class Pool:
         self,
         path: str,
         body: bytes | None,
-        parse: Callable[[Response], Any] | None = None,
+        parse: Callable[[Any, Response], Any] | None = None,
+        parse_arg: Any = None,
         *,
         method: bytes = b"POST ",
+        timeout_s: float | None = None,
+        sink: Any = None,
+        idle_s: float | None = None,
     ) -> Any:
         """One request (a POST; ``get`` passes its method): take a connection, send, give it back. The
-        hot path of every teacher call, so it is one coroutine, with no helper frame below it."""
+        hot path of every teacher call, so it is one coroutine, with no helper frame below it.
+        ``timeout_s`` overrides the pool's for this request; ``sink`` and ``idle_s`` stream it (see the
+        module's notes)."""
         head = (method, (self.prefix + path).encode(), b" HTTP/1.1\r\n", self._fixed)
         if body is None:
             data = b"".join((*head, b"\r\n"))
@@ -201,7 +265,7 @@ class Pool:
             data = b"".join((*head, b"Content-Length: ", str(len(body)).encode(), b"\r\n\r\n", body))
         conn = await self._take()
         try:
-            resp = await conn.send(data, self.timeout_s, parse)
+            resp = await conn.send(data, timeout_s or self.timeout_s, parse, parse_arg, sink, idle_s)
         finally:
             if not conn.alive:
                 self._all.discard(conn)

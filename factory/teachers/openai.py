@@ -16,13 +16,27 @@ it, the first 429 starts pacing at a learnt rate. ``max_tokens_per_minute`` spac
 ``x-ratelimit-*`` headers hold starts while a limit is spent and give the limits when none is told.
 A 429's ``Retry-After`` / ``retry-after-ms`` pauses every start of the teacher. A 429 is not a failure of the request: it is retried without using up
 ``max_retries``, for up to ``rate_limit_wait_s`` from its first 429.
+
+Reasoning (factory.teachers.reasoning): ``message.reasoning_content`` (or ``reasoning``) is kept in
+``Completion.reasoning``; without it, reasoning between ``think_tags`` at the start of the content is
+split out of the answer. A length-cut answer with reasoning and no content is an answer with an empty
+text and ``finish_reason: length`` (filter ``truncated`` drops its records), not an error.
+
+Time-outs and streaming: a plain request may take ``request_timeout_s`` (default 120) plus
+``timeout_per_1k_tokens_s`` (default 30) for each 1,000 of its ``max_tokens``: 128 s for 256 tokens,
+about 16 min for 32k. With ``stream`` (default ``auto``: on when ``max_tokens`` is at least
+``STREAM_MIN_TOKENS``, 8,192; ``true`` or ``false`` to choose) the request is sent with ``stream: true``
+and ``stream_options: {include_usage: true}``, and its time-out is ``idle_timeout_s`` (default 120) of
+silence before the first event or between two, however long the whole answer takes. A stream that breaks
+or ends before a ``finish_reason`` is a transport failure, retried like a reset; its partial text is never
+an answer (never journaled or cached). Streaming changes neither the request key nor the answer: a
+streamed answer is a cache hit for the same request sent plain, and the other way round.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
-import functools
 import logging
 import os
 import random
@@ -40,16 +54,20 @@ from factory.errors import (
     TeacherUnavailable,
 )
 from factory.keys import canonical_json
-from factory.teachers import api_errors
+from factory.logprobs import from_openai
+from factory.teachers import api_errors, reasoning
 from factory.teachers.base import Teacher, Withheld
+from factory.teachers.batch_api import ENDPOINT, BatchAPI, BatchSettings
 from factory.teachers.http import HTTPFailure, Pool, Response
 from factory.teachers.pacing import Pacer
+from factory.teachers.sse import ChatStream
 from factory.teachers.urls import DEFAULT_BASE_URL, base_url
 from factory.types import Completion, Request
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 529}
+STREAM_MIN_TOKENS = 8192  # ``stream: auto`` streams requests whose max_tokens is at least this
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -74,6 +92,7 @@ class OpenAITeacher(Teacher):
     native_batch = False
     supports_json_schema = True
     supports_logprobs = True
+    supports_batch = True
 
     def __init__(self, spec: str, model: str, options: dict[str, Any]):
         model, _, url = model.partition("@")
@@ -82,7 +101,13 @@ class OpenAITeacher(Teacher):
         self.api_key_env: str | None = options.pop("api_key_env", None)
         self.max_in_flight = int(options.pop("max_in_flight", 64))
         self.max_retries = int(options.pop("max_retries", 8))
-        self.timeout_s = float(options.pop("request_timeout_s", 120.0))
+        self.timeout_s = _positive("request_timeout_s", options.pop("request_timeout_s", 120.0))
+        self.timeout_per_1k_s = _at_least_zero(
+            "timeout_per_1k_tokens_s", options.pop("timeout_per_1k_tokens_s", 30.0)
+        )
+        self.idle_timeout_s = _positive("idle_timeout_s", options.pop("idle_timeout_s", 120.0))
+        self.stream: bool | None = _stream_option(options.pop("stream", "auto"))
+        self.think_tags = reasoning.think_tags(options.pop("think_tags", reasoning.DEFAULT_THINK_TAGS))
         self.backoff_base_s = float(options.pop("backoff_base_s", 0.5))
         self.backoff_max_s = float(options.pop("backoff_max_s", 30.0))
         rpm = options.pop("max_requests_per_minute", None)
@@ -92,6 +117,19 @@ class OpenAITeacher(Teacher):
         self.learn_rate_limit = bool(options.pop("learn_rate_limit", True))
         self.rate_limit_wait_s = _positive("rate_limit_wait_s", options.pop("rate_limit_wait_s", 600.0))
         self.extra_body: dict[str, Any] = _extra_body(options.pop("extra_body", None))
+        # A vLLM server names logprob tokens by id when asked (return_tokens_as_token_ids); other providers
+        # give token strings only, and refuse the field.
+        token_ids = options.pop("token_ids", False)
+        if not isinstance(token_ids, bool):
+            raise ConfigError(
+                f"teacher option token_ids must be true or false, got {token_ids!r} (true only for a vLLM server)"
+            )
+        self.token_ids = token_ids
+        mode = options.pop("mode", "online")
+        batch = options.pop("batch", None)
+        if mode not in ("online", "batch"):
+            raise ConfigError(f"teacher.mode must be online or batch, got {mode!r}")
+        self.batch_settings = BatchSettings.of(batch or {}) if mode == "batch" else None
         if options:
             raise ConfigError(f"unknown option(s) for the openai teacher: {', '.join(sorted(options))}")
         self._api_key = self._read_key()
@@ -145,10 +183,58 @@ class OpenAITeacher(Teacher):
         out: dict[str, Any] = {"backend": self.backend, "model": self.model, "base_url": self.base_url}
         if self.extra_body:
             out["extra_body"] = self.extra_body
+        if self.token_ids:  # logprobs come as ids instead of strings: a different stored answer
+            out["token_ids"] = True
+        # think tags other than the default change what is stored as the answer; time-outs and
+        # streaming change how it travels, not what it is, so they are never keyed
+        out.update(reasoning.tags_identity(self.think_tags))
         return out
 
+    def streams(self, req: Request) -> bool:
+        """Whether this request is sent as a stream (the ``stream`` option; ``auto``: a large max_tokens)."""
+        if self.stream is not None:
+            return self.stream
+        return (req.sampling.max_tokens or 0) >= STREAM_MIN_TOKENS
+
+    def timeout_for(self, req: Request) -> float:
+        """The time-out of one plain (not streamed) attempt: a floor plus seconds per 1k max_tokens."""
+        return self.timeout_s + self.timeout_per_1k_s * (req.sampling.max_tokens or 0) / 1000.0
+
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "base_url": self.base_url, "api_key_env": self.api_key_env}
+        out = {**super().describe(), "base_url": self.base_url, "api_key_env": self.api_key_env}
+        if self.batch_settings is not None:
+            out["mode"] = "batch"
+        return out
+
+    def suggested_in_flight(self) -> int | None:
+        """In batch mode, enough seeds to fill a batch file (a seed waits hours for its answer)."""
+        return self.batch_settings.max_requests_per_file if self.batch_settings is not None else None
+
+    # -- the Batch API (teacher.mode: batch; driven by factory.batch_queue) ------------------------------
+    def batch_api(self) -> BatchAPI:
+        return BatchAPI(
+            self.base_url, self._api_key, timeout_s=self.timeout_s, max_retries=self.max_retries,
+            backoff_max_s=self.backoff_max_s,
+        )  # fmt: skip
+
+    def batch_line(self, key: str, req: Request) -> bytes:
+        """One line of a batch input file: the body the online path would send, under its request key."""
+        doc = {"custom_id": key, "method": "POST", "url": ENDPOINT, "body": self.payload(req)}
+        return orjson.dumps(doc) + b"\n"
+
+    def batch_outcome(self, response: dict[str, Any], latency_ms: float) -> Completion | TeacherError:
+        """A batch output or error line's ``response`` as the online answer with that status and body would
+        be told (the same retry and caching rules)."""
+        status = int(response.get("status_code") or 0)
+        body = response.get("body")
+        raw = orjson.dumps(body) if body is not None else b""
+        out = self._outcome(Response(status, {}, raw), time.perf_counter() - latency_ms / 1000.0)
+        if isinstance(out, Completion):
+            out.batch = True
+        return out
+
+    def batch_failed(self, err: TeacherError) -> TeacherError:
+        return self._fail(err)
 
     @property
     def endpoint(self) -> str:
@@ -182,6 +268,8 @@ class OpenAITeacher(Teacher):
         if req.logprobs:
             body["logprobs"] = True
             body["top_logprobs"] = req.logprobs
+            if self.token_ids:
+                body["return_tokens_as_token_ids"] = True
         if self.extra_body:
             body.update(self.extra_body)
         return body
@@ -192,7 +280,11 @@ class OpenAITeacher(Teacher):
         return list(await asyncio.gather(*(self._one(r) for r in requests)))
 
     async def _one(self, req: Request) -> Completion | TeacherError:
-        data = orjson.dumps(self.payload(req))
+        body = self.payload(req)
+        if self.streams(req):
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        data = orjson.dumps(body)
         pacer = self.pacer
         # tokens and x-ratelimit-* headers pace this process's own pacer (a cluster's shared one: requests)
         own = isinstance(pacer, Pacer)
@@ -247,8 +339,17 @@ class OpenAITeacher(Teacher):
         self.in_flight += 1
         t0 = time.perf_counter()
         try:
+            if self.streams(req):
+                return await self._pool_get().post(
+                    "/chat/completions",
+                    data,
+                    self._answer,
+                    (t0, req),
+                    sink=ChatStream(),
+                    idle_s=self.idle_timeout_s,
+                )
             return await self._pool_get().post(
-                "/chat/completions", data, functools.partial(self._answer, t0, req)
+                "/chat/completions", data, self._answer, (t0, req), timeout_s=self.timeout_for(req)
             )
         except HTTPFailure as exc:
             if not exc.sent:
@@ -257,9 +358,10 @@ class OpenAITeacher(Teacher):
         finally:
             self.in_flight -= 1
 
-    def _answer(self, t0: float, req: Request, resp: Response) -> Completion | TeacherError:
+    def _answer(self, sent: tuple[float, Request], resp: Response) -> Completion | TeacherError:
         """The outcome of one response, made as its last byte arrives; an answer that is not retried goes
-        to ``on_answer`` at once."""
+        to ``on_answer`` at once. ``sent``: when the attempt started, and its request."""
+        t0, req = sent
         out = self._outcome(resp, t0)
         if self.on_answer is not None and not isinstance(out, TeacherUnavailable):
             self.on_answer(req, out)
@@ -268,7 +370,7 @@ class OpenAITeacher(Teacher):
     def _outcome(self, resp: Response, t0: float) -> Completion | TeacherError:
         status, headers, body = resp.status, resp.headers, resp.body
         latency_ms = (time.perf_counter() - t0) * 1000.0
-        if isinstance(self.pacer, Pacer):
+        if isinstance(self.pacer, Pacer) and headers:
             self.pacer.observe(headers)
         if status != 200:
             message = api_errors.server_message(body, secret=self._api_key)
@@ -283,6 +385,12 @@ class OpenAITeacher(Teacher):
             if status in (401, 403, 404, 405) or (status == 400 and api_errors.model_missing(body, message)):
                 return self._fail(TeacherMisconfigured(message, kind=f"http_{status}"))
             return self._fail(TeacherRejected(f"HTTP {status}: {message}", kind=f"http_{status}"))
+        stream: ChatStream | None = resp.stream
+        if stream is not None:
+            plain = stream.plain_body()
+            if plain is None:
+                return self._streamed(stream, latency_ms)
+            body = plain  # the server ignored ``stream``: its one JSON body is read as a plain answer
         try:
             doc = orjson.loads(body)
             choice = doc["choices"][0]
@@ -292,17 +400,59 @@ class OpenAITeacher(Teacher):
             return self._fail(
                 TeacherUnavailable("unreadable response body (truncated JSON?)", kind="bad_body")
             )
+        finish = choice.get("finish_reason")
+        thought = reasoning.server_reasoning(message_doc)
         if not isinstance(text, str):
-            return self._fail(_no_content(message_doc, choice.get("finish_reason")))
+            if not (thought and finish == "length"):
+                return self._fail(_no_content(message_doc, finish))
+            text = ""  # cut inside the reasoning: kept, with its finish_reason, for filters to drop
         usage = doc.get("usage") or {}
         lp = choice.get("logprobs")
+        return self._completion(
+            text, thought, finish, usage, latency_ms, lp.get("content") if isinstance(lp, dict) else None
+        )
+
+    def _streamed(self, stream: ChatStream, latency_ms: float) -> Completion | TeacherError:
+        """The answer of a stream that completed; one that reported an error, or ended before a
+        finish_reason, is a transport failure (retried; its partial text is dropped)."""
+        if stream.error is not None:
+            return self._fail(
+                TeacherUnavailable(f"the stream reported an error: {stream.error}", kind="stream_error")
+            )
+        if stream.finish_reason is None:
+            return self._fail(
+                TeacherUnavailable(
+                    "the stream ended before the answer finished (no finish_reason)", kind="stream_cut"
+                )
+            )
+        finish = stream.finish_reason
+        thought = "".join(stream.reasoning) or None
+        if not stream.content and not (thought and finish == "length"):
+            refusal = "".join(stream.refusal) or None
+            return self._fail(_no_content({"content": None, "refusal": refusal}, finish))
+        return self._completion(
+            "".join(stream.content), thought, finish, stream.usage or {}, latency_ms, stream.logprobs
+        )
+
+    def _completion(
+        self,
+        text: str,
+        thought: str | None,
+        finish: Any,
+        usage: dict[str, Any],
+        latency_ms: float,
+        logprobs: list[Any] | None,
+    ) -> Completion:
+        if thought is None:
+            text, thought = reasoning.split(text, self.think_tags)
         return Completion(
             text=text,
-            finish_reason=choice.get("finish_reason"),
+            finish_reason=finish,
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
             latency_ms=latency_ms,
-            logprobs=lp.get("content") if isinstance(lp, dict) else None,
+            logprobs=from_openai(logprobs) if logprobs else None,
+            reasoning=thought,
         )
 
     def _fail(self, err: TeacherError) -> TeacherError:
@@ -384,6 +534,28 @@ def _positive(name: str, value: Any) -> float:
     if not number > 0:
         raise ConfigError(f"teacher.{name} must be a positive number, got {value!r}")
     return number
+
+
+def _at_least_zero(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if not number >= 0:
+        raise ConfigError(f"teacher.options.{name} must be a number >= 0, got {value!r}")
+    return number
+
+
+def _stream_option(value: Any) -> bool | None:
+    """``stream``: true, false, or ``auto`` (None: decided per request by its max_tokens)."""
+    if isinstance(value, bool):
+        return value
+    if value is None or value == "auto":
+        return None
+    raise ConfigError(
+        f"teacher.options.stream must be true, false or auto (stream requests whose max_tokens is at least "
+        f"{STREAM_MIN_TOKENS}), got {value!r}"
+    )
 
 
 def _extra_body(value: Any) -> dict[str, Any]:

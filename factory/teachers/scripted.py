@@ -2,6 +2,7 @@
 
 ``scripted:NAME`` answers each request with ``options["answers"]`` looked up by the last user message
 (a dict), or by a callable ``options["fn"](request) -> str``; anything else gets ``options["default"]``.
+An answer that is a Completion is returned as it is (a finish_reason, token counts of its own).
 An answer of None is a rejection the exact request always gets (cacheable, like a local engine refusing
 it); an answer that is a TeacherError is returned as it is. It counts calls, so tests can assert that a
 cached request never reached it.
@@ -24,9 +25,9 @@ class ScriptedTeacher(Teacher):
 
     def __init__(self, spec: str, model: str, options: dict[str, Any]):
         super().__init__(spec, model or "script")
-        self.answers: dict[str, str | TeacherError | None] = dict(options.get("answers", {}))
-        self.fn: Callable[[Request], str | TeacherError | None] | None = options.get("fn")
-        self.default: str | TeacherError | None = options.get("default", "")
+        self.answers: dict[str, str | Completion | TeacherError | None] = dict(options.get("answers", {}))
+        self.fn: Callable[[Request], str | Completion | TeacherError | None] | None = options.get("fn")
+        self.default: str | Completion | TeacherError | None = options.get("default", "")
         self.calls: list[Request] = []
         self.token_s = float(options.get("token_s", 0.0))
         self.streams_tokens = self.token_s > 0
@@ -56,7 +57,7 @@ class ScriptedTeacher(Teacher):
             if text is None:
                 out.append(TeacherRejected("scripted rejection", kind="invalid_request", cacheable=True))
                 continue
-            if isinstance(text, TeacherError):
+            if isinstance(text, TeacherError | Completion):
                 out.append(text)
                 continue
             if self.token_s:

@@ -37,12 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from factory.errors import ConfigError, TeacherError, TeacherRejected, TeacherUnavailable
+from factory.logprobs import to_float32
+from factory.teachers import reasoning
 from factory.teachers import vllm_options as vo
 from factory.teachers.base import Teacher
 from factory.teachers.local import LocalEngineTeacher, model_folder, plain_messages, take_options
 from factory.teachers.loop_thread import LoopThread
 from factory.teachers.reaper import EngineReaper, descendants, engine_processes
-from factory.types import Completion, Request
+from factory.types import Completion, Request, TokenLogprobs
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ VLLM_DEFAULTS: dict[str, Any] = {
     "dtype": "auto",
     "seed": 0,
     "engine_args": {},
+    "think_tags": reasoning.DEFAULT_THINK_TAGS,
 }
 
 # Engine arguments that change only speed, memory or placement, never an answer: not part of the
@@ -94,6 +97,7 @@ class VLLMTeacher(LocalEngineTeacher):
         self.max_model_len = int(opts["max_model_len"])
         self.dtype = str(opts["dtype"])
         self.seed = int(opts["seed"])
+        self.think_tags = reasoning.think_tags(opts["think_tags"], where="the vllm teacher option think_tags")
         self.tensor_parallel_size, self.pipeline_parallel_size = vo.parallel_sizes(opts, opts["engine_args"])
         self.device: str | None = None  # known once the engine starts, with the options it started with
         self.engine_options: dict[str, Any] = {}
@@ -127,6 +131,7 @@ class VLLMTeacher(LocalEngineTeacher):
         engine = {k: v for k, v in self.engine_args.items() if k not in THROUGHPUT_ARGS}
         if engine:
             out["engine_args"] = engine
+        out.update(reasoning.tags_identity(self.think_tags))  # only when not the default
         return out
 
     def describe(self) -> dict[str, Any]:
@@ -315,7 +320,7 @@ class VLLMTeacher(LocalEngineTeacher):
             self.in_flight -= 1
         if final is None:
             return TeacherUnavailable("the vLLM engine ended a request without an answer", kind="engine")
-        return _completion(final, params.logprobs, (time.perf_counter() - t0) * 1000.0)
+        return _completion(final, params.logprobs, (time.perf_counter() - t0) * 1000.0, self.think_tags)
 
     def _next_id(self) -> str:
         return f"factory-{id(self):x}-{next(self._ids)}"
@@ -443,10 +448,12 @@ def _blamed(exc: BaseException) -> BaseException | None:
     return exc if isinstance(exc, (VLLMClientError, ValueError)) else None
 
 
-def _completion(output: Any, top: int | None, latency_ms: float) -> Completion:
+def _completion(output: Any, top: int | None, latency_ms: float, tags: reasoning.Tags) -> Completion:
     choice = output.outputs[0]
+    text, thought = reasoning.split(choice.text, tags)
     return Completion(
-        text=choice.text,
+        text=text,
+        reasoning=thought,
         finish_reason=choice.finish_reason,
         prompt_tokens=len(output.prompt_token_ids or ()),
         completion_tokens=len(choice.token_ids),
@@ -455,26 +462,27 @@ def _completion(output: Any, top: int | None, latency_ms: float) -> Completion:
     )
 
 
-def _logprobs(choice: Any, top: int) -> list[dict[str, Any]] | None:
-    """vLLM's per-position ``{token_id: Logprob}`` (the sampled token plus the ``top`` best) as
-    OpenAI-style ``logprobs.content`` entries."""
+def _logprobs(choice: Any, top: int) -> TokenLogprobs | None:
+    """vLLM's per-position ``{token_id: Logprob}`` (the sampled token plus the ``top`` best) in the
+    canonical form: the generated ids, and per position the ``top`` best ids and logprobs, best first."""
     if choice.logprobs is None:
         return None
-    content: list[dict[str, Any]] = []
+    token_ids: list[int] = []
+    chosen: list[float] = []
+    top_ids: list[list[int]] = []
+    top_logprobs: list[list[float]] = []
     for token_id, position in zip(choice.token_ids, choice.logprobs, strict=False):
         position = position or {}
-        chosen = position.get(token_id)
+        own = position.get(token_id)
         ranked = sorted(
-            (lp for lp in position.values() if lp.rank is not None and lp.rank <= top), key=lambda lp: lp.rank
-        )
-        content.append(
-            {
-                "token": chosen.decoded_token if chosen is not None else None,
-                "logprob": chosen.logprob if chosen is not None else None,
-                "top_logprobs": [{"token": lp.decoded_token, "logprob": lp.logprob} for lp in ranked],
-            }
-        )
-    return content
+            ((tid, lp) for tid, lp in position.items() if lp.rank is not None and lp.rank <= top),
+            key=lambda x: x[1].rank,
+        )[:top]
+        token_ids.append(int(token_id))
+        chosen.append(own.logprob if own is not None else float("nan"))
+        top_ids.append([int(tid) for tid, _ in ranked])
+        top_logprobs.append(to_float32([lp.logprob for _, lp in ranked]))
+    return TokenLogprobs(token_ids, top_ids, top_logprobs, to_float32(chosen))
 
 
 def create(spec: str, model: str, options: dict[str, Any]) -> Teacher:

@@ -13,12 +13,20 @@ Order of checks for ``POST /v1/chat/completions``:
 1. an active outage (``POST /admin/outage``) fails the request at once with its kind;
 2. the ``rpm`` token bucket (capacity ``rpm_burst`` or ``rpm``, refilled at ``rpm / 60`` per second)
    answers 429 with ``Retry-After`` (integer seconds, at least 1) and ``retry-after-ms``;
-3. a body that is not a JSON object with a ``messages`` list, or that asks for ``stream``, gets 400;
+3. a body that is not a JSON object with a ``messages`` list gets 400;
 4. a body picked by ``reject_rate`` gets 400, every time;
 5. a body picked by ``fault_rate`` fails its first ``fault_repeats`` attempts with its kind
    (``429`` at once; ``500``, ``reset`` and ``truncated`` after the latency; ``timeout`` hangs for
-   ``hang_seconds``), then succeeds;
-6. otherwise, after the latency, a 200 chat completion.
+   ``hang_seconds``; ``disconnect`` and ``stall`` break the answer halfway through), then succeeds;
+6. otherwise, after the latency, a 200 chat completion, streamed as server-sent events when the body
+   asks for ``stream``. A streamed body is answered (and picked for faults) as the same body without
+   ``stream`` and ``stream_options``, in compact JSON: streamed and plain, a request gets one answer.
+   With ``logprobs: true`` and ``top_logprobs: k``, each choice carries ``logprobs.content`` made up from
+   the body (``fake_logprobs``), its tokens named ``token_id:N`` when the body sets
+   ``return_tokens_as_token_ids`` (as vLLM's server does).
+
+Reasoning models and streaming (``reasoning``, ``reasoning_tokens``, ``stream_chunk_chars``,
+``stream_delay``; the ``disconnect`` and ``stall`` faults): see ``factory.testing.fault_stream``.
 
 Between 3 and 4, the ``tpm`` bucket (capacity ``tpm_burst`` or ``tpm``, refilled at ``tpm / 60`` per second) charges each
 request its body bytes / 4 plus its ``max_tokens`` and answers 429 with ``Retry-After`` when it lacks them;
@@ -67,6 +75,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from factory.testing import fault_stream
 from factory.testing.fault_batch import BatchStore
 
 __all__ = [
@@ -88,7 +97,7 @@ __all__ = [
 ]
 
 HOST = "127.0.0.1"
-FAULT_KINDS = ("429", "500", "timeout", "reset", "truncated")
+FAULT_KINDS = ("429", "500", "timeout", "reset", "truncated", *fault_stream.STREAM_FAULTS)
 OUTAGE_KINDS = FAULT_KINDS
 LISTEN_PREFIX = "listening on "
 
@@ -139,6 +148,15 @@ class FaultConfig:
     """A request naming another model than ``model`` gets 404, worded as vLLM's server words it."""
     reply: ReplyFn | None = field(default=None, repr=False)
     """``reply(messages, body) -> str`` (or an awaitable of str) overriding the default text."""
+    reasoning: str | None = None
+    """Answer as a reasoning model: ``reasoning_content``, ``reasoning`` (the field the trace goes in)
+    or ``think`` (``<think>…</think>`` in the content); None: plain answers. See fault_stream."""
+    reasoning_tokens: int = 48
+    """About how many tokens a reasoning trace holds (4 characters each)."""
+    stream_chunk_chars: int = 16
+    """Characters of text per streamed chunk."""
+    stream_delay: float = 0.0
+    """Seconds between two streamed chunks."""
     batch_validating_s: float = 0.0
     """Batch API: seconds a new batch stays ``validating``."""
     batch_rate: float = 0.0
@@ -179,6 +197,14 @@ class FaultConfig:
             raise ValueError(f"batch_window_s must be a finite number > 0, got {self.batch_window_s}")
         if self.batch_max_lines < 1 or self.batch_max_bytes < 1:
             raise ValueError("batch_max_lines and batch_max_bytes must be >= 1")
+        if self.reasoning is not None and self.reasoning not in fault_stream.REASONING_MODES:
+            raise ValueError(
+                f"unknown reasoning mode {self.reasoning!r}; choose among {', '.join(fault_stream.REASONING_MODES)}"
+            )
+        if self.reasoning_tokens < 1 or self.stream_chunk_chars < 1:
+            raise ValueError("reasoning_tokens and stream_chunk_chars must be >= 1")
+        if not 0.0 <= self.stream_delay < math.inf:
+            raise ValueError(f"stream_delay must be a finite number >= 0, got {self.stream_delay}")
 
 
 def body_key(raw: bytes) -> str:
@@ -202,6 +228,7 @@ def _mix64(x: int) -> int:
 
 
 _JSON = "application/json"
+_STREAM_FIELDS = ("stream", "stream_options")
 _U24 = float(1 << 24)
 
 
@@ -235,6 +262,41 @@ def _duration(seconds: float) -> str:
 
 def _tokens(text: str) -> int:
     return (len(text) + 3) // 4
+
+
+LOGPROB_VOCAB = 50_000  # the token ids of the logprobs the server makes up
+
+
+def fake_logprobs(text: str, key: str, top: int, as_ids: bool) -> dict[str, Any]:
+    """OpenAI's ``choices[i].logprobs`` for ``text``: one entry per 4-character token (as many as the
+    usage's completion_tokens), each with ``top`` alternatives, best first, the first being the token
+    itself. Ids and logprobs are drawn from the request key and the position, so equal bodies get equal
+    logprobs. With ``as_ids`` tokens are named ``token_id:N``, as vLLM's server does when asked with
+    ``return_tokens_as_token_ids``; else by their text (the alternatives get a ``~r`` suffix)."""
+    content = []
+    for pos in range(_tokens(text)):
+        piece = text[4 * pos : 4 * pos + 4]
+        h = blake2b(f"{key}/{pos}".encode(), digest_size=16).digest()
+        ids = [int.from_bytes(h[2 * r : 2 * r + 2], "big") % LOGPROB_VOCAB for r in range(min(top, 8))]
+        ids += [(ids[0] + 7919 * r) % LOGPROB_VOCAB for r in range(len(ids), top)]
+        # logprobs exactly representable in float32, strictly decreasing
+        lps = [-(r + 1) * 0.5 - h[15] / 256.0 for r in range(top)] or [-h[15] / 256.0]
+        names = (
+            [f"token_id:{i}" for i in ids] if as_ids else [piece] + [f"{piece}~{r}" for r in range(1, top)]
+        )
+        chosen = names[0] if names else (f"token_id:{h[0]}" if as_ids else piece)
+        content.append(
+            {
+                "token": chosen,
+                "logprob": lps[0],
+                "bytes": list(chosen.encode()),
+                "top_logprobs": [
+                    {"token": t, "logprob": lp, "bytes": list(t.encode())}
+                    for t, lp in zip(names, lps, strict=False)
+                ],
+            }
+        )
+    return {"content": content}
 
 
 class FaultServer:
@@ -356,6 +418,14 @@ class FaultServer:
             delay = self._delay()
             if delay > 0:
                 await asyncio.sleep(delay)
+        if kind in fault_stream.STREAM_FAULTS:
+            self.dropped[kind] = self.dropped.get(kind, 0) + 1
+            body = body or {}
+            messages = body.get("messages")
+            doc = self._shaped(body, messages if isinstance(messages, list) else [], key)
+            if body.get("stream"):
+                return await self._stream(request, doc, body, kind)
+            return await fault_stream.broken_plain(request, doc, kind, self._hang, _abort)
         if kind == "500":
             return self._respond(500, _ERR_OUTAGE_500 if outage else _ERR_500)
         if kind == "reset":
@@ -369,6 +439,30 @@ class FaultServer:
         full = orjson.dumps(self._completion(body, messages if isinstance(messages, list) else [], key))
         return self._respond(200, full[: len(full) // 2])
 
+    def _shaped(self, body: dict, messages: list, key: str, text: str | None = None) -> dict[str, Any]:
+        """A completion with the configured reasoning (a trace, cut by max_tokens)."""
+        doc = self._completion(body, messages, key, text)
+        mode = self.config.reasoning
+        if mode is None:
+            return doc
+        return fault_stream.with_reasoning(
+            doc, body, mode, fault_stream.trace(key, self.config.reasoning_tokens)
+        )
+
+    def _hang(self) -> Any:
+        return asyncio.wait_for(self.stopping.wait(), self.config.hang_seconds)
+
+    async def _stream(
+        self, request: web.BaseRequest, doc: dict, body: dict, fault: str | None
+    ) -> web.StreamResponse:
+        if fault is None:
+            self.responses[200] = self.responses.get(200, 0) + 1
+        cfg = self.config
+        return await fault_stream.stream(
+            request, doc, body, chunk_chars=cfg.stream_chunk_chars, delay=cfg.stream_delay, fault=fault,
+            hang=self._hang, abort=_abort,
+        )  # fmt: skip
+
     def _completion(self, body: dict, messages: list, key: str, text: str | None = None) -> dict[str, Any]:
         if text is None:
             text = default_reply(key)
@@ -377,11 +471,18 @@ class FaultServer:
             content = m.get("content") if isinstance(m, dict) else m
             prompt_tokens += 4 + _tokens(content if isinstance(content, str) else str(content))
         n = body.get("n") or 1
+        top = body.get("top_logprobs") if body.get("logprobs") is True else None
+        top = top if isinstance(top, int) and 0 <= top <= 20 else None
+        as_ids = body.get("return_tokens_as_token_ids") is True
+
+        def logprobs(t: str, k: str) -> dict[str, Any] | None:
+            return None if top is None else fake_logprobs(t, k, top, as_ids)
+
         choices = [
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
-                "logprobs": None,
+                "logprobs": logprobs(text, key),
                 "finish_reason": "stop",
             }
         ]
@@ -393,7 +494,7 @@ class FaultServer:
                 {
                     "index": i,
                     "message": {"role": "assistant", "content": alt},
-                    "logprobs": None,
+                    "logprobs": logprobs(alt, f"{key}/{i}"),
                     "finish_reason": "stop",
                 }
             )
@@ -490,13 +591,10 @@ class FaultServer:
                 return self._respond(
                     400, _error_body("'messages' must be a list", "invalid_request_error", "invalid_messages")
                 )
-            if body.get("stream"):
-                return self._respond(
-                    400,
-                    _error_body(
-                        "stream is not supported by the fault server", "invalid_request_error", "stream"
-                    ),
-                )
+
+            if body.get("stream") or "stream_options" in body:
+                # the answer of a streamed body is that of the same body sent plain (compact JSON)
+                key = body_key(orjson.dumps({k: v for k, v in body.items() if k not in _STREAM_FIELDS}))
 
             charged = self._tpm_charge(raw, body)
             if isinstance(charged, web.Response):
@@ -515,6 +613,8 @@ class FaultServer:
 
             doc = await self._answer_doc(body, messages, key)
             self._tpm_settle(charged, doc)
+            if body.get("stream"):
+                return await self._stream(request, doc, body, None)
             return self._respond(200, orjson.dumps(doc), self._ratelimit_headers())
         finally:
             self.in_flight -= 1
@@ -599,7 +699,7 @@ class FaultServer:
             if inspect.isawaitable(text):
                 text = await text
             text = str(text)
-        doc = self._completion(body, messages, key, text)
+        doc = self._shaped(body, messages, key, text)
         self.tokens_out += doc["usage"]["completion_tokens"]
         self.answered_at[key] = time.monotonic()
         return doc
@@ -1071,6 +1171,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-window-s", type=float, default=86400.0, help="seconds before a batch expires")
     p.add_argument("--batch-max-lines", type=int, default=50_000, help="most requests in a batch file")
     p.add_argument("--batch-max-bytes", type=int, default=200 * 1024 * 1024, help="most bytes in a file")
+    p.add_argument(
+        "--reasoning", default=None, choices=fault_stream.REASONING_MODES, help="answer with a trace"
+    )
+    p.add_argument("--reasoning-tokens", type=int, default=48, help="about how long a trace is, in tokens")
+    p.add_argument("--stream-chunk-chars", type=int, default=16, help="characters per streamed chunk")
+    p.add_argument("--stream-delay", type=float, default=0.0, help="seconds between streamed chunks")
     p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
     return p
 
@@ -1118,6 +1224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_window_s=args.batch_window_s,
             batch_max_lines=args.batch_max_lines,
             batch_max_bytes=args.batch_max_bytes,
+            reasoning=args.reasoning,
+            reasoning_tokens=args.reasoning_tokens,
+            stream_chunk_chars=args.stream_chunk_chars,
+            stream_delay=args.stream_delay,
         )
     except ValueError as exc:
         print(f"fault_server: {exc}", file=sys.stderr)

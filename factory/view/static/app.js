@@ -184,6 +184,9 @@ function drawDetail(rec) {
     return el("div", { class: "answer" },
       el("h3", {}, rec.answers.length > 1 ? `Prompt ${i + 1}` : "Prompt"),
       ...a.messages.map((m) => el("div", {}, el("div", { class: "role" }, m.role), el("pre", { class: "message" }, m.content))),
+      ...(a.reasoning ? [el("details", { class: "reasoning" },
+        el("summary", {}, `Reasoning (${fmt(a.reasoning.length)} characters)`),
+        el("pre", { class: "completion" }, a.reasoning))] : []),
       el("h3", {}, rec.answers.length > 1 ? `Raw completion ${i + 1}` : "Raw completion"),
       el("pre", { class: "completion" }, a.status === "ok" ? (a.text ?? "") : `rejected: ${a.error ?? ""}`),
       el("div", { class: "muted" }, `${a.teacher} · ${a.status} · finish ${a.finish_reason ?? "?"} · ` +
