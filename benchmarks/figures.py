@@ -149,16 +149,36 @@ def cpu_change() -> str:
 
 
 def memory() -> str:
-    """bench_memory.py: peak RSS of `factory run` per size, both trees, and the slopes."""
+    """bench_memory.py: peak RSS of `factory run` per size, both trees (the earlier one up to the size it
+    ran at), and the slopes."""
     d = _results.load("memory")
     f = d["figures"]
+
+    def cell(v: dict[str, Any], side: str, key: str, fmt: str) -> str:
+        return format(v[side][key], fmt) if side in v else "–"
+
     rows = [
-        f"| {int(n):,} | {v['before']['peak_mb']:.0f} MB | {v['after']['peak_mb']:.0f} MB | "
-        f"{v['before']['rps']:,.0f} / {v['after']['rps']:,.0f} |"
+        f"| {int(n):,} | {cell(v, 'before', 'peak_mb', '.0f')}{' MB' if 'before' in v else ''} | "
+        f"{v['after']['peak_mb']:.0f} MB | "
+        f"{cell(v, 'before', 'rps', ',.0f')} / {v['after']['rps']:,.0f} |"
         for n, v in sorted(f["sizes"].items(), key=lambda kv: int(kv[0]))
     ]
     per = f["bytes_per_request"]
     verdict = "missed: " + "; ".join(f["missed"]) if f["missed"] else "met"
+    both = [int(n) for n, v in f["sizes"].items() if "before" in v]
+    over = f"{min(both):,}–{max(both):,} requests" if both else "the sizes"
+    after_all = (
+        f" Over all of this tree's sizes: {f['after_all_sizes']:,.0f} bytes per request."
+        if "after_all_sizes" in f
+        else ""
+    )
+    ns = sorted(int(n) for n in f["sizes"])
+    if len(ns) >= 3:  # the last step, once the fixed pools (page cache, log) have filled
+        a, b = (f["sizes"][str(n)]["after"]["peak_mb"] for n in ns[-2:])
+        after_all += (
+            f" Between {ns[-2]:,} and {ns[-1]:,} requests: {(b - a) * 2**20 / (ns[-1] - ns[-2]):,.0f} bytes per "
+            "request."
+        )
     body = "\n".join(
         [
             f"Peak resident memory of the whole `factory run` process, {f['before'][:7]} against "
@@ -170,8 +190,8 @@ def memory() -> str:
             "|---|---|---|---|",
             *rows,
             "",
-            f"Slope over the sizes: {per['before']:,.0f} bytes per request before, {per['after']:,.0f} after "
-            f"({f['ratio']:.1%} of before's). Target: under 10 % of before's: {verdict}.",
+            f"Slope over {over}: {per['before']:,.0f} bytes per request before, {per['after']:,.0f} after "
+            f"({f['ratio']:.1%} of before's).{after_all} Target: under 10 % of before's: {verdict}.",
         ]
     )
     return "\n" + body + "\n"

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -68,9 +69,14 @@ def _spent(p: Any) -> str:
     return out + (f", {usd(saved)} saved by the cache" if saved else "")
 
 
+TOKEN_RATE_WINDOW_S = 10.0  # the output tokens/s shown is over this many seconds of reports
+
+
 class ProgressView(_BarView):
     """A progress bar with rate, tokens, cache hits, failures (and the latest reason) and ETA; while the run
-    drains, how many requests are still awaited (a plain line when not a TTY)."""
+    drains, how many requests are still awaited (a plain line when not a TTY). For a teacher that shows its
+    tokens as they are generated (a local engine, whose seeds mostly finish together at the end), the
+    requests answered and in flight, the output tokens so far and per second, and an ETA from that rate."""
 
     def __init__(self, total: int, done: int, label: str, drain_s: float = 30.0):
         super().__init__()
@@ -78,8 +84,44 @@ class ProgressView(_BarView):
         self._last_line = 0.0
         self._last_said = ""
         self.drain_s = drain_s
+        self._tokens: deque[tuple[float, int]] = deque()  # (elapsed_s, output tokens) of recent reports
+
+    def token_rate(self, p: Any) -> float:
+        """Output tokens per second over the last TOKEN_RATE_WINDOW_S seconds of reports."""
+        now, out = p.elapsed_s, p.output_tokens
+        self._tokens.append((now, out))
+        while len(self._tokens) > 2 and now - self._tokens[1][0] >= TOKEN_RATE_WINDOW_S:
+            self._tokens.popleft()
+        t0, out0 = self._tokens[0]
+        if now - t0 <= 0:
+            return out / now if now > 0 else 0.0
+        return max(0.0, (out - out0) / (now - t0))
 
     def update(self, p: Any) -> None:
+        info = self.info(p)
+        last = getattr(p, "last_failure", None)
+        if self.live:
+            self.progress.update(self.task, completed=p.seeds_done + p.seeds_failed, info=info)
+            return
+        # Plain lines: every 10 s, and at once when the run starts to drain, a new failure reason shows, a
+        # batch's state changes or a local engine's first output tokens come (its engine may take minutes
+        # to start).
+        generating = getattr(p, "streaming", False) and p.output_tokens > 0
+        waiting = getattr(p, "waiting_on", None)
+        state = " ".join(
+            w for w in (waiting or "").split() if "/" not in w
+        )  # a batch's state, not its counts
+        said = f"{getattr(p, 'draining', False)}|{last}|{generating}|{state}"
+        if p.elapsed_s - self._last_line >= 10 or said != self._last_said:
+            self._last_line, self._last_said = p.elapsed_s, said
+            print(
+                f"[{_fmt_s(p.elapsed_s)}] seeds {p.seeds_done}/{p.seeds_total} · {info}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def info(self, p: Any) -> str:
+        """The details column: what the run is doing now."""
         rate = p.requests_sent / p.elapsed_s if p.elapsed_s > 0 else 0.0
         fails = sum(p.failures.values())
         if getattr(p, "draining", False):
@@ -87,6 +129,12 @@ class ProgressView(_BarView):
                 f"draining: waiting for {p.awaiting} requests in flight (up to {self.drain_s:g}s; "
                 "Ctrl+C again abandons them) · "
                 f"{p.requests_sent} sent · {p.completion_tokens} out tok"
+            )
+        elif getattr(p, "streaming", False):
+            info = (
+                f"{p.answered} answered · {p.in_flight} in flight · {p.output_tokens} out tok · "
+                f"{self.token_rate(p):.1f} tok/s · {p.cache_hits} cached · {fails} failed attempts · "
+                f"ETA {_fmt_s(p.eta_s)}"
             )
         else:
             info = (
@@ -104,21 +152,7 @@ class ProgressView(_BarView):
         last = getattr(p, "last_failure", None)
         if fails and last:
             info += f" · last failure: {last}"
-        if self.live:
-            self.progress.update(self.task, completed=p.seeds_done + p.seeds_failed, info=info)
-            return
-        # Plain lines: every 10 s, and at once when the run starts to drain or a new failure reason shows.
-        state = " ".join(
-            w for w in (waiting or "").split() if "/" not in w
-        )  # a batch's state, not its counts
-        said = f"{getattr(p, 'draining', False)}|{last}|{state}"
-        if p.elapsed_s - self._last_line >= 10 or said != self._last_said:
-            self._last_line, self._last_said = p.elapsed_s, said
-            print(
-                f"[{_fmt_s(p.elapsed_s)}] seeds {p.seeds_done}/{p.seeds_total} · {info}",
-                file=sys.stderr,
-                flush=True,
-            )
+        return info
 
 
 # -- commands ----------------------------------------------------------------------------------------

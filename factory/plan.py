@@ -56,10 +56,31 @@ class Progress:
     saved_usd: float = 0.0  # what the answers served from the cache cost when they were paid for
     pacing: str | None = None  # why starts are held now, e.g. "waiting 12 s: tokens per minute"
     budget: str | None = None  # the budget that stopped the run, and what was spent
+    answered: int = 0  # requests the teachers answered (or finally failed) in this invocation
+    # For a teacher that shows its tokens as they are generated (a local engine, ``streaming``): the output
+    # tokens of the requests still in flight, the output tokens still expected (None: nothing to go by
+    # yet), and the seconds since the first output token came.
+    streaming: bool = False
+    partial_tokens: int = 0
+    tokens_left: float | None = None
+    generating_s: float = 0.0
+
+    @property
+    def output_tokens(self) -> int:
+        """Output tokens generated in this invocation: of the answers, and so far of those in flight."""
+        return self.completion_tokens + self.partial_tokens
+
     waiting_on: str | None = None  # e.g. a provider batch and its state (teacher.mode: batch)
 
     @property
     def eta_s(self) -> float | None:
+        """Seconds left: for a streaming teacher, the tokens still expected at the token rate so far
+        (seeds of a local engine all finish together near the end, so their count says little until
+        then); otherwise the seeds left at the rate seeds finished in this invocation."""
+        if self.streaming:
+            if self.tokens_left is None or self.generating_s <= 0 or self.output_tokens <= 0:
+                return None
+            return self.tokens_left * self.generating_s / self.output_tokens
         done_now = self.seeds_done - self.seeds_resumed
         if done_now <= 0 or self.elapsed_s <= 0:
             return None

@@ -39,6 +39,11 @@ class RunCounters:
     _resumed_done: int
     _draining: bool
     _t0: float
+    _first_token_t: float | None  # the report before the one that first saw an output token
+    _last_report_t: float
+    _tasks: set[Any]  # the seeds in flight
+    answered: int
+    reserved_tokens: int
 
     def _distinct_teachers(self) -> list[Teacher]:
         return self._teachers
@@ -94,15 +99,23 @@ class RunCounters:
         }  # fmt: skip
 
     def snapshot(self) -> Progress:
+        now = time.perf_counter()
+        partial = sum(t.partial_tokens() for t in self._teachers if t.streams_tokens)
+        if self._first_token_t is None and self.completion_tokens + partial > 0:
+            self._first_token_t = self._last_report_t  # they came since the report before this one
+        self._last_report_t = now
         return Progress(
             seeds_total=self._seeds_total, seeds_done=self.seeds_done, seeds_failed=self.seeds_failed,
             records=self.records, requests_sent=self.requests_sent, cache_hits=self.cache_hits,
             in_flight=self.dispatched, prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
-            failures=dict(self._errors()), elapsed_s=time.perf_counter() - self._t0,
+            failures=dict(self._errors()), elapsed_s=now - self._t0,
             seeds_resumed=self._resumed_done, draining=self._draining and not self.abandoned, awaiting=self.awaiting,
             abandoned=self.abandoned, last_failure=self._last_failure(), waiting_on=self.waiting_on(),
             cost_usd=self.cost_usd, cost_known=self.unpriced == 0, saved_usd=self.saved_usd, pacing=self.pacing(),
-            budget=self.budget_note,
+            budget=self.budget_note, answered=self.answered,
+            streaming=any(t.streams_tokens for t in self._teachers), partial_tokens=partial,
+            tokens_left=self._tokens_left(partial),
+            generating_s=now - self._first_token_t if self._first_token_t is not None else 0.0,
         )  # fmt: skip
 
     def pacing(self) -> str | None:
@@ -112,6 +125,22 @@ class RunCounters:
             if held:
                 return held
         return None
+
+    def _tokens_left(self, partial: int) -> float | None:
+        """Output tokens still expected: the requests in flight, and those of the seeds not started yet at
+        the requests a started seed has made so far, each at the mean answer's length (before the first
+        answer: at its ``max_tokens``, an upper bound), less the tokens already generated in flight.
+        None before the first request. A recipe whose later stages have not started yet is undercounted."""
+        asked = self.answered + self.dispatched
+        started = self.seeds_done + self.seeds_failed - self._resumed_done + len(self._tasks)
+        if not asked or started <= 0:
+            return None
+        if self.answered:
+            per_request = self.completion_tokens / self.answered
+        else:
+            per_request = self.reserved_tokens / max(self.dispatched, 1)
+        not_started = max(0, self._seeds_total - self.seeds_done - self.seeds_failed - len(self._tasks))
+        return max(0.0, (not_started * asked / started + self.dispatched) * per_request - partial)
 
     def waiting_on(self) -> str | None:
         """What the run waits on besides requests in flight (a provider batch); None for most runs."""

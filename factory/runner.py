@@ -153,6 +153,8 @@ class Runner(RunCounters):
         self.dispatched = 0
         self.final_failures: Counter[str] = Counter()
         self._t0 = time.perf_counter()
+        self._first_token_t: float | None = None
+        self._last_report_t = self._t0
         self._resumed_done = 0
         self._seeds_total = len(plan.seeds)
 

@@ -4,7 +4,8 @@ can use it).
 
 What is checked: per-request outcomes in one call (schema, logprobs, a refused request, a prompt over
 max_model_len), a seeded request's text alone and among others, a two-stage recipe's stages overlapping
-in the engine, a Ctrl+C with requests in the engine, and the run's seeds in flight sized from the engine.
+in the engine, a Ctrl+C with requests in the engine, the run's seeds in flight sized from the engine, and
+a `factory run` killed with SIGKILL: its progress line showed the tokens, and no engine process outlives it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import asyncio
 import importlib.util
 import json
 import os
+import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -227,3 +231,47 @@ def test_seeds_in_flight_come_from_the_engine(teacher, tmp_path):
     assert 2 <= cap <= 2 * seqs
     assert seeds_in_flight(None, teacher, 64) is None  # the run asks the engine
     assert seeds_in_flight(5, teacher, 64) == 5  # unless the config says
+
+
+def test_a_killed_run_shows_its_tokens_and_leaves_no_engine_process(embedded_dir, tmp_path):
+    """`factory run` on the vllm teacher, in a process of its own: its progress line shows the output tokens
+    while they are generated; killed with SIGKILL then, its engine's processes do not outlive it."""
+    psutil = pytest.importorskip("psutil")
+    (tmp_path / "s.jsonl").write_text(
+        "".join(
+            f'{{"id": "q{i}", "question": "Write a long story about the number {i}."}}\n' for i in range(8)
+        )
+    )
+    cfg = write_config(
+        tmp_path,
+        f"name: k\nrecipe: prompt\nseeds: s.jsonl\nstore: s.duckdb\n"
+        f"teacher: {{spec: 'vllm:{embedded_dir}', options: {{max_model_len: 1024}}}}\n"
+        "params: {template: '{{ question }}', required: [question], max_tokens: 512}\n",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "factory.cli", "run", str(cfg)],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        seen = ""
+        for line in proc.stderr:  # plain lines: the first as soon as the first output tokens come
+            seen += line
+            m = re.search(r"(\d+) answered · (\d+) in flight · (\d+) out tok · [\d.]+ tok/s", line)
+            if m and int(m[3]) > 0:
+                break
+        else:
+            pytest.fail(f"no progress line with output tokens:\n{seen[-3000:]}")
+        engine = [
+            p for p in psutil.Process(proc.pid).children(recursive=True)
+            if not any("reaper" in c or "resource_tracker" in c for c in p.cmdline())
+        ]  # fmt: skip
+        assert engine and any("EngineCore" in " ".join(p.cmdline()) + p.name() for p in engine), engine
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        _, alive = psutil.wait_procs(engine, timeout=30)
+        assert not alive, [(p.pid, p.name()) for p in alive]
+    finally:
+        if proc.poll() is None:
+            proc.kill()

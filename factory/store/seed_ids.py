@@ -16,7 +16,7 @@ import duckdb
 import pyarrow as pa
 
 # DuckDB's memory for the grouping; beyond it the ids spill to the scratch folder
-MEMORY_LIMIT = "256MB"
+MEMORY_LIMIT = "64MB"
 
 
 class IdLedger:

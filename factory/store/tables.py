@@ -4,6 +4,7 @@ writes, the SQL helpers and the base class of the store's parts (its connection 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,8 +51,31 @@ RECORD_SCHEMA = pa.schema(
 
 
 INGEST_CHECKPOINT = "256MB"  # write-ahead log between checkpoints while ingesting
-RUN_MEMORY = "256MB"  # DuckDB's memory during a run (page cache included)
 RUN_CHECKPOINT = "32MB"  # write-ahead log between checkpoints during a run
+# DuckDB's memory during a run: a page cache that does not grow with the run, plus room for the in-memory
+# key indexes (ART) of the cache and seeds_done tables, which DuckDB loads whole to insert into them and
+# keeps until the next checkpoint: about 70-80 bytes a cached answer with this store's 32-character
+# random keys (measured), less for seeds_done's ordered ids. DuckDB fills its page cache up to the limit,
+# so the room given to the indexes is what they take: estimated from the rows when the run starts, then
+# raised to what DuckDB reports they take (see Writes.commit), never more than half the machine's memory.
+RUN_PAGE_CACHE = 64 * 2**20
+INDEX_BYTES_PER_ROW = 64  # the first estimate, a row of cache or seeds_done (their mean, measured)
+INDEX_MARGIN = 1.25  # room over the indexes' largest size seen, for the rows the next commits add
+INDEX_HEADROOM = 16 * 2**20
+RUN_MEMORY_SHARE = 0.5  # the limit is never raised over this share of the machine's memory
+
+
+def run_memory_limit(indexed_rows: int, index_bytes: int = 0) -> int:
+    """Bytes of DuckDB memory for a run into a store with ``indexed_rows`` rows of cache and seeds_done
+    whose key indexes have been seen to take ``index_bytes``: the page cache, and room for the indexes."""
+    index = max(INDEX_BYTES_PER_ROW * max(0, indexed_rows), int(INDEX_MARGIN * index_bytes))
+    want = RUN_PAGE_CACHE + INDEX_HEADROOM + index
+    try:
+        box = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not a POSIX box: no ceiling from it
+        return want
+    return max(RUN_PAGE_CACHE, min(want, int(box * RUN_MEMORY_SHARE)))
+
 
 CacheRow = tuple[Any, ...]  # values in CACHE_COLUMNS order (logprobs: the packed blob, factory.logprobs)
 RecordRow = tuple[Any, ...]  # values in RECORD_COLUMNS order

@@ -18,16 +18,18 @@ from factory.store.tables import (
     INGEST_CHECKPOINT,
     RECORD_SCHEMA,
     RUN_CHECKPOINT,
-    RUN_MEMORY,
     Batch,
     StoreBase,
     execute,
     full_cache_rows,
     insert_frame,
+    run_memory_limit,
     table_of,
 )
 
 log = logging.getLogger(__name__)
+
+LIMIT_STEP = 4 * 2**20  # DuckDB's memory limit is raised in steps of at least this many bytes
 
 
 class Writes(StoreBase):
@@ -43,6 +45,8 @@ class Writes(StoreBase):
             self._write(batch, checked=not known_new)
         except duckdb.ConstraintException:
             self._write(batch, checked=True)
+        if self._run_rows is not None:
+            self._follow_indexes()
 
     def _write(self, batch: Batch, *, checked: bool) -> None:
         con = self.con
@@ -222,13 +226,41 @@ class Writes(StoreBase):
             self.con.unregister("_seed_ids")
         return {r[0] for r in rows}
 
+    _run_rows: int | None = None  # while bounded: rows of cache and seeds_done when the run started
+    _index_bytes = 0  # the most memory DuckDB reported for the key indexes during this run
+    _limit = 0  # bytes: the memory limit set now
+
     def bounded(self, on: bool) -> None:
-        """For a run (``on``), memory that does not grow with it: DuckDB's page cache capped at RUN_MEMORY,
-        and rows checkpointed to the file every RUN_CHECKPOINT of write-ahead log (until then DuckDB keeps
-        them in memory too). Off: the defaults again."""
+        """For a run (``on``), memory that grows with the store's key indexes only: DuckDB's page cache capped
+        at RUN_PAGE_CACHE plus room for the indexes (see run_memory_limit: estimated from the rows there
+        are, then following what the indexes take as commits add rows), and rows checkpointed to the file every RUN_CHECKPOINT of write-ahead log
+        (until then DuckDB keeps them in memory too). Off: the defaults again."""
         if on:
-            execute(self.con, "SET memory_limit = ?", [RUN_MEMORY])
+            self._run_rows = int(
+                self._scalar("SELECT (SELECT count(*) FROM cache) + (SELECT count(*) FROM seeds_done)")
+            )
+            self._index_bytes, self._limit = 0, 0
+            self._set_run_memory(run_memory_limit(self._run_rows))
             execute(self.con, "SET checkpoint_threshold = ?", [RUN_CHECKPOINT])
         else:
+            self._run_rows = None
             execute(self.con, "RESET memory_limit")
             execute(self.con, "SET checkpoint_threshold = ?", [INGEST_CHECKPOINT])
+
+    def _follow_indexes(self) -> None:
+        """After a run's commit: the limit is raised when the indexes have grown (never lowered in a run:
+        after a checkpoint DuckDB unloads them, and the next insert loads them whole again)."""
+        used = int(
+            self._scalar(
+                "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() WHERE tag = 'ART_INDEX'"
+            )
+        )
+        if used > self._index_bytes:
+            self._index_bytes = used
+            limit = run_memory_limit(self._run_rows or 0, used)  # (the estimate for the rows there were)
+            if limit > self._limit + LIMIT_STEP:
+                self._set_run_memory(limit)
+
+    def _set_run_memory(self, limit: int) -> None:
+        execute(self.con, "SET memory_limit = ?", [f"{limit // 2**10}KiB"])
+        self._limit = limit

@@ -28,6 +28,7 @@ class Teacher(abc.ABC):
     native_batch: ClassVar[bool] = False
     supports_json_schema: ClassVar[bool] = False
     supports_logprobs: ClassVar[bool] = False
+    streams_tokens: bool = False  # partial_tokens() tells the tokens of answers still being generated
     # a backend that can send requests through a provider's Batch API sets this, and sets batch_settings
     # when configured with mode: batch; then it provides batch_api(), batch_line(), batch_outcome() and
     # batch_failed() (see factory.teachers.openai), which factory.batch_queue drives
@@ -70,6 +71,11 @@ class Teacher(abc.ABC):
 
     @abc.abstractmethod
     async def complete(self, requests: Sequence[Request]) -> list[Completion | TeacherError]: ...
+
+    def partial_tokens(self) -> int:
+        """Output tokens generated so far for the requests still in flight, by a backend that can see them
+        (``streams_tokens``: a local engine); asked when progress is reported, about once a second."""
+        return 0
 
     def suggested_in_flight(self) -> int | None:
         """How many seeds a runner should keep in flight to keep this teacher busy, by its own measure (a

@@ -10,6 +10,7 @@ cached request never reached it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,6 +29,23 @@ class ScriptedTeacher(Teacher):
         self.fn: Callable[[Request], str | Completion | TeacherError | None] | None = options.get("fn")
         self.default: str | Completion | TeacherError | None = options.get("default", "")
         self.calls: list[Request] = []
+        self.token_s = float(options.get("token_s", 0.0))
+        self.streams_tokens = self.token_s > 0
+        self._partial: dict[int, int] = {}  # words generated so far, by id(request)
+
+    def partial_tokens(self) -> int:
+        return sum(self._partial.values())
+
+    async def _generate(self, req: Request, words: int) -> None:
+        self.in_flight += 1
+        self._partial[id(req)] = 0
+        try:
+            for i in range(words):
+                await asyncio.sleep(self.token_s)
+                self._partial[id(req)] = i + 1
+        finally:
+            self.in_flight -= 1
+            del self._partial[id(req)]
 
     async def complete(self, requests: Sequence[Request]) -> list[Completion | TeacherError]:
         out: list[Completion | TeacherError] = []
@@ -42,6 +60,8 @@ class ScriptedTeacher(Teacher):
             if isinstance(text, TeacherError | Completion):
                 out.append(text)
                 continue
+            if self.token_s:
+                await self._generate(req, len(text.split()))
             out.append(
                 Completion(
                     text=text,

@@ -43,6 +43,7 @@ from factory.teachers import vllm_options as vo
 from factory.teachers.base import Teacher
 from factory.teachers.local import LocalEngineTeacher, model_folder, plain_messages, take_options
 from factory.teachers.loop_thread import LoopThread
+from factory.teachers.reaper import EngineReaper, descendants, engine_processes
 from factory.types import Completion, Request, TokenLogprobs
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class VLLMTeacher(LocalEngineTeacher):
     supports_json_schema = True
     supports_logprobs = True
     native_batch = False  # each request goes to the engine as it comes; the engine batches them
+    streams_tokens = True  # the engine's unfinished requests show their tokens so far (partial_tokens)
 
     def __init__(self, spec: str, model: str, options: dict[str, Any], *, folder: Path | None = None):
         """``folder`` given: a subclass supplies the folder itself (and may build it lazily, see
@@ -107,6 +109,7 @@ class VLLMTeacher(LocalEngineTeacher):
         self.engine_args: dict[str, Any] = dict(opts["engine_args"])
         self._engine: Any = None
         self._tokenizer: Any = None
+        self._reaper: EngineReaper | None = None  # stops the engine's processes should this one die
         self._loop_thread = LoopThread(self.thread_name)
         self._ids = itertools.count()
         # what suggested_in_flight() reads: the engine's batch and KV cache sizes (set when it starts),
@@ -212,6 +215,7 @@ class VLLMTeacher(LocalEngineTeacher):
             raise self._load_error from exc
         folder = self.model_dir()
         t0 = time.perf_counter()
+        before = _descendants()
         try:
             # the offline LLM class's defaults (no stats logging, its batch sizes), as before this engine
             args = AsyncEngineArgs(**{"disable_log_stats": True, **self._engine_kwargs(folder)})
@@ -228,6 +232,7 @@ class VLLMTeacher(LocalEngineTeacher):
             raise self._load_error from exc
         log.info("vLLM engine for %s ready in %.1fs", folder, time.perf_counter() - t0)
         self._engine = engine
+        self._reaper = _watched(before)
         try:
             self._tokenizer = engine.get_tokenizer()
         except Exception:  # no tokenizer: the engine renders nothing; every request is refused below
@@ -328,6 +333,9 @@ class VLLMTeacher(LocalEngineTeacher):
             engine.shutdown()
         except Exception as exc:
             log.debug("vLLM engine shutdown: %r", exc)
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None:
+            reaper.close()
         del engine
         gc.collect()
 
@@ -340,6 +348,19 @@ class VLLMTeacher(LocalEngineTeacher):
             if isinstance(outcome, TeacherError):
                 self.failed(outcome)
         return out
+
+    def partial_tokens(self) -> int:
+        """The output tokens of the requests still in the engine, read from its output processor's request
+        states when progress is reported (nothing per step: the answers still come whole, at the end). 0
+        when the engine is not running, or when this vLLM keeps them elsewhere."""
+        engine = self._engine
+        if engine is None:
+            return 0
+        try:  # read from the caller's thread: list() of a dict's values is one step under the GIL
+            states = list(engine.output_processor.request_states.values())
+            return sum(s.detokenizer.num_output_tokens() for s in states if s.detokenizer is not None)
+        except Exception:
+            return 0
 
     def suggested_in_flight(self) -> int:
         """Twice the sequences the engine runs at once: ``max_num_seqs``, or fewer when its KV cache holds
@@ -363,6 +384,34 @@ class VLLMTeacher(LocalEngineTeacher):
 
     def _drop(self) -> None:
         """The engine is shut down on its own thread by :meth:`aclose`."""
+
+
+def _descendants() -> set[int] | None:
+    try:
+        return descendants()
+    except Exception as exc:  # no psutil (vLLM depends on it) or no /proc: the engine runs unwatched
+        log.debug("cannot list this process's children: %r", exc)
+        return None
+
+
+def _watched(before: set[int] | None) -> EngineReaper | None:
+    """A watcher that stops the engine's processes (those started since ``before``) if this process dies
+    without shutting them down (factory.teachers.reaper); None when they cannot be found."""
+    if before is None:
+        return None
+    try:
+        procs = engine_processes(before)
+        if not procs:  # an engine in this process (no process of its own to leave behind)
+            return None
+        reaper = EngineReaper()
+        reaper.watch(procs)
+        log.info("engine processes %s stop with this one", ", ".join(str(p.pid) for p in procs))
+        return reaper
+    except Exception as exc:
+        log.warning(
+            "could not watch the vLLM engine's processes (%r): a hard kill may leave them running", exc
+        )
+        return None
 
 
 def _cpu_dtype() -> str:
