@@ -290,17 +290,7 @@ class Runner(RunCounters):
 
     def _batch_settled(self, lane: _Lane, key: str, body: str, outcome: Outcome) -> None:
         """An answer out of a provider batch (one line of its output): counted and kept as online ones."""
-        self.answered += 1
-        if isinstance(outcome, Completion):
-            outcome.key = key
-            self.prompt_tokens += outcome.prompt_tokens
-            self.completion_tokens += outcome.completion_tokens
-            self._price(lane, outcome)
-            self._remember(lane, key, body.encode(), "ok", outcome, None)
-        elif isinstance(outcome, TeacherRejected) and outcome.cacheable:
-            self._remember(lane, key, body.encode(), "rejected", None, str(outcome)[:1000])
-        else:
-            self._inflight.pop(key, None)
+        self._keep(lane, key, body.encode(), outcome)
 
     def waiting_on(self) -> str | None:
         said = [
@@ -569,6 +559,11 @@ class Runner(RunCounters):
         self.reserved_tokens -= reserve
         self.reserved_usd -= worst
         self.dispatched -= 1
+        self._keep(lane, key, body, outcome)
+
+    def _keep(self, lane: _Lane, key: str, body: bytes, outcome: Outcome) -> None:
+        """Count an answer and keep it: an answer or a rejection the exact request always gets is
+        journaled (then committed); anything else is not cached, and a later call may try again."""
         self.answered += 1
         if isinstance(outcome, Completion):
             outcome.key = key
@@ -578,7 +573,7 @@ class Runner(RunCounters):
             self._remember(lane, key, body, "ok", outcome, None)
         elif isinstance(outcome, TeacherRejected) and outcome.cacheable:
             self._remember(lane, key, body, "rejected", None, str(outcome)[:1000])
-        else:  # transient, or about the server or account: never cached, a later call may try again
+        else:  # transient, or about the server or account
             self._inflight.pop(key, None)
 
     def _price(self, lane: _Lane, c: Completion) -> None:
