@@ -333,6 +333,9 @@ class VLLMTeacher(LocalEngineTeacher):
             engine.shutdown()
         except Exception as exc:
             log.debug("vLLM engine shutdown: %r", exc)
+        # Shut down once: AsyncLLM's finalizer shuts down again, and when a reference outlives this (until
+        # interpreter exit, after module teardown) that second call prints a traceback.
+        engine.shutdown = _shut_already
         reaper, self._reaper = self._reaper, None
         if reaper is not None:
             reaper.close()
@@ -487,3 +490,7 @@ def _logprobs(choice: Any, top: int) -> TokenLogprobs | None:
 
 def create(spec: str, model: str, options: dict[str, Any]) -> Teacher:
     return VLLMTeacher(spec, model, options)
+
+
+def _shut_already(*args: Any, **kwargs: Any) -> None:
+    """An engine's shutdown after ours (its finalizer's): nothing left to do."""
