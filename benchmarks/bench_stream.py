@@ -6,7 +6,9 @@ The fault server (its own process, uvloop) answers as a reasoning model (``reaso
 of ``--tokens`` tokens, streamed in chunks of 4 characters (one token an event, as real servers send them).
 Each client asks the same ``--n`` distinct requests, ``--in-flight`` at once, in this process; its CPU time
 (``time.process_time``) per answer is the figure, median of ``--repeats`` runs. The box is shared by others:
-read the ratios, not the absolute times.
+read the ratios, not the absolute times. After the timed runs, one more run of each client under
+``tracemalloc`` gives the most memory its Python objects held at once (the answers in flight, their buffers),
+per request in flight.
 
     .venv/bin/python benchmarks/bench_stream.py [--n 200] [--tokens 1000] [--in-flight 32] [--repeats 3]
 
@@ -84,6 +86,19 @@ def _measure(kind: str, url: str, reqs: list[Request], in_flight: int) -> dict[s
     return {"cpu_ms_per_answer": 1000 * cpu / len(reqs), "answers_per_s": len(reqs) / wall, "chars": chars}
 
 
+def _peak_kb(kind: str, url: str, reqs: list[Request], in_flight: int) -> float:
+    """The most memory the client's Python objects held at once during a run, per request in flight (KB)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        _measure(kind, url, reqs, in_flight)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return peak / 1024 / min(in_flight, len(reqs))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=200)
@@ -102,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
                 runs[kind].append(
                     _measure(kind, srv.base_url, _requests(args.n, args.tokens, f"{kind}{r}"), args.in_flight)
                 )
+        peaks = {
+            kind: _peak_kb(kind, srv.base_url, _requests(args.n, args.tokens, f"{kind}-mem"), args.in_flight)
+            for kind in kinds
+        }
     figures: dict[str, Any] = {
         "n": args.n, "tokens": args.tokens, "in_flight": args.in_flight, "repeats": args.repeats,
         "events_per_answer": args.tokens + 30,
@@ -110,14 +129,18 @@ def main(argv: list[str] | None = None) -> int:
         figures[kind] = {
             "cpu_ms_per_answer": round(statistics.median(x["cpu_ms_per_answer"] for x in runs[kind]), 3),
             "answers_per_s": round(statistics.median(x["answers_per_s"] for x in runs[kind]), 1),
+            "peak_kb_per_request_in_flight": round(peaks[kind], 1),
         }
     ours, sdk, plain = (figures[k]["cpu_ms_per_answer"] for k in ("ours_stream", "sdk_stream", "ours_plain"))
     figures["stream_over_sdk_cpu"] = round(ours / sdk, 3)
     figures["stream_over_plain_cpu"] = round(ours / plain, 2)
     path = save("stream", ctx, figures)
-    print("| client | CPU ms / answer | answers/s |\n|---|---|---|")
+    print("| client | CPU ms / answer | answers/s | peak KB / request in flight |\n|---|---|---|---|")
     for kind in kinds:
-        print(f"| {kind} | {figures[kind]['cpu_ms_per_answer']} | {figures[kind]['answers_per_s']} |")
+        f = figures[kind]
+        print(
+            f"| {kind} | {f['cpu_ms_per_answer']} | {f['answers_per_s']} | {f['peak_kb_per_request_in_flight']} |"
+        )
     print(
         f"ours streamed / SDK streamed CPU: {figures['stream_over_sdk_cpu']}  (target < 1); written to {path}"
     )

@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import duckdb
 import pyarrow.parquet as pq
 import pytest
 from conftest import write_config
@@ -180,3 +181,34 @@ def test_evaluation_scores_the_answer_after_the_thinking_only() -> None:
     assert gold_of("3/8") == "3/8" and gold_of("\\frac{1}{2}") == "\\frac{1}{2}" and gold_of("42") == "42"
     assert agree(answer_of("<think>x</think>\\boxed{0.375}"), gold_of("3/8"), 1e-6)
     assert not agree("bank", "knab", 1e-6) and agree("42", "42.0", 1e-6)
+
+
+@pytest.mark.slow
+def test_a_run_streams_from_vllms_own_server_and_the_cache_serves_it_plain(
+    tmp_path: Path, vllm_server: str
+) -> None:
+    """vLLM's OpenAI-compatible server on the embedded model: traces streamed (server-sent events), stored with
+    their finish_reason, and the same requests asked plain are cache hits (streaming is not keyed)."""
+    seeds = tmp_path / "q.jsonl"
+    seeds.write_text(
+        "".join(json.dumps({"id": f"q{i}", "question": q, "answer": a}) + "\n"
+                for i, (q, a) in enumerate([("What is 2 + 3?", "5"), ("What is half of 8?", "4")])),
+        encoding="utf-8",
+    )  # fmt: skip
+    store = tmp_path / "s.duckdb"
+
+    def config(stream: bool) -> Path:
+        return write_config(
+            tmp_path,
+            f"name: r-{stream}\nrecipe: reasoning\nseeds: {seeds}\nstore: {store}\nparams: {{k: 2, max_tokens: 48}}\n"
+            f"teacher: {{spec: 'openai:smol@{vllm_server}', options: {{stream: {str(stream).lower()}}}}}\n",
+            name=f"cfg-{stream}.yaml",
+        )
+
+    first = asyncio.run(api.run_async(api.prepare(config(True))))
+    assert first.status == "done" and first.progress.requests_sent == 4 and first.progress.records == 4
+    with duckdb.connect(str(store), read_only=True) as con:
+        rows = con.execute("SELECT finish_reason, completion_tokens, text FROM cache").fetchall()
+    assert len(rows) == 4 and all(f in ("stop", "length") and n > 0 and t for f, n, t in rows), rows
+    again = asyncio.run(api.run_async(api.prepare(config(False))))  # another run: its answers from the cache
+    assert again.status == "done" and again.progress.requests_sent == 0 and again.progress.cache_hits == 4

@@ -27,6 +27,7 @@ SCHEMA = {
     "boundary": {"intended_label", "partner", "alpha", "teacher_label", "relabel_agreed"},
     "commonsense": {"head", "relation", "tail", "sample_index"},
     "relabel": {"text", "label", "votes", "confidence", "escalated", "critique_used"},
+    "reasoning": {"input", "reasoning", "answer_text", "final_answer", "gold", "vote_share", "finish_reason"},
 }
 
 
