@@ -18,11 +18,14 @@ a comparison overruns.
 
 from __future__ import annotations
 
+import json
 import math
-import multiprocessing
+import os
 import re
+import select
+import subprocess
+import sys
 import threading
-from multiprocessing.connection import Connection
 from typing import Any
 
 from factory.errors import ConfigError
@@ -152,53 +155,59 @@ def _math_verify(a: str, b: str, timeout: int | None) -> bool:
         return False
 
 
-def _serve(conn: Connection) -> None:
-    """The helper process: compare the pairs it is sent, in its main thread (where the alarm works)."""
-    while True:
-        try:
-            a, b = conn.recv()
-        except (EOFError, OSError):
-            return
-        conn.send(_math_verify(a, b, TIMEOUT_S))
+def _serve() -> None:
+    """The helper process (``python -m recipes.math_answers``): a JSON pair ``[a, b]`` a line in, ``1`` or
+    ``0`` a line out, compared in its main thread (where the alarm works)."""
+    for line in sys.stdin:
+        a, b = json.loads(line)
+        sys.stdout.write("1\n" if _math_verify(a, b, TIMEOUT_S) else "0\n")
+        sys.stdout.flush()
 
 
 class _Helper:
-    """The comparing process for threads other than the main one; a comparison past its time kills it."""
+    """The comparing process for threads other than the main one; a comparison past its time kills it. A
+    plain child process on pipes (not multiprocessing: no resource tracker beside a local engine's)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._proc: Any = None
-        self._conn: Connection | None = None
+        self._proc: subprocess.Popen[str] | None = None
 
     def compare(self, a: str, b: str) -> bool:
         with self._lock:
-            first = self._proc is None or not self._proc.is_alive()
+            first = self._proc is None or self._proc.poll() is not None
             if first:
                 self._start()
-            assert self._conn is not None
+            proc = self._proc
+            assert proc is not None and proc.stdin is not None and proc.stdout is not None
             try:
-                self._conn.send((a, b))
+                proc.stdin.write(json.dumps([a, b]) + "\n")
+                proc.stdin.flush()
                 # the first comparison also waits for the process to import SymPy
-                if self._conn.poll(TIMEOUT_S * 2 + (60 if first else 0)):
-                    return bool(self._conn.recv())
-            except (EOFError, OSError):
+                ready, _, _ = select.select([proc.stdout], [], [], TIMEOUT_S * 2 + (60 if first else 0))
+                if ready:
+                    answer = proc.stdout.readline()
+                    if answer:
+                        return answer.strip() == "1"
+            except (OSError, ValueError):
                 pass
             self._stop()
             return False
 
     def _start(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        mine, theirs = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(theirs,), daemon=True, name="math-answers")
-        self._proc.start()
-        theirs.close()
-        self._conn = mine
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "recipes.math_answers"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True, bufsize=1, env={**os.environ, "PYTHONPATH": _ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")},
+        )  # fmt: skip
 
     def _stop(self) -> None:
         if self._proc is not None:
             self._proc.kill()
-            self._proc.join(5)
-        self._proc = self._conn = None
+            self._proc.wait(5)
+        self._proc = None
 
 
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _HELPER = _Helper()
+
+if __name__ == "__main__":
+    _serve()
