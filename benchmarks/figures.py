@@ -68,7 +68,7 @@ from figures_quality import quality_table  # noqa: E402
 # the markdown results files, which tests/test_readme_figures.py reads from here
 from figures_read import PEERS_MD as PEERS_MD  # noqa: E402
 from figures_read import RUN_MD, missed  # noqa: E402
-from figures_reasoning import math_answers  # noqa: E402
+from figures_reasoning import math_answers, stream  # noqa: E402
 from figures_soft import soft_labels  # noqa: E402
 from figures_train import gpu_check, train_throughput  # noqa: E402
 
@@ -260,6 +260,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "worker-cpu": worker_cpu,
     "speed": speed,
     "math-answers": math_answers,
+    "stream": stream,
     "view": view,
     "cluster": cluster,
     "cluster-ingest": cluster_ingest,
