@@ -141,6 +141,17 @@ def test_embedded_conversion_replaces_a_stale_folder(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temp folders left behind
 
 
+def test_two_environments_with_the_same_wheel_share_one_conversion(tmp_path):
+    # another venv's copy of the same wheel: installed at another time, so another mtime
+    gguf = emb.gguf_path()
+    other = tmp_path / "env2" / gguf.name
+    other.parent.mkdir()
+    other.write_bytes(gguf.read_bytes())
+    os.utime(other, ns=(gguf.stat().st_atime_ns, gguf.stat().st_mtime_ns + 10**12))
+    assert emb._source_stamp(other) == emb._source_stamp(gguf)
+    assert emb._source_stamp(gguf)["wheel"] and "mtime_ns" not in emb._source_stamp(gguf)
+
+
 # -- (a) transformers teacher on a tiny random Llama ---------------------------------------------------------
 def test_transformers_teacher_batch_is_deterministic_and_honours_stops(tiny_llama):
     async def go():

