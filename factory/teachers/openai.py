@@ -281,7 +281,8 @@ class OpenAITeacher(Teacher):
 
     async def _one(self, req: Request) -> Completion | TeacherError:
         body = self.payload(req)
-        if self.streams(req):
+        stream = self.stream if self.stream is not None else self.streams(req)
+        if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
         data = orjson.dumps(body)
@@ -300,7 +301,7 @@ class OpenAITeacher(Teacher):
                     return await asyncio.shield(self._halt)
                 if self.paused:  # the run is stopping: neither a new request nor a retry goes out
                     raise Withheld(req)
-                result = await self._attempt(data, req)
+                result = await self._attempt(data, req, stream)
             if not isinstance(result, TeacherError):
                 pacer.answered()
                 pacer.used(reserve, result.prompt_tokens + result.completion_tokens)
@@ -333,12 +334,12 @@ class OpenAITeacher(Teacher):
             log.debug("retry %d after %.2fs: %s", attempt, delay, result)
             await asyncio.sleep(delay)
 
-    async def _attempt(self, data: bytes, req: Request) -> Completion | TeacherError:
+    async def _attempt(self, data: bytes, req: Request, stream: bool) -> Completion | TeacherError:
         self.attempts += 1
         self.in_flight += 1
         t0 = time.perf_counter()
         try:
-            if self.streams(req):
+            if stream:
                 return await self._pool_get().post(
                     "/chat/completions",
                     data,
@@ -400,7 +401,11 @@ class OpenAITeacher(Teacher):
                 TeacherUnavailable("unreadable response body (truncated JSON?)", kind="bad_body")
             )
         finish = choice.get("finish_reason")
-        thought = reasoning.server_reasoning(message_doc)
+        thought = (
+            reasoning.server_reasoning(message_doc)
+            if "reasoning_content" in message_doc or "reasoning" in message_doc
+            else None
+        )
         if not isinstance(text, str):
             if not (thought and finish == "length"):
                 return self._fail(_no_content(message_doc, finish))
@@ -443,8 +448,9 @@ class OpenAITeacher(Teacher):
         latency_ms: float,
         logprobs: list[Any] | None,
     ) -> Completion:
-        if thought is None:
-            text, thought = reasoning.split(text, self.think_tags)
+        tags = self.think_tags
+        if thought is None and tags is not None and (tags[1] in text or tags[0] in text):
+            text, thought = reasoning.split(text, tags)
         details = usage.get("prompt_tokens_details")  # OpenAI's prompt-cache hits, billed less
         return Completion(
             text=text,
