@@ -275,6 +275,34 @@ def test_shipped_gold_file_reads():
     assert score(gold, {i: g.types for i, g in enumerate(gold)})["f1"] == 1.0
 
 
+def test_a_student_trains_on_the_conversation_and_is_scored_by_entity(tmp_path, cli, tiny_llama):
+    from trainers.config import make_config
+    from trainers.run import train
+
+    _run(tmp_path)
+    out = cli("export", "ent", "--store", "s.duckdb", "--as", "conversation", "--out", "conv", "--format",
+              "jsonl", cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    cfg = make_config({"export": tmp_path / "conv", "task": "sft", "student": str(tiny_llama), "out": tmp_path / "m",
+                       "max_steps": 2, "batch_size": 2, "max_length": 160, "max_new_tokens": 12})  # fmt: skip
+    res = train(cfg)
+    assert res.status == "done"
+    ev = res.metrics["eval"]  # the held-out passage, scored against the teacher's labels in the export
+    assert ev["task"] == "entities" and ev["rows"] == 1 and ev["models"][0]["kind"] == "student"
+    m = ev["models"][0]["metrics"]
+    assert m["tp"] + m["fn"] >= 1 and 0.0 <= m["f1"] <= 1.0 and 0 <= m["unreadable_answers"] <= ev["inputs"]
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text(json.dumps({"text": TEXTS["c"], "entities": {"drug": ["Aspirin"], "person": []}}) + "\n")
+    out = cli("eval", str(tmp_path / "m"), "--gold", str(gold), "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    assert rep["inputs"] == 2 and rep["models"][0]["metrics"]["fn"] + rep["models"][0]["metrics"]["tp"] == 1
+    sample = rep["samples"][rep["models"][0]["name"]][0]
+    assert (
+        sample["type"] == "drug" and sample["reference"] == ["Aspirin"] and isinstance(sample["output"], str)
+    )
+
+
 # -- bad input -------------------------------------------------------------------------------------------
 def _cli_run(tmp_path: Path, params: str, rows: int = 4):
     seeds = tmp_path / "p.jsonl"
