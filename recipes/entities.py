@@ -48,6 +48,7 @@ from recipes.entity_spans import (
 )
 
 STAGE = "label"
+_ENDS = " \t\n.!?;:"  # a mention that is the passage itself, but for its final punctuation
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -147,6 +148,7 @@ def read_answer(text: str, c: Completion, max_types: int) -> dict[str, Any]:
         reason = f"{got} (the answer was cut at max_tokens)" if cut else got
         return {"entities": [], "spans": [], "dropped": [], "reject": reason}
     entities, spans, dropped = [], [], []
+    whole = text.strip(_ENDS).casefold()
     for n, (etype, mentions) in enumerate(got):
         if n >= max_types:
             dropped.append({"type": etype, "mention": None, "reason": f"over max_types ({max_types})"})
@@ -156,6 +158,9 @@ def read_answer(text: str, c: Completion, max_types: int) -> dict[str, Any]:
             found = find_spans(text, m)
             if not found:
                 dropped.append({"type": etype, "mention": m, "reason": "not in the passage"})
+                continue
+            if m.strip(_ENDS).casefold() == whole:
+                dropped.append({"type": etype, "mention": m, "reason": "the whole passage"})
                 continue
             surface = text[found[0][0] : found[0][1]]
             if surface in kept:

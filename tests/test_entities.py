@@ -171,6 +171,17 @@ def test_unreadable_and_empty_answers_are_rejected_with_a_reason():
     ]
 
 
+def test_a_mention_that_is_the_whole_passage_is_dropped():
+    async def copy(req: Request, *, teacher: str = "default") -> Completion:
+        return Completion(text=json.dumps({"person": ["Ada Lovelace", TEXTS["a"].rstrip(".")]}), key="k")
+
+    d = asyncio.run(process(Seed("a", {"text": TEXTS["a"]}), _state(negatives=0), copy))[0]
+    assert d.payload["entities"] == [{"type": "person", "mentions": ["Ada Lovelace"]}]
+    assert d.payload["dropped"] == [
+        {"type": "person", "mention": TEXTS["a"].rstrip("."), "reason": "the whole passage"}
+    ]
+
+
 def test_max_types_keeps_the_teachers_first_types():
     d = _record("a", max_types=1, negatives=0)
     assert [e["type"] for e in d.payload["entities"]] == ["person"]
