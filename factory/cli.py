@@ -704,6 +704,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from trainers.run import evaluate_models
 
     paths = list(args.paths)
+    if args.gold or args.predictions:
+        from trainers.entity_eval import evaluate_entities
+        from trainers.student import quiet
+
+        with quiet():
+            report = evaluate_entities([Path(p).expanduser() for p in paths], gold_path=args.gold,
+                                       predictions=args.predictions, batch_size=16)  # fmt: skip
+        if args.json:
+            print(json.dumps(report, default=str))
+            return 0
+        _print_eval(report)
+        return 0
+    if not paths:
+        raise ConfigError("factory eval: give MODEL folders (or --gold FILE with --predictions FILE)")
     export = None
     if len(paths) > 1 and not (Path(paths[-1]) / "factory_train.json").is_file():
         export = paths.pop()
@@ -885,10 +899,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser(
         "eval", help="score students (and the teacher's own answers) on an export's held-out split"
     )
-    ev.add_argument("paths", nargs="+", metavar="MODEL [MODEL ...] [EXPORT_DIR]",
+    ev.add_argument("paths", nargs="*", metavar="MODEL [MODEL ...] [EXPORT_DIR]",
                     help="model folders `factory train` wrote, then the export (default: the one trained on)")  # fmt: skip
     ev.add_argument("--split", help="split to score (default: the one held out in training)")
     ev.add_argument("--max-examples", type=int, help="score at most N inputs")
+    ev.add_argument(
+        "--gold",
+        metavar="FILE",
+        help="entity precision/recall/F1 against a labeled JSONL file "
+        "{id?, text, entities: {type: [mentions]}} (students trained on an entities conversation export)",
+    )
+    ev.add_argument(
+        "--predictions", metavar="FILE", help="with --gold: score this predictions file (same form)"
+    )
     ev.add_argument("--json", action="store_true", help="machine-readable output")
     ev.set_defaults(fn=cmd_eval)
 

@@ -35,6 +35,7 @@ class Plan:
     set_aside: dict[str, int] = field(default_factory=dict)
     # Rows exported with the teacher's logprobs (soft labels): "with ids" / "without ids" (token strings only).
     soft_labels: dict[str, int] = field(default_factory=dict)
+    soft: bool = True  # Shape.soft_labels: rows may carry the teacher's logprobs
 
 
 SOFT_LABEL_COLUMNS = ("teacher_token_ids", "teacher_top_ids", "teacher_top_logprobs")
@@ -129,7 +130,12 @@ def plan_shape(recipe_slug: str, shape: str, stage: str | None) -> Plan:
             raise ConfigError(f"--as {shape}: the {recipe_slug} recipe does not say which answers are wrong")
         return Plan(shape, sh.stage or recipe.stages[-1], row, None, recipe.distrust, sh.group)
     return Plan(
-        shape, sh.stage or recipe.stages[-1], row, sh.label, recipe.distrust if sh.trusted_only else None
+        shape,
+        sh.stage or recipe.stages[-1],
+        row,
+        sh.label,
+        recipe.distrust if sh.trusted_only else None,
+        soft=sh.soft_labels,
     )
 
 
@@ -145,7 +151,7 @@ def shaped_rows(
                                   batch_rows=batch_rows)  # fmt: skip
     for batch in reader:
         records = batch.to_pylist()
-        found = store.logprobs_of([k for r in records for k in r["request_keys"] or ()])
+        found = store.logprobs_of([k for r in records for k in r["request_keys"] or ()]) if plan.soft else {}
         for r in records:
             if counting and r["dropped_by"] is not None and not _negative_ok(r["dropped_by"]):
                 continue  # dropped for another reason than its answer: not a negative, not exported

@@ -121,6 +121,9 @@ class Shape:
     # records and the distrusted ones of a seed, each as (record id, payload) in record-id order, and the
     # most rows to make; returns (row, ids of the records it came from) pairs. ``row`` is then unused.
     group: Callable[[list[Rec], list[Rec], int], list[tuple[dict[str, Any], tuple[str, ...]]]] | None = None
+    # The rows carry the teacher's logprobs (``logprobs: K``) as soft-label columns. False for a shape whose
+    # target is not the teacher's answer token for token (a conversation rebuilt from parsed JSON).
+    soft_labels: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ SCHEMA = {
     "commonsense": {"head", "relation", "tail", "sample_index"},
     "relabel": {"text", "label", "votes", "confidence", "escalated", "critique_used"},
     "reasoning": {"input", "reasoning", "answer_text", "final_answer", "gold", "vote_share", "finish_reason"},
+    "entities": {"text", "entities", "negatives", "spans", "dropped"},
 }
 
 

@@ -73,7 +73,8 @@ def _metric(v: Any) -> str:
 
 def eval_rows(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     """The student-vs-teacher table of an evaluation report (also what `factory eval` prints)."""
-    keys = [k for k in ("exact_match", "exact_match_per_sample", "accuracy", "macro_f1", "eval_loss", "kd_kl", "n")
+    keys = [k for k in ("exact_match", "exact_match_per_sample", "accuracy", "macro_f1", "precision", "recall", "f1",
+                      "eval_loss", "kd_kl", "n")
             if any(k in m["metrics"] for m in report["models"])]  # fmt: skip
     rows = [[m["name"], *(_metric(m["metrics"].get(k)) for k in keys)] for m in report["models"]]
     return ["model", *keys], rows

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.errors import ConfigError
-from trainers import causal, classifier, data, kd
+from trainers import causal, classifier, data, entity_eval, kd
 from trainers.harness import OnProgress, Progress
 from trainers.step_by_step import task_input
 
@@ -272,6 +272,10 @@ def evaluate(model_dirs: list[Path], export_dir: Path | None = None, *, split_na
     export = data.load_export(export_dir or meta0["export"])
     data.check_task(export, meta0["task"])
     split = data.pick_splits(export, split_name or meta0.get("eval_split"), float(meta0.get("holdout", 0.1)))
+    if export.shape == "messages" and len(split.eval) and entity_eval.is_entity_conversation(split.eval[0]):
+        return entity_eval.evaluate_entities(  # an entities export: entity P/R/F1 against the teacher's labels
+            model_dirs, reference=entity_eval.passages_of_conversations(data.take(split.eval, max_examples)),
+            reference_name=f"{export.path} ({split.name})", batch_size=batch_size, device=device)  # fmt: skip
     report: dict[str, Any] = {
         "export": str(export.path), "task": meta0["task"], "split": split.name, "rows": len(split.eval),
         "notes": [split.note] if split.note else [], "models": [], "samples": {},
