@@ -490,7 +490,8 @@ class Runner(RunCounters):
             ) from None
 
     async def _resolve(self, lane: _Lane, key: str, req: Request, body: bytes) -> Outcome:
-        if not lane.skip_lookup or key in self._committed_keys:
+        # a lane that skips look-ups asks the filter only once the run has committed a key
+        if not lane.skip_lookup or (self._committed_keys.added and key in self._committed_keys):
             row = await self._lookup.submit(key)
             if row is not None and row["status"] != "ok" and self.plan.retry_rejected:
                 self._replace.add(key)  # asked again; its new outcome takes the cached rejection's place
@@ -627,7 +628,7 @@ class Runner(RunCounters):
         self._journal.append(row)  # on disk before its task resumes
         self._batch.cache.append(row)
         self._uncommitted.append(key)
-        if key in self._replace:
+        if self._replace and key in self._replace:
             self._replace.discard(key)
             self._batch.replace.append(key)
 
