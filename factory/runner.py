@@ -86,10 +86,10 @@ class _Lane:
     # requests at the teacher, by id(request): [lane, key, body, reserved tokens, True, reserved dollars]; the
     # fifth item is True until the answer arrives
     waiting: dict[int, list[Any]] = field(default_factory=dict)
+    name: str = field(init=False)  # the teacher's name, stored with each of its answers
 
-    @property
-    def name(self) -> str:
-        return self.teacher.name
+    def __post_init__(self) -> None:
+        self.name = self.teacher.name
 
 
 class Runner(RunCounters):
@@ -570,7 +570,10 @@ class Runner(RunCounters):
             outcome.key = key
             self.prompt_tokens += outcome.prompt_tokens
             self.completion_tokens += outcome.completion_tokens
-            self._price(lane, outcome)
+            if lane.price is None:
+                self.unpriced += 1
+            else:
+                self._price(lane, outcome)
             self._remember(lane, key, body, "ok", outcome, None)
         elif isinstance(outcome, TeacherRejected) and outcome.cacheable:
             self._remember(lane, key, body, "rejected", None, str(outcome)[:1000])
@@ -579,9 +582,7 @@ class Runner(RunCounters):
 
     def _price(self, lane: _Lane, c: Completion) -> None:
         """An answer's cost at its teacher's price (a batch answer at the batch discount), counted."""
-        if lane.price is None:
-            self.unpriced += 1
-            return
+        assert lane.price is not None  # an unpriced answer is counted by _keep
         c.cost_usd = lane.price.cost(
             c.prompt_tokens, c.completion_tokens, c.cached_prompt_tokens, batch=c.batch
         )
