@@ -86,10 +86,10 @@ class _Lane:
     # requests at the teacher, by id(request): [lane, key, body, reserved tokens, True, reserved dollars]; the
     # fifth item is True until the answer arrives
     waiting: dict[int, list[Any]] = field(default_factory=dict)
+    name: str = field(init=False)  # the teacher's name, stored with each of its answers
 
-    @property
-    def name(self) -> str:
-        return self.teacher.name
+    def __post_init__(self) -> None:
+        self.name = self.teacher.name
 
 
 class Runner(RunCounters):
@@ -490,7 +490,8 @@ class Runner(RunCounters):
             ) from None
 
     async def _resolve(self, lane: _Lane, key: str, req: Request, body: bytes) -> Outcome:
-        if not lane.skip_lookup or key in self._committed_keys:
+        # a lane that skips look-ups asks the filter only once the run has committed a key
+        if not lane.skip_lookup or (self._committed_keys.added and key in self._committed_keys):
             row = await self._lookup.submit(key)
             if row is not None and row["status"] != "ok" and self.plan.retry_rejected:
                 self._replace.add(key)  # asked again; its new outcome takes the cached rejection's place
@@ -569,7 +570,10 @@ class Runner(RunCounters):
             outcome.key = key
             self.prompt_tokens += outcome.prompt_tokens
             self.completion_tokens += outcome.completion_tokens
-            self._price(lane, outcome)
+            if lane.price is None:
+                self.unpriced += 1
+            else:
+                self._price(lane, outcome)
             self._remember(lane, key, body, "ok", outcome, None)
         elif isinstance(outcome, TeacherRejected) and outcome.cacheable:
             self._remember(lane, key, body, "rejected", None, str(outcome)[:1000])
@@ -578,9 +582,7 @@ class Runner(RunCounters):
 
     def _price(self, lane: _Lane, c: Completion) -> None:
         """An answer's cost at its teacher's price (a batch answer at the batch discount), counted."""
-        if lane.price is None:
-            self.unpriced += 1
-            return
+        assert lane.price is not None  # an unpriced answer is counted by _keep
         c.cost_usd = lane.price.cost(
             c.prompt_tokens, c.completion_tokens, c.cached_prompt_tokens, batch=c.batch
         )
@@ -627,7 +629,7 @@ class Runner(RunCounters):
         self._journal.append(row)  # on disk before its task resumes
         self._batch.cache.append(row)
         self._uncommitted.append(key)
-        if key in self._replace:
+        if self._replace and key in self._replace:
             self._replace.discard(key)
             self._batch.replace.append(key)
 

@@ -8,6 +8,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -114,6 +115,37 @@ def test_server_that_closes_gets_a_new_connection():
     srv = Server(closing)
     out = post(Pool(f"http://127.0.0.1:{srv.port}", headers={}, timeout_s=5), n=3)
     assert [r.body for r in out] == [DOC] * 3 and srv.connections == 3
+    srv.close()
+
+
+def test_each_request_on_a_kept_connection_has_its_own_time_out():
+    """The connection keeps one timer across requests: a shorter time-out after a longer one still runs
+    out on time, and a longer one after a shorter one is not cut at the earlier request's time."""
+
+    def reply(n):
+        if n == 2:
+            return None  # never answered: must time out after its own 0.3 s, not the first request's 60 s
+        if n == 4:
+            time.sleep(0.6)  # answered after the third request's 0.3 s would have run out
+        return plain(n)
+
+    srv = Server(reply)
+    pool = Pool(f"http://127.0.0.1:{srv.port}", headers={}, timeout_s=5)
+
+    async def go():
+        try:
+            first = await pool.post("/chat/completions", b"{}", timeout_s=60)
+            with pytest.raises(TimedOut, match=r"within 0\.3s"):
+                await asyncio.wait_for(pool.post("/chat/completions", b"{}", timeout_s=0.3), 10)
+            third = await pool.post("/chat/completions", b"{}", timeout_s=0.3)
+            fourth = await pool.post("/chat/completions", b"{}", timeout_s=5)
+            return first, third, fourth
+        finally:
+            pool.close()
+
+    out = asyncio.run(go())
+    assert [r.body for r in out] == [DOC] * 3
+    assert srv.requests == 4 and srv.connections == 2  # the timed-out connection was dropped
     srv.close()
 
 

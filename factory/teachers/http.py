@@ -80,6 +80,10 @@ class _Connection(asyncio.Protocol):
         self.feeding = False  # the current response is a 200 being fed to the sink
         self.idle_s: float | None = None  # the time-out counts silence, not the whole response
         self.last_data = 0.0
+        self.timeout_s = 0.0  # the current plain request's time-out
+        self.deadline = 0.0  # when it runs out (loop time)
+        self.timer_at = 0.0  # when ``timer`` fires
+        self._on_timer = self._check_time  # bound once: the timer of every request calls it
 
     # -- asyncio protocol --
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -143,11 +147,20 @@ class _Connection(asyncio.Protocol):
         self.parse, self.parse_arg = parse, parse_arg
         self.answered = False
         self.sink, self.feeding, self.idle_s = sink, False, idle_s
+        now = loop.time()
         if idle_s is not None:
-            self.last_data = loop.time()
-            self.timer = loop.call_later(idle_s, self._idle_check)
+            self.last_data = now
+            deadline = now + idle_s
         else:
-            self.timer = loop.call_later(timeout_s, self._timed_out, timeout_s)
+            self.timeout_s = timeout_s
+            deadline = self.deadline = now + timeout_s
+        # The connection keeps one timer across its requests (a timer made and cancelled per request
+        # costs more than the request's other bookkeeping): it is moved only when it would fire late.
+        if self.timer is None or self.timer_at > deadline:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer_at = deadline
+            self.timer = loop.call_at(deadline, self._on_timer)
         assert self.transport is not None
         self.transport.write(data)
         try:
@@ -156,29 +169,28 @@ class _Connection(asyncio.Protocol):
             self._close()
             raise
 
-    def _timed_out(self, timeout_s: float) -> None:
+    def _check_time(self) -> None:
+        """The connection's timer: the request in flight fails once its time is out; else the timer is
+        set again for when it would be (a streamed request's time counts from its last byte). With no
+        request in flight it stops."""
         self.timer = None
-        self._close()
-        self._fail(TimedOut(f"no answer within {timeout_s:g}s"))
-
-    def _idle_check(self) -> None:
-        """The streamed request's timer: re-armed for what is left of the idle time since the last byte
-        (one timer per response, not one per chunk)."""
-        idle_s = self.idle_s or 0.0
-        loop = asyncio.get_running_loop()
-        left = self.last_data + idle_s - loop.time()
-        if left > 0:
-            self.timer = loop.call_later(left, self._idle_check)
+        if self.waiter is None:
             return
-        self.timer = None
+        loop = asyncio.get_running_loop()
+        idle_s = self.idle_s
+        deadline = self.deadline if idle_s is None else self.last_data + idle_s
+        if deadline > loop.time():
+            self.timer_at = deadline
+            self.timer = loop.call_at(deadline, self._on_timer)
+            return
         self._close()
-        where = "mid-stream" if self.answered else "before the stream started"
-        self._fail(TimedOut(f"no data for {idle_s:g}s {where}"))
+        if idle_s is None:
+            self._fail(TimedOut(f"no answer within {self.timeout_s:g}s"))
+        else:
+            where = "mid-stream" if self.answered else "before the stream started"
+            self._fail(TimedOut(f"no data for {idle_s:g}s {where}"))
 
     def _settle(self, resp: Response | None = None, exc: Exception | None = None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         fut, self.waiter = self.waiter, None
         parse, self.parse = self.parse, None
         arg, self.parse_arg = self.parse_arg, None
@@ -202,6 +214,9 @@ class _Connection(asyncio.Protocol):
 
     def _close(self) -> None:
         self.alive = False
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.transport is not None:
             self.transport.close()
 

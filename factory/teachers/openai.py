@@ -228,7 +228,7 @@ class OpenAITeacher(Teacher):
         status = int(response.get("status_code") or 0)
         body = response.get("body")
         raw = orjson.dumps(body) if body is not None else b""
-        out = self._outcome(Response(status, {}, raw), time.perf_counter() - latency_ms / 1000.0)
+        out = self._answer((time.perf_counter() - latency_ms / 1000.0, None), Response(status, {}, raw))
         if isinstance(out, Completion):
             out.batch = True
         return out
@@ -281,7 +281,9 @@ class OpenAITeacher(Teacher):
 
     async def _one(self, req: Request) -> Completion | TeacherError:
         body = self.payload(req)
-        stream = self.stream if self.stream is not None else self.streams(req)
+        stream = self.stream  # decided once for the teacher, unless it is ``auto``
+        if stream is None:
+            stream = self.streams(req)
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -358,64 +360,95 @@ class OpenAITeacher(Teacher):
         finally:
             self.in_flight -= 1
 
-    def _answer(self, sent: tuple[float, Request], resp: Response) -> Completion | TeacherError:
+    def _answer(self, sent: tuple[float, Request | None], resp: Response) -> Completion | TeacherError:
         """The outcome of one response, made as its last byte arrives; an answer that is not retried goes
-        to ``on_answer`` at once. ``sent``: when the attempt started, and its request."""
-        t0, req = sent
-        out = self._outcome(resp, t0)
-        if self.on_answer is not None and not isinstance(out, TeacherUnavailable):
-            self.on_answer(req, out)
-        return out
+        to ``on_answer`` at once. ``sent``: when the attempt started, and its request (None for a line of
+        a batch's output, which the batch queue settles itself).
 
-    def _outcome(self, resp: Response, t0: float) -> Completion | TeacherError:
-        status, headers, body = resp.status, resp.headers, resp.body
+        This is the path of every answer, so a plain 200 is read here in one frame: the server's
+        reasoning fields are looked up only when the message has them, the think tags split only a text
+        that holds one, and a usage count that is a positive int is taken as it is."""
+        t0, req = sent
+        headers, body = resp.headers, resp.body
         latency_ms = (time.perf_counter() - t0) * 1000.0
-        if isinstance(self.pacer, Pacer) and headers:
+        if headers and isinstance(self.pacer, Pacer):
             self.pacer.observe(headers)
-        if status != 200:
-            message = api_errors.server_message(body, secret=self._api_key)
-            if status == 429 and api_errors.out_of_quota(body):  # billing, not pace: waiting cannot help
-                return self._fail(TeacherMisconfigured(message, kind="http_429_quota"))
-            if status in RETRY_STATUS or status >= 500:
-                return self._fail(
-                    TeacherUnavailable(
-                        f"HTTP {status}: {message}", kind=f"http_{status}", retry_after=_retry_after(headers)
-                    )
-                )
-            if status in (401, 403, 404, 405) or (status == 400 and api_errors.model_missing(body, message)):
-                return self._fail(TeacherMisconfigured(message, kind=f"http_{status}"))
-            return self._fail(TeacherRejected(f"HTTP {status}: {message}", kind=f"http_{status}"))
+        if resp.status != 200:
+            return self._handed(req, self._status(resp.status, headers, body))
         stream: ChatStream | None = resp.stream
         if stream is not None:
             plain = stream.plain_body()
             if plain is None:
-                return self._streamed(stream, latency_ms)
+                return self._handed(req, self._streamed(stream, latency_ms))
             body = plain  # the server ignored ``stream``: its one JSON body is read as a plain answer
         try:
             doc = orjson.loads(body)
             choice = doc["choices"][0]
-            message_doc = choice["message"]
-            text = message_doc.get("content")  # missing is told like null: a 200 without content
+            message = choice["message"]
+            text = message.get("content")  # missing is told like null: a 200 without content
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
             return self._fail(
                 TeacherUnavailable("unreadable response body (truncated JSON?)", kind="bad_body")
             )
         finish = choice.get("finish_reason")
         thought = (
-            reasoning.server_reasoning(message_doc)
-            if "reasoning_content" in message_doc or "reasoning" in message_doc
+            reasoning.server_reasoning(message)
+            if "reasoning_content" in message or "reasoning" in message
             else None
         )
         if not isinstance(text, str):
             if not (thought and finish == "length"):
-                return self._fail(_no_content(message_doc, finish))
+                return self._handed(req, self._fail(_no_content(message, finish)))
             text = ""  # cut inside the reasoning: kept, with its finish_reason, for filters to drop
+        tags = self.think_tags
+        if thought is None and tags is not None and (tags[0] in text or tags[1] in text):
+            text, thought = reasoning.split(text, tags)
         usage = doc.get("usage")
-        usage = usage if isinstance(usage, dict) else {}
+        if not isinstance(usage, dict):
+            usage = {}
+        prompt = usage.get("prompt_tokens")
+        if type(prompt) is not int or prompt < 0:
+            prompt = _count(prompt)
+        completion = usage.get("completion_tokens")
+        if type(completion) is not int or completion < 0:
+            completion = _count(completion)
+        details = usage.get("prompt_tokens_details")  # OpenAI's prompt-cache hits, billed less
         lp = choice.get("logprobs")
-        return self._completion(
-            text, thought, finish, usage, latency_ms, lp.get("content") if isinstance(lp, dict) else None
+        lp = lp.get("content") if lp and isinstance(lp, dict) else None
+        out = Completion(
+            text=text,
+            finish_reason=finish,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            latency_ms=latency_ms,
+            logprobs=from_openai(lp) if lp else None,
+            reasoning=thought,
+            cached_prompt_tokens=_count(details.get("cached_tokens")) if isinstance(details, dict) else 0,
         )
+        if req is not None and self.on_answer is not None:
+            self.on_answer(req, out)
+        return out
+
+    def _handed(self, req: Request | None, out: Completion | TeacherError) -> Completion | TeacherError:
+        """``out`` given to ``on_answer`` unless it is retried (or a batch line's)."""
+        if req is not None and self.on_answer is not None and not isinstance(out, TeacherUnavailable):
+            self.on_answer(req, out)
+        return out
+
+    def _status(self, status: int, headers: Any, body: bytes) -> TeacherError:
+        """What an answer other than 200 is: retried, the teacher's fatal error, or a refusal."""
+        message = api_errors.server_message(body, secret=self._api_key)
+        if status == 429 and api_errors.out_of_quota(body):  # billing, not pace: waiting cannot help
+            return self._fail(TeacherMisconfigured(message, kind="http_429_quota"))
+        if status in RETRY_STATUS or status >= 500:
+            return self._fail(
+                TeacherUnavailable(
+                    f"HTTP {status}: {message}", kind=f"http_{status}", retry_after=_retry_after(headers)
+                )
+            )
+        if status in (401, 403, 404, 405) or (status == 400 and api_errors.model_missing(body, message)):
+            return self._fail(TeacherMisconfigured(message, kind=f"http_{status}"))
+        return self._fail(TeacherRejected(f"HTTP {status}: {message}", kind=f"http_{status}"))
 
     def _streamed(self, stream: ChatStream, latency_ms: float) -> Completion | TeacherError:
         """The answer of a stream that completed; one that reported an error, or ended before a
@@ -449,7 +482,7 @@ class OpenAITeacher(Teacher):
         logprobs: list[Any] | None,
     ) -> Completion:
         tags = self.think_tags
-        if thought is None and tags is not None and (tags[1] in text or tags[0] in text):
+        if thought is None and tags is not None and (tags[0] in text or tags[1] in text):
             text, thought = reasoning.split(text, tags)
         details = usage.get("prompt_tokens_details")  # OpenAI's prompt-cache hits, billed less
         return Completion(
