@@ -7,7 +7,7 @@ Every quoted figure sits in a block of one of the two READMEs,
 whose text is what the renderer NAME (RENDERERS below) makes of the committed results files, which only the
 benchmark scripts write: `results.md` (run.py), `peers_results.md` (peers.py), and `results/NAME.json`
 (bench_dedup.py, bench_embed.py, bench_batch.py, bench_view.py, bench_cluster.py, demo_agreement.py,
-bench_train.py, bench_local_engine.py, bench_hf_teacher.py, bench_soft_labels.py, bench_prompt_tokens.py,
+bench_train.py, bench_key_index.py, bench_local_engine.py, bench_hf_teacher.py, bench_soft_labels.py, bench_prompt_tokens.py,
 gpu_check.py: its block says so while its file is absent).
 The renderers live in figures_clients.py (run.py, peers.py) and figures_local.py (the others), each with
 its rows of README.md's speed table, figures_train.py, figures_engine.py, figures_hf.py, and here
@@ -197,6 +197,29 @@ def memory() -> str:
     return "\n" + body + "\n"
 
 
+def key_index() -> str:
+    """bench_key_index.py: DuckDB's index memory a row, insert rate and look-up time of each key design."""
+    d = _results.load("key_index")
+    f = d["figures"]
+    rows = [
+        f"| ({k}) {v['design']} | {v['index_bytes_per_row']:.0f} | {v['inserts_per_s']:,} | "
+        f"{v['lookup_ms']:.0f} ({v['lookup_cold_ms']:.0f} cold) |"
+        for k, v in f["designs"].items()
+    ]
+    body = "\n".join(
+        [
+            f"{f['rows']:,} random 32-character keys committed {f['batch']:,} a transaction, then a look-up of "
+            f"{f['lookup_keys']:,} keys (half stored) in the reopened file ({d['date'][:10]}, {d['cpus']} CPUs, "
+            f"load {d['load_start']:.2f} → {d['load_end']:.2f}; one run a design):",
+            "",
+            "| design | index bytes a row (peak) | rows inserted/s | look-up, ms |",
+            "|---|---|---|---|",
+            *rows,
+        ]
+    )
+    return "\n" + body + "\n"
+
+
 def prompt_tokens() -> str:
     """The dry run's prompt-token estimate against the exact count (bench_prompt_tokens.py)."""
     d = _results.load("prompt_tokens")
@@ -238,6 +261,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "prompt-tokens": prompt_tokens,
     "cpu-change": cpu_change,
     "memory": memory,
+    "key-index": key_index,
     "run-header": run_header,
     "run-throughput": run_section("Throughput"),
     "run-cache": run_section("Cache replay"),

@@ -207,7 +207,7 @@ class _PartStore(Store):
         self._n = 0
         super().__init__(path)  # replays the journal of an attempt killed on this node: out as parts too
 
-    def commit(self, batch: Batch, *, known_new: bool = True) -> None:
+    def commit(self, batch: Batch, *, known_new: bool = False) -> None:
         super().commit(batch, known_new=known_new)
         if not len(batch):
             return

@@ -683,7 +683,10 @@ class Runner(RunCounters):
             keys, self._uncommitted = self._uncommitted, []
             batch.stats = self.stats("running")
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, self.store.commit, batch)
+            # each key is sent once and stays in flight until this commit: plain inserts (Writes.commit)
+            await loop.run_in_executor(
+                self._executor, functools.partial(self.store.commit, batch, known_new=True)
+            )
             # what `factory status` shows while this process holds the store
             await loop.run_in_executor(self._executor, write_live, self.store.path, self._live())
             if segment is not None:

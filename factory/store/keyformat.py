@@ -141,14 +141,15 @@ def _rekey_extra_body(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
             f"SELECT {_COLUMNS}, ?, now() FROM cache SEMI JOIN _key_moves m ON cache.key = m.key",
             ["key format 2: sent with extra_body, which the format 1 key did not hold"],
         ).fetchall()
-        new_columns = _COLUMNS.replace("key, ", "m.new_key, ", 1)
+        new_columns = _COLUMNS.replace("key, ", "m.new_key AS key, ", 1)
         con.execute(
             f"CREATE TEMP TABLE _rekeyed AS SELECT {new_columns} FROM cache "
             "JOIN _key_moves m ON cache.key = m.key WHERE m.new_key IS NOT NULL"
         ).fetchall()
         con.execute("DELETE FROM cache WHERE key IN (SELECT key FROM _key_moves)").fetchall()
         con.execute(
-            f"INSERT INTO cache ({_COLUMNS}) SELECT * FROM _rekeyed ON CONFLICT DO NOTHING"
+            f"INSERT INTO cache ({_COLUMNS}) SELECT DISTINCT ON (key) * FROM _rekeyed r "
+            "WHERE NOT EXISTS (SELECT 1 FROM cache c WHERE c.key = r.key)"
         ).fetchall()
         con.execute("DROP TABLE _rekeyed").fetchall()
     finally:

@@ -296,6 +296,51 @@ def m008_request_costs(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE run_stats ADD COLUMN unpriced INTEGER")
 
 
+def m011_no_key_indexes(con: duckdb.DuckDBPyConnection) -> None:
+    """``cache`` and ``seeds_done`` lose their primary keys. DuckDB holds a key index whole in memory to
+    insert into it (about 70 bytes a cached answer, as much a finished seed), so a run's memory grew with
+    the store; a look-up of a batch of keys scans the table whether or not the index is there
+    (benchmarks/bench_key_index.py). Keys stay unique by the writer instead: the runner sends each key
+    once and commits it before forgetting it, and every other writer inserts only keys not stored yet
+    (factory.store.writes). Both tables are rebuilt with their columns in the same order, defaults and
+    NOT NULLs, and their rows (DuckDB cannot drop a primary key in place)."""
+    con.execute(
+        """
+        CREATE TABLE _cache (
+            key VARCHAR NOT NULL,
+            teacher VARCHAR NOT NULL,
+            status VARCHAR NOT NULL,
+            request VARCHAR NOT NULL,
+            text VARCHAR,
+            finish_reason VARCHAR,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            latency_ms DOUBLE,
+            error VARCHAR,
+            run_id VARCHAR,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            logprobs BLOB,
+            reasoning VARCHAR,
+            cached_prompt_tokens INTEGER,
+            cost_usd DOUBLE
+        )
+        """
+    )
+    columns = (
+        "key, teacher, status, request, text, finish_reason, prompt_tokens, completion_tokens, latency_ms, "
+        "error, run_id, created_at, logprobs, reasoning, cached_prompt_tokens, cost_usd"
+    )
+    con.execute(f"INSERT INTO _cache ({columns}) SELECT {columns} FROM cache")  # names, not values
+    con.execute("DROP TABLE cache")
+    con.execute("ALTER TABLE _cache RENAME TO cache")
+    con.execute(
+        "CREATE TABLE _seeds_done (run_id VARCHAR NOT NULL, seed_id VARCHAR NOT NULL, records INTEGER NOT NULL)"
+    )
+    con.execute("INSERT INTO _seeds_done SELECT run_id, seed_id, records FROM seeds_done")
+    con.execute("DROP TABLE seeds_done")
+    con.execute("ALTER TABLE _seeds_done RENAME TO seeds_done")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     m001_initial,
     m002_filter_passes,
@@ -307,6 +352,7 @@ MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     m009_cache_logprobs,
     m010_cache_reasoning,
     m008_request_costs,
+    m011_no_key_indexes,
 ]
 
 

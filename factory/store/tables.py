@@ -52,24 +52,23 @@ RECORD_SCHEMA = pa.schema(
 
 INGEST_CHECKPOINT = "256MB"  # write-ahead log between checkpoints while ingesting
 RUN_CHECKPOINT = "32MB"  # write-ahead log between checkpoints during a run
-# DuckDB's memory during a run: a page cache that does not grow with the run, plus room for the in-memory
-# key indexes (ART) of the cache and seeds_done tables, which DuckDB loads whole to insert into them and
-# keeps until the next checkpoint: about 70-80 bytes a cached answer with this store's 32-character
-# random keys (measured), less for seeds_done's ordered ids. DuckDB fills its page cache up to the limit,
-# so the room given to the indexes is what they take: estimated from the rows when the run starts, then
-# raised to what DuckDB reports they take (see Writes.commit), never more than half the machine's memory.
+# DuckDB's memory during a run: a page cache that does not grow with the run, plus room for key indexes
+# (ART), which DuckDB loads whole to insert into them and keeps until the next checkpoint. The tables a run
+# grows (cache, seeds_done, records, verdicts) have none: an index of cache.key took about 70 bytes a
+# cached answer and seeds_done's as much a finished seed (benchmarks/bench_key_index.py), memory that
+# grew with the store (migrations.m011_no_key_indexes). What is left are the small tables' keys (runs,
+# invocations, filter passes, forgotten keys); the room given follows what DuckDB reports they take
+# (see Writes.commit), never more than half the machine's memory.
 RUN_PAGE_CACHE = 64 * 2**20
-INDEX_BYTES_PER_ROW = 64  # the first estimate, a row of cache or seeds_done (their mean, measured)
-INDEX_MARGIN = 1.25  # room over the indexes' largest size seen, for the rows the next commits add
+INDEX_MARGIN = 1.25  # room over the indexes' largest size seen
 INDEX_HEADROOM = 16 * 2**20
 RUN_MEMORY_SHARE = 0.5  # the limit is never raised over this share of the machine's memory
 
 
-def run_memory_limit(indexed_rows: int, index_bytes: int = 0) -> int:
-    """Bytes of DuckDB memory for a run into a store with ``indexed_rows`` rows of cache and seeds_done
-    whose key indexes have been seen to take ``index_bytes``: the page cache, and room for the indexes."""
-    index = max(INDEX_BYTES_PER_ROW * max(0, indexed_rows), int(INDEX_MARGIN * index_bytes))
-    want = RUN_PAGE_CACHE + INDEX_HEADROOM + index
+def run_memory_limit(index_bytes: int = 0) -> int:
+    """Bytes of DuckDB memory for a run into a store whose key indexes have been seen to take
+    ``index_bytes``: the page cache, and room for the indexes."""
+    want = RUN_PAGE_CACHE + INDEX_HEADROOM + int(INDEX_MARGIN * max(0, index_bytes))
     try:
         box = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # not a POSIX box: no ceiling from it

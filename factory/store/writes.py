@@ -33,19 +33,16 @@ LIMIT_STEP = 4 * 2**20  # DuckDB's memory limit is raised in steps of at least t
 
 
 class Writes(StoreBase):
-    def commit(self, batch: Batch, *, known_new: bool = True) -> None:
+    def commit(self, batch: Batch, *, known_new: bool = False) -> None:
         """Write a batch in one transaction. Idempotent: rows already present are left alone.
 
-        With ``known_new`` (the runner's batches: each key is sent once and each seed finishes once) cache
-        and seed rows go in with plain inserts, which cost about half of an insert that checks for
-        conflicts; should a row exist after all, the transaction is rolled back and written again with
-        the checks. Journal replay and shard ingestion pass ``known_new=False``: then records and
-        verdicts already present are skipped too."""
-        try:
-            self._write(batch, checked=not known_new)
-        except duckdb.ConstraintException:
-            self._write(batch, checked=True)
-        if self._run_rows is not None:
+        ``cache`` and ``seeds_done`` have no key index (one grows DuckDB's memory with the store, see
+        migrations.m011_no_key_indexes): their keys stay unique by what is inserted. By default only cache
+        keys, finished seeds, records and verdicts not stored yet go in (an anti-join, which scans the
+        table as a look-up does). The runner passes ``known_new``: each key it sends once and keeps in
+        flight until committed, each seed finishes once, so its rows go in with plain inserts."""
+        self._write(batch, checked=not known_new)
+        if self._bounded:
             self._follow_indexes()
 
     def _write(self, batch: Batch, *, checked: bool) -> None:
@@ -64,7 +61,8 @@ class Writes(StoreBase):
                     "INSERT INTO cache (key, teacher, status, request, text, finish_reason, prompt_tokens, "
                     "completion_tokens, latency_ms, error, run_id, logprobs, reasoning, cached_prompt_tokens, "
                     "cost_usd) ",
-                    "SELECT DISTINCT ON (key) * FROM _batch_cache ON CONFLICT DO NOTHING" if checked else None,
+                    "SELECT DISTINCT ON (key) * FROM _batch_cache b "
+                    "WHERE NOT EXISTS (SELECT 1 FROM cache c WHERE c.key = b.key)" if checked else None,
                 )  # fmt: skip
             if batch.records:
                 insert_frame(
@@ -80,7 +78,8 @@ class Writes(StoreBase):
                               "records": pa.array(counts, pa.int32())})  # fmt: skip
                 insert_frame(
                     con, "_batch_done", t, "INSERT INTO seeds_done ",
-                    "SELECT DISTINCT ON (run_id, seed_id) * FROM _batch_done ON CONFLICT DO NOTHING"
+                    "SELECT DISTINCT ON (run_id, seed_id) * FROM _batch_done b WHERE NOT EXISTS "
+                    "(SELECT 1 FROM seeds_done d WHERE d.run_id = b.run_id AND d.seed_id = b.seed_id)"
                     if checked else None,
                 )  # fmt: skip
             if batch.failures:
@@ -120,8 +119,6 @@ class Writes(StoreBase):
         except duckdb.Error as exc:
             with contextlib.suppress(duckdb.Error):
                 execute(con, "ROLLBACK")
-            if not checked and isinstance(exc, duckdb.ConstraintException):
-                raise  # commit() writes the batch again with the checks
             if doctor.is_damage(exc):
                 raise doctor.damaged(
                     self.path, exc, note="this batch was not written (its answers stay in the journal)"
@@ -226,24 +223,22 @@ class Writes(StoreBase):
             self.con.unregister("_seed_ids")
         return {r[0] for r in rows}
 
-    _run_rows: int | None = None  # while bounded: rows of cache and seeds_done when the run started
-    _index_bytes = 0  # the most memory DuckDB reported for the key indexes during this run
+    _bounded = False  # a run's memory limit is set
+    _index_bytes = 0  # the most memory DuckDB reported for key indexes during this run
     _limit = 0  # bytes: the memory limit set now
 
     def bounded(self, on: bool) -> None:
-        """For a run (``on``), memory that grows with the store's key indexes only: DuckDB's page cache capped
-        at RUN_PAGE_CACHE plus room for the indexes (see run_memory_limit: estimated from the rows there
-        are, then following what the indexes take as commits add rows), and rows checkpointed to the file every RUN_CHECKPOINT of write-ahead log
-        (until then DuckDB keeps them in memory too). Off: the defaults again."""
+        """For a run (``on``), memory that does not grow with the run: DuckDB's page cache capped at
+        RUN_PAGE_CACHE plus room for the small tables' key indexes (see run_memory_limit; it follows what
+        they take as commits go in), and rows checkpointed to the file every RUN_CHECKPOINT of write-ahead
+        log (until then DuckDB keeps them in memory too). Off: the defaults again."""
         if on:
-            self._run_rows = int(
-                self._scalar("SELECT (SELECT count(*) FROM cache) + (SELECT count(*) FROM seeds_done)")
-            )
+            self._bounded = True
             self._index_bytes, self._limit = 0, 0
-            self._set_run_memory(run_memory_limit(self._run_rows))
+            self._set_run_memory(run_memory_limit())
             execute(self.con, "SET checkpoint_threshold = ?", [RUN_CHECKPOINT])
         else:
-            self._run_rows = None
+            self._bounded = False
             execute(self.con, "RESET memory_limit")
             execute(self.con, "SET checkpoint_threshold = ?", [INGEST_CHECKPOINT])
 
@@ -257,7 +252,7 @@ class Writes(StoreBase):
         )
         if used > self._index_bytes:
             self._index_bytes = used
-            limit = run_memory_limit(self._run_rows or 0, used)  # (the estimate for the rows there were)
+            limit = run_memory_limit(used)
             if limit > self._limit + LIMIT_STEP:
                 self._set_run_memory(limit)
 
