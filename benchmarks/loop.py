@@ -1,7 +1,7 @@
 """The distillation loop closed: generate → curate → train → eval → focus → generate → ..., on the embedded
 teacher (SmolLM2-135M, as `make demo` uses) and the embedded student.
 
-    .venv/bin/python benchmarks/loop.py [--rounds 2] [--max-steps 12] [--failed-samples 6] [--write-readme]
+    .venv/bin/python benchmarks/loop.py [--rounds 2] [--max-steps 3] [--batch-size 2] [--failed-samples 6] [--write-readme]
 
 Round one runs the demo config (recipes/examples/rationales_demo.yaml: 40 one-step arithmetic questions, 6
 samples each, its filters) on a fresh store, exported as step_by_step with three splits by seed: train,
@@ -118,8 +118,8 @@ def one_round(n: int, tmp: Path, args: argparse.Namespace, pool_eval: Path | Non
     rows = combine(exports, data)
     student = tmp / f"student{n}"
     wall["train"], _ = factory("train", str(data), "--task", "step_by_step", "--student", args.student, "--out",
-                               str(student), "--max-steps", str(args.max_steps), "--batch-size", "4",
-                               "--max-length", "256", "--eval-split", "test", "--max-eval-examples", "1")  # fmt: skip
+                               str(student), "--max-steps", str(args.max_steps), "--batch-size",
+                               str(args.batch_size), "--max-length", str(args.max_length), "--eval-split", "test", "--max-eval-examples", "1")  # fmt: skip
     wall["eval_test"], out = factory("eval", str(student), str(data), "--split", "test", "--json")
     test = json.loads(out)["models"][0]["metrics"]
     pool_rows = tmp / f"pool_eval{n}.jsonl"
@@ -139,7 +139,9 @@ def one_round(n: int, tmp: Path, args: argparse.Namespace, pool_eval: Path | Non
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--max-steps", type=int, default=12, help="training steps of each round's student")
+    ap.add_argument("--max-steps", type=int, default=3, help="training steps of each round's student")
+    ap.add_argument("--batch-size", type=int, default=2, help="examples per training step")
+    ap.add_argument("--max-length", type=int, default=192, help="longest tokenized training example")
     ap.add_argument(
         "--failed-samples", type=int, default=6, help="samples per failed pool seed in a focus round"
     )
@@ -156,7 +158,7 @@ def main() -> int:
             rounds.append(fig)
     figures = {
         "config": DEMO.relative_to(ROOT).as_posix(), "splits": SPLITS, "student": args.student,
-        "max_steps": args.max_steps, "failed_samples": args.failed_samples, "rounds": rounds,
+        "max_steps": args.max_steps, "batch_size": args.batch_size, "failed_samples": args.failed_samples, "rounds": rounds,
         "total_s": round(time.perf_counter() - t0, 1),
     }  # fmt: skip
     path = _results.save("loop", ctx, figures)

@@ -7,7 +7,8 @@ samples, seeds it solved ``solved_samples`` (0: left out), seeds the evaluation 
 earlier round's (``round * ROUND_STRIDE``) and their sampling seeds derive from the round, so the teacher
 writes fresh rationales rather than the cache answering with round one's; the same round re-run is the same
 requests, all served by the cache. Each record carries ``focus`` in its payload: the round, the eval file and
-its digest, and whether its seed was failed, solved or unscored.
+its digest, and whether its seed was failed, solved or unscored. With ``rewrite: true`` the teacher first
+rewrites each failed question (other words, the same numbers and answer), and the samples answer that.
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ class FocusConfig(BaseModel):
         lt=ROUND_STRIDE,
         description="Samples per seed the evaluation did not score (e.g. a training seed; 0: left out).",
     )
+    rewrite: bool = Field(
+        False,
+        description="Before sampling a failed seed, the teacher rewrites its question (other words, every number "
+        "and the answer kept); the samples answer the rewritten question, checked against the seed's gold.",
+    )
     round: int | None = Field(
         None,
         ge=2,
@@ -71,6 +77,7 @@ class FocusFacts:
     eval_digest: str
     outcome: dict[str, str]  # seed id -> "failed" | "solved"
     samples: dict[str, int]  # outcome -> samples per seed
+    rewrite: bool = False
 
     @property
     def failed(self) -> int:
@@ -126,7 +133,7 @@ def facts_of(cfg: FocusConfig, resolve: Callable[[str], Path]) -> FocusFacts:
     path = resolve(cfg.from_eval)
     outcome, evaluated_round, file_digest = read_eval(path)
     samples = {"failed": cfg.failed_samples, "solved": cfg.solved_samples, "unscored": cfg.unscored_samples}
-    return FocusFacts(cfg.round or evaluated_round + 1, str(path), file_digest, outcome, samples)
+    return FocusFacts(cfg.round or evaluated_round + 1, str(path), file_digest, outcome, samples, cfg.rewrite)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +160,12 @@ def focused(recipe: Recipe, params: Any, resolve: Callable[[str], Path], cfg: Fo
             f"focus: the {recipe.slug} recipe has no samples-per-question parameter `k`, so its seeds cannot be "
             "sampled more or less; use focus with rationales, program_rationales or reasoning, or remove focus"
         )
+    field = getattr(params, "input_field", None)
+    if cfg.rewrite and not field:
+        raise ConfigError(
+            f"focus.rewrite: the {recipe.slug} recipe names no question field (`input_field`) to rewrite; "
+            "remove rewrite: true"
+        )
     facts = facts_of(cfg, resolve)
     inner = {o: recipe.prepare(params.model_copy(update={"k": n}), resolve)
              for o, n in facts.samples.items() if n > 0}  # fmt: skip
@@ -170,12 +183,44 @@ def focused(recipe: Recipe, params: Any, resolve: Callable[[str], Path], cfg: Fo
                                       sampling=dataclasses.replace(req.sampling, seed=seed_value))  # fmt: skip
             return generate(new, teacher=teacher)
 
-        drafts = await recipe.process(seed, st.inner[outcome], shifted)
         tag = st.facts.tag(outcome)
-        return [dataclasses.replace(d, sample_index=d.sample_index + offset, payload={**d.payload, "focus": tag})
-                for d in drafts]  # fmt: skip
+        keys: tuple[str, ...] = ()
+        if st.facts.rewrite and outcome == "failed":
+            seed, tag, keys = await _rewritten(seed, str(field), st.facts.round, offset, generate, tag)
+        drafts = await recipe.process(seed, st.inner[outcome], shifted)
+        return [dataclasses.replace(d, sample_index=d.sample_index + offset, payload={**d.payload, "focus": tag},
+                                    request_keys=(*keys, *d.request_keys)) for d in drafts]  # fmt: skip
 
     return dataclasses.replace(recipe, process=process), state
+
+
+REWRITE_SYSTEM = (
+    "You rewrite word problems. Write the problem again in other words, a little harder to read: keep every "
+    "number and keep the answer the same. Reply with the rewritten problem only."
+)
+
+
+async def _rewritten(seed: Seed, field: str, round_no: int, offset: int, generate: Generate,
+                     tag: dict[str, Any]) -> tuple[Seed, dict[str, Any], tuple[str, ...]]:  # fmt: skip
+    """The seed with its question rewritten by the teacher (the original when the answer is empty), the
+    focus tag naming the original, and the rewrite request's key (lineage of every sample that follows)."""
+    from factory.seeds import Seed
+    from factory.types import Request, Sampling
+    from recipes.base import sample_seed
+
+    question = str(seed.data[field])
+    req = Request(
+        messages=({"role": "system", "content": REWRITE_SYSTEM}, {"role": "user", "content": question}),
+        sampling=Sampling(
+            temperature=0.7, max_tokens=256, seed=sample_seed("focus-rewrite1", question, round_no)
+        ),
+        sample_index=offset,
+    )
+    done = await generate(req)
+    text = done.text.strip().split("\n\n", 1)[0].strip()
+    if not text:
+        return seed, tag, (done.key,)
+    return Seed(seed.id, {**seed.data, field: text}), {**tag, "rewritten_from": question}, (done.key,)
 
 
 __all__ = ["ROUND_STRIDE", "FocusConfig", "FocusFacts", "FocusState", "facts_of", "focused", "read_eval"]

@@ -17,7 +17,7 @@ from test_train import FAST, GOLD, _answer, run_rationales
 from factory import api
 from factory.errors import ConfigError
 from factory.export import export_run
-from factory.focus import ROUND_STRIDE
+from factory.focus import REWRITE_SYSTEM, ROUND_STRIDE
 from factory.store import Store
 from factory.teachers.scripted import ScriptedTeacher
 
@@ -218,3 +218,39 @@ def test_focus_needs_a_recipe_that_samples_k_answers(tmp_path, round_one):
         ConfigError, match="focus: the relabel recipe has no samples-per-question parameter `k`"
     ):
         api.prepare(cfg)
+
+
+REWORDED = "In other words: "
+
+
+def _rewriting_teacher(req):
+    """Rewrites a question by prefixing it; answers a rewritten question like the original."""
+    if req.messages[0]["content"] == REWRITE_SYSTEM:
+        return REWORDED + req.messages[-1]["content"]
+    msgs = tuple({**m, "content": m["content"].replace(REWORDED, "")} for m in req.messages)
+    return _round_answer(dataclasses.replace(req, messages=msgs))
+
+
+def test_rewrite_asks_the_teacher_for_a_variant_of_each_failed_question(tmp_path, round_one):
+    failed = {r["seed_id"]: r["input"] for r in round_one["rows"] if not r["correct"]}
+    focus = f"focus: {{from_eval: {round_one['eval']}, failed_samples: 2, rewrite: true}}\n"
+    cfg = _focus_config(tmp_path, round_one, name="rewrite", focus=focus)
+    teacher = ScriptedTeacher("scripted:x", "x", {"fn": _rewriting_teacher})
+    res = asyncio.run(api.run_async(api.prepare(cfg), teacher=teacher))
+    assert res.status == "done" and res.progress.requests_sent == 3 * len(
+        failed
+    )  # a rewrite + 2 samples each
+    with Store(round_one["tmp"] / "s.duckdb") as st:
+        recs = st.records_table(res.run_id).to_pylist()
+    assert {r["seed_id"] for r in recs} == set(failed) and len(recs) == 2 * len(failed)
+    for r in recs:
+        p = orjson.loads(r["payload"])
+        assert (
+            p["input"] == REWORDED + failed[r["seed_id"]]
+            and p["focus"]["rewritten_from"] == failed[r["seed_id"]]
+        )
+        assert len(r["request_keys"]) == 2  # the rewrite's answer, then the sample's
+    by_seed = {}
+    for r in recs:
+        by_seed.setdefault(r["seed_id"], set()).add(r["request_keys"][0])
+    assert all(len(v) == 1 for v in by_seed.values()) and len(set().union(*by_seed.values())) == len(failed)
