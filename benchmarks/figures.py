@@ -7,10 +7,10 @@ Every quoted figure sits in a block of one of the two READMEs,
 whose text is what the renderer NAME (RENDERERS below) makes of the committed results files, which only the
 benchmark scripts write: `results.md` (run.py), `peers_results.md` (peers.py), and `results/NAME.json`
 (bench_dedup.py, bench_embed.py, bench_batch.py, bench_view.py, bench_cluster.py, demo_agreement.py,
-bench_train.py, bench_key_index.py, bench_local_engine.py, bench_hf_teacher.py, bench_soft_labels.py, bench_prompt_tokens.py,
-gpu_check.py: its block says so while its file is absent).
+bench_train.py, bench_key_index.py, bench_local_engine.py, bench_hf_teacher.py, bench_soft_labels.py,
+bench_prompt_tokens.py, loop.py, gpu_check.py: its block says so while its file is absent).
 The renderers live in figures_clients.py (run.py, peers.py) and figures_local.py (the others), each with
-its rows of README.md's speed table, figures_train.py, figures_engine.py, figures_hf.py, and here
+its rows of README.md's speed table, figures_train.py, figures_engine.py, figures_hf.py, figures_loop.py (loop.py), and here
 (demo_agreement.py);
 figures_read.py reads the files. To change what a block says, change its renderer or re-run its benchmark,
 then rewrite the blocks:
@@ -63,6 +63,7 @@ from figures_local import (  # noqa: E402
     local_speed_rows,
     view,
 )
+from figures_loop import loop_table  # noqa: E402
 from figures_quality import quality_table  # noqa: E402
 
 # the markdown results files, which tests/test_readme_figures.py reads from here
@@ -297,6 +298,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "quality-table": quality_table,
     "local-engine": local_engine,
     "soft-labels": soft_labels,
+    "loop": loop_table,
 }
 
 

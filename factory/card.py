@@ -115,7 +115,7 @@ def render_dataset_card(store: Store, run_id: str, facts: ExportFacts) -> str:
     """The README.md of an exported HF dataset folder: YAML metadata, then what made the data and how."""
     c = _Card(store, run_id, facts)
     body = [
-        *c.summary(), *c.answers(), *c.structure(), *c.teachers(), *c.templates(), *c.sampling(), *c.filters(),
+        *c.summary(), *c.answers(), *c.structure(), *c.focus(), *c.teachers(), *c.templates(), *c.sampling(), *c.filters(),
         *c.funnel_table(), *c.labels(), *c.diversity(), *c.decontamination(), *c.examples(), *c.provenance(),
     ]  # fmt: skip
     return c.header() + "\n" + "\n".join(body).rstrip("\n") + "\n"
@@ -241,6 +241,24 @@ class _Card:
             ("Each record's split comes from a hash of its seed id: every record of a seed is in one split, "
              "and a record stays in its split." if f.split_by == "seed" else
              "Each record's split comes from a hash of its id, so a record stays in its split."), "",
+        ]  # fmt: skip
+
+    def focus(self) -> list[str]:
+        """The focused rounds that chose this run's seeds: which eval, how many seeds it failed and solved."""
+        found = self.store.focus_rounds(self.run_id)
+        if not found:
+            return []
+        f = self.cfg.get("focus") or {}
+        rows = [[r["round"], f"`{Path(str(r['eval'])).name}` (sha256 `{r['eval_digest']}`)", r["eval_failed"],
+                 r["eval_solved"], r["outcome"], r["seeds"], r["records"]] for r in found]  # fmt: skip
+        return [
+            "## Focus rounds", "",
+            f"The seeds were chosen by a student's results in an earlier evaluation: seeds it failed got "
+            f"{f.get('failed_samples')} samples each, seeds it solved {f.get('solved_samples')}, seeds it was not "
+            f"scored on {f.get('unscored_samples')}. Each record carries its round and eval (`focus_round`, "
+            "`focus_eval`).", "",
+            *md.table(["round", "eval", "failed in eval", "solved in eval", "seeds chosen as", "seeds", "records"],
+                      rows),
         ]  # fmt: skip
 
     def teachers(self) -> list[str]:

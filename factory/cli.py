@@ -660,6 +660,8 @@ def _print_eval(report: dict[str, Any]) -> None:
     print_rows(*eval_rows(report))
     for note in report.get("notes", []):
         print(f"note: {note}")
+    for path in report.get("per_input_files", []):
+        print(f"per-input results: {path}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -723,7 +725,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         export = paths.pop()
     with TrainView() as view:
         report = evaluate_models(paths, export, split=args.split, max_examples=args.max_examples,
-                                 on_progress=view.update)  # fmt: skip
+                                 on_progress=view.update, per_input=args.per_input)  # fmt: skip
     if args.json:
         print(json.dumps(report, default=str))
         return 0
@@ -912,6 +914,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--predictions", metavar="FILE", help="with --gold: score this predictions file (same form)"
     )
+    ev.add_argument(
+        "--per-input", metavar="PATH",
+        help="write each input's result (seed id, answer, right/wrong, loss, teacher agreement) to this JSONL "
+        "(default: eval_inputs.jsonl in each MODEL folder); a run config's focus.from_eval reads it",
+    )  # fmt: skip
     ev.add_argument("--json", action="store_true", help="machine-readable output")
     ev.set_defaults(fn=cmd_eval)
 

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from factory.errors import ConfigError
+from factory.focus import FocusConfig
 from factory.keys import digest
 from factory.yamlsafe import load_yaml
 
@@ -301,6 +302,11 @@ class RunConfig(Strict):
     executor: ExecutorConfig = Field(default_factory=lambda: ExecutorConfig())
     export: ExportConfig = Field(default_factory=lambda: ExportConfig())
     license: str | None = Field(None, description="License of the produced dataset (used by export cards).")
+    focus: FocusConfig | None = Field(
+        None,
+        description="A focused round: `{from_eval: PATH, failed_samples: N, solved_samples: N}` samples the seeds "
+        "a student failed in `factory eval`'s per-input results again (see factory/focus.py).",
+    )
     source_datasets: list[str] = Field(
         default_factory=list,
         description="Datasets the seeds came from, as Hub ids (e.g. 'openai/gsm8k'); written to the card's "
@@ -345,6 +351,8 @@ class RunConfig(Strict):
     def fingerprint(self) -> dict[str, Any]:
         """What defines the run's output. Budgets, runner knobs and export settings do not."""
         out: dict[str, Any] = {"recipe": self.recipe, "params": self.params, "teacher": self.teacher.spec}
+        if self.focus is not None:
+            out["focus"] = self.focus.model_dump(mode="json")
         if self.teachers:
             out["teachers"] = {k: t.spec for k, t in sorted(self.teachers.items())}
         return out
@@ -383,6 +391,9 @@ def _known_fields(loc: tuple[Any, ...]) -> list[str]:
             if fld is None:
                 return []
             tp = fld.annotation
+            models = [a for a in typing.get_args(tp) if isinstance(a, type) and issubclass(a, BaseModel)]
+            if models:  # an optional block (``focus: FocusConfig | None``)
+                tp = models[0]
         elif typing.get_origin(tp) is dict:
             tp = typing.get_args(tp)[1]
         else:
@@ -426,6 +437,8 @@ def _absolute_references(cfg: RunConfig, base_dir: Path) -> None:
     from factory.teachers import absolute_spec
 
     cfg.recipe = plugins.absolute_reference(cfg.recipe, base_dir)
+    if cfg.focus is not None:
+        cfg.focus.from_eval = str(cfg.path(cfg.focus.from_eval).resolve())
     for t in cfg.roles().values():
         t.spec = absolute_spec(t.spec, base_dir)
     for i, item in enumerate(cfg.filters):
@@ -474,7 +487,11 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
 
 
 def run_id_for(
-    cfg: RunConfig, seeds_digest: str, resolved_params: dict[str, Any], template_version: str
+    cfg: RunConfig,
+    seeds_digest: str,
+    resolved_params: dict[str, Any],
+    template_version: str,
+    focus: dict[str, Any] | None = None,
 ) -> str:
     """Same name + recipe + params (defaults included) + templates + teacher + seeds → same run id, so
     re-running resumes. A recipe whose defaults or templates changed starts a new run (its requests that are
@@ -482,4 +499,6 @@ def run_id_for(
     parts: list[Any] = [cfg.recipe, cfg.teacher.spec, resolved_params, template_version, seeds_digest]
     if cfg.teachers:
         parts.append({k: t.spec for k, t in sorted(cfg.teachers.items())})
+    if focus is not None:  # a focused round (its eval file's digest, not its path) is a run of its own
+        parts.append(focus)
     return f"{cfg.name}-{digest('run2', parts, length=10)}"

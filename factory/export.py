@@ -33,7 +33,8 @@ from factory.store import Store
 
 FORMATS = ("hf", "parquet", "jsonl")
 SPLIT_BY = ("seed", "record")
-LINEAGE = ("record_id", "seed_id", "stage", "sample_index", "teacher", "template_version", "request_keys")
+LINEAGE = ("record_id", "seed_id", "stage", "sample_index", "teacher", "template_version", "request_keys",
+           "focus_round", "focus_eval")  # fmt: skip
 FUNNEL_IMAGE = "funnel.svg"  # the funnel chart of an HF export, shown in its card
 EXPORT_MEMORY = "256MB"  # DuckDB's page cache while exporting: the reads are a range of seeds at a time
 ROW_GROUP = 10_000  # rows buffered per split before a parquet row group is written

@@ -172,6 +172,10 @@ def shaped_rows(
                         record_id=r["id"], seed_id=r["seed_id"], stage=r["stage"], sample_index=r["sample_index"],
                         teacher=r["teacher"], template_version=r["template_version"], request_keys=r["request_keys"],
                     )  # fmt: skip
+                    if isinstance(payload.get("focus"), dict):  # a focused round's record: its round and eval
+                        out.update(
+                            focus_round=payload["focus"].get("round"), focus_eval=payload["focus"].get("eval")
+                        )
                 if include_rejected:
                     out["dropped_by"] = r["dropped_by"]
             yield r["seed_id"], r["id"], out

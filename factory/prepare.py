@@ -113,7 +113,15 @@ def prepare(
     resolved = params.model_dump(mode="json")
     if resolved.get("logprobs", 0) is None:  # unset: the run ids of runs from before the param stay
         del resolved["logprobs"]
-    run_id = run_id_for(cfg, digest_of_seeds, resolved, version)
+    focus_id = None
+    if cfg.focus is not None:
+        from factory.focus import focused
+
+        recipe, state = focused(recipe, params, cfg.path, cfg.focus, version)
+        f = state.facts
+        focus_id = {**cfg.focus.model_dump(mode="json", exclude={"from_eval"}), "round": f.round,
+                    "eval_digest": f.eval_digest}  # fmt: skip
+    run_id = run_id_for(cfg, digest_of_seeds, resolved, version, focus_id)
     from factory.curation import parse_steps
 
     implied = [] if not cfg.curation.recipe_filters else list(recipe.default_filters(params))

@@ -32,7 +32,7 @@ SHAPE_COLUMNS = {
     "preference": (("prompt", "chosen", "rejected"), ("gold", "chosen_record_id", "rejected_record_id")),
 }
 LINEAGE = ("record_id", "seed_id", "stage", "sample_index", "teacher", "template_version", "request_keys",
-           "dropped_by")  # fmt: skip
+           "dropped_by", "focus_round", "focus_eval")  # fmt: skip
 TASK_SHAPES = {
     "sft": ("messages", "prompt_completion"),
     "step_by_step": ("step_by_step",),

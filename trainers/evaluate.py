@@ -6,7 +6,9 @@
 - triples: greedy tails against the reference tails of each (head, relation), teacher-forced loss, samples.
 
 The student's folder holds ``factory_train.json`` (task, prefixes, label names, generation length, export),
-so a model and an export are all this needs.
+so a model and an export are all this needs. Each input's result (its seed id and record id, the answer, right
+or wrong, the loss on the reference, agreement with the teacher) is in ``report["per_input"]`` by model folder;
+``write_per_input`` writes them as JSONL, the file a ``focus:`` round reads.
 """
 
 from __future__ import annotations
@@ -209,7 +211,38 @@ def eval_model(model_dir: Path, meta: dict[str, Any], split: Any, *, max_example
     metrics.update(exact_match=round(sum(hits) / len(hits), 4) if hits else None, n=len(hits))
     samples = [{"input": k, "reference": questions[k].get("ref"), "output": o[:400], "answer": answers[k],
                 "teacher": questions[k]["teacher"][:4]} for k, o in zip(keys[:SAMPLES], outs, strict=False)]  # fmt: skip
-    return {"metrics": metrics, "samples": samples}
+    losses = _input_losses(model, tok, meta, split, shape, keys, batch_size)
+    per_input = []
+    for k, o in zip(keys, outs, strict=True):
+        q, ref = questions[k], questions[k].get("ref")
+        said = _majority(q["teacher"])
+        per_input.append({
+            **_lineage_of(q["row"]), "input": k, "reference": ref, "output": o, "answer": answers[k],
+            "correct": None if ref is None else agree(answers[k], ref, rel_tol), "loss": losses.get(k),
+            "teacher_answer": said, "agrees_with_teacher": None if said is None else agree(answers[k], said, rel_tol),
+        })  # fmt: skip
+    return {"metrics": metrics, "samples": samples, "per_input": per_input}
+
+
+def _lineage_of(row: dict[str, Any]) -> dict[str, Any]:
+    """What maps an evaluated input back to its seed (absent from a --slim export) and its focus round."""
+    return {"seed_id": row.get("seed_id"), "record_id": row.get("record_id"),
+            "round": int(row.get("focus_round") or 1)}  # fmt: skip
+
+
+def _input_losses(model: Any, tok: Any, meta: dict[str, Any], split: Any, shape: str, keys: list[str],
+                  batch_size: int) -> dict[str, float]:  # fmt: skip
+    """The student's teacher-forced loss on each input's reference answers (the exported ones)."""
+    found: dict[str, list[int]] = {}
+    for i, r in enumerate(split):
+        found.setdefault(data.input_text(r, shape), []).append(i)
+    out: dict[str, float] = {}
+    for k in keys:
+        loss = causal.eval_loss(model, _loss_examples(split.select(found.get(k, [])), meta, tok),
+                                tok.pad_token_id, batch_size)  # fmt: skip
+        if loss is not None:
+            out[k] = round(loss, 4)
+    return out
 
 
 def _eval_classifier(model_dir: Path, meta: dict[str, Any], rows: Any, batch_size: int,
@@ -223,7 +256,11 @@ def _eval_classifier(model_dir: Path, meta: dict[str, Any], rows: Any, batch_siz
     names = meta["label_names"]
     samples = [{"text": r["text"], "label": names[r["label"]], "predicted": names[p]}
                for r, p in zip(rows.select(range(min(SAMPLES, len(rows)))), preds, strict=False)]  # fmt: skip
-    return {"metrics": classifier.scores(list(rows["label"]), preds, names), "samples": samples}
+    per_input = [{**_lineage_of(r), "input": r["text"], "reference": names[r["label"]], "answer": names[p],
+                  "correct": r["label"] == p, "loss": None, "teacher_answer": names[r["label"]],
+                  "agrees_with_teacher": r["label"] == p} for r, p in zip(rows, preds, strict=True)]  # fmt: skip
+    return {"metrics": classifier.scores(list(rows["label"]), preds, names), "samples": samples,
+            "per_input": per_input}  # fmt: skip
 
 
 def _tail(text: str) -> str:
@@ -304,12 +341,38 @@ def evaluate(model_dirs: list[Path], export_dir: Path | None = None, *, split_na
         report["models"].append({"name": name, "kind": "student", "path": str(Path(path).resolve()),
                                  "metrics": res["metrics"]})  # fmt: skip
         report["samples"][name] = res["samples"]
+        if "per_input" in res:
+            report.setdefault("per_input", {})[str(Path(path).resolve())] = [
+                {"model": name, **row} for row in res["per_input"]
+            ]
     if teacher:
         report["models"].append({"name": f"teacher: {_teacher_name(split.eval)}", "kind": "teacher",
                                  "metrics": teacher})  # fmt: skip
     if max_examples is not None:
         report["notes"].append(f"scored on the first {max_examples} inputs of the split (--max-examples)")
     return report
+
+
+PER_INPUT = "eval_inputs.jsonl"  # in each model folder, unless --per-input names a file
+
+
+def write_per_input(report: dict[str, Any], path: Path | None = None) -> list[Path]:
+    """Write the per-input rows of ``report`` (and drop them from it): to ``path`` (every model's rows, a
+    ``model`` field tells them apart), or to each model folder's ``eval_inputs.jsonl``. Returns the files."""
+    by_model: dict[str, list[dict[str, Any]]] = report.pop("per_input", {}) or {}
+    if path is not None:
+        groups = {path: [r for rows in by_model.values() for r in rows]} if by_model else {}
+    else:
+        groups = {Path(m) / PER_INPUT: rows for m, rows in by_model.items()}
+    for p, rows in groups.items():
+        if p.is_dir():
+            raise ConfigError(f"--per-input {p} is a folder; give a file path (e.g. {p / PER_INPUT})")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows), "utf-8")
+        tmp.replace(p)
+    report["per_input_files"] = [str(p) for p in groups]
+    return list(groups)
 
 
 def _teacher_name(rows: Any) -> str:

@@ -142,6 +142,7 @@ def _train(cfg: TrainConfig, on_progress: OnProgress | None, callbacks: Sequence
         _write_json(out / "metrics.json", {"train": train_metrics, "eval": None})
     report = evaluate.evaluate([out], export.path, max_examples=cfg.max_eval_examples,
                                batch_size=cfg.eval_batch_size, on_progress=on_progress, device=dev)  # fmt: skip
+    evaluate.write_per_input(report)  # out/eval_inputs.jsonl: what a focus round reads
     metrics = {
         "task": cfg.task, "student": cfg.student, "student_base": meta["student_base"],
         "export": str(export.path), "dataset": card.dataset_facts(export.path),
@@ -237,16 +238,25 @@ def _train_metrics(cfg: TrainConfig, meta: dict[str, Any], outcome: harness.Outc
 
 def evaluate_models(models: Sequence[str | Path], export_dir: str | Path | None = None, *,
                     split: str | None = None, max_examples: int | None = None, batch_size: int = 16,
-                    rel_tol: float = 1e-4, on_progress: OnProgress | None = None) -> dict[str, Any]:  # fmt: skip
-    """`factory eval`: students (and the teacher, when the export holds its answers) on one held-out split."""
+                    rel_tol: float = 1e-4, on_progress: OnProgress | None = None,
+                    per_input: str | Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """`factory eval`: students (and the teacher, when the export holds its answers) on one held-out split.
+    Each input's result goes to ``per_input`` (JSONL), or to each model folder's eval_inputs.jsonl."""
     paths = [Path(m).expanduser() for m in models]
     for p in paths:
         if not p.is_dir():
             raise ConfigError(f"MODEL {p}: no such folder; give a folder that `factory train` wrote")
+    target = Path(per_input).expanduser() if per_input else None
+    if target is not None and target.is_dir():
+        raise ConfigError(
+            f"--per-input {target} is a folder; give a file path (e.g. {target / evaluate.PER_INPUT})"
+        )
     with student.quiet():
-        return evaluate.evaluate(paths, Path(export_dir).expanduser() if export_dir else None,
-                                 split_name=split, max_examples=max_examples, batch_size=batch_size,
-                                 rel_tol=rel_tol, on_progress=on_progress)  # fmt: skip
+        report = evaluate.evaluate(paths, Path(export_dir).expanduser() if export_dir else None,
+                                   split_name=split, max_examples=max_examples, batch_size=batch_size,
+                                   rel_tol=rel_tol, on_progress=on_progress)  # fmt: skip
+    evaluate.write_per_input(report, target)
+    return report
 
 
 __all__ = ["TrainConfig", "TrainResult", "evaluate_models", "train"]

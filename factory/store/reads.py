@@ -165,6 +165,20 @@ class Reads(StoreBase):
         )
         return {str(k): str(r) for k, r in rows}
 
+    def focus_rounds(self, run_id: str) -> list[dict[str, Any]]:
+        """A focused round's records, by round, eval file and seed outcome: seeds, records, and the eval's
+        failed and solved counts (from the records' ``focus`` payload; [] for a run without focus)."""
+        rows = self._rows(
+            "WITH f AS (SELECT seed_id, json_extract(payload, '$.focus') AS j FROM records "
+            "WHERE run_id = ? AND json_extract(payload, '$.focus') IS NOT NULL) "
+            "SELECT CAST(j->>'round' AS INTEGER), j->>'eval', j->>'eval_digest', j->>'outcome', "
+            "max(CAST(j->>'eval_failed' AS INTEGER)), max(CAST(j->>'eval_solved' AS INTEGER)), "
+            "count(DISTINCT seed_id), count(*) FROM f GROUP BY ALL ORDER BY 1, 2, 4",
+            [run_id],
+        )
+        keys = ("round", "eval", "eval_digest", "outcome", "eval_failed", "eval_solved", "seeds", "records")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
     def template_versions(self, run_id: str) -> list[tuple[str, str | None, int]]:
         """(stage, template version, records) of the run's records, by stage then version."""
         rows = self._rows(
