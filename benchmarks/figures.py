@@ -134,7 +134,7 @@ def cpu_change() -> str:
     body = "\n".join(
         [
             f"Steady client CPU per request, median of {f['reps']} rounds (bare loop, before, after, one run "
-            f"each), {f['before'][:7]} against {f['after'][:7]} ({d['date'][:10]}, {d['cpus']} CPUs{where}, "
+            f"each), after = {f['after'][:7]} against before = {f['before'][:7]} ({d['date'][:10]}, {d['cpus']} CPUs{where}, "
             f"load {d['load_start']:.2f} → {d['load_end']:.2f}). The change is the median of the rounds' "
             "changes of the ratio; the change of the medians is beside it:",
             "",
