@@ -22,12 +22,10 @@ Writes benchmarks/results/demo_agreement.json; --write-readme then rewrites the 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import _results  # noqa: E402
+from _cli import factory  # noqa: E402
 
 from factory import yamlsafe  # noqa: E402
 from factory.config import load_config  # noqa: E402
@@ -46,18 +45,6 @@ from factory.store import Store  # noqa: E402
 
 DEMO = ROOT / "recipes" / "examples" / "rationales_demo.yaml"
 MIN_ROWS, MIN_QUESTIONS = 30, 15
-
-
-def factory(*args: str) -> float:
-    """Run one `factory` command from the repository root; its wall time in seconds."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "factory.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                         text=True)  # fmt: skip
-    wall = time.perf_counter() - t0
-    if out.returncode != 0:
-        sys.exit(f"factory {' '.join(args)} exited with {out.returncode}:\n{out.stderr[-2000:]}")
-    return wall
 
 
 def counts(store_path: Path, export: Path) -> dict[str, Any]:
@@ -92,9 +79,9 @@ def one_run(config: Path, tmp: Path) -> tuple[dict[str, float], dict[str, Any]]:
     store, out = tmp / "demo.duckdb", tmp / "demo"
     name = load_config(config).name
     wall = {
-        "run": factory("run", str(config), "--store", str(store)),
-        "export": factory("export", name, "--store", str(store), "--out", str(out), "--overwrite"),
-        "report": factory("report", name, "--store", str(store), "--out", str(tmp / "report.html")),
+        "run": factory("run", str(config), "--store", str(store))[0],
+        "export": factory("export", name, "--store", str(store), "--out", str(out), "--overwrite")[0],
+        "report": factory("report", name, "--store", str(store), "--out", str(tmp / "report.html"))[0],
     }
     wall["total"] = sum(wall.values())
     return wall, counts(store, out)

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import _results  # noqa: E402
+from _cli import factory  # noqa: E402
 
 from factory import yamlsafe  # noqa: E402
 from factory.store import Store  # noqa: E402
@@ -44,18 +43,6 @@ from factory.store import Store  # noqa: E402
 DEMO = ROOT / "recipes" / "examples" / "rationales_demo.yaml"
 SPLITS = {"train": 0.5, "validation": 0.25, "test": 0.25}
 POOL = "validation"
-
-
-def factory(*args: str) -> tuple[float, str]:
-    """Run one `factory` command from the repository root: its wall time and stdout."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "factory.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                         text=True)  # fmt: skip
-    wall = time.perf_counter() - t0
-    if out.returncode != 0:
-        sys.exit(f"factory {' '.join(args)} exited with {out.returncode}:\n{out.stderr[-2000:]}")
-    return round(wall, 1), out.stdout
 
 
 def round_config(folder: Path, n: int, pool_eval: Path | None, failed_samples: int) -> Path:
@@ -152,7 +139,8 @@ def main() -> int:
     t0 = time.perf_counter()
     rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="factory-loop-") as d:
-        tmp, pool_eval, exports = Path(d), None, []
+        tmp, pool_eval = Path(d), None
+        exports: list[Path] = []
         for n in range(1, args.rounds + 1):
             fig, pool_eval = one_round(n, tmp, args, pool_eval if n > 1 else None, exports)
             rounds.append(fig)
