@@ -139,8 +139,9 @@ def one_dataset(
     if "f" in variants and "curated_pc" in built.exports:
         kd_out = work / "exports" / "curated-kd"
         built.exports["curated_kd"] = quality_kd.add_top_k(
-            built.exports["curated_pc"], kd_out, a.kd_teacher, a.kd_k, a.device
-        )
+            built.exports["curated_pc"], kd_out, a.kd_teacher, a.kd_k, a.device,
+            limit=budget_for(a, built.train_rows["curated_pc"]).train_rows,
+        )  # fmt: skip
         built.train_rows["curated_kd"] = built.train_rows["curated_pc"]
     rows = built.eval_rows
     budget = budget_for(a, built.train_rows["curated_sbs"])

@@ -24,8 +24,12 @@ def _rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
-def add_top_k(src: Path, out: Path, teacher: str, k: int, device: str, batch_size: int = 8) -> Path:
-    """Copy the jsonl export ``src`` to ``out`` with the teacher's tokens and top-k columns on every row."""
+def add_top_k(
+    src: Path, out: Path, teacher: str, k: int, device: str, batch_size: int = 8, limit: int | None = None
+) -> Path:
+    """Copy the jsonl export ``src`` to ``out`` with the teacher's tokens and top-k columns on every row, or
+    on the first ``limit`` rows of each split (the rows a budget trains on; the others get empty lists, which
+    the kd task skips), so that a quick run does not read thousands of rows it never trains on."""
     import torch
 
     from trainers import causal, student
@@ -40,8 +44,11 @@ def add_top_k(src: Path, out: Path, teacher: str, k: int, device: str, batch_siz
     out.mkdir(parents=True)
     for f in sorted(src.glob("*.jsonl")):
         rows = _rows(f)
-        for i in range(0, len(rows), batch_size):
-            chunk = rows[i : i + batch_size]
+        read = len(rows) if limit is None else min(limit, len(rows))
+        for r in rows[read:]:
+            r["teacher_token_ids"], r["teacher_top_ids"], r["teacher_top_logprobs"] = [], [], []
+        for i in range(0, read, batch_size):
+            chunk = rows[i : min(i + batch_size, read)]
             prompts = [causal.prompt_ids(tok, str(r["prompt"]), chat) for r in chunk]
             answers = [[*tok(str(r["completion"]), add_special_tokens=False)["input_ids"], tok.eos_token_id]
                        for r in chunk]  # fmt: skip
