@@ -296,6 +296,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "gpu-check": gpu_check,
     "hf-teacher": hf_teacher,
     "quality-table": quality_table,
+    "quality-kd-table": lambda: quality_table("quality_kd"),
     "local-engine": local_engine,
     "soft-labels": soft_labels,
     "loop": loop_table,
