@@ -94,7 +94,13 @@ def test_every_variant_is_trained_and_scored_on_the_same_held_out_questions(quic
             _jsonl(work / "curated-kd" / "train.jsonl"),
         )
         assert [(r["prompt"], r["completion"]) for r in kd] == [(r["prompt"], r["completion"]) for r in sft]
-        for r in kd:
+        # the teacher reads the rows the budget trains on; the others carry empty lists, which kd skips
+        read = ds["budget"]["train_rows"]
+        assert 0 < read < len(kd) and all(
+            r["teacher_token_ids"] == r["teacher_top_ids"] == r["teacher_top_logprobs"] == []
+            for r in kd[read:]
+        )
+        for r in kd[:read]:
             n = len(r["teacher_token_ids"])
             assert len(r["teacher_top_ids"]) == len(r["teacher_top_logprobs"]) == n > 1
             assert all(len(x) == 4 for x in r["teacher_top_ids"]) and all(

@@ -27,6 +27,7 @@ from recipes.entity_spans import (
     question,
     student_mentions,
 )
+from trainers.student import read_meta
 
 FORMAT = "JSONL rows {id?, text, entities: {type: [mention, ...]}} (see data/seeds/entities_gold.jsonl)"
 SAMPLES = 5
@@ -211,8 +212,6 @@ def evaluate_entities(models: list[Path], *, gold_path: str | Path | None = None
             report["notes"].append(f"{unmatched} prediction rows match no labeled passage (by id or text)")
         name = f"predictions: {Path(predictions).name}"
         report["models"].append({"name": name, "kind": "predictions", "metrics": score(reference, preds)})
-    from trainers.evaluate import read_meta
-
     for path in models:
         meta = read_meta(path)
         if meta["task"] not in ("sft", "kd"):

@@ -24,26 +24,13 @@ from factory.errors import ConfigError
 from trainers import causal, classifier, data, entity_eval, kd
 from trainers.harness import OnProgress, Progress
 from trainers.step_by_step import task_input
+from trainers.student import read_meta
 
 log = logging.getLogger(__name__)
-META = "factory_train.json"
 SAMPLES = 5
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"  # the tags the reasoning recipe exports by default
 _FRACTION = re.compile(r"-?\d+\s*/\s*\d+")
 _MATHY = re.compile(r"[\d\\]")
-
-
-def read_meta(model_dir: Path) -> dict[str, Any]:
-    p = Path(model_dir).expanduser()
-    try:
-        meta = json.loads((p / META).read_text("utf-8"))
-    except (OSError, ValueError):
-        raise ConfigError(
-            f"MODEL {p}: no readable {META}; give a folder that `factory train` wrote"
-        ) from None
-    if not meta.get("complete"):
-        raise ConfigError(f"MODEL {p}: its training has not finished; re-run `factory train` to resume it")
-    return dict(meta)
 
 
 def answer_of(text: str | None) -> str | None:

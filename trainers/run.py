@@ -25,7 +25,7 @@ from trainers.config import TrainConfig
 from trainers.harness import OnProgress
 
 log = logging.getLogger(__name__)
-META = evaluate.META
+META = student.META
 
 
 @dataclass(slots=True)

@@ -16,6 +16,8 @@ from typing import Any
 
 from factory.errors import ConfigError
 
+META = "factory_train.json"  # what `factory train` writes into a model folder, complete when done
+
 log = logging.getLogger(__name__)
 
 ENCODERS = ("bert", "roberta", "distilbert", "xlm-roberta", "deberta", "deberta-v2", "electra", "mpnet")
@@ -225,3 +227,18 @@ def quiet() -> Iterator[None]:
 
 def device() -> str:
     return resolve_device("auto")
+
+
+def read_meta(model_dir: Path) -> dict[str, Any]:
+    """The metadata `factory train` wrote into a finished model folder; a ConfigError naming the folder
+    when it has none or its training did not finish."""
+    p = Path(model_dir).expanduser()
+    try:
+        meta = json.loads((p / META).read_text("utf-8"))
+    except (OSError, ValueError):
+        raise ConfigError(
+            f"MODEL {p}: no readable {META}; give a folder that `factory train` wrote"
+        ) from None
+    if not meta.get("complete"):
+        raise ConfigError(f"MODEL {p}: its training has not finished; re-run `factory train` to resume it")
+    return dict(meta)
